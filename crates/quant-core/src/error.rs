@@ -1,0 +1,106 @@
+//! The error type of `quant-core`.
+
+/// Everything that can go wrong in `quant-core`.
+///
+/// Every variant carries the offending values as typed fields; bad input never panics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuantError {
+    /// The bit width is outside what the scheme defines.
+    #[error("{bits} bits is out of range for this scheme (allowed {min}..={max})")]
+    InvalidBits {
+        /// The requested width.
+        bits: u8,
+        /// The smallest width the scheme allows.
+        min: u8,
+        /// The largest width the scheme allows.
+        max: u8,
+    },
+    /// An axis does not exist in the tensor.
+    #[error("axis {axis} is out of range for a tensor of {ndim} dimensions")]
+    InvalidAxis {
+        /// The requested axis.
+        axis: usize,
+        /// The tensor's number of dimensions.
+        ndim: usize,
+    },
+    /// A group size of zero.
+    #[error("group size must be at least 1, got {size}")]
+    InvalidGroupSize {
+        /// The requested size.
+        size: usize,
+    },
+    /// Percentiles outside `0 <= lower < upper <= 100` (or NaN).
+    #[error("percentiles must satisfy 0 <= lower < upper <= 100, got lower {lower}, upper {upper}")]
+    InvalidPercentile {
+        /// The lower percentile.
+        lower: f64,
+        /// The upper percentile.
+        upper: f64,
+    },
+    /// An EMA momentum outside `[0, 1)` (or NaN).
+    #[error("EMA momentum must lie in [0, 1), got {momentum}")]
+    InvalidMomentum {
+        /// The requested momentum.
+        momentum: f64,
+    },
+    /// A search with no candidates.
+    #[error("the MSE clipping search needs at least 1 candidate, got {steps}")]
+    InvalidSearchSteps {
+        /// The requested number of candidates.
+        steps: u16,
+    },
+    /// A NaN or infinite value in the input.
+    #[error("non-finite value at flat index {index} (row-major)")]
+    NonFinite {
+        /// Row-major index of the first offending element.
+        index: usize,
+    },
+    /// A tensor with no elements.
+    #[error("the tensor is empty")]
+    Empty,
+    /// Two arrays that must have the same shape do not.
+    #[error("shape mismatch: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// The shape that was required.
+        expected: Vec<usize>,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// Quantization parameters do not fit the tensor they are applied to.
+    #[error("the parameters hold {got} slices but this tensor and granularity need {expected}")]
+    ParamCountMismatch {
+        /// How many slices the tensor has under the granularity.
+        expected: usize,
+        /// How many the parameters hold.
+        got: usize,
+    },
+    /// A code does not fit the bit width (when packing caller-supplied codes).
+    #[error("code {code} at index {index} does not fit in {bits} bits")]
+    CodeOutOfRange {
+        /// Index of the offending code.
+        index: usize,
+        /// The code.
+        code: u8,
+        /// The bit width.
+        bits: u8,
+    },
+    /// Packed storage whose length does not match its declared element count and width.
+    #[error("packed storage holds {got} bytes but {len} codes of {bits} bits need {expected}")]
+    PackedLength {
+        /// Declared number of codes.
+        len: usize,
+        /// Declared width.
+        bits: u8,
+        /// Bytes required.
+        expected: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// A running observer was asked for parameters before it saw any data.
+    #[error("the observer has not observed any data yet")]
+    NothingObserved,
+}
+
+/// `Result` with [`QuantError`].
+pub type Result<T> = core::result::Result<T, QuantError>;

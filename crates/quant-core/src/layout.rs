@@ -1,0 +1,188 @@
+//! How a granularity maps the row-major elements of a tensor to parameter slices.
+
+use core::ops::Range;
+
+use crate::error::{QuantError, Result};
+use crate::spec::Granularity;
+
+/// A tensor of `shape` seen as `[outer, n, inner]` around the granularity's axis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    outer: usize,
+    n: usize,
+    inner: usize,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Tensor,
+    Channel,
+    Group { size: usize, groups: usize },
+}
+
+impl Layout {
+    /// Checks the axis against the shape and builds the layout.
+    pub(crate) fn new(shape: &[usize], granularity: Granularity) -> Result<Self> {
+        let len: usize = shape.iter().product();
+        let split = |axis: usize| -> Result<(usize, usize, usize)> {
+            if axis >= shape.len() {
+                return Err(QuantError::InvalidAxis { axis, ndim: shape.len() });
+            }
+            let outer = shape[..axis].iter().product();
+            let inner = shape[axis + 1..].iter().product();
+            Ok((outer, shape[axis], inner))
+        };
+        Ok(match granularity {
+            Granularity::PerTensor => Layout { outer: 1, n: len, inner: 1, kind: Kind::Tensor },
+            Granularity::PerChannel { axis } => {
+                let (outer, n, inner) = split(axis)?;
+                Layout { outer, n, inner, kind: Kind::Channel }
+            }
+            Granularity::PerGroup { axis, size } => {
+                if size == 0 {
+                    return Err(QuantError::InvalidGroupSize { size });
+                }
+                let (outer, n, inner) = split(axis)?;
+                Layout { outer, n, inner, kind: Kind::Group { size, groups: n.div_ceil(size) } }
+            }
+        })
+    }
+
+    /// Number of elements.
+    pub(crate) fn len(&self) -> usize {
+        self.outer * self.n * self.inner
+    }
+
+    /// Number of parameter slices.
+    pub(crate) fn num_params(&self) -> usize {
+        match self.kind {
+            Kind::Tensor => 1,
+            Kind::Channel => self.n,
+            Kind::Group { groups, .. } => self.outer * groups * self.inner,
+        }
+    }
+
+    /// When every slice's elements form one contiguous row-major run, the number of runs
+    /// (equal to the number of slices, in slice order).
+    pub(crate) fn contiguous_runs(&self) -> Option<usize> {
+        match self.kind {
+            Kind::Tensor => Some(1),
+            Kind::Channel if self.outer == 1 => Some(self.n),
+            Kind::Group { groups, .. } if self.inner == 1 => Some(self.outer * groups),
+            _ => None,
+        }
+    }
+
+    /// The element range of run `k` (only meaningful when [`Self::contiguous_runs`] is `Some`).
+    pub(crate) fn run(&self, k: usize) -> Range<usize> {
+        match self.kind {
+            Kind::Tensor => 0..self.len(),
+            Kind::Channel => k * self.inner..(k + 1) * self.inner,
+            Kind::Group { size, groups } => {
+                let (o, g) = (k / groups, k % groups);
+                let start = o * self.n + g * size;
+                start..o * self.n + ((g + 1) * size).min(self.n)
+            }
+        }
+    }
+
+    /// The slice that row-major element `flat` belongs to, and where the run of elements
+    /// sharing that slice (starting at `flat`) ends, capped at `end`.
+    pub(crate) fn segment(&self, flat: usize, end: usize) -> (usize, usize) {
+        match self.kind {
+            Kind::Tensor => (0, end),
+            Kind::Channel => {
+                let i = (flat / self.inner) % self.n;
+                (i, end.min((flat / self.inner + 1) * self.inner))
+            }
+            Kind::Group { size, groups } => {
+                let r = flat % self.inner;
+                let i = (flat / self.inner) % self.n;
+                let o = flat / (self.inner * self.n);
+                let g = i / size;
+                let param = (o * groups + g) * self.inner + r;
+                if self.inner == 1 { (param, end.min(o * self.n + ((g + 1) * size).min(self.n))) } else { (param, flat + 1) }
+            }
+        }
+    }
+
+    /// Calls `f(slice, range)` for each maximal run of elements in `range` sharing a slice.
+    pub(crate) fn for_each_segment(&self, range: Range<usize>, mut f: impl FnMut(usize, Range<usize>)) {
+        let mut flat = range.start;
+        while flat < range.end {
+            let (param, stop) = self.segment(flat, range.end);
+            f(param, flat..stop);
+            flat = stop;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain definition: slice index from the multi-index.
+    fn reference_param(shape: &[usize], g: Granularity, flat: usize) -> usize {
+        let mut idx = vec![0; shape.len()];
+        let mut rem = flat;
+        for d in (0..shape.len()).rev() {
+            idx[d] = rem % shape[d];
+            rem /= shape[d];
+        }
+        match g {
+            Granularity::PerTensor => 0,
+            Granularity::PerChannel { axis } => idx[axis],
+            Granularity::PerGroup { axis, size } => {
+                // Row-major index over the shape with `axis` replaced by the group count.
+                let mut p = 0;
+                for d in 0..shape.len() {
+                    let (i, n) = if d == axis { (idx[d] / size, shape[d].div_ceil(size)) } else { (idx[d], shape[d]) };
+                    p = p * n + i;
+                }
+                p
+            }
+        }
+    }
+
+    #[test]
+    fn segments_match_the_definition() {
+        let shapes: [&[usize]; 5] = [&[7], &[3, 5], &[2, 3, 4], &[4, 1, 6], &[1, 9]];
+        for shape in shapes {
+            let mut grans = vec![Granularity::PerTensor];
+            for axis in 0..shape.len() {
+                grans.push(Granularity::PerChannel { axis });
+                for size in 1..=5 {
+                    grans.push(Granularity::PerGroup { axis, size });
+                }
+            }
+            for g in grans {
+                let l = Layout::new(shape, g).unwrap();
+                let mut seen = vec![usize::MAX; l.len()];
+                l.for_each_segment(0..l.len(), |p, r| {
+                    for f in r {
+                        seen[f] = p;
+                    }
+                });
+                for (f, &p) in seen.iter().enumerate() {
+                    assert_eq!(p, reference_param(shape, g, f), "{shape:?} {g:?} {f}");
+                    assert!(p < l.num_params());
+                }
+                if let Some(runs) = l.contiguous_runs() {
+                    assert_eq!(runs, l.num_params());
+                    for k in 0..runs {
+                        for f in l.run(k) {
+                            assert_eq!(seen[f], k);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_axis_and_group_size_are_errors() {
+        assert_eq!(Layout::new(&[2, 3], Granularity::PerChannel { axis: 2 }), Err(QuantError::InvalidAxis { axis: 2, ndim: 2 }));
+        assert_eq!(Layout::new(&[2, 3], Granularity::PerGroup { axis: 0, size: 0 }), Err(QuantError::InvalidGroupSize { size: 0 }));
+    }
+}

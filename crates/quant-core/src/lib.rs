@@ -1,0 +1,63 @@
+//! # quant-core
+//!
+//! The quantizers of the `quant` family and the types everything else stands on: uniform
+//! affine and symmetric quantization per tensor, per channel or per group, densely
+//! bit-packed storage for every width from 1 to 8 bits, fake quantization with the
+//! straight-through estimator, LSQ gradients, and range calibration (min-max, percentile,
+//! MSE-optimal clipping, running min-max and EMA observers).
+//!
+//! The numeric contract (scale direction, rounding, ranges and what each option matches in
+//! PyTorch, NVIDIA's toolkit and the Q-BERT code) is in `docs/numerics.md` of the repository.
+//!
+//! ## Quick start
+//! ```
+//! use ndarray::Array2;
+//! use quant_core::{quantize, Scheme, UniformSpec};
+//!
+//! let w = Array2::from_shape_fn((64, 128), |(i, j)| ((i * 131 + j * 71) % 97) as f32 / 97.0 - 0.5);
+//! // 4-bit symmetric, one scale per group of 32 along each row.
+//! let spec = UniformSpec::builder().bits(4).scheme(Scheme::SymmetricNarrow).per_group(1, 32).check()?;
+//! let q = quantize(&w, &spec)?;
+//! let w_hat = q.dequantize();
+//! println!("{:.2} bits/weight, max error {:.4}", q.bits_per_weight(),
+//!     (&w_hat - &w.into_dyn()).iter().fold(0f32, |m, e| m.max(e.abs())));
+//! # Ok::<(), quant_core::QuantError>(())
+//! ```
+//!
+//! ## Features
+//! - `rayon` (default): quantize slices and batches in parallel. Work is split the same way
+//!   with and without it, so results are bit-identical.
+//! - `proptest`: the [`strategies`] module of proptest strategies for tensors and specs.
+//!   The invariant checks in [`check`] are always available.
+
+mod error;
+mod float;
+mod kernel;
+mod layout;
+mod observer;
+mod pack;
+mod par;
+mod params;
+mod range;
+mod rng;
+mod spec;
+mod ste;
+mod tensor;
+mod uniform;
+
+pub mod check;
+#[cfg(feature = "proptest")]
+pub mod strategies;
+
+pub use error::{QuantError, Result};
+pub use float::Float;
+pub use observer::RangeObserver;
+pub use pack::{PackedCodes, packed_len};
+pub use params::{QuantParams, SliceParams};
+pub use spec::{Granularity, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, UniformSpecBuilder};
+pub use ste::{LsqGradients, lsq_gradients, ste_backward};
+pub use tensor::{FakeQuantized, QuantizedTensor};
+pub use uniform::{calibrate, fake_quantize, quantize};
+
+/// Re-export of `ndarray`, whose views and arrays appear in every signature.
+pub use ndarray;

@@ -1,0 +1,131 @@
+//! Quantization parameters: per-slice step, zero point and offset.
+
+use crate::float::Float;
+use crate::spec::{Scheme, UniformSpec};
+
+/// The parameters of one slice: `x̂ = scale · (u − zero_point) + offset` for stored code `u`.
+///
+/// `zero_point` lives in the stored (unsigned) code domain. For the symmetric schemes it is
+/// the fixed [`Scheme::signed_offset`] (`u − zero_point` is the signed integer); for
+/// [`Scheme::AsymmetricExactZero`] it is PyTorch's zero point; for [`Scheme::AsymmetricGrid`]
+/// it is 0 and `offset` holds Q-BERT's `q0`. `offset` is 0 for every other scheme.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SliceParams<F> {
+    /// The step size `S` (always positive and finite).
+    pub scale: F,
+    /// The integer zero point `Z` in the stored code domain.
+    pub zero_point: i32,
+    /// The real offset `m` (Q-BERT's `q0`).
+    pub offset: F,
+}
+
+impl<F: Float> SliceParams<F> {
+    /// Derives a slice's parameters from its real range `[lo, hi]` (finite, `lo ≤ hi`).
+    ///
+    /// A zero-width range (an all-equal or all-zero slice) gives a finite step: `F::EPSILON`
+    /// for the PyTorch-convention schemes (as PyTorch does), the smallest positive normal
+    /// number otherwise; every element of such a slice then reconstructs exactly.
+    ///
+    /// The range is first clipped to `±F::MAX/2`, so that no dequantized value overflows;
+    /// only values beyond that (absurd for weights) are affected.
+    pub fn from_range(lo: F, hi: F, bits: u8, scheme: Scheme) -> Self {
+        // No dequantized value may overflow: ranges reaching past ±F::MAX/2 are clipped there.
+        let half_max = F::max_value() / F::cast(2.0);
+        let lo = if lo > -half_max { lo } else { -half_max };
+        let hi = if hi < half_max { hi } else { half_max };
+        let levels_i = (1i32 << bits) - 1;
+        let levels = F::from_int(levels_i);
+        let tiny = F::min_positive_value();
+        let floor = |s: F, min: F| if s >= min { s } else { min };
+        // (hi − lo)/levels, without overflow for ranges wider than F::MAX.
+        let span = |lo: F, hi: F| {
+            let d = hi - lo;
+            if d.is_finite() { d / levels } else { hi / levels - lo / levels }
+        };
+        let amax = || {
+            let (a, b) = (lo.abs(), hi.abs());
+            if a > b { a } else { b }
+        };
+        match scheme {
+            Scheme::AsymmetricGrid => Self { scale: floor(span(lo, hi), tiny), zero_point: 0, offset: lo },
+            Scheme::AsymmetricExactZero => {
+                let lo = if lo < F::zero() { lo } else { F::zero() };
+                let hi = if hi > F::zero() { hi } else { F::zero() };
+                let scale = floor(span(lo, hi), F::epsilon());
+                let z = (-(lo / scale)).round_ties_even().to_i32_saturating().clamp(0, levels_i);
+                Self { scale, zero_point: z, offset: F::zero() }
+            }
+            Scheme::SymmetricNarrow => {
+                let half = (1i32 << (bits - 1)) - 1;
+                Self { scale: floor(amax() / F::from_int(half), tiny), zero_point: scheme.signed_offset(bits), offset: F::zero() }
+            }
+            Scheme::SymmetricFull => {
+                let denom = levels / F::cast(2.0);
+                Self { scale: floor(amax() / denom, F::epsilon()), zero_point: scheme.signed_offset(bits), offset: F::zero() }
+            }
+        }
+    }
+}
+
+/// The parameters of every slice of a tensor under one [`UniformSpec`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantParams<F> {
+    pub(crate) spec: UniformSpec,
+    pub(crate) slices: Vec<SliceParams<F>>,
+}
+
+impl<F: Float> QuantParams<F> {
+    /// Parameters from caller-supplied ranges `[lo, hi]`, one per slice (for example from a
+    /// [`RangeObserver`](crate::RangeObserver) or another calibration tool).
+    ///
+    /// # Errors
+    /// [`QuantError::NonFinite`](crate::QuantError::NonFinite) when a bound is NaN or infinite
+    /// (index = slice index); [`QuantError::Empty`](crate::QuantError::Empty) for no ranges.
+    /// A range with `lo > hi` is taken as `[hi, lo]`.
+    pub fn from_ranges(spec: &UniformSpec, ranges: &[(F, F)]) -> crate::Result<Self> {
+        if ranges.is_empty() {
+            return Err(crate::QuantError::Empty);
+        }
+        let slices = ranges
+            .iter()
+            .enumerate()
+            .map(|(index, &(a, b))| {
+                if !(a.is_finite() && b.is_finite()) {
+                    return Err(crate::QuantError::NonFinite { index });
+                }
+                let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                Ok(SliceParams::from_range(lo, hi, spec.bits(), spec.scheme()))
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(Self { spec: *spec, slices })
+    }
+
+    /// The spec these parameters were made for.
+    pub fn spec(&self) -> &UniformSpec {
+        &self.spec
+    }
+    /// The per-slice parameters, in slice order (see [`Granularity`](crate::Granularity)).
+    pub fn slices(&self) -> &[SliceParams<F>] {
+        &self.slices
+    }
+    /// Number of slices.
+    pub fn len(&self) -> usize {
+        self.slices.len()
+    }
+    /// Whether there are no slices (never true for parameters built by this crate).
+    pub fn is_empty(&self) -> bool {
+        self.slices.is_empty()
+    }
+
+    /// Bytes needed to store the parameters: per slice the step (`F::BYTES`), plus one byte of
+    /// zero point for [`Scheme::AsymmetricExactZero`] or an `F` offset for
+    /// [`Scheme::AsymmetricGrid`]; symmetric schemes store the step only.
+    pub fn storage_bytes(&self) -> usize {
+        let per_slice = match self.spec.scheme() {
+            Scheme::AsymmetricGrid => 2 * F::BYTES,
+            Scheme::AsymmetricExactZero => F::BYTES + 1,
+            Scheme::SymmetricNarrow | Scheme::SymmetricFull => F::BYTES,
+        };
+        per_slice * self.slices.len()
+    }
+}

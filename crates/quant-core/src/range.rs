@@ -1,0 +1,133 @@
+//! Range estimation for one slice: min-max, percentile and MSE-optimal clipping.
+
+use crate::float::Float;
+use crate::kernel::{Kernel, squared_error};
+use crate::params::SliceParams;
+use crate::spec::{RangeEstimator, UniformSpec};
+
+/// Minimum and maximum of a run, or the local index of the first non-finite value.
+///
+/// Eight independent lanes keep the loop vectorisable; `x · 0` is NaN exactly when `x` is
+/// NaN or infinite, so one extra add per element detects bad input in the same pass.
+pub(crate) fn min_max<F: Float>(xs: &[F]) -> Result<(F, F), usize> {
+    let first = match xs.first() {
+        Some(&x) => x,
+        None => return Ok((F::zero(), F::zero())),
+    };
+    let mut lo = [first; 8];
+    let mut hi = [first; 8];
+    let mut bad = [F::zero(); 8];
+    let mut chunks = xs.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            let x = c[l];
+            lo[l] = if x < lo[l] { x } else { lo[l] };
+            hi[l] = if x > hi[l] { x } else { hi[l] };
+            bad[l] += x * F::zero();
+        }
+    }
+    let mut l0 = lo.iter().copied().fold(first, |a, b| if b < a { b } else { a });
+    let mut h0 = hi.iter().copied().fold(first, |a, b| if b > a { b } else { a });
+    let mut b0 = bad.iter().copied().fold(F::zero(), |a, b| a + b);
+    for &x in chunks.remainder() {
+        l0 = if x < l0 { x } else { l0 };
+        h0 = if x > h0 { x } else { h0 };
+        b0 += x * F::zero();
+    }
+    if b0 == F::zero() && first.is_finite() { Ok((l0, h0)) } else { Err(xs.iter().position(|x| !x.is_finite()).unwrap_or(0)) }
+}
+
+/// The `p`-th percentile (`0..=100`) of `buf`, linearly interpolated between order
+/// statistics like NumPy's default. Reorders `buf`.
+fn percentile<F: Float>(buf: &mut [F], p: f64) -> F {
+    let n = buf.len();
+    let pos = p / 100.0 * (n - 1) as f64;
+    let k = (pos.floor() as usize).min(n - 1);
+    let frac = F::cast(pos - k as f64);
+    let (_, &mut below, right) = buf.select_nth_unstable_by(k, |a, b| a.partial_cmp(b).unwrap_or(core::cmp::Ordering::Equal));
+    if frac == F::zero() || right.is_empty() {
+        return below;
+    }
+    let above = right.iter().copied().fold(right[0], |a, b| if b < a { b } else { a });
+    below + frac * (above - below)
+}
+
+/// Estimates `[lo, hi]` for one slice's elements as `spec` says; `scratch` is reused for the
+/// percentile copy. Returns the local index of the first non-finite value on bad input.
+pub(crate) fn estimate<F: Float>(xs: &[F], spec: &UniformSpec, scratch: &mut Vec<F>) -> Result<(F, F), usize> {
+    let (lo, hi) = min_max(xs)?;
+    match spec.range() {
+        RangeEstimator::MinMax => Ok((lo, hi)),
+        RangeEstimator::Percentile { lower, upper } => {
+            scratch.clear();
+            scratch.extend_from_slice(xs);
+            let l = percentile(scratch, lower);
+            let h = percentile(scratch, upper);
+            Ok((l, h))
+        }
+        RangeEstimator::Mse { steps } => Ok(mse_search(xs, spec, lo, hi, steps)),
+    }
+}
+
+/// The candidate of `[α·lo, α·hi]`, `α = k/steps`, with the least squared error.
+/// Ties go to the widest range (the search starts at `α = 1`).
+fn mse_search<F: Float>(xs: &[F], spec: &UniformSpec, lo: F, hi: F, steps: u16) -> (F, F) {
+    let mut best = (lo, hi);
+    let mut best_err = f64::INFINITY;
+    for k in (1..=steps).rev() {
+        let alpha = F::cast(f64::from(k) / f64::from(steps));
+        let l = if lo < F::zero() { lo * alpha } else { lo };
+        let h = if hi > F::zero() { hi * alpha } else { hi };
+        let p = SliceParams::from_range(l, h, spec.bits(), spec.scheme());
+        let err = squared_error(&Kernel::new(&p, spec.max_code(), spec.scale_mode()), xs);
+        if err < best_err {
+            best_err = err;
+            best = (l, h);
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Scheme;
+
+    #[test]
+    fn min_max_finds_extremes_and_bad_values() {
+        let xs: Vec<f32> = (0..37).map(|i| ((i * 7919) % 37) as f32 - 18.0).collect();
+        assert_eq!(min_max(&xs), Ok((-18.0, 18.0)));
+        let mut ys = xs.clone();
+        ys[21] = f32::NAN;
+        ys[30] = f32::INFINITY;
+        assert_eq!(min_max(&ys), Err(21));
+        ys[0] = f32::NEG_INFINITY;
+        assert_eq!(min_max(&ys), Err(0));
+    }
+
+    #[test]
+    fn percentile_interpolates_like_numpy() {
+        // numpy.percentile(np.arange(11.), [0, 10, 25, 99.9, 100]) = 0, 1, 2.5, 9.99, 10
+        let mut v: Vec<f64> = (0..11).rev().map(f64::from).collect();
+        for (p, want) in [(0.0, 0.0), (10.0, 1.0), (25.0, 2.5), (99.9, 9.99), (100.0, 10.0)] {
+            let got = percentile(&mut v, p);
+            assert!((got - want).abs() < 1e-12, "p{p}: {got}");
+        }
+    }
+
+    #[test]
+    fn mse_search_clips_an_outlier() {
+        // 1000 values in [-1, 1] and one at 10: at 4 bits min-max wastes the grid.
+        let mut xs: Vec<f32> = (0..1000).map(|i| (i as f32 / 500.0) - 1.0).collect();
+        xs.push(10.0);
+        let spec =
+            UniformSpec::builder().bits(4).scheme(Scheme::SymmetricNarrow).range(RangeEstimator::Mse { steps: 100 }).check().unwrap();
+        let (lo, hi) = estimate(&xs, &spec, &mut Vec::new()).unwrap();
+        assert!(hi < 10.0, "{lo} {hi}");
+        let err = |l: f32, h: f32| {
+            let p = SliceParams::from_range(l, h, 4, Scheme::SymmetricNarrow);
+            squared_error(&Kernel::new(&p, spec.max_code(), spec.scale_mode()), &xs)
+        };
+        assert!(err(lo, hi) < err(-1.0, 10.0));
+    }
+}

@@ -1,0 +1,315 @@
+//! Quantization specifications: what to quantize to, validated once.
+
+use crate::error::{QuantError, Result};
+
+/// How the integer grid is placed over the real line.
+///
+/// Every scheme stores unsigned codes `u` in `0..=umax` and dequantizes with the one formula
+/// `x̂ = S · (u − Z) + m` (step `S`, integer zero point `Z`, real offset `m`), which reproduces each
+/// source convention bit for bit (see `docs/numerics.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// Q-BERT's asymmetric grid: `2^b` levels evenly spaced over `[lo, hi]`,
+    /// `Δ = (hi − lo)/(2^b − 1)`, `x̂ = Δ·u + lo` (`Z = 0`, `m = lo`). Uses the whole range;
+    /// zero is generally not exactly representable. The default.
+    #[default]
+    AsymmetricGrid,
+    /// PyTorch's affine scheme: the range is widened to contain 0, `S = (hi − lo)/(2^b − 1)`
+    /// floored at `F::EPSILON`, `Z = −round(lo/S)` clamped to `0..=2^b − 1`, `m = 0`.
+    /// Zero is exactly representable.
+    AsymmetricExactZero,
+    /// Signed narrow range `−(2^(b−1) − 1)..=2^(b−1) − 1`, `S = amax/(2^(b−1) − 1)`
+    /// (NVIDIA's and the MIT lab's convention). Needs at least 2 bits.
+    SymmetricNarrow,
+    /// Signed full range `−2^(b−1)..=2^(b−1) − 1`, `S = amax/((2^b − 1)/2)` floored at
+    /// `F::EPSILON` (PyTorch's symmetric observer: `amax/127.5` for int8). Needs at least 2 bits.
+    SymmetricFull,
+}
+
+impl Scheme {
+    /// The smallest bit width the scheme defines.
+    pub const fn min_bits(self) -> u8 {
+        match self {
+            Scheme::AsymmetricGrid | Scheme::AsymmetricExactZero => 1,
+            Scheme::SymmetricNarrow | Scheme::SymmetricFull => 2,
+        }
+    }
+
+    /// Whether the scheme is symmetric about zero.
+    pub const fn is_symmetric(self) -> bool {
+        matches!(self, Scheme::SymmetricNarrow | Scheme::SymmetricFull)
+    }
+
+    /// The largest stored code for `bits` (codes are `0..=umax`).
+    pub const fn max_code(self, bits: u8) -> u8 {
+        let levels = (1u16 << bits) - 1;
+        match self {
+            Scheme::SymmetricNarrow => (levels - 1) as u8,
+            _ => levels as u8,
+        }
+    }
+
+    /// The zero point of a symmetric scheme in the stored (unsigned) code domain:
+    /// stored code `u` represents the signed integer `u − offset`.
+    pub const fn signed_offset(self, bits: u8) -> i32 {
+        match self {
+            Scheme::SymmetricNarrow => (1i32 << (bits - 1)) - 1,
+            Scheme::SymmetricFull => 1i32 << (bits - 1),
+            _ => 0,
+        }
+    }
+}
+
+/// Which elements share one set of parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Granularity {
+    /// One set for the whole tensor.
+    #[default]
+    PerTensor,
+    /// One set per index along `axis`, reducing over all other axes (axis 0 for the output
+    /// channels of Linear and Conv weights).
+    PerChannel {
+        /// The channel axis.
+        axis: usize,
+    },
+    /// Contiguous runs of `size` elements along `axis`, one set per run and per position on
+    /// the other axes (GGML-style blocks when `axis` is the last one). When `size` does not
+    /// divide the axis length, the last group of each run is shorter (ragged); it is never
+    /// padded.
+    PerGroup {
+        /// The axis along which groups run.
+        axis: usize,
+        /// Elements per group (at least 1).
+        size: usize,
+    },
+}
+
+/// How the real range `[lo, hi]` of each slice is estimated.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
+pub enum RangeEstimator {
+    /// The slice's minimum and maximum.
+    #[default]
+    MinMax,
+    /// Percentiles of the slice, linearly interpolated between order statistics (NumPy's
+    /// default). Q-BERT uses `lower = 0.1`, `upper = 99.9` for activations.
+    Percentile {
+        /// Lower percentile in `[0, 100)`.
+        lower: f64,
+        /// Upper percentile in `(lower, 100]`.
+        upper: f64,
+    },
+    /// The clip range minimising `‖Q(x) − x‖²` over `steps` candidates
+    /// `[α·lo, α·hi]`, `α = k/steps`, `k = 1..=steps` (each side shrinks towards zero;
+    /// a side on the same side of zero as the whole slice stays put).
+    Mse {
+        /// Number of candidate clip ranges (at least 1; 100 is a good default).
+        steps: u16,
+    },
+}
+
+/// How a scaled value is rounded to an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Rounding {
+    /// Round half to even (IEEE, PyTorch, NumPy). The default.
+    #[default]
+    HalfEven,
+    /// Round half away from zero (C's `round`, TFLite's reference kernels).
+    HalfAwayFromZero,
+    /// Stochastic rounding: up with probability equal to the fractional part. The random
+    /// number of element `i` (row-major) depends only on `seed` and `i`, so results are the
+    /// same with and without rayon and for any split of the work.
+    Stochastic {
+        /// The seed.
+        seed: u64,
+    },
+}
+
+/// How `x / S` is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ScaleMode {
+    /// `x · (1/S)` with the reciprocal rounded once (PyTorch's fake-quant kernels). The default.
+    #[default]
+    Reciprocal,
+    /// `x / S`, correctly rounded division.
+    Divide,
+}
+
+/// A validated uniform-quantization specification.
+///
+/// Build it with [`UniformSpec::builder`] (or [`UniformSpec::new`]); once built it is valid
+/// for every tensor except for shape-dependent checks (the axis must exist), which
+/// [`quantize`](crate::quantize) reports as typed errors.
+///
+/// | Name | Default | Purpose | Range |
+/// |---|---|---|---|
+/// | `bits` | 8 | code width | `1..=8`; `2..=8` for symmetric schemes |
+/// | `scheme` | [`Scheme::AsymmetricGrid`] | grid placement | any |
+/// | `granularity` | [`Granularity::PerTensor`] | which elements share parameters | group size ≥ 1 |
+/// | `range` | [`RangeEstimator::MinMax`] | range estimation | percentiles `0 ≤ lower < upper ≤ 100`, MSE steps ≥ 1 |
+/// | `rounding` | [`Rounding::HalfEven`] | rounding | any |
+/// | `scale_mode` | [`ScaleMode::Reciprocal`] | how `x/S` is computed | any |
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UniformSpec {
+    bits: u8,
+    scheme: Scheme,
+    granularity: Granularity,
+    range: RangeEstimator,
+    rounding: Rounding,
+    scale_mode: ScaleMode,
+}
+
+impl UniformSpec {
+    /// A builder with the defaults in the table above.
+    pub fn builder() -> UniformSpecBuilder {
+        UniformSpecBuilder::default()
+    }
+
+    /// A per-tensor min-max spec with the given width and scheme.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidBits`] when `bits` is outside the scheme's range.
+    pub fn new(bits: u8, scheme: Scheme) -> Result<Self> {
+        Self::builder().bits(bits).scheme(scheme).check()
+    }
+
+    /// The code width in bits.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+    /// The scheme.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+    /// The granularity.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+    /// The range estimator.
+    pub fn range(&self) -> RangeEstimator {
+        self.range
+    }
+    /// The rounding mode.
+    pub fn rounding(&self) -> Rounding {
+        self.rounding
+    }
+    /// How `x/S` is computed.
+    pub fn scale_mode(&self) -> ScaleMode {
+        self.scale_mode
+    }
+    /// The largest stored code (codes are `0..=max_code`).
+    pub fn max_code(&self) -> u8 {
+        self.scheme.max_code(self.bits)
+    }
+    /// A copy with another granularity (validated).
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidGroupSize`] for a group size of zero.
+    pub fn with_granularity(&self, granularity: Granularity) -> Result<Self> {
+        UniformSpecBuilder { spec: *self }.granularity(granularity).check()
+    }
+}
+
+impl Default for UniformSpec {
+    fn default() -> Self {
+        UniformSpecBuilder::default().spec
+    }
+}
+
+/// Chained setters for a [`UniformSpec`]; [`check`](UniformSpecBuilder::check) validates once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UniformSpecBuilder {
+    spec: UniformSpec,
+}
+
+impl Default for UniformSpecBuilder {
+    fn default() -> Self {
+        Self {
+            spec: UniformSpec {
+                bits: 8,
+                scheme: Scheme::AsymmetricGrid,
+                granularity: Granularity::PerTensor,
+                range: RangeEstimator::MinMax,
+                rounding: Rounding::HalfEven,
+                scale_mode: ScaleMode::Reciprocal,
+            },
+        }
+    }
+}
+
+impl UniformSpecBuilder {
+    /// Sets the code width.
+    pub fn bits(mut self, bits: u8) -> Self {
+        self.spec.bits = bits;
+        self
+    }
+    /// Sets the scheme.
+    pub fn scheme(mut self, scheme: Scheme) -> Self {
+        self.spec.scheme = scheme;
+        self
+    }
+    /// Sets the granularity.
+    pub fn granularity(mut self, granularity: Granularity) -> Self {
+        self.spec.granularity = granularity;
+        self
+    }
+    /// Shorthand for [`Granularity::PerTensor`].
+    pub fn per_tensor(self) -> Self {
+        self.granularity(Granularity::PerTensor)
+    }
+    /// Shorthand for [`Granularity::PerChannel`].
+    pub fn per_channel(self, axis: usize) -> Self {
+        self.granularity(Granularity::PerChannel { axis })
+    }
+    /// Shorthand for [`Granularity::PerGroup`].
+    pub fn per_group(self, axis: usize, size: usize) -> Self {
+        self.granularity(Granularity::PerGroup { axis, size })
+    }
+    /// Sets the range estimator.
+    pub fn range(mut self, range: RangeEstimator) -> Self {
+        self.spec.range = range;
+        self
+    }
+    /// Sets the rounding mode.
+    pub fn rounding(mut self, rounding: Rounding) -> Self {
+        self.spec.rounding = rounding;
+        self
+    }
+    /// Sets how `x/S` is computed.
+    pub fn scale_mode(mut self, scale_mode: ScaleMode) -> Self {
+        self.spec.scale_mode = scale_mode;
+        self
+    }
+
+    /// Validates the settings.
+    ///
+    /// # Errors
+    /// - [`QuantError::InvalidBits`]: bits outside `1..=8` (`2..=8` for symmetric schemes).
+    /// - [`QuantError::InvalidGroupSize`]: a group size of zero.
+    /// - [`QuantError::InvalidPercentile`]: percentiles not `0 ≤ lower < upper ≤ 100`.
+    /// - [`QuantError::InvalidSearchSteps`]: an MSE search with zero candidates.
+    pub fn check(self) -> Result<UniformSpec> {
+        let s = self.spec;
+        let min = s.scheme.min_bits();
+        if s.bits < min || s.bits > 8 {
+            return Err(QuantError::InvalidBits { bits: s.bits, min, max: 8 });
+        }
+        if let Granularity::PerGroup { size: 0, .. } = s.granularity {
+            return Err(QuantError::InvalidGroupSize { size: 0 });
+        }
+        match s.range {
+            // Written so that NaN fails every comparison and is rejected.
+            RangeEstimator::Percentile { lower, upper } if !(lower >= 0.0 && lower < upper && upper <= 100.0) => {
+                return Err(QuantError::InvalidPercentile { lower, upper });
+            }
+            RangeEstimator::Mse { steps: 0 } => {
+                return Err(QuantError::InvalidSearchSteps { steps: 0 });
+            }
+            _ => {}
+        }
+        Ok(s)
+    }
+}

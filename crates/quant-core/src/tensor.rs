@@ -1,0 +1,153 @@
+//! Quantized tensors and fake-quantization results.
+
+use ndarray::{Array, ArrayD, ArrayViewMut, Dimension, IxDyn};
+
+use crate::error::{QuantError, Result};
+use crate::float::Float;
+use crate::kernel;
+use crate::pack::{PackedCodes, unpack_from};
+use crate::par::{self, BATCH};
+use crate::params::QuantParams;
+
+/// A uniformly quantized tensor: its shape, the bit-packed codes in row-major order and the
+/// parameters of every slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedTensor<F> {
+    shape: Vec<usize>,
+    params: QuantParams<F>,
+    codes: PackedCodes,
+}
+
+impl<F: Float> QuantizedTensor<F> {
+    pub(crate) fn from_valid_parts(shape: Vec<usize>, params: QuantParams<F>, codes: PackedCodes) -> Self {
+        Self { shape, params, codes }
+    }
+
+    /// Reassembles a tensor from its parts (for example read back from a file), checking that
+    /// they fit together.
+    ///
+    /// # Errors
+    /// [`QuantError::ShapeMismatch`] when the code count differs from the shape's element
+    /// count, [`QuantError::InvalidBits`] when the codes' width differs from the spec's,
+    /// [`QuantError::ParamCountMismatch`] when the parameters do not fit the shape, and
+    /// [`QuantError::CodeOutOfRange`] for a code above the scheme's largest code.
+    pub fn from_parts(shape: Vec<usize>, params: QuantParams<F>, codes: PackedCodes) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if codes.len() != n {
+            return Err(QuantError::ShapeMismatch { expected: shape, got: vec![codes.len()] });
+        }
+        let spec = params.spec();
+        if codes.bits() != spec.bits() {
+            return Err(QuantError::InvalidBits { bits: codes.bits(), min: spec.bits(), max: spec.bits() });
+        }
+        params.layout_for(&shape)?;
+        let max = spec.max_code();
+        if let Some((index, code)) = codes.unpack().into_iter().enumerate().find(|&(_, c)| c > max) {
+            return Err(QuantError::CodeOutOfRange { index, code, bits: spec.bits() });
+        }
+        Ok(Self { shape, params, codes })
+    }
+
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+    /// Whether the tensor has no elements (never true for tensors built by this crate).
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+    /// The code width.
+    pub fn bits(&self) -> u8 {
+        self.codes.bits()
+    }
+    /// The per-slice parameters.
+    pub fn params(&self) -> &QuantParams<F> {
+        &self.params
+    }
+    /// The bit-packed codes.
+    pub fn codes(&self) -> &PackedCodes {
+        &self.codes
+    }
+
+    /// The integer values in the scheme's natural domain, row-major: signed `q` for the
+    /// symmetric schemes (stored code minus the fixed offset), the stored unsigned code for
+    /// the asymmetric ones.
+    pub fn int_repr(&self) -> Vec<i32> {
+        let spec = self.params.spec();
+        let off = spec.scheme().signed_offset(spec.bits());
+        self.codes.unpack().into_iter().map(|c| i32::from(c) - off).collect()
+    }
+
+    /// Bytes of storage: the packed codes plus the parameters
+    /// (see [`QuantParams::storage_bytes`]). The shape is not counted.
+    pub fn storage_bytes(&self) -> usize {
+        self.codes.as_bytes().len() + self.params.storage_bytes()
+    }
+
+    /// Storage bits per element, parameters included.
+    pub fn bits_per_weight(&self) -> f64 {
+        (self.storage_bytes() * 8) as f64 / self.len() as f64
+    }
+
+    /// The dequantized tensor.
+    pub fn dequantize(&self) -> ArrayD<F> {
+        let mut out = ArrayD::zeros(IxDyn(&self.shape));
+        // A freshly allocated array is contiguous, so this always writes.
+        if let Some(buf) = out.as_slice_mut() {
+            self.dequantize_slice(buf);
+        }
+        out
+    }
+
+    /// Dequantizes into a caller buffer of the same shape (any layout).
+    ///
+    /// # Errors
+    /// [`QuantError::ShapeMismatch`] when `out` has another shape.
+    pub fn dequantize_into<D: Dimension>(&self, mut out: ArrayViewMut<'_, F, D>) -> Result<()> {
+        if out.shape() != self.shape.as_slice() {
+            return Err(QuantError::ShapeMismatch { expected: self.shape.clone(), got: out.shape().to_vec() });
+        }
+        match out.as_slice_mut() {
+            Some(buf) => self.dequantize_slice(buf),
+            None => {
+                let mut buf = vec![F::zero(); self.len()];
+                self.dequantize_slice(&mut buf);
+                out.iter_mut().zip(buf).for_each(|(o, v)| *o = v);
+            }
+        }
+        Ok(())
+    }
+
+    fn dequantize_slice(&self, out: &mut [F]) {
+        // The parameters were checked against the shape when the tensor was built.
+        let Ok(layout) = self.params.layout_for(&self.shape) else { return };
+        let kernels = self.params.kernels();
+        let bits = self.bits();
+        let bytes = self.codes.as_bytes();
+        let chunks: Vec<(usize, &mut [F])> = out.chunks_mut(BATCH).enumerate().collect();
+        par::map(chunks, |(k, chunk)| {
+            let start = k * BATCH;
+            let mut codes = vec![0u8; chunk.len()];
+            unpack_from(&bytes[start / 8 * usize::from(bits)..], bits, &mut codes);
+            layout.for_each_segment(start..start + chunk.len(), |p, seg| {
+                let local = seg.start - start..seg.end - start;
+                kernel::dequantize_run(&kernels[p], &codes[local.clone()], &mut chunk[local]);
+            });
+        });
+    }
+}
+
+/// The result of fake quantization: values `dequantize(quantize(x))` and the STE mask
+/// (`true` where the unclamped rounded code lies in the representable range, i.e. where the
+/// gradient passes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeQuantized<F, D: Dimension> {
+    /// The fake-quantized values.
+    pub values: Array<F, D>,
+    /// The straight-through-estimator mask.
+    pub mask: Array<bool, D>,
+}

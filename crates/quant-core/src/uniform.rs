@@ -1,0 +1,288 @@
+//! Uniform quantization drivers: calibrate, quantize, fake-quantize.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use ndarray::{Array, ArrayBase, Data, Dimension};
+
+use crate::error::{QuantError, Result};
+use crate::float::Float;
+use crate::kernel::{self, Kernel};
+use crate::layout::Layout;
+use crate::pack::{PackedCodes, pack_into, packed_len};
+use crate::par::{self, BATCH};
+use crate::params::{QuantParams, SliceParams};
+use crate::range::{estimate, min_max};
+use crate::spec::{RangeEstimator, UniformSpec};
+use crate::tensor::{FakeQuantized, QuantizedTensor};
+
+/// The elements of `x` in row-major order, borrowed when `x` is already contiguous.
+pub(crate) fn row_major<'a, F: Float, S: Data<Elem = F>, D: Dimension>(x: &'a ArrayBase<S, D>) -> Cow<'a, [F]> {
+    match x.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+/// The layout of `x` under `spec`, refusing empty tensors.
+pub(crate) fn layout_of(shape: &[usize], spec: &UniformSpec) -> Result<Layout> {
+    let layout = Layout::new(shape, spec.granularity())?;
+    if layout.len() == 0 {
+        return Err(QuantError::Empty);
+    }
+    Ok(layout)
+}
+
+/// Element ranges of `BATCH` elements covering `0..len`.
+fn element_batches(len: usize) -> Vec<Range<usize>> {
+    (0..len.div_ceil(BATCH)).map(|k| k * BATCH..((k + 1) * BATCH).min(len)).collect()
+}
+
+/// Index of the first non-finite element, if any (checked in parallel batches).
+fn first_non_finite<F: Float>(data: &[F]) -> Result<(F, F)> {
+    let parts = par::map(element_batches(data.len()), |r| min_max(&data[r.clone()]).map_err(|j| r.start + j));
+    let mut acc: Option<(F, F)> = None;
+    for p in parts {
+        let (l, h) = p.map_err(|index| QuantError::NonFinite { index })?;
+        acc = Some(match acc {
+            None => (l, h),
+            Some((a, b)) => (if l < a { l } else { a }, if h > b { h } else { b }),
+        });
+    }
+    acc.ok_or(QuantError::Empty)
+}
+
+/// Estimates every slice's range `[lo, hi]` as `spec` says.
+pub(crate) fn slice_ranges<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -> Result<Vec<(F, F)>> {
+    match layout.contiguous_runs() {
+        Some(1) => {
+            let range = if spec.range() == RangeEstimator::MinMax {
+                first_non_finite(data)?
+            } else {
+                estimate(data, spec, &mut Vec::new()).map_err(|index| QuantError::NonFinite { index })?
+            };
+            Ok(vec![range])
+        }
+        Some(runs) => {
+            let parts = par::map(run_batches(layout, runs), |(rs, _)| {
+                let mut scratch = Vec::new();
+                rs.map(|k| {
+                    let r = layout.run(k);
+                    estimate(&data[r.clone()], spec, &mut scratch).map_err(|j| r.start + j)
+                })
+                .collect::<core::result::Result<Vec<_>, usize>>()
+            });
+            collect_slices(parts)
+        }
+        None => {
+            // Slices are strided: check once, then gather each slice's elements.
+            first_non_finite(data)?;
+            let mut gathered: Vec<Vec<F>> = vec![Vec::new(); layout.num_params()];
+            layout.for_each_segment(0..data.len(), |p, r| gathered[p].extend_from_slice(&data[r]));
+            let parts = par::map(gathered, |xs| estimate(&xs, spec, &mut Vec::new()));
+            parts.into_iter().map(|p| p.map_err(|index| QuantError::NonFinite { index })).collect()
+        }
+    }
+}
+
+/// Estimates every slice's parameters.
+fn calibrate_slices<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -> Result<Vec<SliceParams<F>>> {
+    let ranges = slice_ranges(data, layout, spec)?;
+    Ok(ranges.into_iter().map(|(lo, hi)| SliceParams::from_range(lo, hi, spec.bits(), spec.scheme())).collect())
+}
+
+fn collect_slices<T>(parts: Vec<core::result::Result<Vec<T>, usize>>) -> Result<Vec<T>> {
+    let mut slices = Vec::new();
+    for p in parts {
+        slices.extend(p.map_err(|index| QuantError::NonFinite { index })?);
+    }
+    Ok(slices)
+}
+
+/// Groups consecutive runs into work items of at least `BATCH` elements that end on a
+/// multiple of 8 elements (so each item owns whole bytes of the packed codes).
+fn run_batches(layout: &Layout, runs: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    let mut out = Vec::new();
+    let (mut r0, mut e0) = (0, 0);
+    for k in 0..runs {
+        let e = layout.run(k).end;
+        if e - e0 >= BATCH && e % 8 == 0 {
+            out.push((r0..k + 1, e0..e));
+            (r0, e0) = (k + 1, e);
+        }
+    }
+    if r0 < runs {
+        out.push((r0..runs, e0..layout.len()));
+    }
+    out
+}
+
+/// Byte lengths of the packed codes owned by each element range.
+fn byte_lengths(ranges: &[Range<usize>], bits: u8) -> impl Iterator<Item = usize> + '_ {
+    ranges.iter().map(move |r| packed_len(r.end, bits) - packed_len(r.start, bits))
+}
+
+/// Quantizes with known parameters: codes per element batch, packed in place.
+fn apply_codes<F: Float>(data: &[F], layout: &Layout, params: &QuantParams<F>) -> PackedCodes {
+    let spec = params.spec();
+    let bits = spec.bits();
+    let kernels: Vec<Kernel<F>> = params.slices().iter().map(|p| Kernel::new(p, spec.max_code(), spec.scale_mode())).collect();
+    let batches = element_batches(data.len());
+    let mut bytes = vec![0u8; packed_len(data.len(), bits)];
+    let outs = par::split_lengths(&mut bytes, byte_lengths(&batches, bits));
+    par::map(batches.into_iter().zip(outs).collect(), |(r, out)| {
+        let mut codes = vec![0u8; r.len()];
+        let start = r.start;
+        layout.for_each_segment(r, |p, seg| {
+            let local = seg.start - start..seg.end - start;
+            kernel::quantize_run(&kernels[p], spec.rounding(), seg.start, &data[seg], &mut codes[local]);
+        });
+        pack_into(&codes, bits, out);
+    });
+    PackedCodes::from_parts_unchecked(bytes, data.len(), bits)
+}
+
+/// One fused pass per work item: estimate each run's range, derive its parameters and
+/// quantize it while it is in cache, then pack the item's codes.
+fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, runs: usize) -> Result<(Vec<SliceParams<F>>, PackedCodes)> {
+    let bits = spec.bits();
+    let batches = run_batches(layout, runs);
+    let elems: Vec<Range<usize>> = batches.iter().map(|(_, e)| e.clone()).collect();
+    let mut bytes = vec![0u8; packed_len(data.len(), bits)];
+    let outs = par::split_lengths(&mut bytes, byte_lengths(&elems, bits));
+    let parts = par::map(batches.into_iter().zip(outs).collect(), |((rs, es), out)| {
+        let mut codes = vec![0u8; es.len()];
+        let mut scratch = Vec::new();
+        let mut slices = Vec::with_capacity(rs.len());
+        for k in rs {
+            let r = layout.run(k);
+            let xs = &data[r.clone()];
+            let (lo, hi) = estimate(xs, spec, &mut scratch).map_err(|j| r.start + j)?;
+            let p = SliceParams::from_range(lo, hi, bits, spec.scheme());
+            let kern = Kernel::new(&p, spec.max_code(), spec.scale_mode());
+            kernel::quantize_run(&kern, spec.rounding(), r.start, xs, &mut codes[r.start - es.start..r.end - es.start]);
+            slices.push(p);
+        }
+        pack_into(&codes, bits, out);
+        Ok(slices)
+    });
+    let slices = collect_slices(parts)?;
+    Ok((slices, PackedCodes::from_parts_unchecked(bytes, data.len(), bits)))
+}
+
+/// Estimates the parameters of every slice of `x` without quantizing it.
+///
+/// # Errors
+/// [`QuantError::Empty`], [`QuantError::InvalidAxis`], [`QuantError::NonFinite`] (first
+/// offending row-major index).
+pub fn calibrate<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, spec: &UniformSpec) -> Result<QuantParams<F>> {
+    let layout = layout_of(x.shape(), spec)?;
+    let data = row_major(x);
+    Ok(QuantParams { spec: *spec, slices: calibrate_slices(&data, &layout, spec)? })
+}
+
+/// Quantizes `x` as `spec` says: estimates each slice's range, quantizes and bit-packs.
+///
+/// Works on any-dimensional views of `f32` or `f64`, contiguous or not (non-contiguous input
+/// is copied to row-major order first).
+///
+/// ```
+/// use quant_core::{quantize, Scheme, UniformSpec};
+/// use ndarray::array;
+///
+/// let w = array![[0.1f32, -0.4, 0.25], [1.5, -0.75, 0.0]];
+/// let spec = UniformSpec::builder().bits(4).scheme(Scheme::SymmetricNarrow).per_channel(0).check()?;
+/// let q = quantize(&w, &spec)?;
+/// assert_eq!(q.params().len(), 2); // one scale per output row
+/// let back = q.dequantize();
+/// assert!((back[[1, 0]] - 1.5).abs() < 1e-6);
+/// # Ok::<(), quant_core::QuantError>(())
+/// ```
+///
+/// # Errors
+/// [`QuantError::Empty`] for a tensor with no elements, [`QuantError::InvalidAxis`] for an
+/// axis the tensor lacks, [`QuantError::NonFinite`] for NaN or infinite input (with the first
+/// offending row-major index).
+pub fn quantize<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, spec: &UniformSpec) -> Result<QuantizedTensor<F>> {
+    let layout = layout_of(x.shape(), spec)?;
+    let data = row_major(x);
+    let (slices, codes) = match layout.contiguous_runs() {
+        Some(runs) if runs > 1 => fused_quantize(&data, &layout, spec, runs)?,
+        _ => {
+            let params = QuantParams { spec: *spec, slices: calibrate_slices(&data, &layout, spec)? };
+            let codes = apply_codes(&data, &layout, &params);
+            (params.slices, codes)
+        }
+    };
+    Ok(QuantizedTensor::from_valid_parts(x.shape().to_vec(), QuantParams { spec: *spec, slices }, codes))
+}
+
+/// Fake-quantizes `x` (quantize, then dequantize) and returns the STE mask with it.
+///
+/// Equal bit for bit to `quantize(x, spec)?.dequantize()`.
+///
+/// # Errors
+/// As [`quantize`].
+pub fn fake_quantize<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, spec: &UniformSpec) -> Result<FakeQuantized<F, D>> {
+    calibrate(x, spec)?.fake_quantize(x)
+}
+
+impl<F: Float> QuantParams<F> {
+    /// Checks that these parameters fit a tensor of `shape` and returns its layout.
+    pub(crate) fn layout_for(&self, shape: &[usize]) -> Result<Layout> {
+        let layout = layout_of(shape, &self.spec)?;
+        if layout.num_params() != self.slices.len() {
+            return Err(QuantError::ParamCountMismatch { expected: layout.num_params(), got: self.slices.len() });
+        }
+        Ok(layout)
+    }
+
+    pub(crate) fn kernels(&self) -> Vec<Kernel<F>> {
+        self.slices.iter().map(|p| Kernel::new(p, self.spec.max_code(), self.spec.scale_mode())).collect()
+    }
+
+    /// Quantizes `x` with these (fixed) parameters.
+    ///
+    /// # Errors
+    /// [`QuantError::ParamCountMismatch`] when `x` has a different number of slices under the
+    /// granularity, [`QuantError::NonFinite`], [`QuantError::Empty`], [`QuantError::InvalidAxis`].
+    pub fn quantize<S: Data<Elem = F>, D: Dimension>(&self, x: &ArrayBase<S, D>) -> Result<QuantizedTensor<F>> {
+        let layout = self.layout_for(x.shape())?;
+        let data = row_major(x);
+        first_non_finite(&data)?;
+        let codes = apply_codes(&data, &layout, self);
+        Ok(QuantizedTensor::from_valid_parts(x.shape().to_vec(), self.clone(), codes))
+    }
+
+    /// Fake-quantizes `x` with these parameters; also returns the STE mask.
+    ///
+    /// # Errors
+    /// As [`QuantParams::quantize`].
+    pub fn fake_quantize<S: Data<Elem = F>, D: Dimension>(&self, x: &ArrayBase<S, D>) -> Result<FakeQuantized<F, D>> {
+        let layout = self.layout_for(x.shape())?;
+        let data = row_major(x);
+        first_non_finite(&data)?;
+        let kernels = self.kernels();
+        let rounding = self.spec.rounding();
+        let mut values = vec![F::zero(); data.len()];
+        let mut mask = vec![false; data.len()];
+        let batches = element_batches(data.len());
+        let lens: Vec<usize> = batches.iter().map(|r| r.len()).collect();
+        let vs = par::split_lengths(&mut values, lens.iter().copied());
+        let ms = par::split_lengths(&mut mask, lens.iter().copied());
+        par::map(batches.into_iter().zip(vs.into_iter().zip(ms)).collect(), |(r, (v, m))| {
+            let start = r.start;
+            layout.for_each_segment(r, |p, seg| {
+                let local = seg.start - start..seg.end - start;
+                kernel::fake_quantize_run(&kernels[p], rounding, seg.start, &data[seg], &mut v[local.clone()], &mut m[local]);
+            });
+        });
+        let dim = x.raw_dim();
+        // The shapes agree by construction; the error arm is unreachable but typed.
+        let shape_err = || QuantError::ShapeMismatch { expected: x.shape().to_vec(), got: vec![data.len()] };
+        Ok(FakeQuantized {
+            values: Array::from_shape_vec(dim.clone(), values).map_err(|_| shape_err())?,
+            mask: Array::from_shape_vec(dim, mask).map_err(|_| shape_err())?,
+        })
+    }
+}

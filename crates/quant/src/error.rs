@@ -1,0 +1,16 @@
+//! The umbrella error of the facade.
+
+/// Any error of the `quant` crates.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// From `quant-core`.
+    #[error(transparent)]
+    Core(#[from] quant_core::QuantError),
+    /// From the embedded data sets.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}
+
+/// `Result` with the umbrella [`Error`].
+pub type Result<T> = core::result::Result<T, Error>;

@@ -1,0 +1,68 @@
+//! # quant
+//!
+//! Hessian-aware neural-network quantization in Rust: the facade of the `quant` crate family.
+//! Add this crate and reach everything through it:
+//!
+//! | module | crate | what it holds |
+//! |---|---|---|
+//! | [`core`] | `quant-core` | uniform quantizers, bit-packed tensors, STE, LSQ, calibration |
+//! | [`hessian`] | `quant-hessian` | Hessian-vector products and eigen/trace estimators (in progress) |
+//! | [`mixed`] | `quant-mixed` | sensitivity metrics and bit allocation (in progress) |
+//! | [`group`] | `quant-group` | group-wise quantization with per-group tables (in progress) |
+//! | [`data`] | this crate | the embedded UCI digits data |
+//!
+//! ## Quick start
+//! ```
+//! use quant::prelude::*;
+//!
+//! let digits = quant::data::digits()?;
+//! let spec = UniformSpec::builder().bits(4).scheme(Scheme::AsymmetricGrid).per_channel(1).check()?;
+//! let q = quantize(&digits.images, &spec)?;
+//! println!("{} bytes, {:.2} bits per value", q.storage_bytes(), q.bits_per_weight());
+//! # Ok::<(), quant::Error>(())
+//! ```
+//!
+//! ## Features
+//! - `rayon` (default): parallel quantization; results are identical without it.
+
+mod error;
+
+pub mod data;
+
+pub use error::{Error, Result};
+
+/// Uniform quantizers, packed storage, STE and calibration (the `quant-core` crate).
+pub mod core {
+    pub use quant_core::*;
+}
+
+/// Hessian-vector products and spectral estimators (the `quant-hessian` crate).
+pub mod hessian {
+    pub use quant_hessian::*;
+}
+
+/// Sensitivity metrics and bit allocation (the `quant-mixed` crate).
+pub mod mixed {
+    pub use quant_mixed::*;
+}
+
+/// Group-wise quantization (the `quant-group` crate).
+pub mod group {
+    pub use quant_group::*;
+}
+
+/// The names most programs need: specs, the quantize functions and the float trait.
+pub mod prelude {
+    pub use quant_core::{
+        Float, Granularity, QuantParams, QuantizedTensor, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, calibrate,
+        fake_quantize, quantize, ste_backward,
+    };
+}
+
+/// Re-export of `ndarray`, whose arrays and views appear in every signature.
+pub use ndarray;
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
