@@ -40,10 +40,25 @@ pub trait Float: NdFloat + FromPrimitive + Default + Sum + Debug + Display + Sen
         }
     }
 
+    /// [`round_ties_even`](Float::round_ties_even) for `|self| ≤ 2^20` (callers guarantee the
+    /// bound); `f32`/`f64` skip the magnitude test.
+    #[inline]
+    fn round_ties_even_bounded(self) -> Self {
+        self.round_ties_even()
+    }
+
     /// Truncates towards zero to an `i32`, saturating at the `i32` limits (NaN gives 0).
     #[inline]
     fn to_i32_saturating(self) -> i32 {
         self.as_f64() as i32
+    }
+
+    /// Converts a value that is already an integer in `0..=255` to `u8` (other values give an
+    /// unspecified code, never a panic). `f32`/`f64` use a bit trick that vectorises where
+    /// the saturating `as` conversion does not.
+    #[inline]
+    fn small_int_to_u8(self) -> u8 {
+        self.to_i32_saturating() as u8
     }
 }
 
@@ -84,6 +99,19 @@ impl Float for f32 {
     fn to_i32_saturating(self) -> i32 {
         self as i32
     }
+
+    #[inline]
+    fn round_ties_even_bounded(self) -> Self {
+        // 1.5 · 2^23: for |x| <= 2^22 the sum lies in [2^23, 2^24), where the spacing is 1.
+        const MAGIC: f32 = 12_582_912.0;
+        (self + MAGIC) - MAGIC
+    }
+
+    #[inline]
+    fn small_int_to_u8(self) -> u8 {
+        // For an integer 0 <= v < 2^23, the bits of v + 2^23 are 0x4B00_0000 | v.
+        (self + 8_388_608.0).to_bits() as u8
+    }
 }
 
 impl Float for f64 {
@@ -119,5 +147,18 @@ impl Float for f64 {
     #[inline]
     fn to_i32_saturating(self) -> i32 {
         self as i32
+    }
+
+    #[inline]
+    fn round_ties_even_bounded(self) -> Self {
+        // 1.5 · 2^52: for |x| <= 2^51 the sum lies in [2^52, 2^53), where the spacing is 1.
+        const MAGIC: f64 = 6_755_399_441_055_744.0;
+        (self + MAGIC) - MAGIC
+    }
+
+    #[inline]
+    fn small_int_to_u8(self) -> u8 {
+        // For an integer 0 <= v < 2^52, the bits of v + 2^52 are 0x4330_0000_0000_0000 | v.
+        (self + 4_503_599_627_370_496.0).to_bits() as u8
     }
 }

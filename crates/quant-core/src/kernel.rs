@@ -76,7 +76,7 @@ impl<F: Float> Kernel<F> {
     /// The code of one value with half-even rounding (used by searches and checks).
     #[inline]
     pub(crate) fn code_half_even(&self, x: F) -> i32 {
-        self.clamp_code(self.unclamped(x, 0, self.divide, &|y: F, _| y.round_ties_even()))
+        self.clamp_code(self.unclamped(x, 0, self.divide, &|y: F, _| y.round_ties_even_bounded()))
     }
 }
 
@@ -86,7 +86,8 @@ macro_rules! with_rounding {
     ($rounding:expr, $base:expr, |$round:ident| $body:expr) => {
         match $rounding {
             Rounding::HalfEven => {
-                let $round = |y: F, _j: usize| y.round_ties_even();
+                // `scaled` bounds |y| by 2^20.
+                let $round = |y: F, _j: usize| y.round_ties_even_bounded();
                 $body
             }
             Rounding::HalfAwayFromZero => {
@@ -109,7 +110,8 @@ pub(crate) fn quantize_run<F: Float>(k: &Kernel<F>, rounding: Rounding, base: us
     #[inline(always)]
     fn go<F: Float, R: Fn(F, usize) -> F>(k: &Kernel<F>, xs: &[F], codes: &mut [u8], divide: bool, round: R) {
         for (j, (&x, c)) in xs.iter().zip(codes.iter_mut()).enumerate() {
-            *c = k.clamp_code(k.unclamped(x, j, divide, &round)) as u8;
+            let q = k.unclamped(x, j, divide, &round);
+            *c = fmin(fmax(q, F::zero()), k.umax).small_int_to_u8();
         }
     }
     with_rounding!(rounding, base, |round| if k.divide { go(k, xs, codes, true, round) } else { go(k, xs, codes, false, round) })
@@ -159,10 +161,18 @@ mod tests {
 
     #[test]
     fn round_ties_even_matches_std() {
-        let cases = [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.7, -3.7, 8_388_607.5, 1e9, -1e9, 0.0];
+        let cases = [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.7, -3.7, 1_048_575.5, -1_048_574.5, 8_388_607.5, 1e9, -1e9, 0.0];
         for x in cases {
             assert_eq!(Float::round_ties_even(x), f32::round_ties_even(x), "{x}");
             assert_eq!(Float::round_ties_even(f64::from(x)), f64::round_ties_even(f64::from(x)), "{x}");
+            if x.abs() <= 1_048_576.0 {
+                assert_eq!(x.round_ties_even_bounded(), f32::round_ties_even(x), "{x}");
+                assert_eq!(f64::from(x).round_ties_even_bounded(), f64::round_ties_even(f64::from(x)), "{x}");
+            }
+        }
+        for v in 0..=255u8 {
+            assert_eq!(f32::from(v).small_int_to_u8(), v);
+            assert_eq!(f64::from(v).small_int_to_u8(), v);
         }
     }
 }

@@ -104,60 +104,77 @@ impl PackedCodes {
 
 /// Packs `codes` into `out` (exactly `packed_len(codes.len(), bits)` bytes). Codes must fit.
 pub(crate) fn pack_into(codes: &[u8], bits: u8, out: &mut [u8]) {
-    let b = usize::from(bits);
-    if b == 8 {
-        out.copy_from_slice(codes);
-        return;
+    match bits {
+        1 => pack_width::<1>(codes, out),
+        2 => pack_width::<2>(codes, out),
+        3 => pack_width::<3>(codes, out),
+        4 => pack_width::<4>(codes, out),
+        5 => pack_width::<5>(codes, out),
+        6 => pack_width::<6>(codes, out),
+        7 => pack_width::<7>(codes, out),
+        _ => out.copy_from_slice(codes),
     }
+}
+
+/// Eight codes of `B` bits as one little-endian `u64` (the low `8·B` bits are used).
+#[inline(always)]
+fn block<const B: usize>(c: &[u8]) -> u64 {
+    c.iter().enumerate().fold(0u64, |acc, (j, &v)| acc | u64::from(v) << (j * B))
+}
+
+/// Packing with the width known at compile time: every 8 codes become `B` bytes.
+fn pack_width<const B: usize>(codes: &[u8], out: &mut [u8]) {
     let mut blocks = codes.chunks_exact(8);
-    for (c, o) in (&mut blocks).zip(out.chunks_exact_mut(b)) {
-        let mut acc = 0u64;
-        for (j, &v) in c.iter().enumerate() {
-            acc |= u64::from(v) << (j * b);
-        }
-        o.copy_from_slice(&acc.to_le_bytes()[..b]);
+    for (c, o) in (&mut blocks).zip(out.chunks_exact_mut(B)) {
+        o.copy_from_slice(&block::<B>(c).to_le_bytes()[..B]);
     }
     let tail = blocks.remainder();
     if !tail.is_empty() {
-        let mut acc = 0u64;
-        for (j, &v) in tail.iter().enumerate() {
-            acc |= u64::from(v) << (j * b);
-        }
-        // The tail's bytes follow the full blocks (`outs` may still hold them as a chunk).
-        let rest = &mut out[codes.len() / 8 * b..];
+        // The tail's bytes follow the full blocks.
+        let rest = &mut out[codes.len() / 8 * B..];
         let n = rest.len();
-        rest.copy_from_slice(&acc.to_le_bytes()[..n]);
+        rest.copy_from_slice(&block::<B>(tail).to_le_bytes()[..n]);
     }
 }
 
 /// Unpacks `out.len()` codes from the start of `bytes`.
 pub(crate) fn unpack_from(bytes: &[u8], bits: u8, out: &mut [u8]) {
-    let b = usize::from(bits);
-    if b == 8 {
-        out.copy_from_slice(&bytes[..out.len()]);
-        return;
+    match bits {
+        1 => unpack_width::<1>(bytes, out),
+        2 => unpack_width::<2>(bytes, out),
+        3 => unpack_width::<3>(bytes, out),
+        4 => unpack_width::<4>(bytes, out),
+        5 => unpack_width::<5>(bytes, out),
+        6 => unpack_width::<6>(bytes, out),
+        7 => unpack_width::<7>(bytes, out),
+        _ => {
+            let n = out.len();
+            out.copy_from_slice(&bytes[..n]);
+        }
     }
-    let mask = (1u64 << b) - 1;
+}
+
+fn unpack_width<const B: usize>(bytes: &[u8], out: &mut [u8]) {
+    let mask = (1u64 << B) - 1;
     let total = out.len();
     let mut outs = out.chunks_exact_mut(8);
-    let mut ins = bytes.chunks_exact(b);
-    for (o, i) in (&mut outs).zip(&mut ins) {
+    for (o, i) in (&mut outs).zip(bytes.chunks_exact(B)) {
         let mut word = [0u8; 8];
-        word[..b].copy_from_slice(i);
+        word[..B].copy_from_slice(i);
         let acc = u64::from_le_bytes(word);
         for (j, v) in o.iter_mut().enumerate() {
-            *v = ((acc >> (j * b)) & mask) as u8;
+            *v = ((acc >> (j * B)) & mask) as u8;
         }
     }
     let tail = outs.into_remainder();
     if !tail.is_empty() {
-        let start = (total / 8) * b;
+        let start = (total / 8) * B;
         let mut word = [0u8; 8];
-        let avail = &bytes[start..packed_len(total, bits).min(bytes.len())];
+        let avail = &bytes[start..packed_len(total, B as u8).min(bytes.len())];
         word[..avail.len()].copy_from_slice(avail);
         let acc = u64::from_le_bytes(word);
         for (j, v) in tail.iter_mut().enumerate() {
-            *v = ((acc >> (j * b)) & mask) as u8;
+            *v = ((acc >> (j * B)) & mask) as u8;
         }
     }
 }

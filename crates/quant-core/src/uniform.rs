@@ -153,15 +153,20 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
     let parts = par::map(batches.into_iter().zip(outs).collect(), |((rs, es), out)| {
         let mut codes = vec![0u8; es.len()];
         let mut scratch = Vec::new();
-        let mut slices = Vec::with_capacity(rs.len());
-        for k in rs {
+        // First every run's range (one streaming pass over the item), then the codes while
+        // the item is still in cache.
+        let slices = rs
+            .clone()
+            .map(|k| {
+                let r = layout.run(k);
+                let (lo, hi) = estimate(&data[r.clone()], spec, &mut scratch).map_err(|j| r.start + j)?;
+                Ok(SliceParams::from_range(lo, hi, bits, spec.scheme()))
+            })
+            .collect::<core::result::Result<Vec<_>, usize>>()?;
+        for (k, p) in rs.zip(&slices) {
             let r = layout.run(k);
-            let xs = &data[r.clone()];
-            let (lo, hi) = estimate(xs, spec, &mut scratch).map_err(|j| r.start + j)?;
-            let p = SliceParams::from_range(lo, hi, bits, spec.scheme());
-            let kern = Kernel::new(&p, spec.max_code(), spec.scale_mode());
-            kernel::quantize_run(&kern, spec.rounding(), r.start, xs, &mut codes[r.start - es.start..r.end - es.start]);
-            slices.push(p);
+            let kern = Kernel::new(p, spec.max_code(), spec.scale_mode());
+            kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - es.start..r.end - es.start]);
         }
         pack_into(&codes, bits, out);
         Ok(slices)

@@ -1,0 +1,72 @@
+//! SQNR and bits per weight of uniform configurations on 4096 x 4096 N(0, 0.02²) weights,
+//! beside candle's GGML block formats on the same matrix. Prints a Markdown table.
+//!
+//! `cargo bench -p quant-benches --bench uniform_quality`. Results: docs/benchmarks.md.
+
+use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ8_0, GgmlType};
+use quant_benches::{gaussian_weights, sqnr_db};
+use quant_core::{Granularity, RangeEstimator, Scheme, UniformSpec, quantize};
+
+fn candle<T: GgmlType>(x: &[f32]) -> (f64, f64) {
+    let mut blocks = vec![T::zeros(); x.len() / T::BLCK_SIZE];
+    T::from_float(x, &mut blocks);
+    let mut y = vec![0f32; x.len()];
+    T::to_float(&blocks, &mut y);
+    let bpw = (std::mem::size_of::<T>() * 8) as f64 / T::BLCK_SIZE as f64;
+    (bpw, sqnr_db(x, &y))
+}
+
+fn main() -> Result<(), quant_core::QuantError> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(()); // `cargo bench -- --list` and `--no-run` probes
+    }
+    let n = 4096;
+    let w = gaussian_weights(n, n, 42);
+    let flat: Vec<f32> = w.iter().copied().collect();
+    println!("| format | bits/weight | SQNR dB |\n|---|---|---|");
+    for (name, (bpw, db)) in [
+        ("candle q8_0", candle::<BlockQ8_0>(&flat)),
+        ("candle q4_1", candle::<BlockQ4_1>(&flat)),
+        ("candle q4_0", candle::<BlockQ4_0>(&flat)),
+        ("candle q4_k", candle::<BlockQ4K>(&flat)),
+        ("candle q3_k", candle::<BlockQ3K>(&flat)),
+        ("candle q2_k", candle::<BlockQ2K>(&flat)),
+    ] {
+        println!("| {name} | {bpw:.4} | {db:.2} |");
+    }
+    let mut rows = Vec::new();
+    for bits in [8u8, 4, 3, 2] {
+        for scheme in [Scheme::SymmetricNarrow, Scheme::AsymmetricGrid] {
+            for g in [
+                Granularity::PerChannel { axis: 0 },
+                Granularity::PerGroup { axis: 1, size: 32 },
+                Granularity::PerGroup { axis: 1, size: 64 },
+                Granularity::PerGroup { axis: 1, size: 128 },
+            ] {
+                for range in [RangeEstimator::MinMax, RangeEstimator::Mse { steps: 100 }] {
+                    if bits == 2 && scheme == Scheme::SymmetricNarrow {
+                        continue; // 3 levels: not a useful 2-bit format
+                    }
+                    let spec = UniformSpec::builder().bits(bits).scheme(scheme).granularity(g).range(range).check()?;
+                    let q = quantize(&w, &spec)?;
+                    let back = q.dequantize();
+                    let db = sqnr_db(&flat, back.as_slice().unwrap_or(&[]));
+                    let gname = match g {
+                        Granularity::PerGroup { size, .. } => format!("group {size}"),
+                        _ => "per-channel".to_string(),
+                    };
+                    let rname = if range == RangeEstimator::MinMax { "min-max" } else { "mse" };
+                    rows.push((
+                        q.bits_per_weight(),
+                        format!("| ours {bits}-bit {scheme:?} {gname} {rname} (f32 tables) | {:.4} | {db:.2} |", q.bits_per_weight()),
+                    ));
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (_, r) in rows {
+        println!("{r}");
+    }
+    Ok(())
+}
