@@ -14,12 +14,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use ndarray::{ArrayBase, Axis, Data, Dimension};
+use ndarray::{ArrayBase, ArrayD, Axis, Data, Dimension, IxDyn};
 
 use crate::error::QuantError;
 use crate::float::Float;
+use crate::observer::RangeObserver;
 use crate::pack::PackedCodes;
-use crate::spec::{Granularity, Rounding, UniformSpec};
+use crate::spec::{Granularity, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec};
+use crate::ste::lsq_gradients;
 use crate::uniform::{calibrate, fake_quantize, layout_of, quantize, row_major};
 
 /// A broken invariant, with the row-major index and values involved.
@@ -83,6 +85,12 @@ pub enum Violation {
     #[error("code {index} changed in a pack/unpack round trip")]
     PackRoundTrip {
         /// Index of the code.
+        index: usize,
+    },
+    /// A dequantized, fake-quantized or gradient value is NaN or infinite for finite input.
+    #[error("element {index}: non-finite output for finite input")]
+    NonFiniteOutput {
+        /// Row-major index.
         index: usize,
     },
     /// Per-channel quantization differs from per-tensor quantization of that channel's slice.
@@ -244,6 +252,115 @@ pub fn all<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, spec:
     per_channel_matches_slices(x, spec)?;
     let q = quantize(x, spec)?;
     pack_round_trip(&q.codes().unpack(), spec.bits())
+}
+
+/// Bytes read in order, with zeros once they run out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | u64::from(self.u32()) << 32
+    }
+}
+
+fn finite_outputs<'a, F: Float + 'a>(values: impl IntoIterator<Item = &'a F>) -> Check {
+    match values.into_iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Violation::NonFiniteOutput { index }),
+        None => Ok(()),
+    }
+}
+
+/// Decodes a spec, a shape and tensor values (raw `f32` bit patterns: NaN, infinities and
+/// subnormals included) from arbitrary bytes and runs every public entry point of the uniform
+/// quantizer on them, in `f32` and `f64`. For fuzzing: it must never panic; it returns a
+/// [`Violation`] only when finite input produced non-finite output. Typed errors are expected
+/// outcomes, not violations.
+pub fn exercise(bytes: &[u8]) -> Check {
+    let mut b = Bytes(bytes);
+    let bits = b.u8() % 10;
+    let scheme =
+        [Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull][usize::from(b.u8() % 4)];
+    let (kind, axis, size) = (b.u8() % 3, usize::from(b.u8() % 5), usize::from(b.u8() % 9));
+    let granularity = match kind {
+        0 => Granularity::PerTensor,
+        1 => Granularity::PerChannel { axis },
+        _ => Granularity::PerGroup { axis, size },
+    };
+    let range = match b.u8() % 3 {
+        0 => RangeEstimator::MinMax,
+        1 => RangeEstimator::Percentile { lower: f64::from(f32::from_bits(b.u32())), upper: f64::from(f32::from_bits(b.u32())) },
+        _ => RangeEstimator::Mse { steps: u16::from(b.u8() % 40) },
+    };
+    let rounding = match b.u8() % 3 {
+        0 => Rounding::HalfEven,
+        1 => Rounding::HalfAwayFromZero,
+        _ => Rounding::Stochastic { seed: b.u64() },
+    };
+    let mode = if b.u8() % 2 == 0 { ScaleMode::Reciprocal } else { ScaleMode::Divide };
+    let shape: Vec<usize> = (0..b.u8() % 4).map(|_| usize::from(b.u8() % 7)).collect();
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| f32::from_bits(b.u32())).collect();
+    let x = match ArrayD::from_shape_vec(IxDyn(&shape), values) {
+        Ok(x) => x,
+        Err(_) => return Ok(()),
+    };
+    // Packed codes from the remaining bytes, with an arbitrary declared length and width.
+    let (len, width) = (usize::from(b.u8()), b.u8() % 10);
+    if let Ok(p) = PackedCodes::from_bytes(b.0.to_vec(), len, width) {
+        let _ = (p.unpack(), p.get(len / 2));
+    }
+    let _ = PackedCodes::pack(b.0, width);
+    let Ok(spec) =
+        UniformSpec::builder().bits(bits).scheme(scheme).granularity(granularity).range(range).rounding(rounding).scale_mode(mode).check()
+    else {
+        return Ok(());
+    };
+    exercise_spec(&x, &spec)?;
+    exercise_spec(&x.mapv(f64::from), &spec)
+}
+
+fn exercise_spec<F: Float>(x: &ArrayD<F>, spec: &UniformSpec) -> Check {
+    let finite = x.iter().all(|v| v.is_finite());
+    if let Ok(q) = quantize(x, spec) {
+        let dq = q.dequantize();
+        finite_outputs(dq.iter())?;
+        let _ = (q.int_repr(), q.storage_bytes(), q.bits_per_weight());
+        let mut out = ArrayD::zeros(IxDyn(q.shape()));
+        let _ = q.dequantize_into(out.view_mut());
+    }
+    if let Ok(f) = fake_quantize(x, spec) {
+        finite_outputs(f.values.iter())?;
+    }
+    if let Ok(p) = calibrate(x, spec) {
+        let _ = p.quantize(x);
+        if let Ok(g) = lsq_gradients(x, &x.mapv(|_| F::one()), &p, true) {
+            finite_outputs(g.input.iter().chain(&g.scale).chain(&g.zero_point))?;
+        }
+    }
+    let mut obs = RangeObserver::min_max(spec.granularity());
+    let _ = obs.observe(x);
+    let _ = obs.observe(&x.mapv(|v| v * F::cast(0.5)));
+    let _ = obs.params(spec);
+    if finite && !x.is_empty() && quantize(x, spec).is_err() && !matches!(spec.granularity(), Granularity::PerTensor) {
+        // A finite, non-empty tensor may only fail on its axis.
+        return match quantize(x, spec) {
+            Err(QuantError::InvalidAxis { .. }) | Ok(_) => Ok(()),
+            Err(e) => Err(Violation::Quant(e)),
+        };
+    }
+    Ok(())
 }
 
 /// Whether two floats differ in value or in the sign of zero (the bits, for finite values).

@@ -53,6 +53,17 @@ pub trait Float: NdFloat + FromPrimitive + Default + Sum + Debug + Display + Sen
         self.as_f64() as i32
     }
 
+    /// The stored code `round_ties_even(clamp(y, lo, hi)) + z` for the quantization kernels,
+    /// where `z` is an integer in `0..=255`, `lo = −z` and `hi = umax − z` (so the code lands
+    /// in `0..=umax ≤ 255` without a second clamp). Equal to rounding, adding `z` and clamping
+    /// to `0..=umax`, because the clamp bounds are integers.
+    #[inline]
+    fn half_even_code(y: Self, lo: Self, hi: Self, z: Self) -> u8 {
+        let y = if y > lo { y } else { lo };
+        let y = if y < hi { y } else { hi };
+        (y.round_ties_even() + z).small_int_to_u8()
+    }
+
     /// Converts a value that is already an integer in `0..=255` to `u8` (other values give an
     /// unspecified code, never a panic). `f32`/`f64` use a bit trick that vectorises where
     /// the saturating `as` conversion does not.
@@ -108,6 +119,15 @@ impl Float for f32 {
     }
 
     #[inline]
+    fn half_even_code(y: Self, lo: Self, hi: Self, z: Self) -> u8 {
+        let y = if y > lo { y } else { lo };
+        let y = if y < hi { y } else { hi };
+        // y + 1.5·2^23 rounds y to an integer (ties to even) in [2^23, 2^24); adding
+        // z − 2^22 exactly gives 2^23 + code, whose low byte is the code.
+        ((y + 12_582_912.0) + (z - 4_194_304.0)).to_bits() as u8
+    }
+
+    #[inline]
     fn small_int_to_u8(self) -> u8 {
         // For an integer 0 <= v < 2^23, the bits of v + 2^23 are 0x4B00_0000 | v.
         (self + 8_388_608.0).to_bits() as u8
@@ -154,6 +174,14 @@ impl Float for f64 {
         // 1.5 · 2^52: for |x| <= 2^51 the sum lies in [2^52, 2^53), where the spacing is 1.
         const MAGIC: f64 = 6_755_399_441_055_744.0;
         (self + MAGIC) - MAGIC
+    }
+
+    #[inline]
+    fn half_even_code(y: Self, lo: Self, hi: Self, z: Self) -> u8 {
+        let y = if y > lo { y } else { lo };
+        let y = if y < hi { y } else { hi };
+        // As for f32 with 1.5·2^52 and 2^51.
+        ((y + 6_755_399_441_055_744.0) + (z - 2_251_799_813_685_248.0)).to_bits() as u8
     }
 
     #[inline]

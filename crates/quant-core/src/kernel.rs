@@ -107,6 +107,21 @@ macro_rules! with_rounding {
 
 /// Quantizes `xs` (a run sharing one slice) into `codes`.
 pub(crate) fn quantize_run<F: Float>(k: &Kernel<F>, rounding: Rounding, base: usize, xs: &[F], codes: &mut [u8]) {
+    if rounding == Rounding::HalfEven {
+        // The default mode's fast path: clamp in the scaled domain, then one fused
+        // round-offset-convert step (see `Float::half_even_code`). Same codes as below.
+        let (lo, hi) = (-k.z, k.umax - k.z);
+        if k.divide {
+            for (&x, c) in xs.iter().zip(codes.iter_mut()) {
+                *c = F::half_even_code((x - k.m) / k.s, lo, hi, k.z);
+            }
+        } else {
+            for (&x, c) in xs.iter().zip(codes.iter_mut()) {
+                *c = F::half_even_code((x - k.m) * k.inv, lo, hi, k.z);
+            }
+        }
+        return;
+    }
     #[inline(always)]
     fn go<F: Float, R: Fn(F, usize) -> F>(k: &Kernel<F>, xs: &[F], codes: &mut [u8], divide: bool, round: R) {
         for (j, (&x, c)) in xs.iter().zip(codes.iter_mut()).enumerate() {

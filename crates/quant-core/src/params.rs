@@ -26,13 +26,14 @@ impl<F: Float> SliceParams<F> {
     /// for the PyTorch-convention schemes (as PyTorch does), the smallest positive normal
     /// number otherwise; every element of such a slice then reconstructs exactly.
     ///
-    /// The range is first clipped to `±F::MAX/2`, so that no dequantized value overflows;
+    /// The range is first clipped to `±F::MAX/4`, so that no dequantized value overflows;
     /// only values beyond that (absurd for weights) are affected.
     pub fn from_range(lo: F, hi: F, bits: u8, scheme: Scheme) -> Self {
-        // No dequantized value may overflow: ranges reaching past ±F::MAX/2 are clipped there.
-        let half_max = F::max_value() / F::cast(2.0);
-        let lo = if lo > -half_max { lo } else { -half_max };
-        let hi = if hi < half_max { hi } else { half_max };
+        // No dequantized value (nor S·umax on the way) may overflow: ranges reaching past
+        // ±F::MAX/4 are clipped there.
+        let limit = F::max_value() / F::cast(4.0);
+        let lo = if lo > -limit { lo } else { -limit };
+        let hi = if hi < limit { hi } else { limit };
         let levels_i = (1i32 << bits) - 1;
         let levels = F::from_int(levels_i);
         let tiny = F::min_positive_value();

@@ -131,13 +131,21 @@ fn apply_codes<F: Float>(data: &[F], layout: &Layout, params: &QuantParams<F>) -
     let mut bytes = vec![0u8; packed_len(data.len(), bits)];
     let outs = par::split_lengths(&mut bytes, byte_lengths(&batches, bits));
     par::map(batches.into_iter().zip(outs).collect(), |(r, out)| {
-        let mut codes = vec![0u8; r.len()];
+        let mut buf = Vec::new();
+        let codes: &mut [u8] = if bits == 8 {
+            &mut *out
+        } else {
+            buf.resize(r.len(), 0u8);
+            &mut buf
+        };
         let start = r.start;
         layout.for_each_segment(r, |p, seg| {
             let local = seg.start - start..seg.end - start;
             kernel::quantize_run(&kernels[p], spec.rounding(), seg.start, &data[seg], &mut codes[local]);
         });
-        pack_into(&codes, bits, out);
+        if bits != 8 {
+            pack_into(&buf, bits, out);
+        }
     });
     PackedCodes::from_parts_unchecked(bytes, data.len(), bits)
 }
@@ -151,7 +159,14 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
     let mut bytes = vec![0u8; packed_len(data.len(), bits)];
     let outs = par::split_lengths(&mut bytes, byte_lengths(&elems, bits));
     let parts = par::map(batches.into_iter().zip(outs).collect(), |((rs, es), out)| {
-        let mut codes = vec![0u8; es.len()];
+        // 8-bit codes are their own packing: write them straight into the output.
+        let mut buf = Vec::new();
+        let codes: &mut [u8] = if bits == 8 {
+            &mut *out
+        } else {
+            buf.resize(es.len(), 0u8);
+            &mut buf
+        };
         let mut scratch = Vec::new();
         // First every run's range (one streaming pass over the item), then the codes while
         // the item is still in cache.
@@ -168,7 +183,9 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
             let kern = Kernel::new(p, spec.max_code(), spec.scale_mode());
             kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - es.start..r.end - es.start]);
         }
-        pack_into(&codes, bits, out);
+        if bits != 8 {
+            pack_into(&buf, bits, out);
+        }
         Ok(slices)
     });
     let slices = collect_slices(parts)?;

@@ -1,0 +1,49 @@
+//! The fuzz target's body (`check::exercise`) over random bytes in the ordinary test run, plus
+//! inputs that once broke something, so CI checks "never panics" without a fuzzer.
+
+use proptest::prelude::*;
+use quant_core::check;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert_eq!(check::exercise(&bytes), Ok(()));
+    }
+}
+
+/// Hand-made hostile inputs: NaN and infinite values, empty and 0-d shapes, extreme ranges.
+#[test]
+fn hostile_inputs() {
+    let nan = f32::NAN.to_bits().to_le_bytes();
+    let inf = f32::INFINITY.to_bits().to_le_bytes();
+    let max = f32::MAX.to_bits().to_le_bytes();
+    let tiny = 1u32.to_le_bytes(); // the smallest subnormal
+    // bits 8, exact-zero, per group axis 1 size 3, min-max, half-even, reciprocal, shape [2, 5].
+    let header = [8u8, 1, 2, 1, 3, 0, 0, 0, 2, 2, 5];
+    for vals in [[nan; 10], [inf; 10], [max; 10], [tiny; 10]] {
+        let mut bytes = header.to_vec();
+        bytes.extend(vals.iter().flatten());
+        assert_eq!(check::exercise(&bytes), Ok(()));
+    }
+    let mut mixed = header.to_vec();
+    for (i, v) in [max, tiny, nan, inf].iter().cycle().take(10).enumerate() {
+        let _ = i;
+        mixed.extend(v);
+    }
+    assert_eq!(check::exercise(&mixed), Ok(()));
+    assert_eq!(check::exercise(&[]), Ok(()));
+    assert_eq!(check::exercise(&[0xff; 64]), Ok(()));
+}
+
+/// Found by the property above: a 5-bit grid over [-2^127, 2^127] overflowed `S·31` to
+/// infinity before the offset was added (the range clip was ±MAX/2; it is now ±MAX/4).
+#[test]
+fn regression_grid_top_code_overflow() {
+    let mut bytes = vec![125u8, 160, 0, 0, 0, 33, 0, 0, 43, 39, 67, 2];
+    let mut values = [0u32; 32];
+    values[10] = 0x7F00_0000;
+    values[31] = 0xFF00_0000;
+    bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    assert_eq!(check::exercise(&bytes), Ok(()));
+}
