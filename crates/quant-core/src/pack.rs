@@ -141,15 +141,34 @@ fn pack_width<const B: usize>(codes: &[u8], out: &mut [u8]) {
 pub(crate) fn unpack_from(bytes: &[u8], bits: u8, out: &mut [u8]) {
     match bits {
         1 => unpack_width::<1>(bytes, out),
-        2 => unpack_width::<2>(bytes, out),
+        2 => unpack_sub_byte::<2>(bytes, out),
         3 => unpack_width::<3>(bytes, out),
-        4 => unpack_width::<4>(bytes, out),
+        4 => unpack_sub_byte::<4>(bytes, out),
         5 => unpack_width::<5>(bytes, out),
         6 => unpack_width::<6>(bytes, out),
         7 => unpack_width::<7>(bytes, out),
         _ => {
             let n = out.len();
             out.copy_from_slice(&bytes[..n]);
+        }
+    }
+}
+
+/// Widths that divide 8: each byte holds `8/B` whole codes (a loop that vectorises).
+fn unpack_sub_byte<const B: usize>(bytes: &[u8], out: &mut [u8]) {
+    let per = 8 / B;
+    let mask = ((1u16 << B) - 1) as u8;
+    let full = out.len() / per;
+    let mut outs = out.chunks_exact_mut(per);
+    for (o, &byte) in (&mut outs).zip(bytes) {
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = (byte >> (j * B)) & mask;
+        }
+    }
+    let tail = outs.into_remainder();
+    if let (false, Some(&byte)) = (tail.is_empty(), bytes.get(full)) {
+        for (j, v) in tail.iter_mut().enumerate() {
+            *v = (byte >> (j * B)) & mask;
         }
     }
 }

@@ -32,8 +32,16 @@ impl<F: Float> SliceParams<F> {
         // No dequantized value (nor S·umax on the way) may overflow: ranges reaching past
         // ±F::MAX/4 are clipped there.
         let limit = F::max_value() / F::cast(4.0);
-        let lo = if lo > -limit { lo } else { -limit };
-        let hi = if hi < limit { hi } else { limit };
+        let clip = |v: F| {
+            if v < -limit {
+                -limit
+            } else if v > limit {
+                limit
+            } else {
+                v
+            }
+        };
+        let (lo, hi) = (clip(lo), clip(hi));
         let levels_i = (1i32 << bits) - 1;
         let levels = F::from_int(levels_i);
         let tiny = F::min_positive_value();

@@ -47,3 +47,13 @@ fn regression_grid_top_code_overflow() {
     bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     assert_eq!(check::exercise(&bytes), Ok(()));
 }
+
+/// Found by `cargo fuzz run uniform`: a single element at -3.1e38 under `SymmetricFull` and
+/// division. Only the lower end of the range was clipped, so `amax` (from the upper end,
+/// equal to the lower) escaped the ±MAX/4 clip and `S·(−2)` overflowed. Both ends are now
+/// clipped into the interval.
+#[test]
+fn regression_fuzz_symmetric_full_single_huge_value() {
+    let bytes = [0xc0u8, 0xff, 0x6c, 0x3a, 0xff, 0xff, 0xff, 0xff, 0x6c, 0x6c, 0x6c, 0x6c, 0xff, 0x1a];
+    assert_eq!(check::exercise(&bytes), Ok(()));
+}
