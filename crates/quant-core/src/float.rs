@@ -73,120 +73,72 @@ pub trait Float: NdFloat + FromPrimitive + Default + Sum + Debug + Display + Sen
     }
 }
 
-impl Float for f32 {
-    const BYTES: usize = 4;
+/// `Float` for the IEEE binary types, whose bit layout the fast kernels rely on.
+///
+/// `$two_p` is 2^p (p = mantissa bits: 23 for f32, 52 for f64): adding and subtracting it
+/// with the sign of `x` rounds `x` to an integer in the default ties-to-even mode for
+/// |x| < 2^p; values above are integers already. Unlike `round_ties_even` this needs no
+/// SSE4.1 and vectorises on baseline x86-64. (The sign of a zero result is not preserved.)
+macro_rules! impl_ieee_float {
+    ($t:ty, $bytes:expr, $two_p:expr) => {
+        impl Float for $t {
+            const BYTES: usize = $bytes;
 
-    #[inline]
-    fn cast(x: f64) -> Self {
-        x as f32
-    }
+            #[inline]
+            fn cast(x: f64) -> Self {
+                x as $t
+            }
 
-    #[inline]
-    fn from_int(i: i32) -> Self {
-        i as f32
-    }
+            #[inline]
+            fn from_int(i: i32) -> Self {
+                i as $t
+            }
 
-    #[inline]
-    fn as_f64(self) -> f64 {
-        f64::from(self)
-    }
+            #[inline]
+            fn as_f64(self) -> f64 {
+                self as f64
+            }
 
-    #[inline]
-    fn round_ties_even(self) -> Self {
-        // Adding and subtracting 2^23 (with the sign of x) rounds to an integer in the default
-        // ties-to-even mode for |x| < 2^23; larger magnitudes are integers already. Unlike
-        // `f32::round_ties_even` this needs no SSE4.1 and vectorises on baseline x86-64.
-        // (The sign of a zero result is not preserved; no caller depends on it.)
-        const TWO_23: f32 = 8_388_608.0;
-        if self.abs() < TWO_23 {
-            let m = TWO_23.copysign(self);
-            (self + m) - m
-        } else {
-            self
+            #[inline]
+            fn round_ties_even(self) -> Self {
+                const TWO_P: $t = $two_p;
+                if self.abs() < TWO_P {
+                    let m = TWO_P.copysign(self);
+                    (self + m) - m
+                } else {
+                    self
+                }
+            }
+
+            #[inline]
+            fn round_ties_even_bounded(self) -> Self {
+                // 1.5·2^p: for |x| <= 2^(p−1) the sum lies in [2^p, 2^(p+1)), spacing 1.
+                const MAGIC: $t = 1.5 * $two_p;
+                (self + MAGIC) - MAGIC
+            }
+
+            #[inline]
+            fn to_i32_saturating(self) -> i32 {
+                self as i32
+            }
+
+            #[inline]
+            fn half_even_code(y: Self, lo: Self, hi: Self, z: Self) -> u8 {
+                let y = if y > lo { y } else { lo };
+                let y = if y < hi { y } else { hi };
+                // y + 1.5·2^p rounds y to an integer (ties to even) in [2^p, 2^(p+1)); adding
+                // z − 2^(p−1) exactly gives 2^p + code, whose low byte is the code.
+                ((y + 1.5 * $two_p) + (z - 0.5 * $two_p)).to_bits() as u8
+            }
+
+            #[inline]
+            fn small_int_to_u8(self) -> u8 {
+                // For an integer 0 <= v < 2^p, the bits of v + 2^p end in the bits of v.
+                (self + $two_p).to_bits() as u8
+            }
         }
-    }
-
-    #[inline]
-    fn to_i32_saturating(self) -> i32 {
-        self as i32
-    }
-
-    #[inline]
-    fn round_ties_even_bounded(self) -> Self {
-        // 1.5 · 2^23: for |x| <= 2^22 the sum lies in [2^23, 2^24), where the spacing is 1.
-        const MAGIC: f32 = 12_582_912.0;
-        (self + MAGIC) - MAGIC
-    }
-
-    #[inline]
-    fn half_even_code(y: Self, lo: Self, hi: Self, z: Self) -> u8 {
-        let y = if y > lo { y } else { lo };
-        let y = if y < hi { y } else { hi };
-        // y + 1.5·2^23 rounds y to an integer (ties to even) in [2^23, 2^24); adding
-        // z − 2^22 exactly gives 2^23 + code, whose low byte is the code.
-        ((y + 12_582_912.0) + (z - 4_194_304.0)).to_bits() as u8
-    }
-
-    #[inline]
-    fn small_int_to_u8(self) -> u8 {
-        // For an integer 0 <= v < 2^23, the bits of v + 2^23 are 0x4B00_0000 | v.
-        (self + 8_388_608.0).to_bits() as u8
-    }
+    };
 }
 
-impl Float for f64 {
-    const BYTES: usize = 8;
-
-    #[inline]
-    fn cast(x: f64) -> Self {
-        x
-    }
-
-    #[inline]
-    fn from_int(i: i32) -> Self {
-        f64::from(i)
-    }
-
-    #[inline]
-    fn as_f64(self) -> f64 {
-        self
-    }
-
-    #[inline]
-    fn round_ties_even(self) -> Self {
-        // The f64 analogue of the f32 version, exact for |x| < 2^52.
-        const TWO_52: f64 = 4_503_599_627_370_496.0;
-        if self.abs() < TWO_52 {
-            let m = TWO_52.copysign(self);
-            (self + m) - m
-        } else {
-            self
-        }
-    }
-
-    #[inline]
-    fn to_i32_saturating(self) -> i32 {
-        self as i32
-    }
-
-    #[inline]
-    fn round_ties_even_bounded(self) -> Self {
-        // 1.5 · 2^52: for |x| <= 2^51 the sum lies in [2^52, 2^53), where the spacing is 1.
-        const MAGIC: f64 = 6_755_399_441_055_744.0;
-        (self + MAGIC) - MAGIC
-    }
-
-    #[inline]
-    fn half_even_code(y: Self, lo: Self, hi: Self, z: Self) -> u8 {
-        let y = if y > lo { y } else { lo };
-        let y = if y < hi { y } else { hi };
-        // As for f32 with 1.5·2^52 and 2^51.
-        ((y + 6_755_399_441_055_744.0) + (z - 2_251_799_813_685_248.0)).to_bits() as u8
-    }
-
-    #[inline]
-    fn small_int_to_u8(self) -> u8 {
-        // For an integer 0 <= v < 2^52, the bits of v + 2^52 are 0x4330_0000_0000_0000 | v.
-        (self + 4_503_599_627_370_496.0).to_bits() as u8
-    }
-}
+impl_ieee_float!(f32, 4, 8_388_608.0);
+impl_ieee_float!(f64, 8, 4_503_599_627_370_496.0);

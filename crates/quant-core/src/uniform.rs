@@ -122,6 +122,18 @@ fn byte_lengths(ranges: &[Range<usize>], bits: u8) -> impl Iterator<Item = usize
     ranges.iter().map(move |r| packed_len(r.end, bits) - packed_len(r.start, bits))
 }
 
+/// Runs `fill` on a buffer of `len` one-byte codes and packs them into `out`. 8-bit codes are
+/// their own packing, so they are written straight into `out`.
+fn write_codes<T>(bits: u8, len: usize, out: &mut [u8], fill: impl FnOnce(&mut [u8]) -> T) -> T {
+    if bits == 8 {
+        return fill(out);
+    }
+    let mut buf = vec![0u8; len];
+    let result = fill(&mut buf);
+    pack_into(&buf, bits, out);
+    result
+}
+
 /// Quantizes with known parameters: codes per element batch, packed in place.
 fn apply_codes<F: Float>(data: &[F], layout: &Layout, params: &QuantParams<F>) -> PackedCodes {
     let spec = params.spec();
@@ -131,21 +143,13 @@ fn apply_codes<F: Float>(data: &[F], layout: &Layout, params: &QuantParams<F>) -
     let mut bytes = vec![0u8; packed_len(data.len(), bits)];
     let outs = par::split_lengths(&mut bytes, byte_lengths(&batches, bits));
     par::map(batches.into_iter().zip(outs).collect(), |(r, out)| {
-        let mut buf = Vec::new();
-        let codes: &mut [u8] = if bits == 8 {
-            &mut *out
-        } else {
-            buf.resize(r.len(), 0u8);
-            &mut buf
-        };
         let start = r.start;
-        layout.for_each_segment(r, |p, seg| {
-            let local = seg.start - start..seg.end - start;
-            kernel::quantize_run(&kernels[p], spec.rounding(), seg.start, &data[seg], &mut codes[local]);
+        write_codes(bits, r.len(), out, |codes| {
+            layout.for_each_segment(r, |p, seg| {
+                let local = seg.start - start..seg.end - start;
+                kernel::quantize_run(&kernels[p], spec.rounding(), seg.start, &data[seg], &mut codes[local]);
+            });
         });
-        if bits != 8 {
-            pack_into(&buf, bits, out);
-        }
     });
     PackedCodes::from_parts_unchecked(bytes, data.len(), bits)
 }
@@ -159,14 +163,6 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
     let mut bytes = vec![0u8; packed_len(data.len(), bits)];
     let outs = par::split_lengths(&mut bytes, byte_lengths(&elems, bits));
     let parts = par::map(batches.into_iter().zip(outs).collect(), |((rs, es), out)| {
-        // 8-bit codes are their own packing: write them straight into the output.
-        let mut buf = Vec::new();
-        let codes: &mut [u8] = if bits == 8 {
-            &mut *out
-        } else {
-            buf.resize(es.len(), 0u8);
-            &mut buf
-        };
         let mut scratch = Vec::new();
         // First every run's range (one streaming pass over the item), then the codes while
         // the item is still in cache.
@@ -178,14 +174,13 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
                 Ok(SliceParams::from_range(lo, hi, bits, spec.scheme()))
             })
             .collect::<core::result::Result<Vec<_>, usize>>()?;
-        for (k, p) in rs.zip(&slices) {
-            let r = layout.run(k);
-            let kern = Kernel::new(p, spec.max_code(), spec.scale_mode());
-            kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - es.start..r.end - es.start]);
-        }
-        if bits != 8 {
-            pack_into(&buf, bits, out);
-        }
+        write_codes(bits, es.len(), out, |codes| {
+            for (k, p) in rs.zip(&slices) {
+                let r = layout.run(k);
+                let kern = Kernel::new(p, spec.max_code(), spec.scale_mode());
+                kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - es.start..r.end - es.start]);
+            }
+        });
         Ok(slices)
     });
     let slices = collect_slices(parts)?;
