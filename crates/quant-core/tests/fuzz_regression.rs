@@ -4,10 +4,50 @@
 use proptest::prelude::*;
 use quant_core::check;
 
+/// Extreme `f32` values: uniform random bytes almost never produce a lone huge value, which
+/// is how the fuzzer's first crash slipped past the plain byte property below.
+fn extreme_value() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        Just(f32::MAX.to_bits()),
+        Just((-f32::MAX).to_bits()),
+        Just(f32::MIN_POSITIVE.to_bits()),
+        Just(1u32),
+        Just(0x8000_0001),
+        Just(0x7F00_0000),
+        Just(0xFF6C_6C6C),
+        Just(0u32),
+        Just(f32::NAN.to_bits()),
+        Just(f32::INFINITY.to_bits()),
+        any::<u32>(),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert_eq!(check::exercise(&bytes), Ok(()));
+    }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    #[test]
+    fn extreme_values_never_break_invariants(
+        head in prop::collection::vec(any::<u8>(), 5),
+        rounding in 0u8..2,
+        mode in any::<u8>(),
+        shape in prop::collection::vec(0u8..7, 0..4),
+        values in prop::collection::vec(extreme_value(), 216),
+    ) {
+        // Bits, scheme, granularity, axis, group size; min-max range (byte 0), a deterministic
+        // rounding (no seed bytes), the scale mode; then the shape and enough values.
+        let mut bytes = head;
+        bytes.extend([0, rounding, mode]);
+        bytes.push(shape.len() as u8);
+        bytes.extend(&shape);
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         prop_assert_eq!(check::exercise(&bytes), Ok(()));
     }
 }
