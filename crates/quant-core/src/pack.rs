@@ -140,7 +140,7 @@ fn pack_width<const B: usize>(codes: &[u8], out: &mut [u8]) {
 /// Unpacks `out.len()` codes from the start of `bytes`.
 pub(crate) fn unpack_from(bytes: &[u8], bits: u8, out: &mut [u8]) {
     match bits {
-        1 => unpack_width::<1>(bytes, out),
+        1 => unpack_sub_byte::<1>(bytes, out),
         2 => unpack_sub_byte::<2>(bytes, out),
         3 => unpack_width::<3>(bytes, out),
         4 => unpack_sub_byte::<4>(bytes, out),
@@ -154,7 +154,7 @@ pub(crate) fn unpack_from(bytes: &[u8], bits: u8, out: &mut [u8]) {
     }
 }
 
-/// Widths that divide 8: each byte holds `8/B` whole codes (a loop that vectorises).
+/// Widths that divide 8 (1, 2, 4): each byte holds `8/B` whole codes (a loop that vectorises).
 fn unpack_sub_byte<const B: usize>(bytes: &[u8], out: &mut [u8]) {
     let per = 8 / B;
     let mask = ((1u16 << B) - 1) as u8;
