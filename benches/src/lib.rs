@@ -18,3 +18,12 @@ pub fn sqnr_db(x: &[f32], y: &[f32]) -> f64 {
     let noise: f64 = x.iter().zip(y).map(|(&a, &b)| f64::from(a - b).powi(2)).sum();
     10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
 }
+
+/// `n` weights like a real layer's: N(0, 0.02²) with 1% drawn from N(0, 0.2²) (a heavy tail), seeded.
+pub fn heavy_tailed_weights(n: usize, seed: u64) -> Vec<f64> {
+    use rand::Rng;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let core = Normal::new(0.0f64, 0.02).unwrap_or_else(|_| unreachable!("valid parameters"));
+    let tail = Normal::new(0.0f64, 0.2).unwrap_or_else(|_| unreachable!("valid parameters"));
+    (0..n).map(|_| if rng.random::<f64>() < 0.01 { tail.sample(&mut rng) } else { core.sample(&mut rng) }).collect()
+}

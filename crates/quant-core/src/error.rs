@@ -97,6 +97,50 @@ pub enum QuantError {
         /// Bytes present.
         got: usize,
     },
+    /// A codebook size outside `1..=256`.
+    #[error("codebook size must lie in 1..=256, got {k}")]
+    InvalidClusterCount {
+        /// The requested number of centroids.
+        k: usize,
+    },
+    /// A ternary threshold factor that is not finite and positive.
+    #[error("threshold factor must be finite and positive, got {factor}")]
+    InvalidThreshold {
+        /// The requested factor.
+        factor: f64,
+    },
+    /// A clipping bound that is not finite and positive.
+    #[error("clipping bound must be finite and positive, got {clip}")]
+    InvalidClip {
+        /// The requested bound.
+        clip: f64,
+    },
+    /// An iteration cap of zero.
+    #[error("the iteration cap must be at least 1")]
+    InvalidIterations,
+    /// A tolerance that is negative or NaN.
+    #[error("tolerance must be finite and non-negative, got {tol}")]
+    InvalidTolerance {
+        /// The requested tolerance.
+        tol: f64,
+    },
+    /// A curvature estimate with a negative entry (LAT needs `d ≥ 0`).
+    #[error("curvature estimate must be non-negative, got {value} at flat index {index}")]
+    NegativeCurvature {
+        /// Row-major index.
+        index: usize,
+        /// The offending value.
+        value: f64,
+    },
+    /// A table value outside the range of the table's storage type (for example above 65504 in f16).
+    #[error("table value {value} does not fit the table's storage type")]
+    TableOverflow {
+        /// The value.
+        value: f64,
+    },
+    /// A codebook-only operation on a ternary or binary tensor.
+    #[error("this operation needs a codebook (k-means) tensor")]
+    NotACodebook,
     /// A running observer was asked for parameters before it saw any data.
     #[error("the observer has not observed any data yet")]
     NothingObserved,

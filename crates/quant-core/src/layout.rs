@@ -118,6 +118,27 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Each slice's elements, in row-major order within the slice.
+    pub(crate) fn gather<T: Copy>(&self, data: &[T]) -> Vec<Vec<T>> {
+        let mut out: Vec<Vec<T>> = vec![Vec::new(); self.num_params()];
+        self.for_each_segment(0..data.len(), |p, r| out[p].extend_from_slice(&data[r]));
+        out
+    }
+
+    /// The inverse of [`Self::gather`]: per-slice values back into row-major order.
+    pub(crate) fn scatter<T: Copy + Default>(&self, per_slice: &[Vec<T>]) -> Vec<T> {
+        let mut out = vec![T::default(); self.len()];
+        let mut cursor = vec![0usize; per_slice.len()];
+        self.for_each_segment(0..self.len(), |p, r| {
+            let n = r.len();
+            out[r].copy_from_slice(&per_slice[p][cursor[p]..cursor[p] + n]);
+            cursor[p] += n;
+        });
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +198,15 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn scatter_inverts_gather() {
+        let data: Vec<u32> = (0..60).collect();
+        for g in [Granularity::PerTensor, Granularity::PerChannel { axis: 1 }, Granularity::PerGroup { axis: 0, size: 2 }] {
+            let l = Layout::new(&[3, 4, 5], g).unwrap();
+            assert_eq!(l.scatter(&l.gather(&data)), data, "{g:?}");
         }
     }
 

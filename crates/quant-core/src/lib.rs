@@ -33,7 +33,9 @@
 mod error;
 mod float;
 mod kernel;
+mod kmeans;
 mod layout;
+mod lut;
 mod observer;
 mod pack;
 mod par;
@@ -43,6 +45,7 @@ mod rng;
 mod spec;
 mod ste;
 mod tensor;
+mod ternary;
 mod uniform;
 
 pub mod check;
@@ -51,12 +54,18 @@ pub mod strategies;
 
 pub use error::{QuantError, Result};
 pub use float::Float;
+pub use kmeans::{
+    Clustering, GradientReduction, KMeansAlgorithm, KMeansInfo, KMeansInit, KMeansSpec, KMeansSpecBuilder, centroid_gradients, kmeans_1d,
+    kmeans_quantize,
+};
+pub use lut::{LutKind, LutTensor, TableDtype};
 pub use observer::RangeObserver;
 pub use pack::{PackedCodes, packed_len};
 pub use params::{QuantParams, SliceParams};
 pub use spec::{Granularity, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, UniformSpecBuilder};
 pub use ste::{LsqGradients, lsq_gradients, ste_backward};
 pub use tensor::{FakeQuantized, QuantizedTensor};
+pub use ternary::{LatInfo, TernarySpec, TernarySpecBuilder, binarize, clip_mask, ternarize, ternarize_lat, ternarize_stochastic};
 pub use uniform::{calibrate, fake_quantize, quantize};
 
 /// Re-export of `ndarray`, whose views and arrays appear in every signature.

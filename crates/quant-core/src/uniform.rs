@@ -26,7 +26,12 @@ pub(crate) fn row_major<'a, F: Float, S: Data<Elem = F>, D: Dimension>(x: &'a Ar
 
 /// The layout of `x` under `spec`, refusing empty tensors.
 pub(crate) fn layout_of(shape: &[usize], spec: &UniformSpec) -> Result<Layout> {
-    let layout = Layout::new(shape, spec.granularity())?;
+    layout_of_granularity(shape, spec.granularity())
+}
+
+/// The layout of a tensor of `shape` under a granularity, refusing empty tensors.
+pub(crate) fn layout_of_granularity(shape: &[usize], granularity: crate::spec::Granularity) -> Result<Layout> {
+    let layout = Layout::new(shape, granularity)?;
     if layout.len() == 0 {
         return Err(QuantError::Empty);
     }

@@ -1,0 +1,193 @@
+//! Tensors stored as codes into per-slice lookup tables: ternary, binary and k-means codebooks.
+
+use ndarray::{ArrayD, ArrayViewMut, Dimension, IxDyn};
+
+use crate::error::{QuantError, Result};
+use crate::float::Float;
+use crate::layout::Layout;
+use crate::pack::PackedCodes;
+use crate::spec::Granularity;
+
+/// The precision a codebook's table is stored at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum TableDtype {
+    /// 4 bytes per entry. The default.
+    #[default]
+    F32,
+    /// 2 bytes per entry (IEEE half); centroids are rounded to it before the final assignment.
+    F16,
+}
+
+impl TableDtype {
+    /// Bytes per table entry.
+    pub const fn bytes(self) -> usize {
+        match self {
+            TableDtype::F32 => 4,
+            TableDtype::F16 => 2,
+        }
+    }
+
+    /// `v` as stored: rounded to nearest at this precision.
+    ///
+    /// # Errors
+    /// [`QuantError::TableOverflow`] when `v` is outside the type's finite range.
+    pub fn round<F: Float>(self, v: F) -> Result<F> {
+        let r = match self {
+            TableDtype::F32 => (v.as_f64() as f32) as f64,
+            TableDtype::F16 => half::f16::from_f64(v.as_f64()).to_f64(),
+        };
+        if r.is_finite() { Ok(F::cast(r)) } else { Err(QuantError::TableOverflow { value: v.as_f64() }) }
+    }
+}
+
+/// What the tables of a [`LutTensor`] hold, which decides how they are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LutKind {
+    /// `{−α, 0, +α}` per slice: codes 0, 1, 2 in 2 bits; one `F` (α) stored per slice.
+    Ternary,
+    /// `{−α, +α}` per slice: codes 0, 1 in 1 bit; one `F` (α) stored per slice.
+    Binary,
+    /// `k` centroids per slice stored at the given precision; codes in `⌈log2 k⌉` bits (at least 1).
+    Codebook(TableDtype),
+}
+
+/// A tensor stored as bit-packed codes indexing a small table per slice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LutTensor<F> {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) granularity: Granularity,
+    pub(crate) kind: LutKind,
+    pub(crate) levels: usize,
+    pub(crate) tables: Vec<F>,
+    pub(crate) codes: PackedCodes,
+}
+
+/// Bits needed to index `levels` table entries (at least 1).
+pub(crate) fn index_bits(levels: usize) -> u8 {
+    let mut b = 1u8;
+    while (1usize << b) < levels {
+        b += 1;
+    }
+    b
+}
+
+impl<F: Float> LutTensor<F> {
+    /// Assembles a tensor from per-slice tables (`levels` entries each) and per-slice codes.
+    pub(crate) fn build(
+        shape: &[usize],
+        layout: &Layout,
+        granularity: Granularity,
+        kind: LutKind,
+        levels: usize,
+        tables: Vec<F>,
+        codes: &[Vec<u8>],
+    ) -> Result<Self> {
+        let row_major = layout.scatter(codes);
+        let codes = PackedCodes::pack(&row_major, index_bits(levels))?;
+        Ok(Self { shape: shape.to_vec(), granularity, kind, levels, tables, codes })
+    }
+
+    /// The tensor's shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Which elements share a table.
+    pub fn granularity(&self) -> Granularity {
+        self.granularity
+    }
+    /// What the tables hold.
+    pub fn kind(&self) -> LutKind {
+        self.kind
+    }
+    /// Entries per table.
+    pub fn levels(&self) -> usize {
+        self.levels
+    }
+    /// Number of slices (tables).
+    pub fn num_slices(&self) -> usize {
+        self.tables.len() / self.levels
+    }
+    /// The table of slice `i` (`None` past the end). Ternary tables are `[−α, 0, α]`,
+    /// binary `[−α, α]`, codebooks their centroids (ascending when built; a
+    /// [`LutTensor::apply_table_step`] may reorder them, the codes keep pointing at their entry).
+    pub fn table(&self, i: usize) -> Option<&[F]> {
+        self.tables.get(i * self.levels..(i + 1) * self.levels)
+    }
+    /// All tables, slice after slice.
+    pub fn tables(&self) -> &[F] {
+        &self.tables
+    }
+    /// The bit-packed codes, row-major.
+    pub fn codes(&self) -> &PackedCodes {
+        &self.codes
+    }
+    /// Code width in bits.
+    pub fn bits(&self) -> u8 {
+        self.codes.bits()
+    }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+    /// Whether there are no elements (never true for tensors built by this crate).
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    /// Bytes of storage: packed codes plus tables (one `F` per slice for ternary and binary,
+    /// `levels` entries at the table precision for codebooks). The shape is not counted.
+    pub fn storage_bytes(&self) -> usize {
+        let per_slice = match self.kind {
+            LutKind::Ternary | LutKind::Binary => F::BYTES,
+            LutKind::Codebook(d) => self.levels * d.bytes(),
+        };
+        self.codes.as_bytes().len() + per_slice * self.num_slices()
+    }
+
+    /// Storage bits per element, tables included.
+    pub fn bits_per_weight(&self) -> f64 {
+        (self.storage_bytes() * 8) as f64 / self.len() as f64
+    }
+
+    pub(crate) fn layout(&self) -> Result<Layout> {
+        Layout::new(&self.shape, self.granularity)
+    }
+
+    /// The dequantized tensor: each element is its slice's table entry at its code.
+    pub fn dequantize(&self) -> ArrayD<F> {
+        let mut out = ArrayD::zeros(IxDyn(&self.shape));
+        if let Some(buf) = out.as_slice_mut() {
+            self.dequantize_slice(buf);
+        }
+        out
+    }
+
+    /// Dequantizes into a caller buffer of the same shape (any layout).
+    ///
+    /// # Errors
+    /// [`QuantError::ShapeMismatch`] when `out` has another shape.
+    pub fn dequantize_into<D: Dimension>(&self, mut out: ArrayViewMut<'_, F, D>) -> Result<()> {
+        if out.shape() != self.shape.as_slice() {
+            return Err(QuantError::ShapeMismatch { expected: self.shape.clone(), got: out.shape().to_vec() });
+        }
+        let mut buf = vec![F::zero(); self.len()];
+        self.dequantize_slice(&mut buf);
+        out.iter_mut().zip(buf).for_each(|(o, v)| *o = v);
+        Ok(())
+    }
+
+    fn dequantize_slice(&self, out: &mut [F]) {
+        let Ok(layout) = self.layout() else { return };
+        let codes = self.codes.unpack();
+        let levels = self.levels;
+        layout.for_each_segment(0..out.len(), |p, r| {
+            let table = &self.tables[p * levels..(p + 1) * levels];
+            for i in r {
+                // Codes index the table by construction; an out-of-range code reads 0.
+                out[i] = table.get(usize::from(codes[i])).copied().unwrap_or_else(F::zero);
+            }
+        });
+    }
+}
