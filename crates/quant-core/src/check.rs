@@ -18,10 +18,13 @@ use ndarray::{ArrayBase, ArrayD, Axis, Data, Dimension, IxDyn};
 
 use crate::error::QuantError;
 use crate::float::Float;
+use crate::kmeans::{GradientReduction, KMeansAlgorithm, KMeansInit, KMeansSpec, centroid_gradients, kmeans_quantize};
+use crate::lut::{LutTensor, TableDtype};
 use crate::observer::RangeObserver;
 use crate::pack::PackedCodes;
 use crate::spec::{Granularity, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec};
 use crate::ste::lsq_gradients;
+use crate::ternary::{TernarySpec, binarize, clip_mask, ternarize, ternarize_lat, ternarize_stochastic};
 use crate::uniform::{calibrate, fake_quantize, layout_of, quantize, row_major};
 
 /// A broken invariant, with the row-major index and values involved.
@@ -361,6 +364,69 @@ fn exercise_spec<F: Float>(x: &ArrayD<F>, spec: &UniformSpec) -> Check {
         };
     }
     Ok(())
+}
+
+/// The codebook quantizers' counterpart of [`exercise`]: decodes a ternary and a k-means spec
+/// (valid or not), a shape and raw `f32` values from arbitrary bytes and runs ternary, binary,
+/// stochastic, LAT and k-means quantization, centroid gradients and a table step. Never
+/// panics; returns a [`Violation`] only when finite input produced non-finite output.
+pub fn exercise_codebook(bytes: &[u8]) -> Check {
+    let mut b = Bytes(bytes);
+    let (kind, axis, size) = (b.u8() % 3, usize::from(b.u8() % 4), usize::from(b.u8() % 6));
+    let granularity = match kind {
+        0 => Granularity::PerTensor,
+        1 => Granularity::PerChannel { axis },
+        _ => Granularity::PerGroup { axis, size },
+    };
+    let threshold = f64::from(f32::from_bits(b.u32()));
+    let clip = f64::from(f32::from_bits(b.u32()));
+    let k = usize::from(b.u8()) + usize::from(b.u8() % 2) * 256; // 0..=511: invalid ones included
+    let init = match b.u8() % 3 {
+        0 => KMeansInit::Linear,
+        1 => KMeansInit::Density,
+        _ => KMeansInit::PlusPlus { seed: b.u64() },
+    };
+    let algorithm = if b.u8() % 2 == 0 {
+        KMeansAlgorithm::Exact
+    } else {
+        KMeansAlgorithm::Lloyd { max_iter: usize::from(b.u8() % 20), tol: f64::from(f32::from_bits(b.u32())) }
+    };
+    let table = if b.u8() % 2 == 0 { TableDtype::F32 } else { TableDtype::F16 };
+    let shape: Vec<usize> = (0..b.u8() % 3 + 1).map(|_| usize::from(b.u8() % 6)).collect();
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| f32::from_bits(b.u32())).collect();
+    let d: Vec<f32> = (0..n).map(|_| f32::from_bits(b.u32())).collect();
+    let (Ok(x), Ok(d)) = (ArrayD::from_shape_vec(IxDyn(&shape), values), ArrayD::from_shape_vec(IxDyn(&shape), d)) else {
+        return Ok(());
+    };
+    let finite = x.iter().all(|v| v.is_finite());
+    let spec = TernarySpec::builder().granularity(granularity).threshold(threshold).clip(clip).check();
+    for spec in [spec, TernarySpec::builder().granularity(granularity).check()].into_iter().flatten() {
+        let _ = clip_mask(&x, &spec);
+        for t in [ternarize(&x, &spec), binarize(&x, &spec), ternarize_stochastic(&x, &spec, 7)].into_iter().flatten() {
+            lut_outputs(&t, finite)?;
+        }
+        if let Ok((t, _)) = ternarize_lat(&x, &d, &spec, 10) {
+            lut_outputs(&t, finite)?;
+        }
+    }
+    let spec = KMeansSpec::builder().k(k).granularity(granularity).init(init).algorithm(algorithm).table(table).check();
+    if let Ok(spec) = spec {
+        if let Ok((mut t, _)) = kmeans_quantize(&x, &spec) {
+            lut_outputs(&t, finite)?;
+            if let Ok(g) = centroid_gradients(&t, &d, GradientReduction::Mean) {
+                let _ = t.apply_table_step(&g, 0.1);
+                lut_outputs(&t, finite)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn lut_outputs(t: &LutTensor<f32>, finite: bool) -> Check {
+    let dq = t.dequantize();
+    let _ = (t.storage_bytes(), t.bits_per_weight(), t.codes().unpack());
+    if finite { finite_outputs(dq.iter()) } else { Ok(()) }
 }
 
 /// Whether two floats differ in value or in the sign of zero (the bits, for finite values).

@@ -97,3 +97,21 @@ fn regression_fuzz_symmetric_full_single_huge_value() {
     let bytes = [0xc0u8, 0xff, 0x6c, 0x3a, 0xff, 0xff, 0xff, 0xff, 0x6c, 0x6c, 0x6c, 0x6c, 0xff, 0x1a];
     assert_eq!(check::exercise(&bytes), Ok(()));
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+    #[test]
+    fn codebook_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
+        prop_assert_eq!(check::exercise_codebook(&bytes), Ok(()));
+    }
+
+    #[test]
+    fn codebook_extreme_values(head in prop::collection::vec(any::<u8>(), 14), shape in prop::collection::vec(0u8..6, 1..3), values in prop::collection::vec(extreme_value(), 72)) {
+        let mut bytes = head;
+        bytes.extend([0, 0]); // linear init (no seed bytes), exact algorithm (no Lloyd bytes)
+        bytes.push(shape.len() as u8 - 1);
+        bytes.extend(&shape);
+        bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        prop_assert_eq!(check::exercise_codebook(&bytes), Ok(()));
+    }
+}
