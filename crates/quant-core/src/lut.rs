@@ -1,12 +1,13 @@
 //! Tensors stored as codes into per-slice lookup tables: ternary, binary and k-means codebooks.
 
-use ndarray::{ArrayD, ArrayViewMut, Dimension, IxDyn};
+use ndarray::{ArrayD, ArrayViewMut, Dimension};
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
 use crate::layout::Layout;
 use crate::pack::PackedCodes;
 use crate::spec::Granularity;
+use crate::tensor::{fill_new, fill_view};
 
 /// The precision a codebook's table is stored at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -157,25 +158,15 @@ impl<F: Float> LutTensor<F> {
 
     /// The dequantized tensor: each element is its slice's table entry at its code.
     pub fn dequantize(&self) -> ArrayD<F> {
-        let mut out = ArrayD::zeros(IxDyn(&self.shape));
-        if let Some(buf) = out.as_slice_mut() {
-            self.dequantize_slice(buf);
-        }
-        out
+        fill_new(&self.shape, |buf| self.dequantize_slice(buf))
     }
 
     /// Dequantizes into a caller buffer of the same shape (any layout).
     ///
     /// # Errors
     /// [`QuantError::ShapeMismatch`] when `out` has another shape.
-    pub fn dequantize_into<D: Dimension>(&self, mut out: ArrayViewMut<'_, F, D>) -> Result<()> {
-        if out.shape() != self.shape.as_slice() {
-            return Err(QuantError::ShapeMismatch { expected: self.shape.clone(), got: out.shape().to_vec() });
-        }
-        let mut buf = vec![F::zero(); self.len()];
-        self.dequantize_slice(&mut buf);
-        out.iter_mut().zip(buf).for_each(|(o, v)| *o = v);
-        Ok(())
+    pub fn dequantize_into<D: Dimension>(&self, out: ArrayViewMut<'_, F, D>) -> Result<()> {
+        fill_view(&self.shape, out, |buf| self.dequantize_slice(buf))
     }
 
     fn dequantize_slice(&self, out: &mut [F]) {

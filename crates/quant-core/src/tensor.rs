@@ -95,31 +95,15 @@ impl<F: Float> QuantizedTensor<F> {
 
     /// The dequantized tensor.
     pub fn dequantize(&self) -> ArrayD<F> {
-        let mut out = ArrayD::zeros(IxDyn(&self.shape));
-        // A freshly allocated array is contiguous, so this always writes.
-        if let Some(buf) = out.as_slice_mut() {
-            self.dequantize_slice(buf);
-        }
-        out
+        fill_new(&self.shape, |buf| self.dequantize_slice(buf))
     }
 
     /// Dequantizes into a caller buffer of the same shape (any layout).
     ///
     /// # Errors
     /// [`QuantError::ShapeMismatch`] when `out` has another shape.
-    pub fn dequantize_into<D: Dimension>(&self, mut out: ArrayViewMut<'_, F, D>) -> Result<()> {
-        if out.shape() != self.shape.as_slice() {
-            return Err(QuantError::ShapeMismatch { expected: self.shape.clone(), got: out.shape().to_vec() });
-        }
-        match out.as_slice_mut() {
-            Some(buf) => self.dequantize_slice(buf),
-            None => {
-                let mut buf = vec![F::zero(); self.len()];
-                self.dequantize_slice(&mut buf);
-                out.iter_mut().zip(buf).for_each(|(o, v)| *o = v);
-            }
-        }
-        Ok(())
+    pub fn dequantize_into<D: Dimension>(&self, out: ArrayViewMut<'_, F, D>) -> Result<()> {
+        fill_view(&self.shape, out, |buf| self.dequantize_slice(buf))
     }
 
     fn dequantize_slice(&self, out: &mut [F]) {
@@ -139,6 +123,36 @@ impl<F: Float> QuantizedTensor<F> {
             });
         });
     }
+}
+
+/// A new row-major array of `shape` written by `fill`.
+pub(crate) fn fill_new<F: Float>(shape: &[usize], fill: impl FnOnce(&mut [F])) -> ArrayD<F> {
+    let mut out = ArrayD::zeros(IxDyn(shape));
+    // A freshly allocated array is contiguous, so this always writes.
+    if let Some(buf) = out.as_slice_mut() {
+        fill(buf);
+    }
+    out
+}
+
+/// Writes `fill`'s row-major values into `out` (any layout) after checking its shape.
+pub(crate) fn fill_view<F: Float, D: Dimension>(
+    shape: &[usize],
+    mut out: ArrayViewMut<'_, F, D>,
+    fill: impl FnOnce(&mut [F]),
+) -> Result<()> {
+    if out.shape() != shape {
+        return Err(QuantError::ShapeMismatch { expected: shape.to_vec(), got: out.shape().to_vec() });
+    }
+    match out.as_slice_mut() {
+        Some(buf) => fill(buf),
+        None => {
+            let mut buf = vec![F::zero(); out.len()];
+            fill(&mut buf);
+            out.iter_mut().zip(buf).for_each(|(o, v)| *o = v);
+        }
+    }
+    Ok(())
 }
 
 /// The result of fake quantization: values `dequantize(quantize(x))` and the STE mask
