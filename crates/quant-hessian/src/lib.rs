@@ -1,13 +1,65 @@
 //! # quant-hessian
 //!
-//! The second-order engine of the `quant` family (Q-BERT, HAWQ). It will hold:
-//! a small pluggable `Autodiff` trait (named parameter blocks, loss, gradient and
-//! Hessian-vector product on a chosen block and data subset), exact HVPs by forward-over-reverse
-//! dual numbers, finite-difference HVPs for gradient-only models, block operators, power
-//! iteration, Lanczos, Hutchinson and Hutch++ trace estimators, spectral density, and the
-//! per-subset Q-BERT statistics (`Omega = |mean| + std`).
+//! The second-order engine of the `quant` family: the curvature Q-BERT and HAWQ rank layers
+//! by. A model plugs in through a small trait ([`Autodiff`]: named parameter blocks, loss
+//! and gradient on a chosen batch, Hessian-vector products); its Hessian on a batch, or one
+//! block of it, becomes a [`LinearOperator`]; and every operator gets the solvers of
+//! [`OperatorExt`]: power iteration, Lanczos, Hutchinson and Hutch++ traces and stochastic
+//! Lanczos quadrature. [`qbert_statistics`] runs Q-BERT's per-block, per-subset top
+//! eigenvalues and `Ω = |mean| + std`.
 //!
-//! It depends on `quant-core` for its [`Float`] trait only. Nothing is implemented yet; this
-//! crate currently re-exports that trait so the workspace's dependency graph is in place.
+//! Hessian-vector products are exact for models whose gradient is written generic over
+//! [`Real`] ([`Differentiable`]): the gradient evaluated in [`Dual`] numbers at `w + v ε` has
+//! tangent `H v` (forward over reverse). Models that only have a gradient get a central
+//! finite difference ([`finite_difference_hvp`]).
+//!
+//! ## Quick start
+//! ```
+//! use ndarray::array;
+//! use quant_hessian::models::Quadratic;
+//! use quant_hessian::{Batch, HessianOperator, Lanczos, OperatorExt, PowerIteration};
+//!
+//! let a = array![[4.0, 1.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, -2.0]];
+//! let model = Quadratic::new(&a, &array![0.0, 0.0, 0.0])?;
+//! let w = array![0.5, -1.0, 2.0];
+//! let h = HessianOperator::full(&model, w.view(), Batch::All)?;
+//!
+//! let top = h.power_iteration(&PowerIteration::builder().tol(1e-10).max_iter(1000).check()?)?;
+//! assert!((top.values[0] - (3.5 + 5f64.sqrt() / 2.0)).abs() < 1e-8);
+//!
+//! let ends = h.lanczos(&Lanczos::default())?;
+//! assert!(ends.is_indefinite()); // the smallest eigenvalue is −2: a saddle
+//! # Ok::<(), quant_hessian::HessianError>(())
+//! ```
+//!
+//! ## Features
+//! - `rayon` (default): [`qbert_statistics`] runs (block, subset) pairs in parallel, with
+//!   results identical to the sequential run.
 
+mod dual;
+mod eigen;
+mod error;
+mod ext;
+mod lanczos;
+mod linalg;
+mod model;
+pub mod models;
+mod operator;
+mod power;
+mod qbert;
+mod real;
+mod rng;
+mod trace;
+
+pub use dual::Dual;
+pub use eigen::Eigenpairs;
+pub use error::{HessianError, Result};
+pub use ext::OperatorExt;
+pub use lanczos::{Extremes, Lanczos, LanczosBuilder};
+pub use model::{Autodiff, Batch, Block, Differentiable, HvpKind, Model, finite_difference_hvp};
+pub use operator::{FnOperator, HessianOperator, LinearOperator};
+pub use power::{PowerIteration, PowerIterationBuilder};
+pub use qbert::{BlockStats, QbertParams, TopEigen, qbert_statistics, split_subsets};
 pub use quant_core::Float;
+pub use real::Real;
+pub use trace::{HutchPlusPlus, Hutchinson, HutchinsonBuilder, Slq, SpectralDensity, TraceEstimate};

@@ -1,0 +1,237 @@
+//! Q-BERT's per-block curvature statistics over data subsets.
+
+use ndarray::ArrayView1;
+use quant_core::Float;
+
+use crate::error::{HessianError, Result};
+use crate::ext::OperatorExt;
+use crate::lanczos::Lanczos;
+use crate::model::{Autodiff, Batch};
+use crate::operator::HessianOperator;
+use crate::power::PowerIteration;
+use crate::rng;
+
+/// Splits `0..samples` into `subsets` disjoint subsets of near-equal size (sizes differ by
+/// at most one) after a seeded shuffle. Each subset is sorted.
+///
+/// # Errors
+/// [`HessianError::InvalidSubsets`] when `subsets` is 0 or exceeds `samples`.
+pub fn split_subsets(samples: usize, subsets: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+    if subsets == 0 || subsets > samples {
+        return Err(HessianError::InvalidSubsets { subsets, samples });
+    }
+    let perm = rng::permutation(samples, seed);
+    let (base, extra) = (samples / subsets, samples % subsets);
+    let mut out = Vec::with_capacity(subsets);
+    let mut start = 0;
+    for s in 0..subsets {
+        let len = base + usize::from(s < extra);
+        let mut part = perm[start..start + len].to_vec();
+        part.sort_unstable();
+        out.push(part);
+        start += len;
+    }
+    Ok(out)
+}
+
+/// Which eigensolver finds each block's top eigenvalue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum TopEigen {
+    /// Power iteration (Q-BERT's choice): the eigenvalue of largest magnitude, so a
+    /// dominant negative curvature shows as a negative value.
+    Power(PowerIteration),
+    /// Lanczos: the largest algebraic eigenvalue, plus the smallest (reported in
+    /// [`BlockStats::smallest`]).
+    Lanczos(Lanczos),
+}
+
+impl Default for TopEigen {
+    fn default() -> Self {
+        TopEigen::Power(PowerIteration::default())
+    }
+}
+
+/// Validated parameters of [`qbert_statistics`].
+///
+/// | Name | Default | Purpose | Range |
+/// |---|---|---|---|
+/// | `subsets` | 10 | data subsets (Q-BERT's choice) | `1..=samples` |
+/// | `seed` | 0 | seed of the split and of every solver start | any |
+/// | `solver` | power iteration, defaults | the top-eigenvalue solver | any valid |
+///
+/// Each (block, subset) pair gets its own solver seed derived from `seed`
+/// ([`pair_seed`](QbertParams::pair_seed)), so the results do not depend on the order or
+/// the thread the pairs run on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QbertParams {
+    subsets: usize,
+    seed: u64,
+    solver: TopEigen,
+}
+
+impl Default for QbertParams {
+    fn default() -> Self {
+        Self { subsets: 10, seed: 0, solver: TopEigen::default() }
+    }
+}
+
+impl QbertParams {
+    /// Parameters with `subsets` subsets, the given seed and solver (already validated by
+    /// its builder; the subset count is checked against the model's samples when run).
+    pub fn new(subsets: usize, seed: u64, solver: TopEigen) -> Self {
+        Self { subsets, seed, solver }
+    }
+    /// The number of subsets.
+    pub fn subsets(&self) -> usize {
+        self.subsets
+    }
+    /// The solver.
+    pub fn solver(&self) -> TopEigen {
+        self.solver
+    }
+    /// The solver seed of the pair (block `block`, subset `subset`): a hash of the run's seed
+    /// and the pair, so each pair's result is fixed before any thread runs.
+    pub fn pair_seed(&self, block: usize, subset: usize) -> u64 {
+        self.seed ^ rng::unit_bits(self.seed, block as u64, subset as u64)
+    }
+}
+
+/// One block's curvature over the data subsets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockStats {
+    /// The block's name.
+    pub name: String,
+    /// Its parameter count.
+    pub params: usize,
+    /// The top eigenvalue of the block Hessian on each subset.
+    pub eigenvalues: Vec<f64>,
+    /// The smallest eigenvalue on each subset (Lanczos only; empty with power iteration).
+    pub smallest: Vec<f64>,
+    /// Whether the solver converged on each subset (the last iterate is reported when not).
+    pub converged: Vec<bool>,
+    /// Hessian-vector products used over all subsets.
+    pub hvps: usize,
+    /// Mean of `eigenvalues`.
+    pub mean: f64,
+    /// Population standard deviation of `eigenvalues` (divisor `N`, as NumPy's default).
+    pub std: f64,
+    /// Q-BERT's sensitivity `Ω = |mean| + std`.
+    pub omega: f64,
+}
+
+impl BlockStats {
+    /// Whether any subset showed negative curvature (a negative top eigenvalue, or with
+    /// Lanczos a negative smallest one): the parameters are not at a local minimum of that
+    /// subset's loss. Q-BERT saw this on SQuAD.
+    pub fn negative_curvature(&self) -> bool {
+        self.eigenvalues.iter().chain(&self.smallest).any(|&l| l < 0.0)
+    }
+}
+
+struct Task {
+    top: f64,
+    smallest: Option<f64>,
+    converged: bool,
+    hvps: usize,
+}
+
+fn run_task<F: Float, M: Autodiff<F> + ?Sized>(
+    model: &M,
+    w: ArrayView1<'_, F>,
+    subset: &[usize],
+    block: usize,
+    seed: u64,
+    solver: TopEigen,
+) -> Result<Task> {
+    let op = HessianOperator::block(model, w, Batch::Indices(subset), block)?;
+    match solver {
+        TopEigen::Power(p) => match op.power_iteration(&p.with_seed(seed)) {
+            Ok(e) => Ok(Task { top: e.values[0].as_f64(), smallest: None, converged: true, hvps: e.hvps }),
+            Err(HessianError::NoConvergence { partial }) => {
+                Ok(Task { top: partial.values[0], smallest: None, converged: false, hvps: partial.hvps })
+            }
+            Err(e) => Err(e),
+        },
+        TopEigen::Lanczos(l) => match op.lanczos(&l.with_seed(seed)) {
+            Ok(e) => {
+                Ok(Task { top: e.top.values[0].as_f64(), smallest: Some(e.smallest.values[0].as_f64()), converged: true, hvps: e.top.hvps })
+            }
+            Err(HessianError::NoConvergence { partial }) => {
+                Ok(Task { top: partial.values[0], smallest: partial.values.last().copied(), converged: false, hvps: partial.hvps })
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Q-BERT's statistics: splits the model's samples into `subsets` seeded subsets, finds the
+/// top eigenvalue of every block's Hessian on every subset, and returns per block the
+/// eigenvalues, their mean and standard deviation, and `Ω = |mean| + std`.
+///
+/// With the `rayon` feature the (block, subset) pairs run in parallel; each pair's work and
+/// seed are fixed in advance, so the results are identical with and without it. A solver
+/// that misses its tolerance does not fail the run: its last eigenvalue estimate is used
+/// and `converged` records it.
+///
+/// # Errors
+/// [`HessianError::InvalidSubsets`], [`HessianError::ShapeMismatch`] /
+/// [`HessianError::NonFinite`] for `w`, block errors, and the model's errors.
+pub fn qbert_statistics<F, M>(model: &M, w: ArrayView1<'_, F>, params: &QbertParams) -> Result<Vec<BlockStats>>
+where
+    F: Float,
+    M: Autodiff<F> + Sync + ?Sized,
+{
+    let subsets = split_subsets(model.samples(), params.subsets, params.seed)?;
+    let nb = model.blocks().len();
+    for b in 0..nb {
+        model.block(b)?;
+    }
+    // Validates w once (shape, finiteness) before fanning out.
+    HessianOperator::full(model, w, Batch::All)?;
+    let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|b| (0..subsets.len()).map(move |s| (b, s))).collect();
+    let job = |&(b, s): &(usize, usize)| run_task(model, w, &subsets[s], b, params.pair_seed(b, s), params.solver);
+    #[cfg(feature = "rayon")]
+    let results: Vec<Result<Task>> = {
+        use rayon::prelude::*;
+        pairs.par_iter().map(job).collect()
+    };
+    #[cfg(not(feature = "rayon"))]
+    let results: Vec<Result<Task>> = pairs.iter().map(job).collect();
+    let mut results = results.into_iter();
+    let mut out = Vec::with_capacity(nb);
+    for block in model.blocks() {
+        let mut st = BlockStats {
+            name: block.name().to_string(),
+            params: block.len(),
+            eigenvalues: vec![],
+            smallest: vec![],
+            converged: vec![],
+            hvps: 0,
+            mean: 0.0,
+            std: 0.0,
+            omega: 0.0,
+        };
+        for _ in 0..subsets.len() {
+            let t = results.next().ok_or(HessianError::Empty)??;
+            st.eigenvalues.push(t.top);
+            st.smallest.extend(t.smallest);
+            st.converged.push(t.converged);
+            st.hvps += t.hvps;
+        }
+        let (mean, std) = mean_std(&st.eigenvalues);
+        st.mean = mean;
+        st.std = std;
+        st.omega = mean.abs() + std;
+        out.push(st);
+    }
+    Ok(out)
+}
+
+/// Mean and population standard deviation.
+pub(crate) fn mean_std(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let mean = x.iter().sum::<f64>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
