@@ -27,3 +27,17 @@ pub fn heavy_tailed_weights(n: usize, seed: u64) -> Vec<f64> {
     let tail = Normal::new(0.0f64, 0.2).unwrap_or_else(|_| unreachable!("valid parameters"));
     (0..n).map(|_| if rng.random::<f64>() < 0.01 { tail.sample(&mut rng) } else { core.sample(&mut rng) }).collect()
 }
+
+/// The digits MLP of the Hessian benches (64-128-128-10 with the given activation, all 1797
+/// samples, pixels scaled to [0, 1]) in `F`, with seeded initial parameters.
+pub fn digits_mlp<F: quant::hessian::Real<Base = F>>(
+    activation: quant::hessian::models::Activation,
+) -> (quant::hessian::models::Mlp<F>, ndarray::Array1<F>) {
+    use quant::hessian::models::Mlp;
+    let d = quant::data::digits().unwrap_or_else(|e| panic!("embedded digits data: {e}"));
+    let x = d.images.mapv(|p| F::cast(f64::from(p) / 16.0));
+    let labels: Vec<usize> = d.labels.iter().map(|&l| usize::from(l)).collect();
+    let m = Mlp::new(&x, &labels, &[128, 128], 10, activation).unwrap_or_else(|e| panic!("valid model: {e}"));
+    let w = m.init(0);
+    (m, w)
+}

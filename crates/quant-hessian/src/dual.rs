@@ -19,6 +19,9 @@ use quant_core::Float;
 /// [`ndarray::NdFloat`] and [`quant_core::Float`], so generic code runs on it unchanged;
 /// `Dual<Dual<F>>` gives third derivatives the same way.
 ///
+/// The layout is `repr(C)`: the value, then the tangent, no padding; dual matrix products
+/// read the two planes of an array of `Dual`s in place.
+///
 /// Conventions where calculus leaves a choice:
 /// - comparisons (`==`, `<`, `max`, `min`, `clamp`) look at the value only, so a branch on
 ///   data takes the same path as the plain `F` evaluation;
@@ -27,6 +30,7 @@ use quant_core::Float;
 /// - at points where the derivative is infinite or undefined (`sqrt` at 0, `ln` at 0) the
 ///   tangent is what IEEE arithmetic gives (`±inf` or NaN), exactly as the formula reads.
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 pub struct Dual<F> {
     /// The value (real part).
     pub value: F,

@@ -1,12 +1,15 @@
 //! The umbrella error of the facade.
 
 /// Any error of the `quant` crates.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// From `quant-core`.
     #[error(transparent)]
     Core(#[from] quant_core::QuantError),
+    /// From `quant-hessian`.
+    #[error(transparent)]
+    Hessian(#[from] quant_hessian::HessianError),
     /// From the embedded data sets.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

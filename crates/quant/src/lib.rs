@@ -6,7 +6,7 @@
 //! | module | crate | what it holds |
 //! |---|---|---|
 //! | [`core`] | `quant-core` | uniform quantizers, bit-packed tensors, STE, LSQ, calibration |
-//! | [`hessian`] | `quant-hessian` | Hessian-vector products and eigen/trace estimators (in progress) |
+//! | [`hessian`] | `quant-hessian` | the `Autodiff` trait, exact HVPs, power iteration, Lanczos, traces, Q-BERT statistics |
 //! | [`mixed`] | `quant-mixed` | sensitivity metrics and bit allocation (in progress) |
 //! | [`group`] | `quant-group` | group-wise quantization with per-group tables (in progress) |
 //! | [`data`] | this crate | the embedded UCI digits data |
@@ -36,7 +36,8 @@ pub mod core {
     pub use quant_core::*;
 }
 
-/// Hessian-vector products and spectral estimators (the `quant-hessian` crate).
+/// The `Autodiff` model trait, exact and finite-difference Hessian-vector products, power
+/// iteration, Lanczos, trace estimators and Q-BERT statistics (the `quant-hessian` crate).
 pub mod hessian {
     pub use quant_hessian::*;
 }

@@ -1,7 +1,7 @@
 //! A multilayer perceptron with softmax cross-entropy; no hidden layers gives softmax
 //! regression.
 
-use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, Zip, s};
+use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, s};
 
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::model::{Batch, Block, Differentiable, Model};
@@ -20,35 +20,52 @@ pub enum Activation {
     Tanh,
     /// GELU in its tanh form (as GPT-2 and `gelu_new` compute it):
     /// `½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))`; it differs from the exact erf form by
-    /// under 1e-3 everywhere.
+    /// under 1e-3 everywhere. Where `2√(2/π)(x + 0.044715 x³) < −40` (about `x < −12.7`) the
+    /// value and derivatives, all below `4e-18·|x|`, are returned as exact zeros.
     Gelu,
 }
 
 const GELU_C: f64 = 0.797_884_560_802_865_4; // √(2/π)
 const GELU_A: f64 = 0.044_715;
+/// Below `y = −40` GELU and its derivatives are taken as 0.
+const GELU_CUTOFF: f64 = 40.0;
 
 impl Activation {
-    /// `(σ(z), σ'(z))`.
-    fn eval<T: Real>(self, z: T) -> (T, T) {
+    /// `(σ(z), σ'(z), σ''(z))`.
+    fn eval<T: Real>(self, z: T) -> (T, T, T) {
+        let (zero, one, two) = (T::zero(), T::one(), T::cast(2.0));
         match self {
             Activation::Relu => {
-                if z > T::zero() {
-                    (z, T::one())
+                if z > zero {
+                    (z, one, zero)
                 } else {
-                    (T::zero(), T::zero())
+                    (zero, zero, zero)
                 }
             }
             Activation::Tanh => {
                 let t = z.tanh();
-                (t, T::one() - t * t)
+                let d = one - t * t;
+                (t, d, -two * t * d)
             }
             Activation::Gelu => {
-                let (c, a, half, one) = (T::cast(GELU_C), T::cast(GELU_A), T::cast(0.5), T::one());
+                // ½(1 + tanh u) = s(y), the logistic function of y = 2u: one exp, no tanh, no
+                // cancellation. With y' = dy/dz and s' = s(1 − s) = ds/dy:
+                // σ = z s, σ' = s + z s' y', σ'' = 2 s' y' + z (s'' y'² + s' y'').
+                let (c2, a) = (T::cast(2.0 * GELU_C), T::cast(GELU_A));
                 let z2 = z * z;
-                let t = (c * (z + a * z2 * z)).tanh();
-                let h = half * z * (one + t);
-                let dh = half * (one + t) + half * z * (one - t * t) * c * (one + T::cast(3.0) * a * z2);
-                (h, dh)
+                let y = c2 * z * (one + a * z2);
+                if y < T::cast(-GELU_CUTOFF) {
+                    // σ, σ', σ'' are below |z|·e^(−40) ≈ 4e-18·|z|: return exact zeros (as the
+                    // tanh form does once tanh rounds to −1) rather than values that reach
+                    // the subnormal range and slow every later product.
+                    return (zero, zero, zero);
+                }
+                let s = one / (one + (-y).exp());
+                let s1 = s * (one - s);
+                let s2 = s1 * (one - two * s);
+                let y1 = c2 * (one + T::cast(3.0) * a * z2);
+                let y2 = T::cast(6.0) * c2 * a * z;
+                (z * s, s + z * s1 * y1, two * s1 * y1 + z * (s2 * y1 * y1 + s1 * y2))
             }
         }
     }
@@ -222,11 +239,8 @@ impl<F: Real<Base = F>> Mlp<F> {
                 return Ok((z, hidden));
             }
             let mut dh = Array2::zeros(z.raw_dim());
-            Zip::from(&mut z).and(&mut dh).for_each(|zv, d| {
-                let (h, dv) = self.activation.eval(*zv);
-                *zv = h;
-                *d = dv;
-            });
+            let act = self.activation;
+            T::map_with_derivative(z.view_mut(), dh.view_mut(), |v| act.eval(v));
             hidden.push((z, dh));
         }
         unreachable!("an MLP has at least one layer")
