@@ -10,6 +10,9 @@ pub enum Error {
     /// From `quant-hessian`.
     #[error(transparent)]
     Hessian(#[from] quant_hessian::HessianError),
+    /// From `quant-mixed`.
+    #[error(transparent)]
+    Mixed(#[from] quant_mixed::MixedError),
     /// From the embedded data sets.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`core`] | `quant-core` | uniform quantizers, bit-packed tensors, STE, LSQ, calibration |
 //! | [`hessian`] | `quant-hessian` | the `Autodiff` trait, exact HVPs, power iteration, Lanczos, traces, Q-BERT statistics |
-//! | [`mixed`] | `quant-mixed` | sensitivity metrics and bit allocation (in progress) |
+//! | [`mixed`] | `quant-mixed` | Omega and trace sensitivities, Q-BERT ranking, exact budget-constrained allocation, Pareto frontier |
 //! | [`group`] | `quant-group` | group-wise quantization with per-group tables (in progress) |
 //! | [`data`] | this crate | the embedded UCI digits data |
 //!
@@ -23,7 +23,9 @@
 //! ```
 //!
 //! ## Features
-//! - `rayon` (default): parallel quantization; results are identical without it.
+//! - `rayon` (default): parallel quantization and Q-BERT statistics; results are identical
+//!   without it.
+//! - `serde`: serialize allocations, layer specs and sensitivities.
 
 mod error;
 
@@ -42,7 +44,8 @@ pub mod hessian {
     pub use quant_hessian::*;
 }
 
-/// Sensitivity metrics and bit allocation (the `quant-mixed` crate).
+/// Sensitivity metrics and bit allocation: Omega, HAWQ-V2 trace × perturbation, Q-BERT
+/// ranking, the exact budget optimum and the Pareto frontier (the `quant-mixed` crate).
 pub mod mixed {
     pub use quant_mixed::*;
 }
