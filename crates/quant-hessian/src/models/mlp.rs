@@ -3,6 +3,7 @@
 
 use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, s};
 
+use super::common::{matrix, softmax_cross_entropy};
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::model::{Batch, Block, Differentiable, Model};
 use crate::real::Real;
@@ -32,7 +33,7 @@ const GELU_CUTOFF: f64 = 40.0;
 
 impl Activation {
     /// `(σ(z), σ'(z), σ''(z))`.
-    fn eval<T: Real>(self, z: T) -> (T, T, T) {
+    pub(crate) fn eval<T: Real>(self, z: T) -> (T, T, T) {
         let (zero, one, two) = (T::zero(), T::one(), T::cast(2.0));
         match self {
             Activation::Relu => {
@@ -210,17 +211,8 @@ impl<F: Real<Base = F>> Mlp<F> {
     /// Layer `l`'s weight (`fan_in × fan_out`) and bias views of `w`.
     fn layer<'w, T: Real>(&self, w: ArrayView1<'w, T>, l: usize) -> (CowArray<'w, T, Ix2>, ArrayView1<'w, T>) {
         let (fi, fo) = (self.widths[l], self.widths[l + 1]);
-        let wr = self.blocks[2 * l].range();
         let br = self.blocks[2 * l + 1].range();
-        let flat = w.slice_move(s![wr]);
-        let weight = match flat.into_shape_with_order((fi, fo)) {
-            Ok(v) => v.into(),
-            // A strided parameter view: copy this layer's weights.
-            Err(_) => Array2::from_shape_vec((fi, fo), flat.to_vec())
-                .unwrap_or_else(|_| unreachable!("the block holds fan_in × fan_out values"))
-                .into(),
-        };
-        (weight, w.slice_move(s![br]))
+        (matrix(w, &self.blocks[2 * l], fi, fo), w.slice_move(s![br]))
     }
 
     /// Forward pass: the logits and, per hidden layer, `(activation, its derivative)`.
@@ -266,19 +258,7 @@ impl<F: Real<Base = F>> Differentiable<F> for Mlp<F> {
         batch.check(self.samples())?;
         let (x, labels) = self.gather(batch);
         let (mut g, hidden) = self.forward::<T>(w, x.view())?;
-        // Softmax cross-entropy; g becomes dLoss/dlogits = (softmax − onehot) / rows.
-        let inv = T::cast(1.0 / labels.len() as f64);
-        let mut loss = T::zero();
-        for (mut row, &y) in g.outer_iter_mut().zip(&labels) {
-            let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-            let zy = row[y];
-            row.mapv_inplace(|z| (z - m).exp());
-            let sum: T = row.sum();
-            loss += sum.ln() + m - zy;
-            row.mapv_inplace(|e| e / sum * inv);
-            row[y] -= inv;
-        }
-        loss *= inv;
+        let mut loss = softmax_cross_entropy(g.view_mut(), &labels);
         for l in (0..self.widths.len() - 1).rev() {
             let dw = match l {
                 0 => T::matmul_base(x.t(), g.view()),

@@ -1,0 +1,43 @@
+//! Pieces the reference models share.
+
+use ndarray::{Array2, ArrayView1, ArrayViewMut2, CowArray, Ix2, s};
+
+use crate::model::Block;
+use crate::real::Real;
+
+/// Softmax cross-entropy averaged over rows: returns the loss and turns `logits` into its
+/// gradient `(softmax − onehot(label)) / rows`.
+pub(crate) fn softmax_cross_entropy<T: Real>(mut logits: ArrayViewMut2<'_, T>, labels: &[usize]) -> T {
+    let inv = T::cast(1.0 / labels.len() as f64);
+    let mut loss = T::zero();
+    for (mut row, &y) in logits.outer_iter_mut().zip(labels) {
+        let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        let zy = row[y];
+        row.mapv_inplace(|z| (z - m).exp());
+        let sum: T = row.sum();
+        loss += sum.ln() + m - zy;
+        row.mapv_inplace(|e| e / sum * inv);
+        row[y] -= inv;
+    }
+    loss * inv
+}
+
+/// Block `b` of `w` as a `rows × cols` matrix (a view when `w` is contiguous, else a copy).
+pub(crate) fn matrix<'w, T: Real>(w: ArrayView1<'w, T>, b: &Block, rows: usize, cols: usize) -> CowArray<'w, T, Ix2> {
+    let flat = w.slice_move(s![b.range()]);
+    match flat.into_shape_with_order((rows, cols)) {
+        Ok(v) => v.into(),
+        // A strided parameter view: copy this block.
+        Err(_) => Array2::from_shape_vec((rows, cols), flat.to_vec())
+            .unwrap_or_else(|_| unreachable!("the block holds rows × cols values"))
+            .into(),
+    }
+}
+
+/// Which rows of the data set a batch uses, with their labels.
+pub(crate) fn rows_and_labels(batch: crate::model::Batch<'_>, labels: &[usize]) -> (Option<Vec<usize>>, Vec<usize>) {
+    match batch {
+        crate::model::Batch::All => (None, labels.to_vec()),
+        crate::model::Batch::Indices(idx) => (Some(idx.to_vec()), idx.iter().map(|&i| labels[i]).collect()),
+    }
+}

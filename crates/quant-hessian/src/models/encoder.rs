@@ -1,0 +1,552 @@
+//! A small BERT-style encoder classifier with a hand-written backward pass.
+
+use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Data, Ix2, s};
+
+use super::common::{matrix, rows_and_labels, softmax_cross_entropy};
+use super::mlp::Activation;
+use crate::error::{HessianError, Result, check_finite, check_len};
+use crate::model::{Batch, Block, Differentiable, Model};
+use crate::real::Real;
+use crate::rng;
+
+/// The shape of an [`Encoder`].
+///
+/// | Name | Purpose | Range |
+/// |---|---|---|
+/// | `tokens` | tokens per sample (sequence length) | `≥ 1` |
+/// | `features` | input features per token | `≥ 1` |
+/// | `d_model` | hidden width | multiple of `heads` |
+/// | `heads` | attention heads | `≥ 1` |
+/// | `d_ff` | feed-forward width | `≥ 1` |
+/// | `layers` | encoder layers | `≥ 1` |
+/// | `classes` | output classes | `≥ 1` |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EncoderConfig {
+    /// Tokens per sample.
+    pub tokens: usize,
+    /// Input features per token.
+    pub features: usize,
+    /// Hidden width.
+    pub d_model: usize,
+    /// Attention heads (`d_model / heads` per head).
+    pub heads: usize,
+    /// Feed-forward width.
+    pub d_ff: usize,
+    /// Encoder layers.
+    pub layers: usize,
+    /// Output classes.
+    pub classes: usize,
+}
+
+impl EncoderConfig {
+    fn check(&self) -> Result<()> {
+        let widths = [self.tokens, self.features, self.d_model, self.heads, self.d_ff, self.layers, self.classes];
+        if let Some(layer) = widths.iter().position(|&w| w == 0) {
+            return Err(HessianError::InvalidWidth { layer });
+        }
+        if self.d_model % self.heads != 0 {
+            return Err(HessianError::ShapeMismatch {
+                expected: vec![self.heads * (self.d_model / self.heads).max(1)],
+                got: vec![self.d_model],
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Block indices of one encoder layer.
+#[derive(Debug, Clone, Copy)]
+struct LayerBlocks {
+    q: (usize, usize),
+    k: (usize, usize),
+    v: (usize, usize),
+    out: (usize, usize),
+    norm1: (usize, usize),
+    ffn_in: (usize, usize),
+    ffn_out: (usize, usize),
+    norm2: (usize, usize),
+}
+
+/// A BERT-style encoder classifier on sequences of feature vectors.
+///
+/// Per sample: `E = X W_e + b_e + P` (a linear token embedding of the input features plus
+/// learned positions); per layer, multi-head self-attention with per-head softmax
+/// `(Q_h K_hᵀ / √d_h)`, output projection, residual and layer norm (post-norm, as BERT),
+/// then a GELU feed-forward, residual and layer norm; mean pooling over tokens; a linear
+/// classifier; mean cross-entropy.
+///
+/// Parameters are one flat vector of named blocks: `embedding.weight`, `embedding.bias`,
+/// `embedding.position`, then per layer `i`: `encoder.i.attention.{q,k,v,out}.{weight,bias}`,
+/// `encoder.i.attention.norm.{gain,bias}`, `encoder.i.ffn.{in,out}.{weight,bias}`,
+/// `encoder.i.ffn.norm.{gain,bias}`, and `classifier.{weight,bias}`. Weights are stored
+/// `fan_in × fan_out` (row-major), so head `h` of a Q, K or V projection owns the columns
+/// `h·d_h..(h+1)·d_h`. The backward pass is written by hand, generic over [`Real`], so the
+/// Hessian-vector products of the [`Autodiff`](crate::Autodiff) impl are exact.
+#[derive(Debug, Clone)]
+pub struct Encoder<F> {
+    x: Array2<F>,
+    labels: Vec<usize>,
+    cfg: EncoderConfig,
+    blocks: Vec<Block>,
+    embedding: (usize, usize, usize),
+    layer_blocks: Vec<LayerBlocks>,
+    classifier: (usize, usize),
+}
+
+/// Layer-norm epsilon.
+const LN_EPS: f64 = 1e-5;
+
+/// What the forward pass keeps for the backward pass, per encoder layer.
+struct LayerCache<T> {
+    input: Array2<T>,
+    q: Array2<T>,
+    k: Array2<T>,
+    v: Array2<T>,
+    /// Attention probabilities, `[sample][head][i][j]` flattened.
+    probs: Vec<T>,
+    context: Array2<T>,
+    n1: Array2<T>,
+    xhat1: Array2<T>,
+    inv_std1: Vec<T>,
+    hidden: Array2<T>,
+    dhidden: Array2<T>,
+    xhat2: Array2<T>,
+    inv_std2: Vec<T>,
+}
+
+/// Layer norm over rows: `(y, x̂, 1/σ)`.
+fn layer_norm<T: Real>(x: &Array2<T>, gain: ArrayView1<'_, T>, bias: ArrayView1<'_, T>) -> (Array2<T>, Array2<T>, Vec<T>) {
+    let d = T::cast(x.ncols() as f64);
+    let eps = T::cast(LN_EPS);
+    let mut xhat = x.clone();
+    let mut inv = Vec::with_capacity(x.nrows());
+    for mut row in xhat.outer_iter_mut() {
+        let mean = row.sum() / d;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / d;
+        let r = (var + eps).sqrt().recip();
+        row.mapv_inplace(|v| (v - mean) * r);
+        inv.push(r);
+    }
+    let mut y = &xhat * &gain;
+    y += &bias;
+    (y, xhat, inv)
+}
+
+/// Layer-norm backward: `dx`, and accumulates `dgain`, `dbias`.
+fn layer_norm_back<T: Real>(dy: &Array2<T>, xhat: &Array2<T>, inv: &[T], gain: ArrayView1<'_, T>) -> (Array2<T>, Array1<T>, Array1<T>) {
+    let d = T::cast(dy.ncols() as f64);
+    let dgain = (dy * xhat).sum_axis(Axis(0));
+    let dbias = dy.sum_axis(Axis(0));
+    let mut dx = dy * &gain;
+    for ((mut row, xr), &r) in dx.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
+        let m1 = row.sum() / d;
+        let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<T>() / d;
+        row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
+    }
+    (dx, dgain, dbias)
+}
+
+impl<F: Real<Base = F>> Encoder<F> {
+    /// An encoder over `x` (`samples × (tokens · features)`, each sample's tokens in order)
+    /// with class `labels`.
+    ///
+    /// # Errors
+    /// [`HessianError::InvalidWidth`] for a zero size, [`HessianError::ShapeMismatch`] when
+    /// `d_model` is not a multiple of `heads`, `x` does not have `tokens · features` columns
+    /// or `labels` one entry per row, [`HessianError::Empty`], [`HessianError::InvalidLabel`],
+    /// [`HessianError::NonFinite`].
+    pub fn new(x: &ArrayBase<impl Data<Elem = F>, Ix2>, labels: &[usize], cfg: EncoderConfig) -> Result<Self> {
+        cfg.check()?;
+        if x.nrows() == 0 {
+            return Err(HessianError::Empty);
+        }
+        check_len(cfg.tokens * cfg.features, x.ncols())?;
+        check_len(x.nrows(), labels.len())?;
+        check_finite(x.iter())?;
+        if let Some((index, &label)) = labels.iter().enumerate().find(|&(_, &l)| l >= cfg.classes) {
+            return Err(HessianError::InvalidLabel { index, label, classes: cfg.classes });
+        }
+        let mut blocks = Vec::new();
+        let mut start = 0;
+        let mut add = |name: String, len: usize| {
+            blocks.push(Block::new(name, start, len));
+            start += len;
+            blocks.len() - 1
+        };
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let embedding = (
+            add("embedding.weight".into(), cfg.features * d),
+            add("embedding.bias".into(), d),
+            add("embedding.position".into(), cfg.tokens * d),
+        );
+        let mut layer_blocks = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let mut linear = |name: &str, fi: usize, fo: usize| {
+                (add(format!("encoder.{i}.{name}.weight"), fi * fo), add(format!("encoder.{i}.{name}.bias"), fo))
+            };
+            let q = linear("attention.q", d, d);
+            let k = linear("attention.k", d, d);
+            let v = linear("attention.v", d, d);
+            let out = linear("attention.out", d, d);
+            let norm1 = (add(format!("encoder.{i}.attention.norm.gain"), d), add(format!("encoder.{i}.attention.norm.bias"), d));
+            let mut linear = |name: &str, fi: usize, fo: usize| {
+                (add(format!("encoder.{i}.{name}.weight"), fi * fo), add(format!("encoder.{i}.{name}.bias"), fo))
+            };
+            let ffn_in = linear("ffn.in", d, ff);
+            let ffn_out = linear("ffn.out", ff, d);
+            let norm2 = (add(format!("encoder.{i}.ffn.norm.gain"), d), add(format!("encoder.{i}.ffn.norm.bias"), d));
+            layer_blocks.push(LayerBlocks { q, k, v, out, norm1, ffn_in, ffn_out, norm2 });
+        }
+        let classifier = (add("classifier.weight".into(), d * cfg.classes), add("classifier.bias".into(), cfg.classes));
+        Ok(Self { x: x.to_owned(), labels: labels.to_vec(), cfg, blocks, embedding, layer_blocks, classifier })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> EncoderConfig {
+        self.cfg
+    }
+
+    /// Indices of the blocks that are weight matrices (embedding, Q, K, V, attention output,
+    /// feed-forward in and out, classifier), the blocks quantization usually targets, with
+    /// their `(fan_in, fan_out)` shapes.
+    pub fn weight_blocks(&self) -> Vec<(usize, (usize, usize))> {
+        let (d, ff) = (self.cfg.d_model, self.cfg.d_ff);
+        let mut out = vec![(self.embedding.0, (self.cfg.features, d))];
+        for lb in &self.layer_blocks {
+            out.extend([
+                (lb.q.0, (d, d)),
+                (lb.k.0, (d, d)),
+                (lb.v.0, (d, d)),
+                (lb.out.0, (d, d)),
+                (lb.ffn_in.0, (d, ff)),
+                (lb.ffn_out.0, (ff, d)),
+            ]);
+        }
+        out.push((self.classifier.0, (d, self.cfg.classes)));
+        out
+    }
+
+    /// Seeded initial parameters: weights normal with variance `1 / fan_in`, biases and
+    /// positions zero (positions small normal), layer-norm gains 1.
+    pub fn init(&self, seed: u64) -> Array1<F> {
+        let mut w = Array1::zeros(self.dim());
+        for (stream, &(b, (fi, _))) in self.weight_blocks().iter().enumerate() {
+            let r = self.blocks[b].range();
+            let std = F::cast((1.0 / fi as f64).sqrt());
+            w.slice_mut(s![r.clone()]).assign(&rng::normal::<F>(r.len(), seed, stream as u64).mapv(|v| v * std));
+        }
+        let pos = self.blocks[self.embedding.2].range();
+        w.slice_mut(s![pos.clone()]).assign(&rng::normal::<F>(pos.len(), seed, 1000).mapv(|v| v * F::cast(0.1)));
+        for lb in &self.layer_blocks {
+            for g in [lb.norm1.0, lb.norm2.0] {
+                w.slice_mut(s![self.blocks[g].range()]).fill(F::one());
+            }
+        }
+        w
+    }
+
+    /// Class scores (`rows × classes`) for inputs `x` (`rows × (tokens · features)`).
+    ///
+    /// `hook(site, input)` is called on the input of every linear map before it is applied
+    /// (site 0 the embedding, then per layer Q/K/V input, attention output input, FFN input,
+    /// FFN output input, and the classifier input last), and may change it in place, for
+    /// example to fake-quantize activations. Pass `|_, _| {}` for none.
+    ///
+    /// # Errors
+    /// [`HessianError::ShapeMismatch`] for a wrong `w` length or input width.
+    pub fn logits_with(
+        &self,
+        w: ArrayView1<'_, F>,
+        x: ArrayView2<'_, F>,
+        mut hook: impl FnMut(usize, ArrayViewMut2<'_, F>),
+    ) -> Result<Array2<F>> {
+        check_len(self.dim(), w.len())?;
+        check_len(self.cfg.tokens * self.cfg.features, x.ncols())?;
+        let (logits, _, _) = self.forward::<F>(w, x, &mut hook);
+        Ok(logits)
+    }
+
+    /// Class scores without a hook.
+    ///
+    /// # Errors
+    /// As [`logits_with`](Self::logits_with).
+    pub fn logits(&self, w: ArrayView1<'_, F>, x: ArrayView2<'_, F>) -> Result<Array2<F>> {
+        self.logits_with(w, x, |_, _| {})
+    }
+
+    /// The fraction of the batch's samples whose largest score is the label, with an
+    /// activation hook as in [`logits_with`](Self::logits_with).
+    ///
+    /// # Errors
+    /// As [`logits_with`](Self::logits_with), plus the batch's errors.
+    pub fn accuracy_with(&self, w: ArrayView1<'_, F>, batch: Batch<'_>, hook: impl FnMut(usize, ArrayViewMut2<'_, F>)) -> Result<f64> {
+        batch.check(self.samples())?;
+        let (rows, labels) = rows_and_labels(batch, &self.labels);
+        let x = match &rows {
+            None => self.x.view().to_owned(),
+            Some(r) => self.x.select(Axis(0), r),
+        };
+        let logits = self.logits_with(w, x.view(), hook)?;
+        let hits = logits
+            .outer_iter()
+            .zip(&labels)
+            .filter(|&(row, &y)| row.iter().enumerate().fold((0, F::neg_infinity()), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0 == y)
+            .count();
+        Ok(hits as f64 / labels.len() as f64)
+    }
+
+    /// The accuracy on a batch.
+    ///
+    /// # Errors
+    /// As [`accuracy_with`](Self::accuracy_with).
+    pub fn accuracy(&self, w: ArrayView1<'_, F>, batch: Batch<'_>) -> Result<f64> {
+        self.accuracy_with(w, batch, |_, _| {})
+    }
+
+    fn vector<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize) -> ArrayView1<'w, T> {
+        w.slice_move(s![self.blocks[b].range()])
+    }
+
+    /// `x W + b` for block pair `(weight, bias)` with `x` of `T`.
+    fn linear<T: Real>(&self, w: ArrayView1<'_, T>, x: &Array2<T>, (wb, bb): (usize, usize), fi: usize, fo: usize) -> Array2<T> {
+        let mut y = T::matmul(x.view(), matrix(w, &self.blocks[wb], fi, fo).view());
+        y += &self.vector(w, bb);
+        y
+    }
+
+    /// The forward pass: logits, per-layer caches, and the pooled features (the
+    /// classifier's input).
+    fn forward<T: Real<Base = F>>(
+        &self,
+        w: ArrayView1<'_, T>,
+        x: ArrayView2<'_, F>,
+        hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>),
+    ) -> (Array2<T>, Vec<LayerCache<T>>, Array2<T>) {
+        let c = self.cfg;
+        let (n, tt, d, heads) = (x.nrows(), c.tokens, c.d_model, c.heads);
+        let dh = d / heads;
+        let scale = T::cast(1.0 / (dh as f64).sqrt());
+        // Tokens as rows: (n · tokens) × features.
+        let mut tokens =
+            x.to_shape((n * tt, c.features)).map(|v| v.to_owned()).unwrap_or_else(|_| unreachable!("rows hold tokens × features"));
+        let mut site = 0;
+        hook(site, tokens.view_mut());
+        let mut e = T::matmul_base(tokens.view(), matrix(w, &self.blocks[self.embedding.0], c.features, d).view());
+        e += &self.vector(w, self.embedding.1);
+        let pos = matrix(w, &self.blocks[self.embedding.2], tt, d);
+        for mut sample in e.exact_chunks_mut((tt, d)) {
+            sample += &pos;
+        }
+        let mut caches = Vec::with_capacity(c.layers);
+        for lb in &self.layer_blocks {
+            site += 1;
+            let input = self.hooked(&e, site, hook);
+            let q = self.linear(w, &input, lb.q, d, d);
+            let k = self.linear(w, &input, lb.k, d, d);
+            let v = self.linear(w, &input, lb.v, d, d);
+            let mut probs = vec![T::zero(); n * heads * tt * tt];
+            let mut context = Array2::zeros((n * tt, d));
+            let mut row = vec![T::zero(); tt];
+            for b in 0..n {
+                for h in 0..heads {
+                    let base = (b * heads + h) * tt * tt;
+                    for i in 0..tt {
+                        let qi = q.slice(s![b * tt + i, h * dh..(h + 1) * dh]);
+                        for (j, r) in row.iter_mut().enumerate() {
+                            *r = qi.dot(&k.slice(s![b * tt + j, h * dh..(h + 1) * dh])) * scale;
+                        }
+                        let m = row.iter().fold(T::neg_infinity(), |a, &v| a.max(v));
+                        let mut sum = T::zero();
+                        for r in row.iter_mut() {
+                            *r = (*r - m).exp();
+                            sum += *r;
+                        }
+                        for (j, r) in row.iter().enumerate() {
+                            let p = *r / sum;
+                            probs[base + i * tt + j] = p;
+                            let vj = v.slice(s![b * tt + j, h * dh..(h + 1) * dh]);
+                            context.slice_mut(s![b * tt + i, h * dh..(h + 1) * dh]).scaled_add(p, &vj);
+                        }
+                    }
+                }
+            }
+            site += 1;
+            let ctx_in = self.hooked(&context, site, hook);
+            let mut r1 = self.linear(w, &ctx_in, lb.out, d, d);
+            r1 += &e;
+            let (n1, xhat1, inv_std1) = layer_norm(&r1, self.vector(w, lb.norm1.0), self.vector(w, lb.norm1.1));
+            site += 1;
+            let n1_in = self.hooked(&n1, site, hook);
+            let mut hidden = self.linear(w, &n1_in, lb.ffn_in, d, c.d_ff);
+            let mut dhidden = Array2::zeros(hidden.raw_dim());
+            T::map_with_derivative(hidden.view_mut(), dhidden.view_mut(), |z| Activation::Gelu.eval(z));
+            site += 1;
+            let hidden_in = self.hooked(&hidden, site, hook);
+            let mut r2 = self.linear(w, &hidden_in, lb.ffn_out, c.d_ff, d);
+            r2 += &n1;
+            let (n2, xhat2, inv_std2) = layer_norm(&r2, self.vector(w, lb.norm2.0), self.vector(w, lb.norm2.1));
+            caches.push(LayerCache {
+                input,
+                q,
+                k,
+                v,
+                probs,
+                context: ctx_in,
+                n1: n1_in,
+                xhat1,
+                inv_std1,
+                hidden: hidden_in,
+                dhidden,
+                xhat2,
+                inv_std2,
+            });
+            e = n2;
+        }
+        // Mean pooling over tokens.
+        let inv_t = T::cast(1.0 / tt as f64);
+        let mut pooled = Array2::zeros((n, d));
+        for (mut p, sample) in pooled.outer_iter_mut().zip(e.exact_chunks((tt, d))) {
+            p.assign(&(sample.sum_axis(Axis(0)) * inv_t));
+        }
+        site += 1;
+        let pooled = self.hooked(&pooled, site, hook);
+        let logits = self.linear(w, &pooled, self.classifier, d, c.classes);
+        (logits, caches, pooled)
+    }
+
+    /// Applies the hook to a plain-float copy of `x` when `T` is the base type (same size);
+    /// dual inputs (Hessian-vector products) pass through unchanged: the hooks are for
+    /// evaluation and have no derivative to propagate.
+    fn hooked<T: Real<Base = F>>(&self, x: &Array2<T>, site: usize, hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>)) -> Array2<T> {
+        if T::BYTES == F::BYTES {
+            let mut base = x.mapv(|v| v.base());
+            hook(site, base.view_mut());
+            base.mapv(T::from_base)
+        } else {
+            x.clone()
+        }
+    }
+
+    /// Writes `value` into the block `b` of `grad`.
+    fn put<T: Real>(&self, grad: &mut ArrayViewMut1<'_, T>, b: usize, value: impl IntoIterator<Item = T>) {
+        grad.slice_mut(s![self.blocks[b].range()]).iter_mut().zip(value).for_each(|(o, v)| *o = v);
+    }
+
+    /// Backward through `x W + b`: writes `dW`, `db`, returns `dx` when asked.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_back<T: Real>(
+        &self,
+        w: ArrayView1<'_, T>,
+        grad: &mut ArrayViewMut1<'_, T>,
+        x: &Array2<T>,
+        dy: &Array2<T>,
+        (wb, bb): (usize, usize),
+        fi: usize,
+        fo: usize,
+    ) -> Array2<T> {
+        let dw = T::matmul(x.t(), dy.view());
+        self.put(grad, wb, dw.iter().copied());
+        self.put(grad, bb, dy.sum_axis(Axis(0)));
+        T::matmul(dy.view(), matrix(w, &self.blocks[wb], fi, fo).t())
+    }
+}
+
+impl<F> Model for Encoder<F> {
+    fn dim(&self) -> usize {
+        self.blocks.last().map_or(0, |b| b.range().end)
+    }
+    fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+    fn samples(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
+    fn loss_grad<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: Batch<'_>, mut grad: ArrayViewMut1<'_, T>) -> Result<T> {
+        check_len(self.dim(), w.len())?;
+        check_len(self.dim(), grad.len())?;
+        batch.check(self.samples())?;
+        let c = self.cfg;
+        let (tt, d, heads) = (c.tokens, c.d_model, c.heads);
+        let dh = d / heads;
+        let scale = T::cast(1.0 / (dh as f64).sqrt());
+        let (rows, labels) = rows_and_labels(batch, &self.labels);
+        let x = match &rows {
+            None => self.x.view().to_owned(),
+            Some(r) => self.x.select(Axis(0), r),
+        };
+        let n = x.nrows();
+        let (mut g, caches, pooled) = self.forward::<T>(w, x.view(), &mut |_, _| {});
+        let loss = softmax_cross_entropy(g.view_mut(), &labels);
+        // Classifier and pooling.
+        let dpooled = self.linear_back(w, &mut grad, &pooled, &g, self.classifier, d, c.classes);
+        let inv_t = T::cast(1.0 / tt as f64);
+        let mut de = Array2::zeros((n * tt, d));
+        for (mut sample, dp) in de.exact_chunks_mut((tt, d)).into_iter().zip(dpooled.outer_iter()) {
+            for mut row in sample.outer_iter_mut() {
+                row.assign(&(&dp * inv_t));
+            }
+        }
+        for (lb, cache) in self.layer_blocks.iter().zip(&caches).rev() {
+            // Second sublayer: N2 = LN(N1 + FFN(N1)).
+            let (dr2, dg2, db2) = layer_norm_back(&de, &cache.xhat2, &cache.inv_std2, self.vector(w, lb.norm2.0));
+            self.put(&mut grad, lb.norm2.0, dg2);
+            self.put(&mut grad, lb.norm2.1, db2);
+            let mut dhidden = self.linear_back(w, &mut grad, &cache.hidden, &dr2, lb.ffn_out, c.d_ff, d);
+            dhidden *= &cache.dhidden;
+            let mut dn1 = self.linear_back(w, &mut grad, &cache.n1, &dhidden, lb.ffn_in, d, c.d_ff);
+            dn1 += &dr2;
+            // First sublayer: N1 = LN(E + Attention(E)).
+            let (dr1, dg1, db1) = layer_norm_back(&dn1, &cache.xhat1, &cache.inv_std1, self.vector(w, lb.norm1.0));
+            self.put(&mut grad, lb.norm1.0, dg1);
+            self.put(&mut grad, lb.norm1.1, db1);
+            let dcontext = self.linear_back(w, &mut grad, &cache.context, &dr1, lb.out, d, d);
+            let (mut dq, mut dk, mut dv) = (Array2::zeros((n * tt, d)), Array2::zeros((n * tt, d)), Array2::zeros((n * tt, d)));
+            let mut da = vec![T::zero(); tt];
+            for b in 0..n {
+                for h in 0..heads {
+                    let base = (b * heads + h) * tt * tt;
+                    let cols = h * dh..(h + 1) * dh;
+                    for i in 0..tt {
+                        let dci = dcontext.slice(s![b * tt + i, cols.clone()]);
+                        let p = &cache.probs[base + i * tt..base + (i + 1) * tt];
+                        for (j, a) in da.iter_mut().enumerate() {
+                            *a = dci.dot(&cache.v.slice(s![b * tt + j, cols.clone()]));
+                            dv.slice_mut(s![b * tt + j, cols.clone()]).scaled_add(p[j], &dci);
+                        }
+                        // Softmax backward, then the scaled dot products.
+                        let inner = p.iter().zip(&da).map(|(&pj, &aj)| pj * aj).sum::<T>();
+                        for j in 0..tt {
+                            let ds = p[j] * (da[j] - inner) * scale;
+                            let kj = cache.k.slice(s![b * tt + j, cols.clone()]);
+                            dq.slice_mut(s![b * tt + i, cols.clone()]).scaled_add(ds, &kj);
+                            let qi = cache.q.slice(s![b * tt + i, cols.clone()]);
+                            dk.slice_mut(s![b * tt + j, cols.clone()]).scaled_add(ds, &qi);
+                        }
+                    }
+                }
+            }
+            let mut dinput = self.linear_back(w, &mut grad, &cache.input, &dq, lb.q, d, d);
+            dinput += &self.linear_back(w, &mut grad, &cache.input, &dk, lb.k, d, d);
+            dinput += &self.linear_back(w, &mut grad, &cache.input, &dv, lb.v, d, d);
+            dinput += &dr1;
+            de = dinput;
+        }
+        // Embedding: E = tokens W_e + b_e + P.
+        let tokens = x.to_shape((n * tt, c.features)).map(|v| v.to_owned()).unwrap_or_else(|_| unreachable!("rows hold tokens × features"));
+        let dwe = T::matmul_base(tokens.t(), de.view());
+        self.put(&mut grad, self.embedding.0, dwe.iter().copied());
+        self.put(&mut grad, self.embedding.1, de.sum_axis(Axis(0)));
+        let mut dpos = Array2::<T>::zeros((tt, d));
+        for sample in de.exact_chunks((tt, d)) {
+            dpos += &sample;
+        }
+        self.put(&mut grad, self.embedding.2, dpos.iter().copied());
+        if !loss.is_finite() {
+            return Err(HessianError::NonFinite { index: 0 });
+        }
+        Ok(loss)
+    }
+}
