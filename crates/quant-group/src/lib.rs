@@ -1,13 +1,31 @@
 //! # quant-group
 //!
-//! Group-wise quantization for the `quant` family (Q-BERT's second idea). It will hold group
-//! layouts (output rows, attention heads, input-dimension blocks, tiles), a group quantizer
-//! applying any `quant-core` quantizer per group with its own range or lookup table, tables
-//! stored at f32/f16/bf16 or themselves quantized, and fused kernels including a packed
-//! matrix-vector product.
+//! Group-wise quantization for the `quant` family (Q-BERT's second idea): split each matrix
+//! into groups, each with its own range or lookup table.
 //!
-//! Until then, `quant-core` already quantizes per group of contiguous elements along any axis
-//! ([`Granularity::PerGroup`]).
+//! Available now: Q-BERT's grouping of consecutive output units (one group per attention
+//! head, finer splits, or per unit) with any `quant-core` quantizer per group
+//! ([`quantize_output_groups`]); `quant-core` itself quantizes GGML-style blocks of
+//! contiguous elements along any axis ([`Granularity::PerGroup`]). Planned: input-dimension
+//! blocks and tiles, explicit fused-QKV head layouts, tables at f16/bf16 or themselves
+//! quantized, fused kernels and a packed matrix-vector product.
+//!
+//! ```
+//! use ndarray::Array2;
+//! use quant_core::{Scheme, UniformSpec};
+//! use quant_group::{quantize_output_groups, GroupMethod};
+//!
+//! // A 64 × 64 projection with 4 heads: one range per head.
+//! let w = Array2::from_shape_fn((64, 64), |(i, j)| ((i * 7 + j * 13) % 29) as f32 / 29.0 - 0.5);
+//! let spec = UniformSpec::builder().bits(3).scheme(Scheme::SymmetricNarrow).check()?;
+//! let q = quantize_output_groups(w.view(), 4, &GroupMethod::Uniform(spec))?;
+//! println!("{:.3} bits per weight", q.bits_per_weight);
+//! # Ok::<(), quant_group::GroupError>(())
+//! ```
 
-#[doc(no_inline)]
+mod error;
+mod rows;
+
+pub use error::{GroupError, Result};
 pub use quant_core::Granularity;
+pub use rows::{GroupMethod, GroupQuantized, quantize_output_groups};

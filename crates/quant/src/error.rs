@@ -10,6 +10,9 @@ pub enum Error {
     /// From `quant-hessian`.
     #[error(transparent)]
     Hessian(#[from] quant_hessian::HessianError),
+    /// From `quant-group`.
+    #[error(transparent)]
+    Group(#[from] quant_group::GroupError),
     /// From `quant-mixed`.
     #[error(transparent)]
     Mixed(#[from] quant_mixed::MixedError),

@@ -1,0 +1,21 @@
+//! The error type of `quant-group`.
+
+/// Everything that can go wrong in `quant-group`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupError {
+    /// From the per-group quantizer.
+    #[error(transparent)]
+    Core(#[from] quant_core::QuantError),
+    /// A group count of zero, or one that does not divide the number of output units.
+    #[error("{groups} groups do not evenly split {units} output units")]
+    InvalidGroups {
+        /// Groups asked for.
+        groups: usize,
+        /// Output units (columns of a `fan_in × fan_out` matrix).
+        units: usize,
+    },
+}
+
+/// `Result` with [`GroupError`].
+pub type Result<T> = core::result::Result<T, GroupError>;

@@ -1,0 +1,80 @@
+//! Output-unit groups against per-tensor and per-channel quantization, and their error bound.
+
+use ndarray::Array2;
+use proptest::prelude::*;
+use quant_core::{KMeansSpec, Scheme, TernarySpec, UniformSpec, quantize};
+use quant_group::{GroupError, GroupMethod, quantize_output_groups};
+
+fn matrix() -> impl Strategy<Value = Array2<f32>> {
+    (1usize..6, prop::sample::select(vec![1usize, 2, 4, 6, 12])).prop_flat_map(|(fi, fo)| {
+        prop::collection::vec(-2.0f32..2.0, fi * fo).prop_map(move |v| Array2::from_shape_vec((fi, fo), v).expect("shape"))
+    })
+}
+
+proptest! {
+    #[test]
+    fn one_group_is_per_tensor_and_one_per_unit_is_per_channel(w in matrix(), bits in 2u8..=8) {
+        let spec = UniformSpec::builder().bits(bits).check().expect("valid");
+        let one = quantize_output_groups(w.view(), 1, &GroupMethod::Uniform(spec)).expect("valid");
+        let tensor = quantize(&w, &spec).expect("valid");
+        prop_assert_eq!(one.weights.clone().into_dyn(), tensor.dequantize());
+        prop_assert_eq!(one.bytes, tensor.storage_bytes());
+        let fo = w.ncols();
+        let per_unit = quantize_output_groups(w.view(), fo, &GroupMethod::Uniform(spec)).expect("valid");
+        let channel = quantize(&w, &UniformSpec::builder().bits(bits).per_channel(1).check().expect("valid")).expect("valid");
+        prop_assert_eq!(per_unit.weights.into_dyn(), channel.dequantize());
+        prop_assert_eq!(per_unit.bytes, channel.storage_bytes());
+    }
+
+    #[test]
+    fn each_group_error_is_within_its_own_half_step(w in matrix(), bits in 2u8..=8, g in prop::sample::select(vec![1usize, 2, 3, 6])) {
+        let fo = w.ncols();
+        prop_assume!(fo % g == 0);
+        let spec = UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).check().expect("valid");
+        let q = quantize_output_groups(w.view(), g, &GroupMethod::Uniform(spec)).expect("valid");
+        let width = fo / g;
+        for k in 0..g {
+            let cols = k * width..(k + 1) * width;
+            let block = w.slice(ndarray::s![.., cols.clone()]);
+            let (lo, hi) = block.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let step = (hi - lo) / ((1u32 << bits) - 1) as f32;
+            for (a, b) in block.iter().zip(q.weights.slice(ndarray::s![.., cols]).iter()) {
+                // Half a step plus f32 rounding of the affine map.
+                prop_assert!((a - b).abs() <= step / 2.0 + 1e-5 * (1.0 + a.abs()), "group {k}: {a} vs {b}, step {step}");
+            }
+        }
+    }
+}
+
+#[test]
+fn codebooks_and_ternary_per_group() -> Result<(), GroupError> {
+    let w = Array2::from_shape_fn((8, 6), |(i, j)| ((i * 5 + j * 3) % 7) as f32 - 3.0 + j as f32 * 10.0);
+    // Each output unit has a very different scale: per-unit tables beat one table.
+    let km = GroupMethod::KMeans(KMeansSpec::builder().bits(2).check()?);
+    let err = |q: &quant_group::GroupQuantized<f32>| (&q.weights - &w).iter().map(|e| e * e).sum::<f32>();
+    let one = quantize_output_groups(w.view(), 1, &km)?;
+    let six = quantize_output_groups(w.view(), 6, &km)?;
+    assert!(err(&six) < err(&one));
+    assert!(six.bytes > one.bytes);
+    let t = quantize_output_groups(w.view(), 3, &GroupMethod::Ternary(TernarySpec::builder().check()?))?;
+    assert_eq!(GroupMethod::Ternary(TernarySpec::builder().check()?).bits(), 2);
+    // Ternary: every weight is 0 or ± its group's alpha.
+    for k in 0..3 {
+        let mut vals: Vec<f32> = t.weights.slice(ndarray::s![.., 2 * k..2 * k + 2]).iter().map(|v| v.abs()).filter(|&v| v > 0.0).collect();
+        vals.dedup();
+        assert!(vals.len() <= 1, "group {k}: {vals:?}");
+    }
+    assert_eq!(km.bits(), 2);
+    Ok(())
+}
+
+#[test]
+fn group_counts_that_do_not_divide_are_refused() {
+    let w = Array2::<f32>::zeros((4, 6));
+    let spec = GroupMethod::Uniform(UniformSpec::default());
+    assert_eq!(quantize_output_groups(w.view(), 4, &spec).err(), Some(GroupError::InvalidGroups { groups: 4, units: 6 }));
+    assert_eq!(quantize_output_groups(w.view(), 0, &spec).err(), Some(GroupError::InvalidGroups { groups: 0, units: 6 }));
+    let mut bad = w.clone();
+    bad[[1, 1]] = f32::NAN;
+    assert!(matches!(quantize_output_groups(bad.view(), 2, &spec), Err(GroupError::Core(_))));
+}
