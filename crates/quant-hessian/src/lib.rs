@@ -59,7 +59,7 @@ pub use lanczos::{Extremes, Lanczos, LanczosBuilder};
 pub use model::{Autodiff, Batch, Block, Differentiable, HvpKind, Model, finite_difference_hvp};
 pub use operator::{FnOperator, HessianOperator, LinearOperator};
 pub use power::{PowerIteration, PowerIterationBuilder};
-pub use qbert::{BlockStats, QbertParams, TopEigen, qbert_statistics, split_subsets};
+pub use qbert::{BlockStats, QbertParams, TopEigen, qbert_statistics, qbert_statistics_for, split_subsets};
 pub use quant_core::Float;
 pub use real::Real;
 pub use trace::{HutchPlusPlus, Hutchinson, HutchinsonBuilder, Slq, SpectralDensity, TraceEstimate};

@@ -182,14 +182,39 @@ where
     F: Float,
     M: Autodiff<F> + Sync + ?Sized,
 {
-    let subsets = split_subsets(model.samples(), params.subsets, params.seed)?;
-    let nb = model.blocks().len();
-    for b in 0..nb {
+    let samples: Vec<usize> = (0..model.samples()).collect();
+    let blocks: Vec<usize> = (0..model.blocks().len()).collect();
+    qbert_statistics_for(model, w, &samples, &blocks, params)
+}
+
+/// [`qbert_statistics`] restricted to the given samples (split into the subsets, for example
+/// a training set) and blocks (for example the weight matrices), in the order given.
+///
+/// # Errors
+/// As [`qbert_statistics`], plus [`HessianError::SampleOutOfRange`] for a sample index past
+/// the model's samples (reported when its subset is used).
+pub fn qbert_statistics_for<F, M>(
+    model: &M,
+    w: ArrayView1<'_, F>,
+    samples: &[usize],
+    blocks: &[usize],
+    params: &QbertParams,
+) -> Result<Vec<BlockStats>>
+where
+    F: Float,
+    M: Autodiff<F> + Sync + ?Sized,
+{
+    let subsets: Vec<Vec<usize>> = split_subsets(samples.len(), params.subsets, params.seed)?
+        .into_iter()
+        .map(|part| part.into_iter().map(|i| samples[i]).collect())
+        .collect();
+    for &b in blocks {
         model.block(b)?;
     }
     // Validates w once (shape, finiteness) before fanning out.
     HessianOperator::full(model, w, Batch::All)?;
-    let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|b| (0..subsets.len()).map(move |s| (b, s))).collect();
+    let nb = blocks.len();
+    let pairs: Vec<(usize, usize)> = blocks.iter().flat_map(|&b| (0..subsets.len()).map(move |s| (b, s))).collect();
     let job = |&(b, s): &(usize, usize)| run_task(model, w, &subsets[s], b, params.pair_seed(b, s), params.solver);
     #[cfg(feature = "rayon")]
     let results: Vec<Result<Task>> = {
@@ -200,7 +225,7 @@ where
     let results: Vec<Result<Task>> = pairs.iter().map(job).collect();
     let mut results = results.into_iter();
     let mut out = Vec::with_capacity(nb);
-    for block in model.blocks() {
+    for block in blocks.iter().map(|&b| &model.blocks()[b]) {
         let mut st = BlockStats {
             name: block.name().to_string(),
             params: block.len(),

@@ -203,6 +203,14 @@ fn mlp_layout_and_accuracy() {
     let w = m.init(1);
     let acc = m.accuracy(w.view(), Batch::All).expect("valid");
     assert!((0.0..=1.0).contains(&acc));
+    // The hooked evaluation path equals the differentiable forward pass.
+    let (x, _) = toy_data(40, 5, 3, 1);
+    let mut sites = Vec::new();
+    let hooked = m.logits_with(w.view(), x.view(), |s, _| sites.push(s)).expect("valid");
+    let plain = m.logits(w.view(), x.view()).expect("valid");
+    assert!((&hooked - &plain).iter().all(|d| d.abs() < 1e-12));
+    assert_eq!(sites, [0, 1, 2]);
+    assert_eq!(m.weight_blocks(), [(0, (5, 6)), (2, (6, 4)), (4, (4, 3))]);
     // Same seed, same bits.
     assert_eq!(m.init(1), w);
     assert_ne!(m.init(2), w);

@@ -88,6 +88,18 @@ pub fn parse_digits_csv(text: &str) -> Result<Digits, DataError> {
     Ok(Digits { images, labels })
 }
 
+/// A seeded split of `0..n` into training and test indices, `test_fraction` of them (rounded)
+/// for testing; both lists sorted.
+pub fn split(n: usize, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    crate::train::shuffle(&mut order, seed);
+    let test_len = ((n as f64 * test_fraction.clamp(0.0, 1.0)).round() as usize).min(n);
+    let (mut test, mut train) = (order[..test_len].to_vec(), order[test_len..].to_vec());
+    test.sort_unstable();
+    train.sort_unstable();
+    (train, test)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

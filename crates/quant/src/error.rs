@@ -16,6 +16,14 @@ pub enum Error {
     /// From `quant-mixed`.
     #[error(transparent)]
     Mixed(#[from] quant_mixed::MixedError),
+    /// A pipeline or training parameter out of range.
+    #[error("invalid {what}: {value}")]
+    InvalidParameter {
+        /// Which parameter.
+        what: &'static str,
+        /// Its value.
+        value: f64,
+    },
     /// From the embedded data sets.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

@@ -30,6 +30,9 @@
 mod error;
 
 pub mod data;
+pub mod pipeline;
+mod plot;
+pub mod train;
 
 pub use error::{Error, Result};
 

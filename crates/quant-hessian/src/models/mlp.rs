@@ -182,14 +182,62 @@ impl<F: Real<Base = F>> Mlp<F> {
         Ok(logits)
     }
 
+    /// Indices of the weight-matrix blocks with their `(fan_in, fan_out)` shapes.
+    pub fn weight_blocks(&self) -> Vec<(usize, (usize, usize))> {
+        self.widths.windows(2).enumerate().map(|(l, p)| (2 * l, (p[0], p[1]))).collect()
+    }
+
+    /// Class scores with `hook(site, input)` called on the input of every layer (site `l`
+    /// for layer `l`) before it is applied; it may change the input in place (for example
+    /// to fake-quantize activations).
+    ///
+    /// # Errors
+    /// As [`logits`](Self::logits).
+    pub fn logits_with(
+        &self,
+        w: ArrayView1<'_, F>,
+        x: ArrayView2<'_, F>,
+        mut hook: impl FnMut(usize, ndarray::ArrayViewMut2<'_, F>),
+    ) -> Result<Array2<F>> {
+        check_len(self.dim(), w.len())?;
+        check_len(self.widths[0], x.ncols())?;
+        let layers = self.widths.len() - 1;
+        let mut h = x.to_owned();
+        for l in 0..layers {
+            hook(l, h.view_mut());
+            let (weight, bias) = self.layer(w, l);
+            let mut z = h.dot(&weight);
+            z += &bias;
+            if l + 1 < layers {
+                let act = self.activation;
+                z.mapv_inplace(|v| act.eval(v).0);
+            }
+            h = z;
+        }
+        Ok(h)
+    }
+
     /// The fraction of the batch's samples whose largest score is the label.
     ///
     /// # Errors
     /// As [`logits`](Self::logits), plus the batch's errors.
     pub fn accuracy(&self, w: ArrayView1<'_, F>, batch: Batch<'_>) -> Result<f64> {
+        self.accuracy_with(w, batch, |_, _| {})
+    }
+
+    /// [`accuracy`](Self::accuracy) with an input hook as in [`logits_with`](Self::logits_with).
+    ///
+    /// # Errors
+    /// As [`accuracy`](Self::accuracy).
+    pub fn accuracy_with(
+        &self,
+        w: ArrayView1<'_, F>,
+        batch: Batch<'_>,
+        hook: impl FnMut(usize, ndarray::ArrayViewMut2<'_, F>),
+    ) -> Result<f64> {
         batch.check(self.samples())?;
         let (x, labels) = self.gather(batch);
-        let logits = self.logits(w, x.view())?;
+        let logits = self.logits_with(w, x.view(), hook)?;
         let hits = logits
             .outer_iter()
             .zip(&labels)
