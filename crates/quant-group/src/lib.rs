@@ -28,4 +28,4 @@ mod rows;
 
 pub use error::{GroupError, Result};
 pub use quant_core::Granularity;
-pub use rows::{GroupMethod, GroupQuantized, quantize_output_groups};
+pub use rows::{GroupMethod, GroupQuantized, OutputGroupCodebook, quantize_output_groups};

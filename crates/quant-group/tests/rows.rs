@@ -78,3 +78,28 @@ fn group_counts_that_do_not_divide_are_refused() {
     bad[[1, 1]] = f32::NAN;
     assert!(matches!(quantize_output_groups(bad.view(), 2, &spec), Err(GroupError::Core(_))));
 }
+
+#[test]
+fn codebook_groups_match_the_quantizer_and_take_centroid_steps() -> Result<(), GroupError> {
+    use quant_group::OutputGroupCodebook;
+    let w = Array2::from_shape_fn((6, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64 / 11.0 - 0.5 + j as f64);
+    let spec = KMeansSpec::builder().bits(2).check()?;
+    let mut book = OutputGroupCodebook::new(w.view(), 2, &spec)?;
+    let q = quantize_output_groups(w.view(), 2, &GroupMethod::KMeans(spec))?;
+    assert_eq!(book.weights(), q.weights);
+    assert_eq!(book.bytes(), q.bytes);
+    // A gradient of 1 on every weight: each centroid's gradient is its member count, and the
+    // counts of a group add up to the group's size.
+    let ones = Array2::<f64>::ones((6, 4));
+    let cg = book.centroid_gradients(ones.view())?;
+    assert_eq!(cg.len(), 2 * 4);
+    assert_eq!(cg[..4].iter().sum::<f64>(), 12.0);
+    assert_eq!(cg[4..].iter().sum::<f64>(), 12.0);
+    // Moving every centroid by −0.25 moves every weight by −0.25, up to the f32 rounding of
+    // the tables (values below 4: 2.4e-7).
+    let before = book.weights();
+    book.apply_step(&[0.25; 8])?;
+    assert!((&before - &book.weights()).iter().all(|d| (d - 0.25).abs() < 1e-6));
+    assert!(book.centroid_gradients(Array2::<f64>::ones((4, 6)).view()).is_err());
+    Ok(())
+}

@@ -9,7 +9,9 @@
 //! | [`hessian`] | `quant-hessian` | the `Autodiff` trait, exact HVPs, power iteration, Lanczos, traces, Q-BERT statistics |
 //! | [`mixed`] | `quant-mixed` | Omega and trace sensitivities, Q-BERT ranking, exact budget-constrained allocation, Pareto frontier |
 //! | [`group`] | `quant-group` | group-wise quantization with per-group tables (in progress) |
-//! | [`data`] | this crate | the embedded UCI digits data |
+//! | [`data`] | this crate | the embedded UCI digits data and a seeded train/test split |
+//! | [`train`] | this crate | Adam training and quantization-aware fine-tuning (STE) |
+//! | [`pipeline`] | this crate | the Q-BERT pipeline: sensitivity, allocation, group-wise quantization, report |
 //!
 //! ## Quick start
 //! ```
@@ -58,12 +60,15 @@ pub mod group {
     pub use quant_group::*;
 }
 
-/// The names most programs need: specs, the quantize functions and the float trait.
+/// The names most programs need: the traits (float, model, operator, solver and
+/// quantizable-model traits), the uniform specs and the quantize functions.
 pub mod prelude {
+    pub use crate::pipeline::QuantizableModel;
     pub use quant_core::{
         Float, Granularity, QuantParams, QuantizedTensor, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, calibrate,
         fake_quantize, quantize, ste_backward,
     };
+    pub use quant_hessian::{Autodiff, Differentiable, LinearOperator, Model, OperatorExt, Real};
 }
 
 /// Re-export of `ndarray`, whose arrays and views appear in every signature.

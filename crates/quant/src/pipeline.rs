@@ -5,14 +5,16 @@
 use core::fmt;
 
 use ndarray::{Array1, ArrayView1, ArrayViewMut2, s};
-use quant_core::{Float, Granularity, RangeObserver, Scheme, UniformSpec};
-use quant_group::{GroupMethod, quantize_output_groups};
+use quant_core::{Float, Granularity, KMeansSpec, RangeObserver, Scheme, TernarySpec, UniformSpec};
+use quant_group::{GroupMethod, OutputGroupCodebook, quantize_output_groups};
 use quant_hessian::models::{Encoder, Mlp};
 use quant_hessian::{Autodiff, Batch, PowerIteration, QbertParams, Real, TopEigen, qbert_statistics_for};
-use quant_mixed::{Budget, LayerOption, LayerSpec, Problem, qbert_ranking};
+use quant_mixed::{LayerOption, LayerSpec, Problem, qbert_ranking};
+
+pub use quant_mixed::Budget;
 
 use crate::error::{Error, Result};
-use crate::train::{TrainParams, shuffle, train_qat};
+use crate::train::{Adam, TrainParams, shuffle, train_qat};
 
 /// A model the pipeline can quantize: an [`Autodiff`] model that names its weight matrices
 /// and evaluates accuracy with an activation hook.
@@ -85,6 +87,19 @@ impl Grouping {
     }
 }
 
+/// The quantizer applied to each group of a weight matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum WeightMethod {
+    /// Uniform, Q-BERT's asymmetric grid over each group's min-max range.
+    #[default]
+    Uniform,
+    /// A k-means codebook of `2^bits` centroids per group (Lloyd, linear init).
+    KMeans,
+    /// Ternary (TWN) per group; the width is 2 bits whatever the setting asks.
+    Ternary,
+}
+
 /// Validated parameters of the [`QbertPipeline`].
 ///
 /// | Name | Default | Purpose |
@@ -97,11 +112,12 @@ impl Grouping {
 /// | `mixed` | (2, 3), (2, 4) | mixed-precision pairs: the more sensitive `share` get the higher width |
 /// | `share` | 0.5 | fraction of quantized layers given the higher width |
 /// | `random_draws` | 5 | random assignments averaged for the baseline |
+/// | `method` | uniform | the quantizer applied per group |
 /// | `embedding_bits` | 8 | width of the first weight matrix (Q-BERT keeps embeddings at 8 bits) |
 /// | `keep_classifier` | true | leave the last weight matrix in f32 |
 /// | `activation_bits` | 8 | fake-quantized inputs of every linear map (asymmetric, EMA ranges) |
 /// | `ema_momentum` | 0.9 | momentum of the activation range observers |
-/// | `finetune` | 3 epochs, lr 5e-4 | quantization-aware fine-tuning (`None` to skip) |
+/// | `finetune` | 3 epochs, lr 5e-4 | quantization-aware fine-tuning (`None` to skip): with uniform groups, the STE on latent weights (ranges re-derived from them each step); with k-means groups, the centroids learned with the codes fixed (Deep Compression) |
 /// | `seed` | 0 | seed of subsets, solvers, random baselines and fine-tuning |
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -124,6 +140,8 @@ pub struct PipelineParams {
     pub share: f64,
     /// Random baselines averaged.
     pub random_draws: usize,
+    /// The per-group quantizer.
+    pub method: WeightMethod,
     /// Width of the embedding matrix (`None`: quantize it like the others).
     pub embedding_bits: Option<u8>,
     /// Keep the classifier in f32.
@@ -150,6 +168,7 @@ impl Default for PipelineParams {
             mixed: vec![(2, 3), (2, 4)],
             share: 0.5,
             random_draws: 5,
+            method: WeightMethod::Uniform,
             embedding_bits: Some(8),
             keep_classifier: true,
             activation_bits: 8,
@@ -184,8 +203,15 @@ pub struct LayerReport {
     pub omega: f64,
     /// A negative eigenvalue was seen (not at a local minimum).
     pub negative: bool,
-    /// Width given by the first mixed-precision setting (by Ω).
+    /// Width in the first mixed-precision setting by Ω (`None`: kept in f32).
     pub mixed_bits: Option<u8>,
+    /// Groups in that setting.
+    pub groups: usize,
+    /// Bytes of the matrix in that setting (codes and tables, or f32).
+    pub bytes: u64,
+    /// Signal-to-quantization-noise ratio of the matrix in that setting, in dB (`None`
+    /// when kept in f32).
+    pub sqnr_db: Option<f64>,
 }
 
 /// One row of the study.
@@ -223,6 +249,47 @@ pub struct QbertReport {
     pub hvps: usize,
     /// Activation width used in `accuracy_act`.
     pub activation_bits: u8,
+}
+
+/// How [`QbertPipeline::quantize`] chooses each matrix's width.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Strategy {
+    /// Every allocated matrix at this width.
+    Uniform(u8),
+    /// Q-BERT's ranking: the `share` of matrices with the largest Ω at `high`, the rest at `low`.
+    Ranking {
+        /// Width of the less sensitive matrices.
+        low: u8,
+        /// Width of the more sensitive ones.
+        high: u8,
+        /// Fraction at `high`.
+        share: f64,
+    },
+    /// The exact least `Σ Ω·‖Q(W) − W‖²` over widths in `choices` with the whole model
+    /// within the budget (bytes, or a compression ratio against f32).
+    Budget {
+        /// Candidate widths.
+        choices: Vec<u8>,
+        /// The budget for the whole model.
+        budget: Budget,
+    },
+}
+
+/// A model quantized by [`QbertPipeline::quantize`] (its `layers` serialise with serde).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedModel<F> {
+    /// The parameters with every allocated matrix quantized and dequantized (ready for the
+    /// model's forward pass).
+    pub weights: Array1<F>,
+    /// Per weight matrix: sensitivity, width, groups, bytes, SQNR.
+    pub layers: Vec<LayerReport>,
+    /// The whole model's size in bytes.
+    pub bytes: u64,
+    /// f32 size over `bytes`.
+    pub compression: f64,
+    /// Hessian-vector products spent.
+    pub hvps: usize,
 }
 
 /// A width (or f32) and a group count per weight matrix.
@@ -281,6 +348,93 @@ impl QbertPipeline {
         &self.params
     }
 
+    /// Q-BERT's per-matrix statistics on the training samples (a seeded draw of
+    /// `subsets × subset_size` of them, split into `subsets`).
+    fn statistics<F: Float, M: QuantizableModel<F>>(
+        &self,
+        model: &M,
+        w: ArrayView1<'_, F>,
+        train_set: &[usize],
+    ) -> Result<Vec<quant_hessian::BlockStats>> {
+        let p = &self.params;
+        let power = PowerIteration::builder().tol(p.power_tol).max_iter(p.power_max_iter).check()?;
+        let qp = QbertParams::new(p.subsets, p.seed, TopEigen::Power(power));
+        let block_ids: Vec<usize> = model.weight_blocks().iter().map(|&(b, _)| b).collect();
+        let mut pool = train_set.to_vec();
+        if let Some(size) = p.subset_size {
+            shuffle(&mut pool, p.seed ^ 0x51AB);
+            pool.truncate((size * p.subsets).min(pool.len()));
+            pool.sort_unstable();
+        }
+        Ok(qbert_statistics_for(model, w, &pool, &block_ids, &qp)?)
+    }
+
+    /// The matrices the allocation decides: all but a fixed embedding and a kept classifier.
+    fn free(&self, n: usize) -> Vec<usize> {
+        (0..n).filter(|&i| !(i == 0 && self.params.embedding_bits.is_some() || i + 1 == n && self.params.keep_classifier)).collect()
+    }
+
+    /// Quantizes `model` for deployment: sensitivity on the `train` samples, widths by
+    /// `strategy`, groups by `grouping`, the pipeline's per-group method; embedding and
+    /// classifier as the parameters fix them.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run), plus [`Error::InvalidParameter`] for widths outside `1..=8` or
+    /// a share outside `[0, 1]`, and `quant-mixed`'s `Infeasible` when no assignment fits
+    /// the budget.
+    pub fn quantize<F: Float, M: QuantizableModel<F>>(
+        &self,
+        model: &M,
+        w: ArrayView1<'_, F>,
+        train_set: &[usize],
+        strategy: &Strategy,
+        grouping: Grouping,
+    ) -> Result<QuantizedModel<F>> {
+        if train_set.is_empty() {
+            return Err(Error::InvalidParameter { what: "samples", value: 0.0 });
+        }
+        let widths: Vec<u8> = match strategy {
+            Strategy::Uniform(b) => vec![*b],
+            Strategy::Ranking { low, high, .. } => vec![*low, *high],
+            Strategy::Budget { choices, .. } => choices.clone(),
+        };
+        if let Some(&b) = widths.iter().find(|b| !(1..=8).contains(*b)) {
+            return Err(Error::InvalidParameter { what: "bits", value: f64::from(b) });
+        }
+        let blocks = model.weight_blocks();
+        if blocks.len() < 3 {
+            return Err(Error::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
+        }
+        let stats = self.statistics(model, w, train_set)?;
+        let free = self.free(blocks.len());
+        let omegas: Vec<f64> = free.iter().map(|&i| stats[i].omega).collect();
+        let ctx = Ctx { model, w, blocks: &blocks, heads: model.heads(), p: &self.params, train: train_set, test: train_set };
+        let chosen = match strategy {
+            Strategy::Uniform(b) => vec![*b; free.len()],
+            Strategy::Ranking { low, high, share } => qbert_ranking(&omegas, *share, *low, *high)?,
+            Strategy::Budget { choices, budget } => {
+                let total = match *budget {
+                    Budget::Bytes(b) => b,
+                    Budget::CompressionRatio(r) if r.is_finite() && r >= 1.0 => (4.0 * w.len() as f64 / r).floor() as u64,
+                    Budget::CompressionRatio(r) => return Err(Error::InvalidParameter { what: "compression ratio", value: r }),
+                    Budget::Bops(_) => return Err(Error::InvalidParameter { what: "bit-operation budget", value: 0.0 }),
+                };
+                ctx.exact_plan(&free, &omegas, choices, total, grouping)?
+            }
+        };
+        let plan = ctx.mixed_plan(&free, &chosen, grouping);
+        let (weights, bytes) = ctx.apply(&plan)?;
+        let details = ctx.details(&plan)?;
+        let layers = layer_reports(model, &blocks, &stats, &plan, &details);
+        Ok(QuantizedModel {
+            weights,
+            layers,
+            bytes,
+            compression: 4.0 * w.len() as f64 / bytes as f64,
+            hvps: stats.iter().map(|s| s.hvps).sum(),
+        })
+    }
+
     /// Runs the study on `model` at parameters `w` (trained), computing statistics on the
     /// `train` samples and accuracies on the `test` samples. `progress` receives one line
     /// per stage.
@@ -306,22 +460,9 @@ impl QbertPipeline {
             return Err(Error::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
         }
         let heads = model.heads();
-        let names: Vec<String> = blocks.iter().map(|&(b, _)| model.blocks()[b].name().to_string()).collect();
-        // Which matrices the allocation decides: all but a fixed embedding and a kept classifier.
-        let free: Vec<usize> =
-            (0..blocks.len()).filter(|&i| !(i == 0 && p.embedding_bits.is_some() || i + 1 == blocks.len() && p.keep_classifier)).collect();
-
+        let free = self.free(blocks.len());
         progress(&format!("Hessian statistics: top eigenvalue of {} weight matrices on {} subsets", blocks.len(), p.subsets));
-        let power = PowerIteration::builder().tol(p.power_tol).max_iter(p.power_max_iter).check()?;
-        let qp = QbertParams::new(p.subsets, p.seed, TopEigen::Power(power));
-        let block_ids: Vec<usize> = blocks.iter().map(|&(b, _)| b).collect();
-        let mut pool = train_set.to_vec();
-        if let Some(size) = p.subset_size {
-            shuffle(&mut pool, p.seed ^ 0x51AB);
-            pool.truncate((size * p.subsets).min(pool.len()));
-            pool.sort_unstable();
-        }
-        let stats = qbert_statistics_for(model, w, &pool, &block_ids, &qp)?;
+        let stats = self.statistics(model, w, train_set)?;
         let hvps = stats.iter().map(|s| s.hvps).sum();
         let omegas: Vec<f64> = free.iter().map(|&i| stats[i].omega).collect();
 
@@ -350,13 +491,13 @@ impl QbertPipeline {
             }
         }
 
-        let mut first_mixed = None;
+        let mut first_mixed: Option<Plan> = None;
         for &(lo, hi) in &p.mixed {
             progress(&format!("mixed {lo}/{hi}: by Omega, at random, exact optimum"));
             let label = format!("{lo}/{hi}");
             let chosen = qbert_ranking(&omegas, p.share, lo, hi)?;
-            first_mixed.get_or_insert_with(|| chosen.clone());
             let plan = ctx.mixed_plan(&free, &chosen, Grouping::PerHead);
+            first_mixed.get_or_insert_with(|| plan.clone());
             let omega_row = ctx.row("mixed by Omega", label.clone(), Grouping::PerHead.label(heads), &plan, true)?;
             let budget = omega_row.bytes;
             rows.push(omega_row);
@@ -391,7 +532,7 @@ impl QbertPipeline {
                 finetuned: None,
             });
             // HAWQ-style exact optimum: Ω · ‖Q(W) − W‖² per choice, same byte budget.
-            let widths = ctx.exact_plan(&free, &omegas, &[lo, hi], budget)?;
+            let widths = ctx.exact_plan(&free, &omegas, &[lo, hi], budget, Grouping::PerHead)?;
             rows.push(ctx.row(
                 "exact optimum (Omega x error)",
                 label,
@@ -401,23 +542,45 @@ impl QbertPipeline {
             )?);
         }
 
-        let layers = stats
-            .iter()
-            .enumerate()
-            .map(|(i, st)| LayerReport {
-                name: names[i].clone(),
-                params: st.params,
-                eigenvalues: st.eigenvalues.clone(),
-                mean: st.mean,
-                std: st.std,
-                omega: st.omega,
-                negative: st.negative_curvature(),
-                mixed_bits: first_mixed.as_ref().and_then(|m| free.iter().position(|&f| f == i).map(|k| m[k])),
-            })
-            .collect();
+        let shown = match &first_mixed {
+            Some(plan) => plan.clone(),
+            None => ctx.uniform_plan(p.direct_bits.last().copied().unwrap_or(8), Grouping::PerHead, &free),
+        };
+        let details = ctx.details(&shown)?;
+        let layers = layer_reports(model, &blocks, &stats, &shown, &details);
         Ok(QbertReport { layers, rows, hvps, activation_bits: p.activation_bits })
     }
 }
+
+fn layer_reports<F: Float, M: QuantizableModel<F> + ?Sized>(
+    model: &M,
+    blocks: &[(usize, (usize, usize))],
+    stats: &[quant_hessian::BlockStats],
+    plan: &Plan,
+    details: &[(usize, u64, Option<f64>)],
+) -> Vec<LayerReport> {
+    stats
+        .iter()
+        .enumerate()
+        .map(|(i, st)| LayerReport {
+            name: model.blocks()[blocks[i].0].name().to_string(),
+            params: st.params,
+            eigenvalues: st.eigenvalues.clone(),
+            mean: st.mean,
+            std: st.std,
+            omega: st.omega,
+            negative: st.negative_curvature(),
+            mixed_bits: plan.bits[i],
+            groups: details[i].0,
+            bytes: details[i].1,
+            sqnr_db: details[i].2,
+        })
+        .collect()
+}
+
+/// A quantized matrix under codebook fine-tuning: its parameter range, shape, codebook and
+/// the Adam state of its centroids.
+type Book<F> = (core::ops::Range<usize>, (usize, usize), OutputGroupCodebook<F>, Adam);
 
 /// Everything a study row needs.
 struct Ctx<'a, F, M: ?Sized> {
@@ -456,8 +619,12 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         plan
     }
 
-    fn method(bits: u8) -> Result<GroupMethod> {
-        Ok(GroupMethod::Uniform(UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).check()?))
+    fn method(&self, bits: u8) -> Result<GroupMethod> {
+        Ok(match self.p.method {
+            WeightMethod::Uniform => GroupMethod::Uniform(UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).check()?),
+            WeightMethod::KMeans => GroupMethod::KMeans(KMeansSpec::builder().bits(bits).check()?),
+            WeightMethod::Ternary => GroupMethod::Ternary(TernarySpec::default()),
+        })
     }
 
     /// The plan applied to `w` (dequantized weights) and the model size in bytes.
@@ -472,12 +639,90 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                     .to_owned()
                     .into_shape_with_order((fi, fo))
                     .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
-                let q = quantize_output_groups(m.view(), plan.groups[k], &Self::method(bits)?)?;
+                let q = quantize_output_groups(m.view(), plan.groups[k], &self.method(bits)?)?;
                 out.slice_mut(s![range]).iter_mut().zip(q.weights.iter()).for_each(|(o, &v)| *o = v);
                 bytes = bytes - 4 * (fi * fo) as u64 + q.bytes as u64;
             }
         }
         Ok((out, bytes))
+    }
+
+    /// k-means fine-tuning (Deep Compression): codes fixed, every centroid moved by Adam on
+    /// the summed gradient of the weights that share it; the parameters outside the
+    /// quantized matrices train as usual. Returns the test accuracy with activations
+    /// quantized.
+    fn finetune_codebooks(&self, plan: &Plan, t: &TrainParams) -> Result<f64> {
+        let mut base = self.w.to_owned();
+        let mut books = Vec::new();
+        let mut quantized = vec![false; base.len()];
+        for (k, &(b, (fi, fo))) in self.blocks.iter().enumerate() {
+            if let Some(bits) = plan.bits[k] {
+                let range = self.model.blocks()[b].range();
+                quantized[range.clone()].iter_mut().for_each(|q| *q = true);
+                let m = self
+                    .w
+                    .slice(s![range.clone()])
+                    .to_owned()
+                    .into_shape_with_order((fi, fo))
+                    .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
+                let book = OutputGroupCodebook::new(m.view(), plan.groups[k], &KMeansSpec::builder().bits(bits).check()?)?;
+                let n = book.centroid_gradients(m.view())?.len();
+                books.push((range, (fi, fo), book, Adam::new(n)));
+            }
+        }
+        let with_books = |base: &Array1<F>, books: &[Book<F>]| {
+            let mut wq = base.clone();
+            for (range, _, book, _) in books {
+                wq.slice_mut(s![range.clone()]).iter_mut().zip(book.weights().iter()).for_each(|(o, &v)| *o = v);
+            }
+            wq
+        };
+        let mut adam = Adam::new(base.len());
+        let mut grad = Array1::<F>::zeros(base.len());
+        let mut order = self.train.to_vec();
+        for epoch in 0..t.epochs {
+            shuffle(&mut order, self.p.seed ^ t.seed.wrapping_add(epoch as u64));
+            for batch in order.chunks(t.batch_size) {
+                let wq = with_books(&base, &books);
+                self.model.loss_grad_into(wq.view(), Batch::Indices(batch), grad.view_mut())?;
+                let step = adam.step(grad.iter().zip(&quantized).map(|(g, &q)| if q { 0.0 } else { g.as_f64() }), t.lr);
+                base.iter_mut().zip(&step).for_each(|(w, &d)| *w -= F::cast(d));
+                for (range, shape, book, state) in &mut books {
+                    let g = grad
+                        .slice(s![range.clone()])
+                        .to_owned()
+                        .into_shape_with_order(*shape)
+                        .map_err(|_| Error::InvalidParameter { what: "block shape", value: 0.0 })?;
+                    let cg = book.centroid_gradients(g.view())?;
+                    let d: Vec<F> = state.step(cg.iter().map(|v| v.as_f64()), t.lr).into_iter().map(F::cast).collect();
+                    book.apply_step(&d)?;
+                }
+            }
+        }
+        self.accuracy(with_books(&base, &books).view(), true)
+    }
+
+    /// Per matrix under `plan`: groups, bytes and SQNR (dB; `None` in f32).
+    fn details(&self, plan: &Plan) -> Result<Vec<(usize, u64, Option<f64>)>> {
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for (k, &(b, (fi, fo))) in self.blocks.iter().enumerate() {
+            let m = self
+                .w
+                .slice(s![self.model.blocks()[b].range()])
+                .to_owned()
+                .into_shape_with_order((fi, fo))
+                .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
+            match plan.bits[k] {
+                None => out.push((1, 4 * (fi * fo) as u64, None)),
+                Some(bits) => {
+                    let q = quantize_output_groups(m.view(), plan.groups[k], &self.method(bits)?)?;
+                    let signal: f64 = m.iter().map(|v| v.as_f64().powi(2)).sum();
+                    let noise: f64 = m.iter().zip(q.weights.iter()).map(|(a, b)| (a.as_f64() - b.as_f64()).powi(2)).sum();
+                    out.push((plan.groups[k], q.bytes as u64, Some(10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10())));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn apply(&self, plan: &Plan) -> Result<(Array1<F>, u64)> {
@@ -533,6 +778,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     fn row(&self, method: &str, bits: String, groups: String, plan: &Plan, finetune: bool) -> Result<StudyRow> {
         let (wq, bytes) = self.apply(plan)?;
         let finetuned = match (finetune, self.p.finetune) {
+            (true, Some(t)) if self.p.method == WeightMethod::KMeans => Some(self.finetune_codebooks(plan, &t)?),
             (true, Some(t)) => {
                 let mut latent = self.w.to_owned();
                 let project = |w: ArrayView1<'_, F>| self.apply_to(w, plan).map(|(q, _)| q);
@@ -556,7 +802,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
 
     /// The least `Σ Ω_i ‖Q_b(W_i) − W_i‖²` over widths in `choices` within `budget` bytes
     /// (per-head groups), by `quant-mixed`'s exact allocator.
-    fn exact_plan(&self, free: &[usize], omegas: &[f64], choices: &[u8], budget: u64) -> Result<Vec<u8>> {
+    fn exact_plan(&self, free: &[usize], omegas: &[f64], choices: &[u8], budget: u64, grouping: Grouping) -> Result<Vec<u8>> {
         let mut layers = Vec::new();
         for (k, &i) in free.iter().enumerate() {
             let (b, (fi, fo)) = self.blocks[i];
@@ -566,10 +812,10 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                 .to_owned()
                 .into_shape_with_order((fi, fo))
                 .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
-            let g = Grouping::PerHead.groups(self.heads, fo);
+            let g = grouping.groups(self.heads, fo);
             let mut options = Vec::new();
             for &bits in choices {
-                let q = quantize_output_groups(m.view(), g, &Self::method(bits)?)?;
+                let q = quantize_output_groups(m.view(), g, &self.method(bits)?)?;
                 let err: f64 = q.weights.iter().zip(m.iter()).map(|(&a, &b)| (a.as_f64() - b.as_f64()).powi(2)).sum();
                 options.push(LayerOption { bits, group_size: Some(fo / g), bytes: q.bytes as u64, bops: 0, sensitivity: omegas[k] * err });
             }
@@ -594,11 +840,20 @@ impl fmt::Display for QbertReport {
             "Per-layer sensitivity (top Hessian eigenvalue over {} subsets)",
             self.layers.first().map_or(0, |l| l.eigenvalues.len())
         )?;
-        writeln!(f, "{:<32} {:>7} {:>10} {:>10} {:>10} {:>6}", "layer", "params", "mean", "std", "Omega", "bits")?;
+        writeln!(
+            f,
+            "{:<32} {:>7} {:>10} {:>10} {:>10} {:>5} {:>7} {:>7} {:>8}",
+            "layer", "params", "mean", "std", "Omega", "bits", "groups", "bytes", "SQNR dB"
+        )?;
         for l in &self.layers {
-            let bits = l.mixed_bits.map_or_else(|| "fixed".to_string(), |b| b.to_string());
+            let bits = l.mixed_bits.map_or_else(|| "f32".to_string(), |b| b.to_string());
+            let sqnr = l.sqnr_db.map_or_else(|| "-".to_string(), |d| format!("{d:.1}"));
             let flag = if l.negative { "  (negative curvature)" } else { "" };
-            writeln!(f, "{:<32} {:>7} {:>10.4} {:>10.4} {:>10.4} {:>6}{flag}", l.name, l.params, l.mean, l.std, l.omega, bits)?;
+            writeln!(
+                f,
+                "{:<32} {:>7} {:>10.4} {:>10.4} {:>10.4} {:>5} {:>7} {:>7} {:>8}{flag}",
+                l.name, l.params, l.mean, l.std, l.omega, bits, l.groups, l.bytes, sqnr
+            )?;
         }
         writeln!(f)?;
         writeln!(

@@ -162,3 +162,34 @@ where
     }
     Ok(losses)
 }
+
+/// Adam's moment estimates for a vector of parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct Adam {
+    m: Vec<f64>,
+    v: Vec<f64>,
+    t: i32,
+}
+
+impl Adam {
+    pub(crate) fn new(n: usize) -> Self {
+        Self { m: vec![0.0; n], v: vec![0.0; n], t: 0 }
+    }
+
+    /// The update `lr · m̂ / (√v̂ + ε)` for gradient `g` (to subtract from the parameters).
+    pub(crate) fn step(&mut self, g: impl Iterator<Item = f64>, lr: f64) -> Vec<f64> {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        self.t += 1;
+        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
+        self.m
+            .iter_mut()
+            .zip(self.v.iter_mut())
+            .zip(g)
+            .map(|((m, v), g)| {
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                lr * (*m / c1) / ((*v / c2).sqrt() + eps)
+            })
+            .collect()
+    }
+}

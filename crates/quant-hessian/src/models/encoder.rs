@@ -114,6 +114,19 @@ struct LayerCache<T> {
     inv_std2: Vec<T>,
 }
 
+/// The elements of `a` in row-major order (borrowed when `a` is in standard layout).
+fn flat<T: Real>(a: &Array2<T>) -> std::borrow::Cow<'_, [T]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
+#[inline]
+fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+    a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y)
+}
+
 /// Layer norm over rows: `(y, x̂, 1/σ)`.
 fn layer_norm<T: Real>(x: &Array2<T>, gain: ArrayView1<'_, T>, bias: ArrayView1<'_, T>) -> (Array2<T>, Array2<T>, Vec<T>) {
     let d = T::cast(x.ncols() as f64);
@@ -345,15 +358,17 @@ impl<F: Real<Base = F>> Encoder<F> {
             let k = self.linear(w, &input, lb.k, d, d);
             let v = self.linear(w, &input, lb.v, d, d);
             let mut probs = vec![T::zero(); n * heads * tt * tt];
-            let mut context = Array2::zeros((n * tt, d));
+            let (qs, ks, vs) = (flat(&q), flat(&k), flat(&v));
+            let mut ctx = vec![T::zero(); n * tt * d];
             let mut row = vec![T::zero(); tt];
             for b in 0..n {
                 for h in 0..heads {
                     let base = (b * heads + h) * tt * tt;
+                    let at = |t: usize| (b * tt + t) * d + h * dh;
                     for i in 0..tt {
-                        let qi = q.slice(s![b * tt + i, h * dh..(h + 1) * dh]);
+                        let qi = &qs[at(i)..at(i) + dh];
                         for (j, r) in row.iter_mut().enumerate() {
-                            *r = qi.dot(&k.slice(s![b * tt + j, h * dh..(h + 1) * dh])) * scale;
+                            *r = dot(qi, &ks[at(j)..at(j) + dh]) * scale;
                         }
                         let m = row.iter().fold(T::neg_infinity(), |a, &v| a.max(v));
                         let mut sum = T::zero();
@@ -361,15 +376,19 @@ impl<F: Real<Base = F>> Encoder<F> {
                             *r = (*r - m).exp();
                             sum += *r;
                         }
+                        let ci = at(i);
                         for (j, r) in row.iter().enumerate() {
                             let p = *r / sum;
                             probs[base + i * tt + j] = p;
-                            let vj = v.slice(s![b * tt + j, h * dh..(h + 1) * dh]);
-                            context.slice_mut(s![b * tt + i, h * dh..(h + 1) * dh]).scaled_add(p, &vj);
+                            let vj = &vs[at(j)..at(j) + dh];
+                            for (c, &vv) in ctx[ci..ci + dh].iter_mut().zip(vj) {
+                                *c += p * vv;
+                            }
                         }
                     }
                 }
             }
+            let context = Array2::from_shape_vec((n * tt, d), ctx).unwrap_or_else(|_| unreachable!("n · tokens rows of d_model"));
             site += 1;
             let ctx_in = self.hooked(&context, site, hook);
             let mut r1 = self.linear(w, &ctx_in, lb.out, d, d);
@@ -503,31 +522,38 @@ impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
             self.put(&mut grad, lb.norm1.0, dg1);
             self.put(&mut grad, lb.norm1.1, db1);
             let dcontext = self.linear_back(w, &mut grad, &cache.context, &dr1, lb.out, d, d);
-            let (mut dq, mut dk, mut dv) = (Array2::zeros((n * tt, d)), Array2::zeros((n * tt, d)), Array2::zeros((n * tt, d)));
+            let (mut dq, mut dk, mut dv) = (vec![T::zero(); n * tt * d], vec![T::zero(); n * tt * d], vec![T::zero(); n * tt * d]);
+            let (qs, ks, vs, dcs) = (flat(&cache.q), flat(&cache.k), flat(&cache.v), flat(&dcontext));
             let mut da = vec![T::zero(); tt];
             for b in 0..n {
                 for h in 0..heads {
                     let base = (b * heads + h) * tt * tt;
-                    let cols = h * dh..(h + 1) * dh;
+                    let at = |t: usize| (b * tt + t) * d + h * dh;
                     for i in 0..tt {
-                        let dci = dcontext.slice(s![b * tt + i, cols.clone()]);
+                        let dci = &dcs[at(i)..at(i) + dh];
                         let p = &cache.probs[base + i * tt..base + (i + 1) * tt];
                         for (j, a) in da.iter_mut().enumerate() {
-                            *a = dci.dot(&cache.v.slice(s![b * tt + j, cols.clone()]));
-                            dv.slice_mut(s![b * tt + j, cols.clone()]).scaled_add(p[j], &dci);
+                            *a = dot(dci, &vs[at(j)..at(j) + dh]);
+                            for (g, &c) in dv[at(j)..at(j) + dh].iter_mut().zip(dci) {
+                                *g += p[j] * c;
+                            }
                         }
                         // Softmax backward, then the scaled dot products.
                         let inner = p.iter().zip(&da).map(|(&pj, &aj)| pj * aj).sum::<T>();
                         for j in 0..tt {
                             let ds = p[j] * (da[j] - inner) * scale;
-                            let kj = cache.k.slice(s![b * tt + j, cols.clone()]);
-                            dq.slice_mut(s![b * tt + i, cols.clone()]).scaled_add(ds, &kj);
-                            let qi = cache.q.slice(s![b * tt + i, cols.clone()]);
-                            dk.slice_mut(s![b * tt + j, cols.clone()]).scaled_add(ds, &qi);
+                            for (g, &kk) in dq[at(i)..at(i) + dh].iter_mut().zip(&ks[at(j)..at(j) + dh]) {
+                                *g += ds * kk;
+                            }
+                            for (g, &qq) in dk[at(j)..at(j) + dh].iter_mut().zip(&qs[at(i)..at(i) + dh]) {
+                                *g += ds * qq;
+                            }
                         }
                     }
                 }
             }
+            let shape = |v: Vec<T>| Array2::from_shape_vec((n * tt, d), v).unwrap_or_else(|_| unreachable!("n · tokens rows of d_model"));
+            let (dq, dk, dv) = (shape(dq), shape(dk), shape(dv));
             let mut dinput = self.linear_back(w, &mut grad, &cache.input, &dq, lb.q, d, d);
             dinput += &self.linear_back(w, &mut grad, &cache.input, &dk, lb.k, d, d);
             dinput += &self.linear_back(w, &mut grad, &cache.input, &dv, lb.v, d, d);
