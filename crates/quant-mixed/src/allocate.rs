@@ -513,7 +513,11 @@ impl Frontier<'_> {
     }
     /// The allocation at point `index` (indices past the end give the last point), found by
     /// solving for the point's cost (one divide-and-conquer pass; points are not stored with
-    /// back-pointers, which would take memory proportional to layers × frontier).
+    /// back-pointers, which would take memory proportional to layers × frontier). Its cost
+    /// equals the point's and its sensitivity the point's up to the rounding of the sums, with
+    /// one exception: when sensitivities differ so much in magnitude that adding one to another
+    /// rounds it away, the two passes associate the sums differently and may return an
+    /// equally good assignment of lower cost.
     ///
     /// # Errors
     /// [`MixedError::Empty`] for an empty frontier, [`MixedError::Overflow`].

@@ -293,3 +293,24 @@ fn dp_equals_brute_force_at_twelve_layers_by_four_choices() -> Result<(), MixedE
     }
     Ok(())
 }
+
+#[test]
+fn frontier_allocations_with_rounding_ties() -> Result<(), MixedError> {
+    // Found by `cargo fuzz run allocation`: two assignments whose sensitivities are equal up to
+    // one ulp, summed in different orders by the frontier pass and the reconstruction. The
+    // reconstruction may return the cheaper one; it is never more expensive or worse.
+    let l = |opts: &[(u8, u64, f64)]| LayerSpec::new("l", 100, opts.iter().map(|&(b, c, s)| option(b, c, 0, s)).collect());
+    let layers = vec![
+        l(&[(4, 174, 24.857142857142858)]),
+        l(&[(9, 215, 24.142857142857142), (1, 174, 31.857142857142858), (3, 223, 0.14285714285714285), (0, 223, 31.857142857142858)]),
+        l(&[(1, 3, 0.14285714285714285), (4, 223, 31.857142857142858), (3, 174, 24.857142857142858), (4, 1, 24.142857142857142)]),
+    ];
+    let p = Problem::new(layers)?;
+    let f = p.frontier(Resource::Bytes)?;
+    for (i, &(cost, s)) in f.points().iter().enumerate() {
+        let a = f.allocation(i)?;
+        assert!(a.bytes <= cost);
+        assert!((a.sensitivity - s).abs() <= 1e-12 * s.max(1.0), "{} vs {s}", a.sensitivity);
+    }
+    Ok(())
+}
