@@ -2,7 +2,7 @@
 //!
 //! Each function quantizes the tensor with the spec and returns `Ok(())` or the first
 //! [`Violation`] found. Use them with any property-testing tool; the `proptest` feature adds
-//! ready-made strategies in [`strategies`](crate::strategies).
+//! ready-made strategies in the `strategies` module.
 //!
 //! ```
 //! use ndarray::array;

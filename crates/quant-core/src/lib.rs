@@ -27,7 +27,7 @@
 //! ## Features
 //! - `rayon` (default): quantize slices and batches in parallel. Work is split the same way
 //!   with and without it, so results are bit-identical.
-//! - `proptest`: the [`strategies`] module of proptest strategies for tensors and specs.
+//! - `proptest`: the `strategies` module of proptest strategies for tensors and specs.
 //!   The invariant checks in [`check`] are always available.
 
 mod error;
