@@ -41,3 +41,13 @@ pub(crate) fn rows_and_labels(batch: crate::model::Batch<'_>, labels: &[usize]) 
         crate::model::Batch::Indices(idx) => (Some(idx.to_vec()), idx.iter().map(|&i| labels[i]).collect()),
     }
 }
+
+/// The fraction of rows whose largest score (first on ties) is the label.
+pub(crate) fn accuracy_of<F: Real>(logits: ndarray::ArrayView2<'_, F>, labels: &[usize]) -> f64 {
+    let hits = logits
+        .outer_iter()
+        .zip(labels)
+        .filter(|&(row, &y)| row.iter().enumerate().fold((0, F::neg_infinity()), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0 == y)
+        .count();
+    hits as f64 / labels.len().max(1) as f64
+}

@@ -2,7 +2,7 @@
 
 use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Data, Ix2, s};
 
-use super::common::{matrix, rows_and_labels, softmax_cross_entropy};
+use super::common::{accuracy_of, matrix, rows_and_labels, softmax_cross_entropy};
 use super::mlp::Activation;
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::model::{Batch, Block, Differentiable, Model};
@@ -294,18 +294,9 @@ impl<F: Real<Base = F>> Encoder<F> {
     /// As [`logits_with`](Self::logits_with), plus the batch's errors.
     pub fn accuracy_with(&self, w: ArrayView1<'_, F>, batch: Batch<'_>, hook: impl FnMut(usize, ArrayViewMut2<'_, F>)) -> Result<f64> {
         batch.check(self.samples())?;
-        let (rows, labels) = rows_and_labels(batch, &self.labels);
-        let x = match &rows {
-            None => self.x.view().to_owned(),
-            Some(r) => self.x.select(Axis(0), r),
-        };
+        let (x, labels) = self.inputs(batch);
         let logits = self.logits_with(w, x.view(), hook)?;
-        let hits = logits
-            .outer_iter()
-            .zip(&labels)
-            .filter(|&(row, &y)| row.iter().enumerate().fold((0, F::neg_infinity()), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0 == y)
-            .count();
-        Ok(hits as f64 / labels.len() as f64)
+        Ok(accuracy_of(logits.view(), &labels))
     }
 
     /// The accuracy on a batch.
@@ -314,6 +305,16 @@ impl<F: Real<Base = F>> Encoder<F> {
     /// As [`accuracy_with`](Self::accuracy_with).
     pub fn accuracy(&self, w: ArrayView1<'_, F>, batch: Batch<'_>) -> Result<f64> {
         self.accuracy_with(w, batch, |_, _| {})
+    }
+
+    /// The batch's input rows and labels.
+    fn inputs(&self, batch: Batch<'_>) -> (ndarray::CowArray<'_, F, Ix2>, Vec<usize>) {
+        let (rows, labels) = rows_and_labels(batch, &self.labels);
+        let x = match &rows {
+            None => self.x.view().into(),
+            Some(r) => self.x.select(Axis(0), r).into(),
+        };
+        (x, labels)
     }
 
     fn vector<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize) -> ArrayView1<'w, T> {
@@ -491,11 +492,7 @@ impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
         let (tt, d, heads) = (c.tokens, c.d_model, c.heads);
         let dh = d / heads;
         let scale = T::cast(1.0 / (dh as f64).sqrt());
-        let (rows, labels) = rows_and_labels(batch, &self.labels);
-        let x = match &rows {
-            None => self.x.view().to_owned(),
-            Some(r) => self.x.select(Axis(0), r),
-        };
+        let (x, labels) = self.inputs(batch);
         let n = x.nrows();
         let (mut g, caches, pooled) = self.forward::<T>(w, x.view(), &mut |_, _| {});
         let loss = softmax_cross_entropy(g.view_mut(), &labels);

@@ -3,7 +3,7 @@
 
 use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, s};
 
-use super::common::{matrix, softmax_cross_entropy};
+use super::common::{accuracy_of, matrix, softmax_cross_entropy};
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::model::{Batch, Block, Differentiable, Model};
 use crate::real::Real;
@@ -238,15 +238,7 @@ impl<F: Real<Base = F>> Mlp<F> {
         batch.check(self.samples())?;
         let (x, labels) = self.gather(batch);
         let logits = self.logits_with(w, x.view(), hook)?;
-        let hits = logits
-            .outer_iter()
-            .zip(&labels)
-            .filter(|&(row, &y)| {
-                let best = row.iter().enumerate().fold((0, F::neg_infinity()), |b, (j, &v)| if v > b.1 { (j, v) } else { b });
-                best.0 == y
-            })
-            .count();
-        Ok(hits as f64 / labels.len() as f64)
+        Ok(accuracy_of(logits.view(), &labels))
     }
 
     fn gather(&self, batch: Batch<'_>) -> (CowArray<'_, F, Ix2>, Vec<usize>) {
