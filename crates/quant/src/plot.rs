@@ -6,11 +6,11 @@ use core::fmt::Write;
 use crate::pipeline::QbertReport;
 
 const W: f64 = 760.0;
-const H: f64 = 420.0;
+const H: f64 = 480.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 40.0;
-const BOTTOM: f64 = 120.0;
+const BOTTOM: f64 = 180.0;
 
 fn header(title: &str) -> String {
     format!(
