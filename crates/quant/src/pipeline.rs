@@ -4,7 +4,7 @@
 
 use core::fmt;
 
-use ndarray::{Array1, ArrayView1, ArrayViewMut2, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut2, s};
 use quant_core::{Float, Granularity, KMeansSpec, RangeObserver, Scheme, TernarySpec, UniformSpec};
 use quant_group::{GroupMethod, OutputGroupCodebook, quantize_output_groups};
 use quant_hessian::models::{Encoder, Mlp};
@@ -408,7 +408,8 @@ impl QbertPipeline {
         let stats = self.statistics(model, w, train_set)?;
         let free = self.free(blocks.len());
         let omegas: Vec<f64> = free.iter().map(|&i| stats[i].omega).collect();
-        let ctx = Ctx { model, w, blocks: &blocks, heads: model.heads(), p: &self.params, train: train_set, test: train_set };
+        // No accuracy is measured here, so the test set is never read.
+        let ctx = Ctx { model, w, blocks: &blocks, heads: model.heads(), p: &self.params, train: train_set, test: &[] };
         let chosen = match strategy {
             Strategy::Uniform(b) => vec![*b; free.len()],
             Strategy::Ranking { low, high, share } => qbert_ranking(&omegas, *share, *low, *high)?,
@@ -627,6 +628,15 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         })
     }
 
+    /// Weight matrix `k` of `w` (`fan_in × fan_out`).
+    fn matrix(&self, w: ArrayView1<'_, F>, k: usize) -> Result<Array2<F>> {
+        let (b, (fi, fo)) = self.blocks[k];
+        w.slice(s![self.model.blocks()[b].range()])
+            .to_owned()
+            .into_shape_with_order((fi, fo))
+            .map_err(|_| Error::InvalidParameter { what: "weight block shape", value: (fi * fo) as f64 })
+    }
+
     /// The plan applied to `w` (dequantized weights) and the model size in bytes.
     fn apply_to(&self, w: ArrayView1<'_, F>, plan: &Plan) -> Result<(Array1<F>, u64)> {
         let mut out = w.to_owned();
@@ -634,11 +644,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         for (k, &(b, (fi, fo))) in self.blocks.iter().enumerate() {
             if let Some(bits) = plan.bits[k] {
                 let range = self.model.blocks()[b].range();
-                let m = w
-                    .slice(s![range.clone()])
-                    .to_owned()
-                    .into_shape_with_order((fi, fo))
-                    .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
+                let m = self.matrix(w, k)?;
                 let q = quantize_output_groups(m.view(), plan.groups[k], &self.method(bits)?)?;
                 out.slice_mut(s![range]).iter_mut().zip(q.weights.iter()).for_each(|(o, &v)| *o = v);
                 bytes = bytes - 4 * (fi * fo) as u64 + q.bytes as u64;
@@ -659,12 +665,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
             if let Some(bits) = plan.bits[k] {
                 let range = self.model.blocks()[b].range();
                 quantized[range.clone()].iter_mut().for_each(|q| *q = true);
-                let m = self
-                    .w
-                    .slice(s![range.clone()])
-                    .to_owned()
-                    .into_shape_with_order((fi, fo))
-                    .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
+                let m = self.matrix(self.w, k)?;
                 let book = OutputGroupCodebook::new(m.view(), plan.groups[k], &KMeansSpec::builder().bits(bits).check()?)?;
                 let n = book.centroid_gradients(m.view())?.len();
                 books.push((range, (fi, fo), book, Adam::new(n)));
@@ -705,13 +706,8 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     /// Per matrix under `plan`: groups, bytes and SQNR (dB; `None` in f32).
     fn details(&self, plan: &Plan) -> Result<Vec<(usize, u64, Option<f64>)>> {
         let mut out = Vec::with_capacity(self.blocks.len());
-        for (k, &(b, (fi, fo))) in self.blocks.iter().enumerate() {
-            let m = self
-                .w
-                .slice(s![self.model.blocks()[b].range()])
-                .to_owned()
-                .into_shape_with_order((fi, fo))
-                .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
+        for (k, &(_, (fi, fo))) in self.blocks.iter().enumerate() {
+            let m = self.matrix(self.w, k)?;
             match plan.bits[k] {
                 None => out.push((1, 4 * (fi * fo) as u64, None)),
                 Some(bits) => {
@@ -806,12 +802,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         let mut layers = Vec::new();
         for (k, &i) in free.iter().enumerate() {
             let (b, (fi, fo)) = self.blocks[i];
-            let m = self
-                .w
-                .slice(s![self.model.blocks()[b].range()])
-                .to_owned()
-                .into_shape_with_order((fi, fo))
-                .map_err(|_| Error::InvalidParameter { what: "block shape", value: fi as f64 })?;
+            let m = self.matrix(self.w, i)?;
             let g = grouping.groups(self.heads, fo);
             let mut options = Vec::new();
             for &bits in choices {
