@@ -5,7 +5,7 @@
 
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ8_0, GgmlType};
 use quant_benches::{gaussian_weights, sqnr_db};
-use quant_core::{Granularity, RangeEstimator, Scheme, UniformSpec, quantize};
+use quant_core::{Granularity, ParamDtype, RangeEstimator, Scheme, UniformSpec, quantize};
 
 fn candle<T: GgmlType>(x: &[f32]) -> (f64, f64) {
     let mut blocks = vec![T::zeros(); x.len() / T::BLCK_SIZE];
@@ -43,11 +43,14 @@ fn main() -> Result<(), quant_core::QuantError> {
                 Granularity::PerGroup { axis: 1, size: 64 },
                 Granularity::PerGroup { axis: 1, size: 128 },
             ] {
-                for range in [RangeEstimator::MinMax, RangeEstimator::Mse { steps: 100 }] {
+                for (range, dtype) in [RangeEstimator::MinMax, RangeEstimator::Mse { steps: 100 }]
+                    .into_iter()
+                    .flat_map(|r| [(r, ParamDtype::Native), (r, ParamDtype::F16)])
+                {
                     if bits == 2 && scheme == Scheme::SymmetricNarrow {
                         continue; // 3 levels: not a useful 2-bit format
                     }
-                    let spec = UniformSpec::builder().bits(bits).scheme(scheme).granularity(g).range(range).check()?;
+                    let spec = UniformSpec::builder().bits(bits).scheme(scheme).granularity(g).range(range).param_dtype(dtype).check()?;
                     let q = quantize(&w, &spec)?;
                     let back = q.dequantize();
                     let db = sqnr_db(&flat, back.as_slice().unwrap_or(&[]));
@@ -58,7 +61,11 @@ fn main() -> Result<(), quant_core::QuantError> {
                     let rname = if range == RangeEstimator::MinMax { "min-max" } else { "mse" };
                     rows.push((
                         q.bits_per_weight(),
-                        format!("| ours {bits}-bit {scheme:?} {gname} {rname} (f32 tables) | {:.4} | {db:.2} |", q.bits_per_weight()),
+                        format!(
+                            "| ours {bits}-bit {scheme:?} {gname} {rname} ({} tables) | {:.4} | {db:.2} |",
+                            if dtype == ParamDtype::F16 { "f16" } else { "f32" },
+                            q.bits_per_weight()
+                        ),
                     ));
                 }
             }

@@ -62,7 +62,7 @@ pub use lut::{LutKind, LutTensor, TableDtype};
 pub use observer::RangeObserver;
 pub use pack::{PackedCodes, packed_len};
 pub use params::{QuantParams, SliceParams};
-pub use spec::{Granularity, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, UniformSpecBuilder};
+pub use spec::{Granularity, ParamDtype, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, UniformSpecBuilder};
 pub use ste::{LsqGradients, lsq_gradients, ste_backward};
 pub use tensor::{FakeQuantized, QuantizedTensor};
 pub use ternary::{LatInfo, TernarySpec, TernarySpecBuilder, binarize, clip_mask, ternarize, ternarize_lat, ternarize_stochastic};

@@ -1,7 +1,7 @@
 //! Quantization parameters: per-slice step, zero point and offset.
 
 use crate::float::Float;
-use crate::spec::{Scheme, UniformSpec};
+use crate::spec::{ParamDtype, Scheme, UniformSpec};
 
 /// The parameters of one slice: `x̂ = scale · (u − zero_point) + offset` for stored code `u`.
 ///
@@ -76,6 +76,54 @@ impl<F: Float> SliceParams<F> {
     }
 }
 
+impl<F: Float> SliceParams<F> {
+    /// [`from_range`](Self::from_range) with the spec's width and scheme, then the step and
+    /// offset rounded to the spec's [`ParamDtype`] (the values a reader of the stored tensor
+    /// sees, so codes are computed against them).
+    pub fn for_spec(lo: F, hi: F, spec: &UniformSpec) -> Self {
+        let dtype = spec.param_dtype();
+        // Keep steps and offsets finite in the stored type (a quarter of its largest value,
+        // as `from_range` does for F).
+        let limit = match dtype {
+            ParamDtype::Native => None,
+            ParamDtype::F16 => Some(F::cast(32752.0)),
+            ParamDtype::Bf16 => Some(F::cast(f64::from(half::bf16::MAX) / 4.0)),
+        };
+        let (lo, hi) = match limit {
+            Some(l) => {
+                let c = |v: F| {
+                    if v < -l {
+                        -l
+                    } else if v > l {
+                        l
+                    } else {
+                        v
+                    }
+                };
+                (c(lo), c(hi))
+            }
+            None => (lo, hi),
+        };
+        let p = Self::from_range(lo, hi, spec.bits(), spec.scheme());
+        let round = |v: F| -> F {
+            match dtype {
+                ParamDtype::Native => v,
+                ParamDtype::F16 => F::cast(half::f16::from_f64(v.as_f64()).to_f64()),
+                ParamDtype::Bf16 => F::cast(half::bf16::from_f64(v.as_f64()).to_f64()),
+            }
+        };
+        let smallest = match dtype {
+            ParamDtype::Native => F::min_positive_value(),
+            ParamDtype::F16 => F::cast(half::f16::from_bits(1).to_f64()),
+            ParamDtype::Bf16 => F::cast(half::bf16::from_bits(1).to_f64()),
+        };
+        let scale = round(p.scale);
+        // A step that rounds to 0 would divide by zero: use the type's smallest step.
+        let scale = if scale > F::zero() { scale } else { smallest.max(F::min_positive_value()) };
+        Self { scale, zero_point: p.zero_point, offset: round(p.offset) }
+    }
+}
+
 /// The parameters of every slice of a tensor under one [`UniformSpec`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantParams<F> {
@@ -103,7 +151,7 @@ impl<F: Float> QuantParams<F> {
                     return Err(crate::QuantError::NonFinite { index });
                 }
                 let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
-                Ok(SliceParams::from_range(lo, hi, spec.bits(), spec.scheme()))
+                Ok(SliceParams::for_spec(lo, hi, spec))
             })
             .collect::<crate::Result<Vec<_>>>()?;
         Ok(Self { spec: *spec, slices })
@@ -126,14 +174,16 @@ impl<F: Float> QuantParams<F> {
         self.slices.is_empty()
     }
 
-    /// Bytes needed to store the parameters: per slice the step (`F::BYTES`), plus one byte of
-    /// zero point for [`Scheme::AsymmetricExactZero`] or an `F` offset for
-    /// [`Scheme::AsymmetricGrid`]; symmetric schemes store the step only.
+    /// Bytes needed to store the parameters: per slice the step, plus one byte of zero point
+    /// for [`Scheme::AsymmetricExactZero`] or an offset for [`Scheme::AsymmetricGrid`];
+    /// symmetric schemes store the step only. Steps and offsets take `F::BYTES` each, or 2
+    /// with [`ParamDtype::F16`] / [`ParamDtype::Bf16`].
     pub fn storage_bytes(&self) -> usize {
+        let v = self.spec.param_dtype().bytes(F::BYTES);
         let per_slice = match self.spec.scheme() {
-            Scheme::AsymmetricGrid => 2 * F::BYTES,
-            Scheme::AsymmetricExactZero => F::BYTES + 1,
-            Scheme::SymmetricNarrow | Scheme::SymmetricFull => F::BYTES,
+            Scheme::AsymmetricGrid => 2 * v,
+            Scheme::AsymmetricExactZero => v + 1,
+            Scheme::SymmetricNarrow | Scheme::SymmetricFull => v,
         };
         per_slice * self.slices.len()
     }

@@ -138,6 +138,32 @@ pub enum ScaleMode {
     Divide,
 }
 
+/// The precision the per-slice parameters (step and offset) are stored at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ParamDtype {
+    /// The tensor's own float type (`F::BYTES` per value). The default.
+    #[default]
+    Native,
+    /// IEEE half (2 bytes per value), as GGML stores its block scales. Ranges are clipped to
+    /// `±32752` so that steps and offsets stay finite; steps that round to 0 become the
+    /// smallest positive half.
+    F16,
+    /// bfloat16 (2 bytes per value): f32's range with 8 bits of mantissa. Ranges are clipped
+    /// to a quarter of its largest value.
+    Bf16,
+}
+
+impl ParamDtype {
+    /// Bytes per stored parameter value, for a tensor of `native_bytes` floats.
+    pub const fn bytes(self, native_bytes: usize) -> usize {
+        match self {
+            ParamDtype::Native => native_bytes,
+            ParamDtype::F16 | ParamDtype::Bf16 => 2,
+        }
+    }
+}
+
 /// A validated uniform-quantization specification.
 ///
 /// Build it with [`UniformSpec::builder`] (or [`UniformSpec::new`]); once built it is valid
@@ -152,6 +178,7 @@ pub enum ScaleMode {
 /// | `range` | [`RangeEstimator::MinMax`] | range estimation | percentiles `0 ≤ lower < upper ≤ 100`, MSE steps ≥ 1 |
 /// | `rounding` | [`Rounding::HalfEven`] | rounding | any |
 /// | `scale_mode` | [`ScaleMode::Reciprocal`] | how `x/S` is computed | any |
+/// | `param_dtype` | [`ParamDtype::Native`] | precision the steps and offsets are stored at | any |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UniformSpec {
     bits: u8,
@@ -160,6 +187,7 @@ pub struct UniformSpec {
     range: RangeEstimator,
     rounding: Rounding,
     scale_mode: ScaleMode,
+    param_dtype: ParamDtype,
 }
 
 impl UniformSpec {
@@ -195,6 +223,10 @@ impl UniformSpec {
     /// The rounding mode.
     pub fn rounding(&self) -> Rounding {
         self.rounding
+    }
+    /// The precision the parameters are stored at.
+    pub fn param_dtype(&self) -> ParamDtype {
+        self.param_dtype
     }
     /// How `x/S` is computed.
     pub fn scale_mode(&self) -> ScaleMode {
@@ -235,6 +267,7 @@ impl Default for UniformSpecBuilder {
                 range: RangeEstimator::MinMax,
                 rounding: Rounding::HalfEven,
                 scale_mode: ScaleMode::Reciprocal,
+                param_dtype: ParamDtype::Native,
             },
         }
     }
@@ -267,6 +300,11 @@ impl UniformSpecBuilder {
     /// Shorthand for [`Granularity::PerGroup`].
     pub fn per_group(self, axis: usize, size: usize) -> Self {
         self.granularity(Granularity::PerGroup { axis, size })
+    }
+    /// Sets the precision the steps and offsets are stored at.
+    pub fn param_dtype(mut self, dtype: ParamDtype) -> Self {
+        self.spec.param_dtype = dtype;
+        self
     }
     /// Sets the range estimator.
     pub fn range(mut self, range: RangeEstimator) -> Self {

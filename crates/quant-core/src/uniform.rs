@@ -93,7 +93,7 @@ pub(crate) fn slice_ranges<F: Float>(data: &[F], layout: &Layout, spec: &Uniform
 /// Estimates every slice's parameters.
 fn calibrate_slices<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -> Result<Vec<SliceParams<F>>> {
     let ranges = slice_ranges(data, layout, spec)?;
-    Ok(ranges.into_iter().map(|(lo, hi)| SliceParams::from_range(lo, hi, spec.bits(), spec.scheme())).collect())
+    Ok(ranges.into_iter().map(|(lo, hi)| SliceParams::for_spec(lo, hi, spec)).collect())
 }
 
 fn collect_slices<T>(parts: Vec<core::result::Result<Vec<T>, usize>>) -> Result<Vec<T>> {
@@ -176,7 +176,7 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
             .map(|k| {
                 let r = layout.run(k);
                 let (lo, hi) = estimate(&data[r.clone()], spec, &mut scratch).map_err(|j| r.start + j)?;
-                Ok(SliceParams::from_range(lo, hi, bits, spec.scheme()))
+                Ok(SliceParams::for_spec(lo, hi, spec))
             })
             .collect::<core::result::Result<Vec<_>, usize>>()?;
         write_codes(bits, es.len(), out, |codes| {
