@@ -15,6 +15,17 @@ pub enum GroupError {
         /// Output units (columns of a `fan_in × fan_out` matrix).
         units: usize,
     },
+    /// A matrix-vector product whose operands do not fit: the matrix must be 2-D,
+    /// `x` as long as its columns and `y` as its rows.
+    #[error("cannot multiply a {matrix:?} matrix by a vector of {x} into one of {y}")]
+    Shape {
+        /// The matrix's shape.
+        matrix: Vec<usize>,
+        /// `x`'s length.
+        x: usize,
+        /// `y`'s length.
+        y: usize,
+    },
 }
 
 /// `Result` with [`GroupError`].

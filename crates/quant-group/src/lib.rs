@@ -5,10 +5,12 @@
 //!
 //! Available now: Q-BERT's grouping of consecutive output units (one group per attention
 //! head, finer splits, or per unit) with any `quant-core` quantizer per group
-//! ([`quantize_output_groups`]); `quant-core` itself quantizes GGML-style blocks of
-//! contiguous elements along any axis ([`Granularity::PerGroup`]). Planned: input-dimension
-//! blocks and tiles, explicit fused-QKV head layouts, tables at f16/bf16 or themselves
-//! quantized, fused kernels and a packed matrix-vector product.
+//! ([`quantize_output_groups`]), codebook fine-tuning ([`OutputGroupCodebook`]), and a
+//! matrix-vector product straight from packed codes ([`matvec`]); `quant-core` itself
+//! quantizes GGML-style blocks of contiguous elements along any axis
+//! ([`Granularity::PerGroup`]) with steps stored at f32, f16 or bf16. Planned: explicit
+//! fused-QKV head layouts and tiles, quantized second-level tables with super-groups, and
+//! vectorised fused kernels.
 //!
 //! ```
 //! use ndarray::Array2;
@@ -24,8 +26,10 @@
 //! ```
 
 mod error;
+mod matvec;
 mod rows;
 
 pub use error::{GroupError, Result};
+pub use matvec::matvec;
 pub use quant_core::Granularity;
 pub use rows::{GroupMethod, GroupQuantized, OutputGroupCodebook, quantize_output_groups};
