@@ -6,7 +6,7 @@ use quant_core::Float;
 
 use crate::eigen::{Eigenpairs, tridiagonal_eigen};
 use crate::error::{HessianError, Result, check_at_least, check_tol};
-use crate::linalg::{normalize, orthogonalize};
+use crate::linalg::{normalize, orthogonalize, solver_dim};
 use crate::operator::LinearOperator;
 use crate::power::{apply_checked, stack};
 use crate::rng;
@@ -218,13 +218,7 @@ impl<F: Float> Extremes<F> {
 }
 
 pub(crate) fn lanczos<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &Lanczos) -> Result<Extremes<F>> {
-    let n = op.dim();
-    if n == 0 {
-        return Err(HessianError::Empty);
-    }
-    if p.k > n {
-        return Err(HessianError::InvalidEigenCount { k: p.k, dim: n });
-    }
+    let n = solver_dim(op, p.k)?;
     let cap = p.max_iter.min(n);
     let mut kr = Krylov::new(rng::normal::<F>(n, p.seed, 0));
     let mut w = Array1::zeros(n);

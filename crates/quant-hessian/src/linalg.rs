@@ -3,6 +3,9 @@
 use ndarray::{Array1, ArrayView1};
 use quant_core::Float;
 
+use crate::error::{HessianError, Result};
+use crate::operator::LinearOperator;
+
 /// Euclidean norm.
 #[inline]
 pub(crate) fn norm<F: Float>(v: ArrayView1<'_, F>) -> F {
@@ -28,4 +31,17 @@ pub(crate) fn normalize<F: Float>(v: &mut Array1<F>) -> F {
         v.mapv_inplace(|x| x / n);
     }
     n
+}
+
+/// The operator's dimension, checked to be non-zero and at least `k` (the pairs asked for;
+/// 0 when none are).
+pub(crate) fn solver_dim<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, k: usize) -> Result<usize> {
+    let n = op.dim();
+    if n == 0 {
+        return Err(HessianError::Empty);
+    }
+    if k > n {
+        return Err(HessianError::InvalidEigenCount { k, dim: n });
+    }
+    Ok(n)
 }

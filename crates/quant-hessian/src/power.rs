@@ -5,7 +5,7 @@ use quant_core::Float;
 
 use crate::eigen::Eigenpairs;
 use crate::error::{HessianError, Result, check_at_least, check_finite, check_tol};
-use crate::linalg::{norm, normalize, orthogonalize};
+use crate::linalg::{norm, normalize, orthogonalize, solver_dim};
 use crate::operator::LinearOperator;
 use crate::rng;
 
@@ -112,13 +112,7 @@ pub(crate) fn apply_checked<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, x: 
 }
 
 pub(crate) fn power_iteration<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &PowerIteration) -> Result<Eigenpairs<F>> {
-    let n = op.dim();
-    if n == 0 {
-        return Err(HessianError::Empty);
-    }
-    if p.k > n {
-        return Err(HessianError::InvalidEigenCount { k: p.k, dim: n });
-    }
+    let n = solver_dim(op, p.k)?;
     let tol = F::cast(p.tol);
     let mut found: Vec<Array1<F>> = Vec::with_capacity(p.k);
     let mut res =

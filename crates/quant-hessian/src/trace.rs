@@ -3,8 +3,8 @@
 use ndarray::{Array1, Array2};
 use quant_core::Float;
 
-use crate::error::{HessianError, Result, check_at_least, check_tol};
-use crate::linalg::orthogonalize;
+use crate::error::{Result, check_at_least, check_tol};
+use crate::linalg::{orthogonalize, solver_dim};
 use crate::operator::LinearOperator;
 use crate::power::apply_checked;
 use crate::rng;
@@ -95,7 +95,7 @@ impl HutchinsonBuilder {
     /// Validates.
     ///
     /// # Errors
-    /// [`HessianError::TooFew`], [`HessianError::InvalidTolerance`].
+    /// [`HessianError::TooFew`](crate::HessianError::TooFew), [`HessianError::InvalidTolerance`](crate::HessianError::InvalidTolerance).
     pub fn check(self) -> Result<Hutchinson> {
         let p = self.0;
         check_at_least("max_samples", p.max_samples, 2)?;
@@ -127,10 +127,7 @@ impl Welford {
 }
 
 pub(crate) fn hutchinson<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &Hutchinson) -> Result<TraceEstimate> {
-    let n = op.dim();
-    if n == 0 {
-        return Err(HessianError::Empty);
-    }
+    let n = solver_dim(op, 0)?;
     let mut w = Array1::zeros(n);
     let mut acc = Welford::default();
     let mut converged = false;
@@ -173,7 +170,7 @@ impl HutchPlusPlus {
     /// Hutch++ with `budget` operator applications.
     ///
     /// # Errors
-    /// [`HessianError::TooFew`] for a budget below 3.
+    /// [`HessianError::TooFew`](crate::HessianError::TooFew) for a budget below 3.
     pub fn new(budget: usize, seed: u64) -> Result<Self> {
         check_at_least("budget", budget, 3)?;
         Ok(Self { budget, seed })
@@ -181,10 +178,7 @@ impl HutchPlusPlus {
 }
 
 pub(crate) fn hutch_pp<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &HutchPlusPlus) -> Result<TraceEstimate> {
-    let n = op.dim();
-    if n == 0 {
-        return Err(HessianError::Empty);
-    }
+    let n = solver_dim(op, 0)?;
     let s = p.budget / 3;
     let mut w = Array1::zeros(n);
     let mut hvps = 0;
@@ -281,7 +275,7 @@ impl Slq {
     /// SLQ with `probes` probes of `steps` Lanczos steps each.
     ///
     /// # Errors
-    /// [`HessianError::TooFew`] for zero probes or steps.
+    /// [`HessianError::TooFew`](crate::HessianError::TooFew) for zero probes or steps.
     pub fn new(probes: usize, steps: usize, seed: u64) -> Result<Self> {
         check_at_least("probes", probes, 1)?;
         check_at_least("steps", steps, 1)?;
@@ -290,10 +284,7 @@ impl Slq {
 }
 
 pub(crate) fn slq<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &Slq) -> Result<SpectralDensity> {
-    let n = op.dim();
-    if n == 0 {
-        return Err(HessianError::Empty);
-    }
+    let n = solver_dim(op, 0)?;
     let mut out = SpectralDensity { nodes: vec![], weights: vec![], probes: p.probes, hvps: 0 };
     let mut w = Array1::zeros(n);
     for probe in 0..p.probes {
