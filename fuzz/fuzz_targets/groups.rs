@@ -23,7 +23,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(w) = Array2::from_shape_vec((rows, cols), values) else { return };
     let finite = w.iter().all(|v| v.is_finite());
     let scheme = [Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull][usize::from(data[4] % 4)];
-    let dtype = [ParamDtype::Native, ParamDtype::F16, ParamDtype::Bf16][usize::from(data[5] % 3)];
+    let dtype = [
+        ParamDtype::Native,
+        ParamDtype::F16,
+        ParamDtype::Bf16,
+        ParamDtype::Quantized { bits: data[5] / 4 % 10, super_group: u32::from(data[5] / 40) },
+    ][usize::from(data[5] % 4)];
     let method = match data[4] / 64 {
         0 | 1 => UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype).check().ok().map(GroupMethod::Uniform),
         2 => KMeansSpec::builder().k(usize::from(bits)).check().ok().map(GroupMethod::KMeans),

@@ -141,6 +141,23 @@ pub enum QuantError {
     /// A codebook-only operation on a ternary or binary tensor.
     #[error("this operation needs a codebook (k-means) tensor")]
     NotACodebook,
+    /// Two-level table settings that cannot be used (see
+    /// [`ParamDtype::Quantized`](crate::ParamDtype::Quantized)), or stored tables that do not
+    /// fit together.
+    #[error("invalid quantized tables: {reason}")]
+    InvalidTables {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// Stored slice parameters that cannot be used: a step that is not finite and positive, a
+    /// non-finite offset or a zero point outside the code range.
+    #[error("invalid parameters for slice {index}: {reason}")]
+    InvalidParams {
+        /// The slice.
+        index: usize,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A running observer was asked for parameters before it saw any data.
     #[error("the observer has not observed any data yet")]
     NothingObserved,

@@ -44,6 +44,7 @@ mod range;
 mod rng;
 mod spec;
 mod ste;
+mod tables;
 mod tensor;
 mod ternary;
 mod uniform;
@@ -64,9 +65,12 @@ pub use pack::{PackedCodes, packed_len};
 pub use params::{QuantParams, SliceParams};
 pub use spec::{Granularity, ParamDtype, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, UniformSpecBuilder};
 pub use ste::{LsqGradients, lsq_gradients, ste_backward};
+pub use tables::QuantizedTables;
 pub use tensor::{FakeQuantized, QuantizedTensor};
 pub use ternary::{LatInfo, TernarySpec, TernarySpecBuilder, binarize, clip_mask, ternarize, ternarize_lat, ternarize_stochastic};
 pub use uniform::{calibrate, fake_quantize, quantize};
 
+/// Re-export of `half`, whose `f16` stores two-level table scales.
+pub use half;
 /// Re-export of `ndarray`, whose views and arrays appear in every signature.
 pub use ndarray;

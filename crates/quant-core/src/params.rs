@@ -2,6 +2,7 @@
 
 use crate::float::Float;
 use crate::spec::{ParamDtype, Scheme, UniformSpec};
+use crate::tables::{QuantizedTables, quantize_tables};
 
 /// The parameters of one slice: `x̂ = scale · (u − zero_point) + offset` for stored code `u`.
 ///
@@ -79,14 +80,16 @@ impl<F: Float> SliceParams<F> {
 impl<F: Float> SliceParams<F> {
     /// [`from_range`](Self::from_range) with the spec's width and scheme, then the step and
     /// offset rounded to the spec's [`ParamDtype`] (the values a reader of the stored tensor
-    /// sees, so codes are computed against them).
+    /// sees, so codes are computed against them). For [`ParamDtype::Quantized`] the range is
+    /// only clipped to `±32752`: two-level tables are built from all slices together by
+    /// [`QuantParams::from_ranges`] and the quantizers.
     pub fn for_spec(lo: F, hi: F, spec: &UniformSpec) -> Self {
         let dtype = spec.param_dtype();
         // Keep steps and offsets finite in the stored type (a quarter of its largest value,
         // as `from_range` does for F).
         let limit = match dtype {
             ParamDtype::Native => None,
-            ParamDtype::F16 => Some(F::cast(32752.0)),
+            ParamDtype::F16 | ParamDtype::Quantized { .. } => Some(F::cast(32752.0)),
             ParamDtype::Bf16 => Some(F::cast(f64::from(half::bf16::MAX) / 4.0)),
         };
         let (lo, hi) = match limit {
@@ -107,13 +110,14 @@ impl<F: Float> SliceParams<F> {
         let p = Self::from_range(lo, hi, spec.bits(), spec.scheme());
         let round = |v: F| -> F {
             match dtype {
-                ParamDtype::Native => v,
+                // Quantized tables are set afterwards, from all slices together.
+                ParamDtype::Native | ParamDtype::Quantized { .. } => v,
                 ParamDtype::F16 => F::cast(half::f16::from_f64(v.as_f64()).to_f64()),
                 ParamDtype::Bf16 => F::cast(half::bf16::from_f64(v.as_f64()).to_f64()),
             }
         };
         let smallest = match dtype {
-            ParamDtype::Native => F::min_positive_value(),
+            ParamDtype::Native | ParamDtype::Quantized { .. } => F::min_positive_value(),
             ParamDtype::F16 => F::cast(half::f16::from_bits(1).to_f64()),
             ParamDtype::Bf16 => F::cast(half::bf16::from_bits(1).to_f64()),
         };
@@ -129,6 +133,7 @@ impl<F: Float> SliceParams<F> {
 pub struct QuantParams<F> {
     pub(crate) spec: UniformSpec,
     pub(crate) slices: Vec<SliceParams<F>>,
+    pub(crate) tables: Option<QuantizedTables>,
 }
 
 impl<F: Float> QuantParams<F> {
@@ -154,7 +159,89 @@ impl<F: Float> QuantParams<F> {
                 Ok(SliceParams::for_spec(lo, hi, spec))
             })
             .collect::<crate::Result<Vec<_>>>()?;
-        Ok(Self { spec: *spec, slices })
+        Self::from_calibrated(spec, slices)
+    }
+
+    /// Parameters from slices made by [`SliceParams::for_spec`]: for a quantized dtype the
+    /// two-level tables are built here, from all slices together.
+    pub(crate) fn from_calibrated(spec: &UniformSpec, mut slices: Vec<SliceParams<F>>) -> crate::Result<Self> {
+        let tables = match spec.param_dtype() {
+            ParamDtype::Quantized { .. } => Some(quantize_tables(&mut slices, spec)?),
+            _ => None,
+        };
+        Ok(Self { spec: *spec, slices, tables })
+    }
+
+    /// Reassembles parameters from stored slice values (for example read back from a file).
+    ///
+    /// # Errors
+    /// [`QuantError::Empty`](crate::QuantError::Empty) for no slices;
+    /// [`QuantError::InvalidParams`](crate::QuantError::InvalidParams) for a step that is not
+    /// finite and positive, a non-finite offset, a zero point outside the scheme's (a
+    /// symmetric scheme's is fixed, the grid scheme's is 0) or values the spec's
+    /// [`ParamDtype`] cannot hold; [`QuantError::InvalidTables`](crate::QuantError::InvalidTables)
+    /// for a [`ParamDtype::Quantized`] spec (use [`from_tables`](Self::from_tables)).
+    pub fn from_slices(spec: &UniformSpec, slices: Vec<SliceParams<F>>) -> crate::Result<Self> {
+        use crate::QuantError::{Empty, InvalidParams, InvalidTables};
+        if slices.is_empty() {
+            return Err(Empty);
+        }
+        let dtype = spec.param_dtype();
+        let representable = |v: F| match dtype {
+            ParamDtype::Native => true,
+            ParamDtype::F16 => half::f16::from_f64(v.as_f64()).to_f64() == v.as_f64(),
+            ParamDtype::Bf16 => half::bf16::from_f64(v.as_f64()).to_f64() == v.as_f64(),
+            _ => false,
+        };
+        if matches!(dtype, ParamDtype::Quantized { .. }) {
+            return Err(InvalidTables { reason: "quantized parameters are rebuilt from their tables (from_tables)" });
+        }
+        let scheme = spec.scheme();
+        for (index, p) in slices.iter().enumerate() {
+            let bad = |reason| Err(InvalidParams { index, reason });
+            if !(p.scale.is_finite() && p.scale > F::zero()) {
+                return bad("the step is not finite and positive");
+            }
+            if !p.offset.is_finite() {
+                return bad("the offset is not finite");
+            }
+            let zp_ok = match scheme {
+                Scheme::AsymmetricExactZero => (0..=i32::from(spec.max_code())).contains(&p.zero_point),
+                _ => p.zero_point == scheme.signed_offset(spec.bits()),
+            };
+            if !zp_ok {
+                return bad("the zero point does not fit the scheme");
+            }
+            if scheme != Scheme::AsymmetricGrid && p.offset != F::zero() {
+                return bad("only the grid scheme has an offset");
+            }
+            if !(representable(p.scale) && representable(p.offset)) {
+                return bad("a value is not representable in the spec's parameter dtype");
+            }
+        }
+        Ok(Self { spec: *spec, slices, tables: None })
+    }
+
+    /// Reassembles [`ParamDtype::Quantized`] parameters from their stored tables.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidTables`](crate::QuantError::InvalidTables) when the spec's dtype
+    /// is not quantized, or its table width, super-group size or scheme (offsets present
+    /// exactly for the grid scheme) disagree with the tables.
+    pub fn from_tables(spec: &UniformSpec, tables: QuantizedTables) -> crate::Result<Self> {
+        let ParamDtype::Quantized { bits, super_group } = spec.param_dtype() else {
+            return Err(crate::QuantError::InvalidTables { reason: "the spec's parameters are not quantized" });
+        };
+        let grid = spec.scheme() == Scheme::AsymmetricGrid;
+        if tables.bits() != bits || tables.super_group() != super_group as usize || tables.offset_codes().is_some() != grid {
+            return Err(crate::QuantError::InvalidTables { reason: "the tables do not match the spec" });
+        }
+        Ok(Self { spec: *spec, slices: tables.slices(spec), tables: Some(tables) })
+    }
+
+    /// The two-level tables, for [`ParamDtype::Quantized`] parameters.
+    pub fn tables(&self) -> Option<&QuantizedTables> {
+        self.tables.as_ref()
     }
 
     /// The spec these parameters were made for.
@@ -177,8 +264,15 @@ impl<F: Float> QuantParams<F> {
     /// Bytes needed to store the parameters: per slice the step, plus one byte of zero point
     /// for [`Scheme::AsymmetricExactZero`] or an offset for [`Scheme::AsymmetricGrid`];
     /// symmetric schemes store the step only. Steps and offsets take `F::BYTES` each, or 2
-    /// with [`ParamDtype::F16`] / [`ParamDtype::Bf16`].
+    /// with [`ParamDtype::F16`] / [`ParamDtype::Bf16`]. [`ParamDtype::Quantized`] parameters
+    /// take [`QuantizedTables::storage_bytes`].
     pub fn storage_bytes(&self) -> usize {
+        if let Some(t) = &self.tables {
+            return t.storage_bytes();
+        }
+        if let ParamDtype::Quantized { .. } = self.spec.param_dtype() {
+            return QuantizedTables::storage_for(&self.spec, self.slices.len());
+        }
         let v = self.spec.param_dtype().bytes(F::BYTES);
         let per_slice = match self.spec.scheme() {
             Scheme::AsymmetricGrid => 2 * v,

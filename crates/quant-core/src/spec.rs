@@ -152,14 +152,31 @@ pub enum ParamDtype {
     /// bfloat16 (2 bytes per value): f32's range with 8 bits of mantissa. Ranges are clipped
     /// to a quarter of its largest value.
     Bf16,
+    /// Two-level tables, as GGML's k-quants store them: every slice's step (and, for
+    /// [`Scheme::AsymmetricGrid`], its offset) is itself a `bits`-wide unsigned code times one
+    /// f16 scale shared by a *super-group* of `super_group` consecutive slices. Ranges are
+    /// clipped to `±32752` as for [`ParamDtype::F16`].
+    ///
+    /// The table codes are chosen so that every slice's grid still covers its estimated
+    /// range: offsets are rounded down and steps up (see [`QuantizedTables`](crate::QuantizedTables)),
+    /// so min-max quantization keeps its error bound of half the (stored) step.
+    /// Not available for [`Scheme::AsymmetricExactZero`], whose integer zero points have no
+    /// second-level form.
+    Quantized {
+        /// Width of the table codes, `2..=8`.
+        bits: u8,
+        /// Slices per super-group (`≥ 1`); GGML's k-quants use 8 or 16.
+        super_group: u32,
+    },
 }
 
 impl ParamDtype {
-    /// Bytes per stored parameter value, for a tensor of `native_bytes` floats.
+    /// Bytes per stored parameter value, for a tensor of `native_bytes` floats; for
+    /// [`ParamDtype::Quantized`] the bytes of its super-group scales (2).
     pub const fn bytes(self, native_bytes: usize) -> usize {
         match self {
             ParamDtype::Native => native_bytes,
-            ParamDtype::F16 | ParamDtype::Bf16 => 2,
+            ParamDtype::F16 | ParamDtype::Bf16 | ParamDtype::Quantized { .. } => 2,
         }
     }
 }
@@ -329,11 +346,27 @@ impl UniformSpecBuilder {
     /// - [`QuantError::InvalidGroupSize`]: a group size of zero.
     /// - [`QuantError::InvalidPercentile`]: percentiles not `0 ≤ lower < upper ≤ 100`.
     /// - [`QuantError::InvalidSearchSteps`]: an MSE search with zero candidates.
+    /// - [`QuantError::InvalidTables`]: [`ParamDtype::Quantized`] with table bits outside
+    ///   `2..=8`, a super-group of zero slices, or the exact-zero scheme.
     pub fn check(self) -> Result<UniformSpec> {
         let s = self.spec;
         let min = s.scheme.min_bits();
         if s.bits < min || s.bits > 8 {
             return Err(QuantError::InvalidBits { bits: s.bits, min, max: 8 });
+        }
+        if let ParamDtype::Quantized { bits, super_group } = s.param_dtype {
+            let reason = if !(2..=8).contains(&bits) {
+                Some("table codes must be 2 to 8 bits wide")
+            } else if super_group == 0 {
+                Some("a super-group needs at least one slice")
+            } else if s.scheme == Scheme::AsymmetricExactZero {
+                Some("the exact-zero scheme's integer zero points have no two-level form")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(QuantError::InvalidTables { reason });
+            }
         }
         if let Granularity::PerGroup { size: 0, .. } = s.granularity {
             return Err(QuantError::InvalidGroupSize { size: 0 });

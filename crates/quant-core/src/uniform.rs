@@ -13,7 +13,8 @@ use crate::pack::{PackedCodes, pack_into, packed_len};
 use crate::par::{self, BATCH};
 use crate::params::{QuantParams, SliceParams};
 use crate::range::{estimate, min_max};
-use crate::spec::{RangeEstimator, UniformSpec};
+use crate::spec::{ParamDtype, RangeEstimator, UniformSpec};
+use crate::tables::refine_tables;
 use crate::tensor::{FakeQuantized, QuantizedTensor};
 
 /// The elements of `x` in row-major order, borrowed when `x` is already contiguous.
@@ -90,10 +91,15 @@ pub(crate) fn slice_ranges<F: Float>(data: &[F], layout: &Layout, spec: &Uniform
     }
 }
 
-/// Estimates every slice's parameters.
-fn calibrate_slices<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -> Result<Vec<SliceParams<F>>> {
+/// Estimates every slice's parameters; two-level tables are built and then refined on the data.
+fn calibrate_params<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -> Result<QuantParams<F>> {
     let ranges = slice_ranges(data, layout, spec)?;
-    Ok(ranges.into_iter().map(|(lo, hi)| SliceParams::for_spec(lo, hi, spec)).collect())
+    let slices = ranges.into_iter().map(|(lo, hi)| SliceParams::for_spec(lo, hi, spec)).collect();
+    let mut params = QuantParams::from_calibrated(spec, slices)?;
+    if params.tables.is_some() {
+        refine_tables(&mut params, &layout.gather(data))?;
+    }
+    Ok(params)
 }
 
 fn collect_slices<T>(parts: Vec<core::result::Result<Vec<T>, usize>>) -> Result<Vec<T>> {
@@ -200,7 +206,7 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
 pub fn calibrate<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, spec: &UniformSpec) -> Result<QuantParams<F>> {
     let layout = layout_of(x.shape(), spec)?;
     let data = row_major(x);
-    Ok(QuantParams { spec: *spec, slices: calibrate_slices(&data, &layout, spec)? })
+    calibrate_params(&data, &layout, spec)
 }
 
 /// Quantizes `x` as `spec` says: estimates each slice's range, quantizes and bit-packs.
@@ -228,15 +234,20 @@ pub fn calibrate<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>,
 pub fn quantize<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, spec: &UniformSpec) -> Result<QuantizedTensor<F>> {
     let layout = layout_of(x.shape(), spec)?;
     let data = row_major(x);
-    let (slices, codes) = match layout.contiguous_runs() {
-        Some(runs) if runs > 1 => fused_quantize(&data, &layout, spec, runs)?,
+    // Two-level tables need every slice's range before any code is computed.
+    let fused = !matches!(spec.param_dtype(), ParamDtype::Quantized { .. });
+    let (params, codes) = match layout.contiguous_runs() {
+        Some(runs) if runs > 1 && fused => {
+            let (slices, codes) = fused_quantize(&data, &layout, spec, runs)?;
+            (QuantParams { spec: *spec, slices, tables: None }, codes)
+        }
         _ => {
-            let params = QuantParams { spec: *spec, slices: calibrate_slices(&data, &layout, spec)? };
+            let params = calibrate_params(&data, &layout, spec)?;
             let codes = apply_codes(&data, &layout, &params);
-            (params.slices, codes)
+            (params, codes)
         }
     };
-    Ok(QuantizedTensor::from_valid_parts(x.shape().to_vec(), QuantParams { spec: *spec, slices }, codes))
+    Ok(QuantizedTensor::from_valid_parts(x.shape().to_vec(), params, codes))
 }
 
 /// Fake-quantizes `x` (quantize, then dequantize) and returns the STE mask with it.

@@ -23,11 +23,17 @@ proptest! {
         bits in 2u8..=8,
         scheme in prop::sample::select(vec![Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull]),
         g in granularity(),
-        f16 in any::<bool>(),
+        dtype in 0u8..3,
     ) {
         let w = Array2::from_shape_vec((rows, cols), w).expect("shape");
         let x = Array1::from_shape_fn(cols, |j| ((j as u64 * 2654435761 + x_seed) % 1000) as f64 / 500.0 - 1.0);
-        let dtype = if f16 { ParamDtype::F16 } else { ParamDtype::Native };
+        let dtype = match dtype {
+            0 => ParamDtype::Native,
+            1 => ParamDtype::F16,
+            // Two-level tables have no exact-zero form; the builder refuses that pair.
+            _ if scheme == Scheme::AsymmetricExactZero => ParamDtype::F16,
+            _ => ParamDtype::Quantized { bits: 6, super_group: 4 },
+        };
         let spec = UniformSpec::builder().bits(bits).scheme(scheme).granularity(g).param_dtype(dtype).check().expect("valid");
         let q = quantize(&w, &spec).expect("valid");
         let dense = q.dequantize().into_dimensionality::<ndarray::Ix2>().expect("2-D").dot(&x);

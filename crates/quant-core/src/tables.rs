@@ -1,0 +1,263 @@
+//! Two-level (quantized) parameter tables, GGML k-quant style.
+
+use half::f16;
+
+use crate::error::{QuantError, Result};
+use crate::float::Float;
+use crate::kernel::{Kernel, squared_error};
+use crate::pack::{PackedCodes, packed_len};
+use crate::par;
+use crate::params::{QuantParams, SliceParams};
+use crate::spec::{ParamDtype, Scheme, UniformSpec};
+
+/// The stored form of [`ParamDtype::Quantized`] parameters.
+///
+/// Slice `i` belongs to super-group `g = i / super_group`. Its step is
+/// `super_scales[g] · scale_codes[i]` and, for [`Scheme::AsymmetricGrid`], its offset is
+/// `super_offsets[g] · offset_codes[i]` (the super-offset may be negative: offsets of weight
+/// groups are usually below zero). Both products are exact in `f32`. The symmetric schemes
+/// store no offsets.
+///
+/// Storage: 2 bytes per super-scale and super-offset, plus the codes packed at `bits` bits
+/// each ([`storage_bytes`](Self::storage_bytes)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedTables {
+    super_group: usize,
+    super_scales: Vec<f16>,
+    super_offsets: Vec<f16>,
+    scale_codes: PackedCodes,
+    offset_codes: Option<PackedCodes>,
+}
+
+impl QuantizedTables {
+    /// Reassembles tables (for example read back from a file), checking that the parts fit.
+    ///
+    /// `offsets` is `Some((super_offsets, offset_codes))` for [`Scheme::AsymmetricGrid`] and
+    /// `None` for the symmetric schemes.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidTables`] when the counts disagree (one super-scale per
+    /// `super_group` slices, one code per slice, equal code widths), a super-scale is not
+    /// finite and positive, a super-offset is not finite, or a scale code is 0.
+    pub fn from_parts(
+        super_group: usize,
+        super_scales: Vec<f16>,
+        scale_codes: PackedCodes,
+        offsets: Option<(Vec<f16>, PackedCodes)>,
+    ) -> Result<Self> {
+        let bad = |reason| Err(QuantError::InvalidTables { reason });
+        let n = scale_codes.len();
+        if super_group == 0 || n == 0 {
+            return bad("tables need at least one slice and one slice per super-group");
+        }
+        if !(2..=8).contains(&scale_codes.bits()) {
+            return bad("table codes must be 2 to 8 bits wide");
+        }
+        if super_scales.len() != n.div_ceil(super_group) {
+            return bad("the number of super-scales does not match the slices");
+        }
+        if super_scales.iter().any(|d| !(d.is_finite() && d.to_f64() > 0.0)) {
+            return bad("a super-scale is not finite and positive");
+        }
+        if scale_codes.unpack().contains(&0) {
+            return bad("a scale code is 0 (a zero step)");
+        }
+        let (super_offsets, offset_codes) = match offsets {
+            Some((so, oc)) => {
+                if so.len() != super_scales.len() || oc.len() != n || oc.bits() != scale_codes.bits() {
+                    return bad("the offset tables do not match the scale tables");
+                }
+                if so.iter().any(|m| !m.is_finite()) {
+                    return bad("a super-offset is not finite");
+                }
+                (so, Some(oc))
+            }
+            None => (Vec::new(), None),
+        };
+        Ok(Self { super_group, super_scales, super_offsets, scale_codes, offset_codes })
+    }
+
+    /// Width of the table codes.
+    pub fn bits(&self) -> u8 {
+        self.scale_codes.bits()
+    }
+    /// Slices per super-group.
+    pub fn super_group(&self) -> usize {
+        self.super_group
+    }
+    /// One f16 scale per super-group for the step codes.
+    pub fn super_scales(&self) -> &[f16] {
+        &self.super_scales
+    }
+    /// One f16 scale per super-group for the offset codes (empty for symmetric schemes).
+    pub fn super_offsets(&self) -> &[f16] {
+        &self.super_offsets
+    }
+    /// The step code of every slice.
+    pub fn scale_codes(&self) -> &PackedCodes {
+        &self.scale_codes
+    }
+    /// The offset code of every slice ([`Scheme::AsymmetricGrid`] only).
+    pub fn offset_codes(&self) -> Option<&PackedCodes> {
+        self.offset_codes.as_ref()
+    }
+    /// Number of slices the tables describe.
+    pub fn len(&self) -> usize {
+        self.scale_codes.len()
+    }
+    /// Whether the tables describe no slices (never true for tables built by this crate).
+    pub fn is_empty(&self) -> bool {
+        self.scale_codes.is_empty()
+    }
+
+    /// Bytes of storage: 2 per super-scale and super-offset plus the packed codes.
+    pub fn storage_bytes(&self) -> usize {
+        2 * (self.super_scales.len() + self.super_offsets.len())
+            + self.scale_codes.as_bytes().len()
+            + self.offset_codes.as_ref().map_or(0, |c| c.as_bytes().len())
+    }
+
+    /// Storage of tables for `slices` slices under `spec`'s quantized dtype, without building them.
+    pub(crate) fn storage_for(spec: &UniformSpec, slices: usize) -> usize {
+        let ParamDtype::Quantized { bits, super_group } = spec.param_dtype() else { return 0 };
+        let per = if spec.scheme() == Scheme::AsymmetricGrid { 2 } else { 1 };
+        per * (2 * slices.div_ceil(super_group as usize) + packed_len(slices, bits))
+    }
+
+    /// The effective parameters of every slice under `spec`.
+    pub(crate) fn slices<F: Float>(&self, spec: &UniformSpec) -> Vec<SliceParams<F>> {
+        let zero_point = spec.scheme().signed_offset(spec.bits());
+        let scales = self.scale_codes.unpack();
+        let offsets = self.offset_codes.as_ref().map(PackedCodes::unpack);
+        (0..scales.len())
+            .map(|i| {
+                let g = i / self.super_group;
+                let scale = F::cast(self.super_scales[g].to_f64() * f64::from(scales[i]));
+                let offset = match &offsets {
+                    Some(o) => F::cast(self.super_offsets[g].to_f64() * f64::from(o[i])),
+                    None => F::zero(),
+                };
+                SliceParams { scale, zero_point, offset }
+            })
+            .collect()
+    }
+}
+
+/// The smallest f16 at or above `v` (`v` finite, `≥ 0`), at least the smallest positive f16.
+fn f16_up(v: f64) -> f16 {
+    let h = f16::from_f64(v);
+    let h = if h.to_f64() < v { f16::from_bits(h.to_bits() + 1) } else { h };
+    if h.to_f64() > 0.0 { h } else { f16::from_bits(1) }
+}
+
+/// Replaces the (native-precision) parameters of every slice by two-level table values that
+/// still cover each slice's range, and returns the tables. `spec` has a quantized dtype and
+/// `slices` is non-empty.
+pub(crate) fn quantize_tables<F: Float>(slices: &mut [SliceParams<F>], spec: &UniformSpec) -> Result<QuantizedTables> {
+    let ParamDtype::Quantized { bits, super_group } = spec.param_dtype() else {
+        return Err(QuantError::InvalidTables { reason: "the spec's parameters are not quantized" });
+    };
+    let top = f64::from((1u16 << bits) - 1);
+    let levels = f64::from(spec.max_code()) - f64::from(spec.scheme().signed_offset(spec.bits()));
+    let grid = spec.scheme() == Scheme::AsymmetricGrid;
+    let group = super_group as usize;
+    let n = slices.len();
+    let (mut scale_codes, mut offset_codes) = (vec![0u8; n], vec![0u8; if grid { n } else { 0 }]);
+    let (mut super_scales, mut super_offsets) = (Vec::new(), Vec::new());
+    for (g, chunk) in slices.chunks_mut(group).enumerate() {
+        let base = g * group;
+        // Offsets first, rounded down so each grid still starts at or below its slice's minimum.
+        let mut need: Vec<f64> = chunk.iter().map(|p| p.scale.as_f64()).collect();
+        if grid {
+            let lo: Vec<f64> = chunk.iter().map(|p| p.offset.as_f64()).collect();
+            let (mmin, mmax) = lo.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            let dm = if mmin < 0.0 { -f16_up(-mmin / top).to_f64() } else { f16::from_f64(mmax / top).to_f64() };
+            let dm = if dm.is_finite() { dm } else { 0.0 };
+            for (j, &l) in lo.iter().enumerate() {
+                let b = if dm < 0.0 {
+                    (l / dm).ceil().clamp(0.0, top)
+                } else if dm > 0.0 {
+                    (l / dm).floor().clamp(0.0, top)
+                } else {
+                    0.0
+                };
+                let m = dm * b;
+                // The step that reaches the slice's maximum from the lowered offset.
+                let hi = l + need[j] * levels;
+                need[j] = ((hi - m) / levels).max(need[j]);
+                offset_codes[base + j] = b as u8;
+                chunk[j].offset = F::cast(m);
+            }
+            super_offsets.push(f16::from_f64(dm));
+        }
+        // Steps rounded up, so each grid still reaches its slice's maximum.
+        let smax = need.iter().fold(0.0f64, |a, &v| a.max(v));
+        let d16 = f16_up(smax / top);
+        let d = d16.to_f64();
+        for (j, &s) in need.iter().enumerate() {
+            let mut a = (s / d).ceil().clamp(1.0, top);
+            if d * a < s && a < top {
+                a += 1.0;
+            }
+            scale_codes[base + j] = a as u8;
+            chunk[j].scale = F::cast(d * a);
+        }
+        super_scales.push(d16);
+    }
+    let scale_codes = PackedCodes::pack(&scale_codes, bits)?;
+    let offsets = if grid { Some((super_offsets, PackedCodes::pack(&offset_codes, bits)?)) } else { None };
+    QuantizedTables::from_parts(group, super_scales, scale_codes, offsets)
+}
+
+/// Refines the table codes on the data: for each slice, the step code and (grid scheme) the
+/// offset code are searched in a small window around the covering choice for the least
+/// squared error, with the super-scales fixed. The covering choice is in the window, so no
+/// slice's error grows. `per_slice[i]` holds slice `i`'s elements.
+pub(crate) fn refine_tables<F: Float>(params: &mut QuantParams<F>, per_slice: &[Vec<F>]) -> Result<()> {
+    let Some(tables) = params.tables.take() else { return Ok(()) };
+    let spec = params.spec;
+    let top = (1u16 << tables.bits()) - 1;
+    let mut a_codes = tables.scale_codes.unpack();
+    let mut b_codes = tables.offset_codes.as_ref().map(PackedCodes::unpack);
+    let group = tables.super_group;
+    let window = |c: u16, below: u16, above: u16, min: u16| c.saturating_sub(below).max(min)..=(c + above).min(top);
+    let chosen = par::map((0..per_slice.len()).collect(), |i| {
+        let g = i / group;
+        let d = tables.super_scales[g].to_f64();
+        let dm = tables.super_offsets.get(g).map_or(0.0, |m| m.to_f64());
+        let a0 = u16::from(a_codes[i]);
+        let b0 = b_codes.as_ref().map_or(0, |b| u16::from(b[i]));
+        let b_window = if b_codes.is_some() { window(b0, 1, 1, 0) } else { 0..=0 };
+        let mut best = (f64::INFINITY, a0, b0);
+        for b in b_window {
+            for a in window(a0, 2, 1, 1) {
+                let p = SliceParams {
+                    scale: F::cast(d * f64::from(a)),
+                    zero_point: params.slices[i].zero_point,
+                    offset: F::cast(dm * f64::from(b)),
+                };
+                let err = squared_error(&Kernel::new(&p, spec.max_code(), spec.scale_mode()), &per_slice[i]);
+                // Strictly better only: ties keep the covering choice.
+                if err < best.0 || (a, b) == (a0, b0) && err <= best.0 {
+                    best = (err, a, b);
+                }
+            }
+        }
+        (best.1 as u8, best.2 as u8)
+    });
+    for (i, (a, b)) in chosen.into_iter().enumerate() {
+        a_codes[i] = a;
+        if let Some(bc) = b_codes.as_mut() {
+            bc[i] = b;
+        }
+    }
+    let bits = tables.bits();
+    let offsets = match b_codes {
+        Some(b) => Some((tables.super_offsets, PackedCodes::pack(&b, bits)?)),
+        None => None,
+    };
+    let tables = QuantizedTables::from_parts(group, tables.super_scales, PackedCodes::pack(&a_codes, bits)?, offsets)?;
+    params.slices = tables.slices(&spec);
+    params.tables = Some(tables);
+    Ok(())
+}
