@@ -90,6 +90,58 @@ impl<F: Float> LutTensor<F> {
         Ok(Self { shape: shape.to_vec(), granularity, kind, levels, tables, codes })
     }
 
+    /// Reassembles a tensor from its stored parts (for example read back from a file).
+    ///
+    /// `tables` holds every slice's table, slice after slice: `[−α, 0, α]` for
+    /// [`LutKind::Ternary`], `[−α, α]` for [`LutKind::Binary`] (`α ≥ 0`), `k` centroids for
+    /// [`LutKind::Codebook`] (`k` = `tables.len()` / number of slices, `1..=256`).
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidAxis`] / [`QuantError::InvalidGroupSize`] / [`QuantError::Empty`]
+    /// for a granularity that does not fit the shape; [`QuantError::ShapeMismatch`] when the
+    /// code count or table length does not fit; [`QuantError::InvalidBits`] for codes of the
+    /// wrong width; [`QuantError::CodeOutOfRange`] for a code past its table;
+    /// [`QuantError::InvalidTables`] for a table that is non-finite, not representable at the
+    /// codebook's precision, or not of the ternary / binary form.
+    pub fn from_parts(shape: Vec<usize>, granularity: Granularity, kind: LutKind, tables: Vec<F>, codes: PackedCodes) -> Result<Self> {
+        // The code count first: a shape that lies must not cost a layout.
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(codes.len()) {
+            return Err(QuantError::ShapeMismatch { expected: shape, got: vec![codes.len()] });
+        }
+        let layout = crate::uniform::layout_of_granularity(&shape, granularity)?;
+        let slices = layout.num_params();
+        let levels = match kind {
+            LutKind::Ternary => 3,
+            LutKind::Binary => 2,
+            LutKind::Codebook(_) => tables.len() / slices,
+        };
+        if levels == 0 || levels > 256 || tables.len() != levels * slices {
+            return Err(QuantError::ShapeMismatch { expected: vec![slices, levels.max(1)], got: vec![tables.len()] });
+        }
+        let bits = index_bits(levels);
+        if codes.bits() != bits {
+            return Err(QuantError::InvalidBits { bits: codes.bits(), min: bits, max: bits });
+        }
+        let bad = |reason| Err(QuantError::InvalidTables { reason });
+        if tables.iter().any(|v| !v.is_finite()) {
+            return bad("a table entry is not finite");
+        }
+        for t in tables.chunks(levels) {
+            let ok = match kind {
+                LutKind::Ternary => t[0] == -t[2] && t[1] == F::zero() && t[2] >= F::zero(),
+                LutKind::Binary => t[0] == -t[1] && t[1] >= F::zero(),
+                LutKind::Codebook(d) => t.iter().all(|&v| d.round(v).is_ok_and(|r| r == v)),
+            };
+            if !ok {
+                return bad("a table is not of its kind's form or precision");
+            }
+        }
+        if let Some((index, code)) = codes.unpack().into_iter().enumerate().find(|&(_, c)| usize::from(c) >= levels) {
+            return Err(QuantError::CodeOutOfRange { index, code, bits });
+        }
+        Ok(Self { shape, granularity, kind, levels, tables, codes })
+    }
+
     /// The tensor's shape.
     pub fn shape(&self) -> &[usize] {
         &self.shape

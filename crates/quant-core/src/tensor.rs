@@ -32,8 +32,7 @@ impl<F: Float> QuantizedTensor<F> {
     /// [`QuantError::ParamCountMismatch`] when the parameters do not fit the shape, and
     /// [`QuantError::CodeOutOfRange`] for a code above the scheme's largest code.
     pub fn from_parts(shape: Vec<usize>, params: QuantParams<F>, codes: PackedCodes) -> Result<Self> {
-        let n: usize = shape.iter().product();
-        if codes.len() != n {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(codes.len()) {
             return Err(QuantError::ShapeMismatch { expected: shape, got: vec![codes.len()] });
         }
         let spec = params.spec();
