@@ -29,6 +29,8 @@
 //!   without it.
 //! - `serde`: serialize allocations, layer specs and sensitivities.
 
+#[cfg(feature = "safetensors")]
+pub mod checkpoint;
 mod error;
 
 pub mod data;
@@ -78,3 +80,8 @@ pub use ndarray;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
+
+/// The format specification's code blocks, compiled as doctests.
+#[cfg(all(doctest, feature = "safetensors"))]
+#[doc = include_str!("../../../docs/format.md")]
+struct FormatDoctests;

@@ -1,0 +1,366 @@
+//! `quant`: quantize, dequantize and inspect safetensors checkpoints.
+//!
+//! The command-line contract (kept stable: options are added, never renamed):
+//! ```text
+//! quant quantize IN.safetensors -o OUT.safetensors [--method uniform|ternary|binary|kmeans]
+//!       [--bits N] [--scheme symmetric|asymmetric] [--granularity tensor|channel:AXIS|group:SIZE]
+//!       [--range minmax|percentile:P|mse] [--table-dtype f32|f16|bf16|q8|q6|q4]
+//!       [--super-group N] [--only REGEX] [--skip REGEX] [--json]
+//! quant dequantize IN.q.safetensors -o OUT.safetensors
+//! quant inspect FILE [--json]
+//! ```
+//! The file format is specified in docs/format.md.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use quant::checkpoint::{self, CheckpointError, Granularity, Method, Progress, QuantizeOptions, Report, TableFormat};
+use quant::core::{RangeEstimator, Scheme};
+use regex::Regex;
+
+#[derive(Parser)]
+#[command(name = "quant", version, about = "Quantize, dequantize and inspect safetensors checkpoints (Q-BERT style, 1 to 8 bits).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Quantize the floating-point tensors of a safetensors checkpoint.
+    #[command(after_help = "Examples:
+  quant quantize model.safetensors -o model.q8.safetensors
+  quant quantize model.safetensors -o model.q4.safetensors --bits 4 --granularity group:32 --table-dtype q6 --super-group 8
+  quant quantize model.safetensors -o model.q2.safetensors --bits 2 --granularity group:16 --range mse --table-dtype q4 --super-group 16
+  quant quantize model.safetensors -o model.t.safetensors --method ternary --granularity channel:0 --only 'encoder\\.layer\\.\\d+\\..*weight$'
+  quant quantize model.safetensors -o model.k.safetensors --method kmeans --bits 3 --skip 'embeddings' --json > report.json
+
+Tensors that are not floating point (F32, F16, BF16, F64), empty tensors and tensors that --skip
+names (or --only does not name) are copied unchanged. The output is written to a temporary file
+and renamed only on success.")]
+    Quantize {
+        /// The input checkpoint.
+        input: PathBuf,
+        /// The output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The quantizer.
+        #[arg(long, value_enum, default_value_t = MethodArg::Uniform)]
+        method: MethodArg,
+        /// Code width: 1..=8 for uniform (2..=8 symmetric), 2^bits centroids for kmeans;
+        /// ternary and binary ignore it.
+        #[arg(long, default_value_t = 8)]
+        bits: u8,
+        /// Uniform scheme: asymmetric (Q-BERT's min + step grid), symmetric (narrow, zero exact),
+        /// symmetric-full (PyTorch's amax/127.5 style), asymmetric-exact-zero (PyTorch affine).
+        #[arg(long, value_enum, default_value_t = SchemeArg::Asymmetric)]
+        scheme: SchemeArg,
+        /// Which elements share parameters: tensor, channel:AXIS, or group:SIZE (groups along
+        /// the last axis; a ragged last group is allowed).
+        #[arg(long, default_value = "channel:0", value_parser = parse_granularity)]
+        granularity: Granularity,
+        /// Uniform range estimation: minmax, percentile:P (clip to the (100−P)th and Pth
+        /// percentiles, 50 < P ≤ 100) or mse (MSE-optimal clipping, 100 candidates).
+        #[arg(long, default_value = "minmax", value_parser = parse_range)]
+        range: RangeEstimator,
+        /// Table storage: f32, f16, bf16, or qN (N = 2..=8: per-group steps and minimums stored
+        /// as N-bit codes with one f16 scale per super-group, GGML k-quant style; uniform only).
+        #[arg(long, default_value = "f32", value_parser = parse_table)]
+        table_dtype: TableArg,
+        /// Groups per super-group for qN tables.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        super_group: u32,
+        /// Quantize only tensors whose name matches this regular expression.
+        #[arg(long, value_name = "REGEX")]
+        only: Option<Regex>,
+        /// Leave tensors whose name matches this regular expression unchanged.
+        #[arg(long, value_name = "REGEX")]
+        skip: Option<Regex>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Dequantize a quantized checkpoint back to f32 tensors under their original names.
+    #[command(after_help = "Example:
+  quant dequantize model.q4.safetensors -o model.f32.safetensors
+
+Tensors that were copied unchanged are copied unchanged again, and the original header metadata
+is restored.")]
+    Dequantize {
+        /// The quantized checkpoint.
+        input: PathBuf,
+        /// The output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// No progress on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List the tensors of a checkpoint: shapes, methods, bits per weight, sizes and errors.
+    #[command(after_help = "Examples:
+  quant inspect model.q4.safetensors
+  quant inspect model.safetensors --json | jq '.passthrough | length'
+
+For a quantized checkpoint every tensor is rebuilt from its parts and its stored bytes are
+checked against its description, so a corrupt file is reported.")]
+    Inspect {
+        /// The checkpoint (quantized or not).
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MethodArg {
+    Uniform,
+    Ternary,
+    Binary,
+    Kmeans,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemeArg {
+    Asymmetric,
+    Symmetric,
+    SymmetricFull,
+    AsymmetricExactZero,
+}
+
+#[derive(Clone, Copy)]
+enum TableArg {
+    Plain(TableFormat),
+    Quantized(u8),
+}
+
+fn parse_granularity(s: &str) -> Result<Granularity, String> {
+    let number = |v: &str, what: &str| v.parse::<usize>().map_err(|_| format!("{what} must be a non-negative integer, got '{v}'"));
+    match s.split_once(':') {
+        None if s == "tensor" => Ok(Granularity::Tensor),
+        Some(("channel", a)) => Ok(Granularity::Channel { axis: number(a, "the channel axis")? }),
+        Some(("group", g)) => match number(g, "the group size")? {
+            0 => Err("the group size must be at least 1".into()),
+            size => Ok(Granularity::Group { size }),
+        },
+        _ => Err(format!("expected tensor, channel:AXIS or group:SIZE, got '{s}'")),
+    }
+}
+
+fn parse_range(s: &str) -> Result<RangeEstimator, String> {
+    match s.split_once(':') {
+        None if s == "minmax" => Ok(RangeEstimator::MinMax),
+        None if s == "mse" => Ok(RangeEstimator::Mse { steps: 100 }),
+        Some(("percentile", p)) => match p.parse::<f64>() {
+            Ok(p) if p > 50.0 && p <= 100.0 => Ok(RangeEstimator::Percentile { lower: 100.0 - p, upper: p }),
+            _ => Err(format!("the percentile must be a number in (50, 100], got '{p}'")),
+        },
+        _ => Err(format!("expected minmax, percentile:P or mse, got '{s}'")),
+    }
+}
+
+fn parse_table(s: &str) -> Result<TableArg, String> {
+    match s {
+        "f32" => Ok(TableArg::Plain(TableFormat::F32)),
+        "f16" => Ok(TableArg::Plain(TableFormat::F16)),
+        "bf16" => Ok(TableArg::Plain(TableFormat::Bf16)),
+        q => match q.strip_prefix('q').and_then(|b| b.parse::<u8>().ok()) {
+            Some(bits @ 2..=8) => Ok(TableArg::Quantized(bits)),
+            _ => Err(format!("expected f32, f16, bf16 or qN with N in 2..=8 (q8, q6, q4, ...), got '{s}'")),
+        },
+    }
+}
+
+/// A read-only view of a file: memory-mapped, so a checkpoint larger than memory is paged in
+/// on demand rather than read whole.
+enum Input {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl Input {
+    fn open(path: &Path) -> Result<Self, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
+        if len < 4096 {
+            // Small (or empty, which cannot be mapped) files are simply read.
+            return std::fs::read(path).map(Input::Read).map_err(|e| format!("cannot read {}: {e}", path.display()));
+        }
+        // SAFETY: the map is read-only and lives as long as `Input`. Another process truncating
+        // or rewriting the file while we read it could change the bytes under us (the documented
+        // hazard of every memory map); the safetensors parser bounds-checks everything it reads,
+        // and our own writes go to a new file that is renamed into place, never into the input.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&file) };
+        map.map(Input::Mapped).map_err(|e| format!("cannot map {}: {e}", path.display()))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Input::Mapped(m) => m,
+            Input::Read(v) => v,
+        }
+    }
+}
+
+/// Progress on stderr: a bar when stderr is a terminal, nothing otherwise.
+struct Bar {
+    enabled: bool,
+    verb: &'static str,
+}
+
+impl Bar {
+    fn new(quiet: bool, verb: &'static str) -> Self {
+        Self { enabled: !quiet && std::io::stderr().is_terminal(), verb }
+    }
+    fn update(&self, p: Progress<'_>) {
+        if !self.enabled {
+            return;
+        }
+        let width = 30;
+        let filled = (p.index * width).checked_div(p.total).unwrap_or(width);
+        let name: String = p.name.chars().take(48).collect();
+        eprint!("\r\x1b[2K{} [{}{}] {}/{} {name}", self.verb, "=".repeat(filled), " ".repeat(width - filled), p.index + 1, p.total);
+        let _ = std::io::stderr().flush();
+    }
+    fn finish(&self) {
+        if self.enabled {
+            eprint!("\r\x1b[2K");
+        }
+    }
+}
+
+fn print_report(report: &Report, json: bool) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    let res = if json {
+        serde_json::to_string_pretty(report).map_err(|e| e.to_string()).and_then(|s| writeln!(out, "{s}").map_err(|e| e.to_string()))
+    } else {
+        write_table(&mut out, report).map_err(|e| e.to_string())
+    };
+    res.map_err(|e| format!("cannot write the report: {e}"))
+}
+
+fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+    if !r.tensors.is_empty() {
+        writeln!(
+            out,
+            "{:<52} {:>14} {:>8} {:>4} {:>8} {:>12} {:>9} {:>10}",
+            "tensor", "shape", "method", "bits", "bits/w", "bytes", "SQNR dB", "max err"
+        )?;
+        for t in &r.tensors {
+            let e = &t.entry;
+            let shape = format!("{:?}", e.shape);
+            let sqnr = e.sqnr_db.map_or("exact".to_string(), |v| format!("{v:.2}"));
+            let method = format!("{:?}", e.method).to_lowercase();
+            writeln!(
+                out,
+                "{:<52} {shape:>14} {method:>8} {:>4} {:>8.4} {:>12} {sqnr:>9} {:>10.3e}",
+                t.name, e.bits, e.bits_per_weight, e.quantized_bytes, e.max_abs_err
+            )?;
+        }
+    }
+    if !r.passthrough.is_empty() {
+        writeln!(out, "{} tensor(s) stored unchanged:", r.passthrough.len())?;
+        for p in &r.passthrough {
+            writeln!(out, "  {:<50} {:>14} {:>5} {:>12}", p.name, format!("{:?}", p.shape), p.dtype, p.bytes)?;
+        }
+    }
+    writeln!(out, "total: {} bytes -> {} bytes, compression ratio {:.3}", r.original_bytes, r.quantized_bytes, r.compression_ratio)
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let fail = |e: CheckpointError| e.to_string();
+    match cli.command {
+        Command::Quantize {
+            input,
+            output,
+            method,
+            bits,
+            scheme,
+            granularity,
+            range,
+            table_dtype,
+            super_group,
+            only,
+            skip,
+            json,
+            quiet,
+        } => {
+            let tables = match table_dtype {
+                TableArg::Plain(t) => t,
+                TableArg::Quantized(bits) => TableFormat::Quantized { bits, super_group },
+            };
+            let options = QuantizeOptions {
+                method: match method {
+                    MethodArg::Uniform => Method::Uniform,
+                    MethodArg::Ternary => Method::Ternary,
+                    MethodArg::Binary => Method::Binary,
+                    MethodArg::Kmeans => Method::Kmeans,
+                },
+                bits,
+                scheme: match scheme {
+                    SchemeArg::Asymmetric => Scheme::AsymmetricGrid,
+                    SchemeArg::Symmetric => Scheme::SymmetricNarrow,
+                    SchemeArg::SymmetricFull => Scheme::SymmetricFull,
+                    SchemeArg::AsymmetricExactZero => Scheme::AsymmetricExactZero,
+                },
+                granularity,
+                range,
+                tables,
+            };
+            // Options are checked before the input is opened.
+            options.validate().map_err(fail)?;
+            let data = Input::open(&input)?;
+            let select = |name: &str| only.as_ref().is_none_or(|r| r.is_match(name)) && !skip.as_ref().is_some_and(|r| r.is_match(name));
+            let bar = Bar::new(quiet, "quantizing");
+            let report = checkpoint::quantize_checkpoint(data.bytes(), &output, &options, select, |p| bar.update(p));
+            bar.finish();
+            print_report(&report.map_err(fail)?, json)
+        }
+        Command::Dequantize { input, output, quiet } => {
+            let data = Input::open(&input)?;
+            let bar = Bar::new(quiet, "dequantizing");
+            let n = checkpoint::dequantize_checkpoint(data.bytes(), &output, |p| bar.update(p));
+            bar.finish();
+            let n = n.map_err(fail)?;
+            if !quiet {
+                eprintln!("dequantized {n} tensor(s) into {}", output.display());
+            }
+            Ok(())
+        }
+        Command::Inspect { file, json } => {
+            let data = Input::open(&file)?;
+            print_report(&checkpoint::inspect(data.bytes()).map_err(fail)?, json)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+            {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
+            // One line: clap's first line ("error: ...") without the usage block.
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("error: {}", msg.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

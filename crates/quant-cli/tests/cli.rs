@@ -1,0 +1,425 @@
+//! Runs the `quant` binary: round trips against the library's fake quantization, pass-through
+//! bytes, inspect against the quantize report, bad input and interrupted writes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use half::{bf16, f16};
+use quant::checkpoint::{QuantizedCheckpoint, Report};
+use quant::core::{
+    Granularity, KMeansSpec, ParamDtype, RangeEstimator, Scheme, TableDtype, TernarySpec, UniformSpec, binarize, fake_quantize,
+    kmeans_quantize, ternarize,
+};
+use quant::ndarray::{ArrayD, IxDyn};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn quant(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quant")).args(args).output().expect("the binary runs")
+}
+
+/// A fresh directory for one test.
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("quant-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Deterministic weight-like values (a sum of sines plus a few outliers).
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let t = i as f32 * 0.7311 + seed as f32;
+            let v = 0.02 * (t.sin() + 0.5 * (2.3 * t).cos() + 0.25 * (5.1 * t).sin());
+            if i % 97 == 13 { v * 8.0 } else { v }
+        })
+        .collect()
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A small checkpoint with every kind of tensor: f32 / f16 / bf16 weights, a bias, integer and
+/// byte tensors, an empty tensor, and header metadata.
+fn checkpoint(path: &Path) -> TestResult {
+    let w = f32_bytes(&values(64 * 96, 1));
+    let b = f32_bytes(&values(64, 2));
+    let e: Vec<u8> = values(32 * 48, 3).iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect();
+    let ln: Vec<u8> = values(48, 4).iter().flat_map(|&x| bf16::from_f32(1.0 + x).to_le_bytes()).collect();
+    let ids: Vec<u8> = (0..10i64).flat_map(|i| (i * 7).to_le_bytes()).collect();
+    let mask: Vec<u8> = vec![1, 0, 1, 1, 0, 0, 1];
+    let tensors = vec![
+        ("enc.weight", TensorView::new(Dtype::F32, vec![64, 96], &w)?),
+        ("enc.bias", TensorView::new(Dtype::F32, vec![64], &b)?),
+        ("emb.weight", TensorView::new(Dtype::F16, vec![32, 48], &e)?),
+        ("ln.weight", TensorView::new(Dtype::BF16, vec![48], &ln)?),
+        ("position_ids", TensorView::new(Dtype::I64, vec![10], &ids)?),
+        ("mask", TensorView::new(Dtype::U8, vec![7], &mask)?),
+        ("empty", TensorView::new(Dtype::F32, vec![0, 4], &[])?),
+    ];
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(tensors, Some(meta), path)?;
+    Ok(())
+}
+
+/// The f32 values of a stored floating-point tensor.
+fn read_f32(st: &SafeTensors<'_>, name: &str) -> Result<ArrayD<f32>, Box<dyn std::error::Error>> {
+    let v = st.tensor(name)?;
+    let d = v.data();
+    let vals: Vec<f32> = match v.dtype() {
+        Dtype::F16 => d.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => d.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+    };
+    Ok(ArrayD::from_shape_vec(IxDyn(v.shape()), vals)?)
+}
+
+/// The library's fake quantization of one tensor under the same settings as the command line.
+type Reference = fn(&ArrayD<f32>) -> Result<ArrayD<f32>, quant::core::QuantError>;
+
+fn group_last(x: &ArrayD<f32>, size: usize) -> Granularity {
+    Granularity::PerGroup { axis: x.ndim() - 1, size }
+}
+
+fn uniform(
+    x: &ArrayD<f32>,
+    bits: u8,
+    scheme: Scheme,
+    g: Granularity,
+    range: RangeEstimator,
+    dtype: ParamDtype,
+) -> Result<ArrayD<f32>, quant::core::QuantError> {
+    let spec = UniformSpec::builder().bits(bits).scheme(scheme).granularity(g).range(range).param_dtype(dtype).check()?;
+    Ok(fake_quantize(x, &spec)?.values)
+}
+
+#[test]
+fn round_trips_equal_the_library_fake_quantization_bit_for_bit() -> TestResult {
+    let d = dir("roundtrip");
+    let input = d.join("model.safetensors");
+    checkpoint(&input)?;
+    let bytes = std::fs::read(&input)?;
+    let original = SafeTensors::deserialize(&bytes)?;
+    let cases: Vec<(Vec<&str>, Reference)> = vec![
+        (vec![], |x| {
+            uniform(x, 8, Scheme::AsymmetricGrid, Granularity::PerChannel { axis: 0 }, RangeEstimator::MinMax, ParamDtype::Native)
+        }),
+        (vec!["--bits", "4", "--granularity", "group:32", "--table-dtype", "q6", "--super-group", "8"], |x| {
+            uniform(
+                x,
+                4,
+                Scheme::AsymmetricGrid,
+                group_last(x, 32),
+                RangeEstimator::MinMax,
+                ParamDtype::Quantized { bits: 6, super_group: 8 },
+            )
+        }),
+        (vec!["--bits", "2", "--granularity", "group:16", "--range", "mse", "--table-dtype", "q4", "--super-group", "16"], |x| {
+            uniform(
+                x,
+                2,
+                Scheme::AsymmetricGrid,
+                group_last(x, 16),
+                RangeEstimator::Mse { steps: 100 },
+                ParamDtype::Quantized { bits: 4, super_group: 16 },
+            )
+        }),
+        (vec!["--bits", "3", "--scheme", "symmetric", "--granularity", "group:32", "--table-dtype", "q8"], |x| {
+            uniform(
+                x,
+                3,
+                Scheme::SymmetricNarrow,
+                group_last(x, 32),
+                RangeEstimator::MinMax,
+                ParamDtype::Quantized { bits: 8, super_group: 8 },
+            )
+        }),
+        (
+            vec!["--bits", "4", "--scheme", "symmetric", "--granularity", "group:32", "--table-dtype", "f16", "--range", "percentile:99.9"],
+            |x| {
+                uniform(
+                    x,
+                    4,
+                    Scheme::SymmetricNarrow,
+                    group_last(x, 32),
+                    RangeEstimator::Percentile { lower: 100.0 - 99.9, upper: 99.9 },
+                    ParamDtype::F16,
+                )
+            },
+        ),
+        (vec!["--scheme", "asymmetric-exact-zero", "--granularity", "tensor", "--table-dtype", "bf16"], |x| {
+            uniform(x, 8, Scheme::AsymmetricExactZero, Granularity::PerTensor, RangeEstimator::MinMax, ParamDtype::Bf16)
+        }),
+        (vec!["--method", "ternary"], |x| Ok(ternarize(x, &TernarySpec::builder().per_channel(0).check()?)?.dequantize())),
+        (vec!["--method", "binary", "--granularity", "tensor"], |x| Ok(binarize(x, &TernarySpec::builder().check()?)?.dequantize())),
+        (vec!["--method", "kmeans", "--bits", "3", "--granularity", "group:16", "--table-dtype", "f16"], |x| {
+            let spec = KMeansSpec::builder().bits(3).granularity(group_last(x, 16)).table(TableDtype::F16).check()?;
+            Ok(kmeans_quantize(x, &spec)?.0.dequantize())
+        }),
+    ];
+    for (k, (args, reference)) in cases.iter().enumerate() {
+        let q = d.join(format!("q{k}.safetensors"));
+        let back = d.join(format!("back{k}.safetensors"));
+        let mut a = vec!["quantize", s(&input), "-o", s(&q), "--json"];
+        a.extend(args);
+        let out = quant(&a);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: Report = serde_json::from_slice(&out.stdout)?;
+        assert_eq!(report.tensors.len(), 4, "{args:?}");
+        let out = quant(&["dequantize", s(&q), "-o", s(&back), "--quiet"]);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let back_bytes = std::fs::read(&back)?;
+        let restored = SafeTensors::deserialize(&back_bytes)?;
+        for name in ["enc.weight", "enc.bias", "emb.weight", "ln.weight"] {
+            let x = read_f32(&original, name)?;
+            let expect = reference(&x)?;
+            let got = read_f32(&restored, name)?;
+            assert_eq!(restored.tensor(name)?.dtype(), Dtype::F32);
+            assert!(
+                got.iter().zip(expect.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{args:?} {name}: dequantized file differs from the library's fake quantization"
+            );
+        }
+        // Pass-through tensors and the header metadata come back byte for byte.
+        for name in ["position_ids", "mask", "empty"] {
+            assert_eq!(restored.tensor(name)?.data(), original.tensor(name)?.data(), "{name}");
+            assert_eq!(restored.tensor(name)?.dtype(), original.tensor(name)?.dtype());
+        }
+        let (_, meta) = SafeTensors::read_metadata(&back_bytes)?;
+        assert_eq!(meta.metadata().as_ref().and_then(|m| m.get("format")).map(String::as_str), Some("pt"));
+    }
+    Ok(())
+}
+
+#[test]
+fn inspect_agrees_with_the_quantize_report_and_bytes_match_the_accounting() -> TestResult {
+    let d = dir("inspect");
+    let input = d.join("model.safetensors");
+    checkpoint(&input)?;
+    let q = d.join("q.safetensors");
+    let out = quant(&[
+        "quantize",
+        s(&input),
+        "-o",
+        s(&q),
+        "--bits",
+        "4",
+        "--granularity",
+        "group:32",
+        "--table-dtype",
+        "q6",
+        "--json",
+        "--skip",
+        "^emb",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Report = serde_json::from_slice(&out.stdout)?;
+    let out = quant(&["inspect", s(&q), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let inspected: Report = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(inspected, report);
+    // --skip kept the embedding as it was (F16).
+    assert!(report.passthrough.iter().any(|p| p.name == "emb.weight" && p.dtype == "F16"));
+    // The quantized tensors' data in the file is exactly the accounted bytes: file size =
+    // 8-byte length + header + every tensor's data.
+    let bytes = std::fs::read(&q)?;
+    let (header, _) = SafeTensors::read_metadata(&bytes)?;
+    assert_eq!(bytes.len(), 8 + header + report.quantized_bytes);
+    // 4-bit codes + q6 tables in super-groups of 8: 96 = 3 groups of 32 per row of enc.weight,
+    // 64 rows -> 192 groups, 24 super-groups: 3072 + 2·(48 + 144) bytes.
+    let enc = report.tensors.iter().find(|t| t.name == "enc.weight").ok_or("enc.weight reported")?;
+    assert_eq!(enc.entry.quantized_bytes, 64 * 96 / 2 + 2 * (24 * 2 + 192 * 6 / 8));
+    assert!((enc.entry.bits_per_weight - 4.5).abs() < 1e-12);
+    let sqnr = enc.entry.sqnr_db.ok_or("lossy")?;
+    assert!(sqnr > 15.0, "{sqnr}");
+    // Human-readable output names every tensor.
+    let out = quant(&["inspect", s(&q)]);
+    let text = String::from_utf8(out.stdout)?;
+    for name in ["enc.weight", "enc.bias", "ln.weight", "position_ids", "compression ratio"] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    // A plain checkpoint inspects as all pass-through.
+    let out = quant(&["inspect", s(&input), "--json"]);
+    let plain: Report = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(plain.tensors.len(), 0);
+    assert_eq!(plain.passthrough.len(), 7);
+    Ok(())
+}
+
+#[test]
+fn only_selects_and_the_library_loads_the_file() -> TestResult {
+    let d = dir("only");
+    let input = d.join("model.safetensors");
+    checkpoint(&input)?;
+    let q = d.join("q.safetensors");
+    let out = quant(&["quantize", s(&input), "-o", s(&q), "--only", "weight$", "--bits", "6", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&q)?;
+    let ckpt = QuantizedCheckpoint::parse(&bytes)?;
+    let names: Vec<&str> = ckpt.entries().keys().map(String::as_str).collect();
+    assert_eq!(names, vec!["emb.weight", "enc.weight", "ln.weight"]);
+    assert!(ckpt.passthrough_names().contains(&"enc.bias".to_string()));
+    let w = ckpt.dequantize("enc.weight")?;
+    assert_eq!(w.shape(), &[64, 96]);
+    assert!(ckpt.dequantize("enc.bias").is_err());
+    Ok(())
+}
+
+/// Asserts a failed run: non-zero exit that is not a panic, one line on stderr, no output.
+fn assert_clean_failure(out: &Output, output: &Path, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: succeeded");
+    assert_ne!(out.status.code(), Some(101), "{what}: panicked: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{what}: not one line: {err}");
+    assert!(!output.exists(), "{what}: left an output file");
+}
+
+#[test]
+fn bad_input_gives_one_line_errors_and_no_output() -> TestResult {
+    let d = dir("bad");
+    let input = d.join("model.safetensors");
+    checkpoint(&input)?;
+    let good = std::fs::read(&input)?;
+    let out_path = d.join("out.safetensors");
+    let o = s(&out_path).to_string();
+
+    // Missing file.
+    let out = quant(&["quantize", s(&d.join("nope.safetensors")), "-o", &o]);
+    assert_clean_failure(&out, &out_path, "missing file");
+
+    // Truncated at several points, including inside the header.
+    for cut in [0, 5, 8, 40, good.len() / 2, good.len() - 1] {
+        let p = d.join(format!("cut{cut}.safetensors"));
+        std::fs::write(&p, &good[..cut])?;
+        for cmd in ["quantize", "dequantize"] {
+            assert_clean_failure(&quant(&[cmd, s(&p), "-o", &o]), &out_path, &format!("{cmd} truncated at {cut}"));
+        }
+        assert_clean_failure(&quant(&["inspect", s(&p)]), &out_path, &format!("inspect truncated at {cut}"));
+    }
+
+    // A header that lies: a header length past the end, offsets past the data, an unknown dtype.
+    let n = u64::from_le_bytes(good[..8].try_into()?) as usize;
+    let header = String::from_utf8(good[8..8 + n].to_vec())?;
+    let with_header = |h: &str| {
+        let mut b = (h.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(&good[8 + n..]);
+        b
+    };
+    let mut huge = good.clone();
+    huge[..8].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    let lies = [
+        ("huge header length", huge),
+        ("offsets past the data", with_header(&header.replacen("[0,", "[1,", 1))),
+        ("unknown dtype", with_header(&header.replacen("\"F32\"", "\"F12\"", 1))),
+        ("not JSON", with_header(&header.replacen('{', "[", 1))),
+    ];
+    for (what, bytes) in lies {
+        let p = d.join("lie.safetensors");
+        std::fs::write(&p, bytes)?;
+        assert_clean_failure(&quant(&["quantize", s(&p), "-o", &o]), &out_path, what);
+        assert_clean_failure(&quant(&["inspect", s(&p)]), &out_path, what);
+    }
+
+    // Flag values out of range.
+    for flags in [
+        vec!["--bits", "9"],
+        vec!["--bits", "1", "--scheme", "symmetric"],
+        vec!["--granularity", "chan:0"],
+        vec!["--granularity", "group:0"],
+        vec!["--table-dtype", "q9"],
+        vec!["--table-dtype", "q4", "--scheme", "asymmetric-exact-zero"],
+        vec!["--range", "percentile:20"],
+        vec!["--method", "ternary", "--table-dtype", "f16"],
+        vec!["--method", "fancy"],
+        vec!["--super-group", "0", "--table-dtype", "q6"],
+        vec!["--only", "("],
+    ] {
+        let mut a = vec!["quantize", s(&input), "-o", &o];
+        a.extend(&flags);
+        assert_clean_failure(&quant(&a), &out_path, &format!("{flags:?}"));
+    }
+
+    // A granularity the tensors do not have: fails on the 1-D bias after the 2-D weight.
+    assert_clean_failure(&quant(&["quantize", s(&input), "-o", &o, "--granularity", "channel:1"]), &out_path, "channel:1");
+
+    // A NaN weight.
+    let mut nan = values(16, 5);
+    nan[7] = f32::NAN;
+    let nb = f32_bytes(&nan);
+    let p = d.join("nan.safetensors");
+    safetensors::serialize_to_file(vec![("w", TensorView::new(Dtype::F32, vec![4, 4], &nb)?)], None, &p)?;
+    assert_clean_failure(&quant(&["quantize", s(&p), "-o", &o]), &out_path, "NaN");
+
+    // Quantizing a quantized file, dequantizing a plain one.
+    let q = d.join("q.safetensors");
+    assert!(quant(&["quantize", s(&input), "-o", s(&q)]).status.success());
+    assert_clean_failure(&quant(&["quantize", s(&q), "-o", &o]), &out_path, "quantize twice");
+    assert_clean_failure(&quant(&["dequantize", s(&input), "-o", &o]), &out_path, "dequantize plain");
+
+    // A corrupted part: every scale code of the first quantized tensor set to 0 (a zero step).
+    let qb = std::fs::read(&q)?;
+    let st = SafeTensors::deserialize(&qb)?;
+    let part = st.tensor("emb.weight.qscales")?;
+    let start = part.data().as_ptr() as usize - qb.as_ptr() as usize;
+    let mut bad = qb.clone();
+    bad[start..start + part.data().len()].fill(0);
+    let p = d.join("zero-steps.safetensors");
+    std::fs::write(&p, bad)?;
+    assert_clean_failure(&quant(&["dequantize", s(&p), "-o", &o]), &out_path, "zero steps");
+    assert_clean_failure(&quant(&["inspect", s(&p)]), &out_path, "zero steps");
+    Ok(())
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for cmd in ["quantize", "dequantize", "inspect"] {
+        let out = quant(&[cmd, "--help"]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Example"), "{cmd}: {text}");
+    }
+    assert!(String::from_utf8_lossy(&quant(&["--help"]).stdout).contains("quantize"));
+}
+
+#[test]
+fn an_interrupted_write_leaves_no_output_file() -> TestResult {
+    let d = dir("interrupt");
+    let input = d.join("big.safetensors");
+    // 6M weights (24 MB): long enough to be killed mid-way on most runs.
+    let w = f32_bytes(&values(3 * 2048 * 1024, 9));
+    safetensors::serialize_to_file(
+        (0..3).map(|i| {
+            (format!("w{i}"), TensorView::new(Dtype::F32, vec![2048, 1024], &w[i * (8 << 20)..(i + 1) * (8 << 20)]).expect("view"))
+        }),
+        None,
+        &input,
+    )?;
+    for delay_ms in [5u64, 40, 150] {
+        let out = d.join(format!("out{delay_ms}.safetensors"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quant"))
+            .args(["quantize", s(&input), "-o", s(&out), "--bits", "4", "--granularity", "group:32", "--range", "mse", "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait()?;
+        // Either it finished (a complete, valid file) or there is no output at all.
+        if out.exists() {
+            let bytes = std::fs::read(&out)?;
+            let report = quant::checkpoint::inspect(&bytes)?;
+            assert_eq!(report.tensors.len(), 3, "a partial file after {delay_ms} ms");
+        }
+    }
+    Ok(())
+}
