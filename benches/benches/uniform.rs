@@ -7,7 +7,7 @@ use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4K, BlockQ8_0, GgmlType}
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array2;
 use quant_benches::gaussian_weights;
-use quant_core::{Scheme, UniformSpec, quantize};
+use quant_core::{ParamDtype, Scheme, UniformSpec, quantize};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -16,6 +16,12 @@ const N: usize = 4096;
 fn ours() -> Vec<(&'static str, UniformSpec)> {
     let spec = |bits, scheme, g: Option<usize>| {
         let b = UniformSpec::builder().bits(bits).scheme(scheme);
+        let b = if bits == 4 && g == Some(32) && scheme == Scheme::AsymmetricGrid {
+            // The quality mode: at least q4_k's SQNR at its 4.5 bits per weight.
+            b.param_dtype(ParamDtype::Quantized { bits: 6, super_group: 8 })
+        } else {
+            b
+        };
         let b = match g {
             Some(size) => b.per_group(1, size),
             None => b.per_channel(0),
@@ -26,6 +32,7 @@ fn ours() -> Vec<(&'static str, UniformSpec)> {
         ("q8 per-channel", spec(8, Scheme::SymmetricNarrow, None)),
         ("q4 group 32", spec(4, Scheme::SymmetricNarrow, Some(32))),
         ("q4 group 128", spec(4, Scheme::AsymmetricGrid, Some(128))),
+        ("q4 group 32 q6 tables", spec(4, Scheme::AsymmetricGrid, Some(32))),
     ]
 }
 

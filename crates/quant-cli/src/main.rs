@@ -208,28 +208,40 @@ impl Input {
     }
 }
 
-/// Progress on stderr: a bar when stderr is a terminal, nothing otherwise.
+/// Progress on stderr: a bar when stderr is a terminal; otherwise, for large inputs, a line at
+/// every tenth of the tensors (so logs of long runs show progress without control characters).
 struct Bar {
-    enabled: bool,
+    terminal: bool,
+    lines: bool,
     verb: &'static str,
+    last_tenth: std::cell::Cell<usize>,
 }
 
+/// Inputs at least this large get progress lines when stderr is not a terminal.
+const LARGE_INPUT: usize = 256 << 20;
+
 impl Bar {
-    fn new(quiet: bool, verb: &'static str) -> Self {
-        Self { enabled: !quiet && std::io::stderr().is_terminal(), verb }
+    fn new(quiet: bool, verb: &'static str, input_len: usize) -> Self {
+        let terminal = !quiet && std::io::stderr().is_terminal();
+        Self { terminal, lines: !quiet && !terminal && input_len >= LARGE_INPUT, verb, last_tenth: std::cell::Cell::new(0) }
     }
     fn update(&self, p: Progress<'_>) {
-        if !self.enabled {
-            return;
+        if self.terminal {
+            let width = 30;
+            let filled = (p.index * width).checked_div(p.total).unwrap_or(width);
+            let name: String = p.name.chars().take(48).collect();
+            eprint!("\r\x1b[2K{} [{}{}] {}/{} {name}", self.verb, "=".repeat(filled), " ".repeat(width - filled), p.index + 1, p.total);
+            let _ = std::io::stderr().flush();
+        } else if self.lines {
+            let tenth = (p.index * 10).checked_div(p.total).unwrap_or(10);
+            if tenth > self.last_tenth.get() {
+                self.last_tenth.set(tenth);
+                eprintln!("{}: {}/{} tensors ({}%)", self.verb, p.index, p.total, tenth * 10);
+            }
         }
-        let width = 30;
-        let filled = (p.index * width).checked_div(p.total).unwrap_or(width);
-        let name: String = p.name.chars().take(48).collect();
-        eprint!("\r\x1b[2K{} [{}{}] {}/{} {name}", self.verb, "=".repeat(filled), " ".repeat(width - filled), p.index + 1, p.total);
-        let _ = std::io::stderr().flush();
     }
     fn finish(&self) {
-        if self.enabled {
+        if self.terminal {
             eprint!("\r\x1b[2K");
         }
     }
@@ -317,14 +329,14 @@ fn run(cli: Cli) -> Result<(), String> {
             options.validate().map_err(fail)?;
             let data = Input::open(&input)?;
             let select = |name: &str| only.as_ref().is_none_or(|r| r.is_match(name)) && !skip.as_ref().is_some_and(|r| r.is_match(name));
-            let bar = Bar::new(quiet, "quantizing");
+            let bar = Bar::new(quiet, "quantizing", data.bytes().len());
             let report = checkpoint::quantize_checkpoint(data.bytes(), &output, &options, select, |p| bar.update(p));
             bar.finish();
             print_report(&report.map_err(fail)?, json)
         }
         Command::Dequantize { input, output, quiet } => {
             let data = Input::open(&input)?;
-            let bar = Bar::new(quiet, "dequantizing");
+            let bar = Bar::new(quiet, "dequantizing", data.bytes().len());
             let n = checkpoint::dequantize_checkpoint(data.bytes(), &output, |p| bar.update(p));
             bar.finish();
             let n = n.map_err(fail)?;
