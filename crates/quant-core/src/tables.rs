@@ -4,7 +4,6 @@ use half::f16;
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
-use crate::kernel::{Kernel, squared_error};
 use crate::pack::{PackedCodes, packed_len};
 use crate::par;
 use crate::params::{QuantParams, SliceParams};
@@ -209,54 +208,92 @@ pub(crate) fn quantize_tables<F: Float>(slices: &mut [SliceParams<F>], spec: &Un
     QuantizedTables::from_parts(group, super_scales, scale_codes, offsets)
 }
 
-/// Refines the table codes on the data: for each slice, the step code and (grid scheme) the
-/// offset code are searched in a small window around the covering choice for the least
-/// squared error, with the super-scales fixed. The covering choice is in the window, so no
-/// slice's error grows. `per_slice[i]` holds slice `i`'s elements.
-pub(crate) fn refine_tables<F: Float>(params: &mut QuantParams<F>, per_slice: &[Vec<F>]) -> Result<()> {
+/// The squared error of a slice quantized with step `s` and offset `m` (signed codes clamped
+/// to `lo..=hi`, nearest rounding with ties to even, reciprocal multiply: what the kernels
+/// compute in the default modes).
+#[inline]
+fn slice_sse<F: Float>(xs: &[F], s: F, m: F, lo: F, hi: F) -> F {
+    let inv = F::one() / s;
+    let err = |x: F| {
+        let y = (x - m) * inv;
+        let y = if y > lo { y } else { lo };
+        let y = if y < hi { y } else { hi };
+        let e = x - (y.round_ties_even_bounded() * s + m);
+        e * e
+    };
+    // Eight independent partial sums, so the loop vectorises (a single running sum is one
+    // long dependency chain); summed in a fixed order, so the result is deterministic.
+    let mut acc = [F::zero(); 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += err(x);
+        }
+    }
+    let mut sse = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for &x in tail {
+        sse += err(x);
+    }
+    sse
+}
+
+/// Refines the table codes on the data, with the super-scales fixed: for each slice, the
+/// step code in `a−2 ..= a+1` and (grid scheme) the offset code in `b−1 ..= b+1` around the
+/// covering choice `(a, b)`, least squared error wins, ties keep the covering choice (so no
+/// slice's error grows). `slice(i)` gives slice `i`'s elements.
+pub(crate) fn refine_tables<'a, F: Float + 'a>(params: &mut QuantParams<F>, slice: impl Fn(usize) -> &'a [F] + Sync) -> Result<()> {
     let Some(tables) = params.tables.take() else { return Ok(()) };
     let spec = params.spec;
     let top = (1u16 << tables.bits()) - 1;
-    let mut a_codes = tables.scale_codes.unpack();
-    let mut b_codes = tables.offset_codes.as_ref().map(PackedCodes::unpack);
+    let z = spec.scheme().signed_offset(spec.bits());
+    let (lo, hi) = (F::from_int(-z), F::from_int(i32::from(spec.max_code()) - z));
+    let a_codes = tables.scale_codes.unpack();
+    let b_codes = tables.offset_codes.as_ref().map(PackedCodes::unpack);
     let group = tables.super_group;
+    let n = a_codes.len();
     let window = |c: u16, below: u16, above: u16, min: u16| c.saturating_sub(below).max(min)..=(c + above).min(top);
-    let chosen = par::map((0..per_slice.len()).collect(), |i| {
-        let g = i / group;
-        let d = tables.super_scales[g].to_f64();
-        let dm = tables.super_offsets.get(g).map_or(0.0, |m| m.to_f64());
-        let a0 = u16::from(a_codes[i]);
-        let b0 = b_codes.as_ref().map_or(0, |b| u16::from(b[i]));
-        let b_window = if b_codes.is_some() { window(b0, 1, 1, 0) } else { 0..=0 };
-        let mut best = (f64::INFINITY, a0, b0);
-        for b in b_window {
-            for a in window(a0, 2, 1, 1) {
-                let p = SliceParams {
-                    scale: F::cast(d * f64::from(a)),
-                    zero_point: params.slices[i].zero_point,
-                    offset: F::cast(dm * f64::from(b)),
-                };
-                let err = squared_error(&Kernel::new(&p, spec.max_code(), spec.scale_mode()), &per_slice[i]);
-                // Strictly better only: ties keep the covering choice.
-                if err < best.0 || (a, b) == (a0, b0) && err <= best.0 {
-                    best = (err, a, b);
+    // Work items of whole super-groups, about 4096 slices each.
+    let per_item = group * 4096usize.div_ceil(group);
+    let items: Vec<usize> = (0..n.div_ceil(per_item)).collect();
+    let chosen = par::map(items, |item| {
+        let range = item * per_item..((item + 1) * per_item).min(n);
+        range
+            .map(|i| {
+                let g = i / group;
+                let d = tables.super_scales[g].to_f64();
+                let dm = tables.super_offsets.get(g).map_or(0.0, |v| v.to_f64());
+                let xs = slice(i);
+                let a0 = u16::from(a_codes[i]);
+                let b0 = b_codes.as_ref().map_or(0, |b| u16::from(b[i]));
+                let eval = |a: u16, b: u16| slice_sse(xs, F::cast(d * f64::from(a)), F::cast(dm * f64::from(b)), lo, hi);
+                let mut best = (eval(a0, b0), a0, b0);
+                let b_window = if b_codes.is_some() { window(b0, 1, 1, 0) } else { 0..=0 };
+                for b in b_window {
+                    for a in window(a0, 2, 1, 1) {
+                        if (a, b) != (a0, b0) {
+                            let e = eval(a, b);
+                            if e < best.0 {
+                                best = (e, a, b);
+                            }
+                        }
+                    }
                 }
-            }
-        }
-        (best.1 as u8, best.2 as u8)
+                (best.1 as u8, best.2 as u8)
+            })
+            .collect::<Vec<_>>()
     });
-    for (i, (a, b)) in chosen.into_iter().enumerate() {
-        a_codes[i] = a;
-        if let Some(bc) = b_codes.as_mut() {
-            bc[i] = b;
-        }
+    let (mut a_new, mut b_new) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (a, b) in chosen.into_iter().flatten() {
+        a_new.push(a);
+        b_new.push(b);
     }
     let bits = tables.bits();
     let offsets = match b_codes {
-        Some(b) => Some((tables.super_offsets, PackedCodes::pack(&b, bits)?)),
+        Some(_) => Some((tables.super_offsets, PackedCodes::pack(&b_new, bits)?)),
         None => None,
     };
-    let tables = QuantizedTables::from_parts(group, tables.super_scales, PackedCodes::pack(&a_codes, bits)?, offsets)?;
+    let tables = QuantizedTables::from_parts(group, tables.super_scales, PackedCodes::pack(&a_new, bits)?, offsets)?;
     params.slices = tables.slices(&spec);
     params.tables = Some(tables);
     Ok(())

@@ -97,7 +97,13 @@ fn calibrate_params<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -
     let slices = ranges.into_iter().map(|(lo, hi)| SliceParams::for_spec(lo, hi, spec)).collect();
     let mut params = QuantParams::from_calibrated(spec, slices)?;
     if params.tables.is_some() {
-        refine_tables(&mut params, &layout.gather(data))?;
+        match layout.contiguous_runs() {
+            Some(runs) if runs == params.slices.len() => refine_tables(&mut params, |i| &data[layout.run(i)])?,
+            _ => {
+                let gathered = layout.gather(data);
+                refine_tables(&mut params, |i| &gathered[i])?;
+            }
+        }
     }
     Ok(params)
 }
@@ -160,6 +166,27 @@ fn apply_codes<F: Float>(data: &[F], layout: &Layout, params: &QuantParams<F>) -
                 let local = seg.start - start..seg.end - start;
                 kernel::quantize_run(&kernels[p], spec.rounding(), seg.start, &data[seg], &mut codes[local]);
             });
+        });
+    });
+    PackedCodes::from_parts_unchecked(bytes, data.len(), bits)
+}
+
+/// Quantizes with known parameters when every slice is one contiguous run: each work item's
+/// runs are coded with their own kernel, with no per-segment layout arithmetic.
+fn apply_codes_runs<F: Float>(data: &[F], layout: &Layout, params: &QuantParams<F>, runs: usize) -> PackedCodes {
+    let spec = params.spec();
+    let bits = spec.bits();
+    let batches = run_batches(layout, runs);
+    let elems: Vec<Range<usize>> = batches.iter().map(|(_, e)| e.clone()).collect();
+    let mut bytes = vec![0u8; packed_len(data.len(), bits)];
+    let outs = par::split_lengths(&mut bytes, byte_lengths(&elems, bits));
+    par::map(batches.into_iter().zip(outs).collect(), |((rs, es), out)| {
+        write_codes(bits, es.len(), out, |codes| {
+            for k in rs {
+                let r = layout.run(k);
+                let kern = Kernel::new(&params.slices()[k], spec.max_code(), spec.scale_mode());
+                kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - es.start..r.end - es.start]);
+            }
         });
     });
     PackedCodes::from_parts_unchecked(bytes, data.len(), bits)
@@ -240,6 +267,11 @@ pub fn quantize<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, 
         Some(runs) if runs > 1 && fused => {
             let (slices, codes) = fused_quantize(&data, &layout, spec, runs)?;
             (QuantParams { spec: *spec, slices, tables: None }, codes)
+        }
+        Some(runs) if runs > 1 => {
+            let params = calibrate_params(&data, &layout, spec)?;
+            let codes = apply_codes_runs(&data, &layout, &params, runs);
+            (params, codes)
         }
         _ => {
             let params = calibrate_params(&data, &layout, spec)?;
