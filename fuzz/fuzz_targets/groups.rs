@@ -1,7 +1,8 @@
-//! Arbitrary bytes -> a small weight matrix (raw f32 bit patterns), a group count, a method
-//! (uniform of any width, scheme and table precision, k-means, ternary) and a gradient;
-//! `quantize_output_groups` and `OutputGroupCodebook` must never panic, and finite weights
-//! must give finite dequantized weights.
+//! Arbitrary bytes -> a small weight matrix (raw f32 bit patterns), a group count, a layout,
+//! a method (uniform of any width, scheme and table precision, k-means, ternary) and a
+//! gradient; `quantize_output_groups`, `quantize_groups` (every layout) and
+//! `OutputGroupCodebook` must never panic, and finite weights must give finite dequantized
+//! weights.
 //!
 //! `cargo fuzz run groups` (see docs/fuzzing.md).
 #![no_main]
@@ -9,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use ndarray::Array2;
 use quant_core::{KMeansSpec, ParamDtype, Scheme, TernarySpec, UniformSpec};
-use quant_group::{GroupMethod, OutputGroupCodebook, quantize_output_groups};
+use quant_group::{GroupLayout, GroupMethod, OutputGroupCodebook, QkvOrder, quantize_groups, quantize_output_groups};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 6 || data.len() > 4096 {
@@ -38,6 +39,20 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(q) = quantize_output_groups(w.view(), groups, &m) {
             assert!(!finite || q.weights.iter().all(|v| v.is_finite()), "non-finite output from finite input");
             assert_eq!(q.weights.dim(), w.dim());
+        }
+        // Every layout over the same matrix (read as out × in).
+        let (a, b) = (usize::from(data[2] / 16), usize::from(data[3] / 16));
+        let order = if data[1] & 128 != 0 { QkvOrder::Blocked } else { QkvOrder::Interleaved };
+        for layout in [
+            GroupLayout::OutputRows { groups },
+            GroupLayout::InputBlocks { size: a },
+            GroupLayout::Tiles { rows: a, cols: b },
+            GroupLayout::FusedQkv { heads: a, head_dim: b, order, splits: usize::from(data[0] / 32) },
+        ] {
+            if let Ok(q) = quantize_groups(w.view(), &layout, &m) {
+                assert!(!finite || q.weights.iter().all(|v| v.is_finite()), "non-finite output from finite input");
+                assert_eq!(q.weights.dim(), w.dim());
+            }
         }
     }
     if let Ok(spec) = KMeansSpec::builder().k(usize::from(bits.max(1))).check() {

@@ -15,6 +15,16 @@ pub enum GroupError {
         /// Output units (columns of a `fan_in × fan_out` matrix).
         units: usize,
     },
+    /// A group layout that does not fit the matrix (see [`GroupLayout`](crate::GroupLayout)).
+    #[error("layout {layout:?} does not fit a {shape:?} matrix: {reason}")]
+    InvalidLayout {
+        /// The layout.
+        layout: crate::GroupLayout,
+        /// The matrix's `(out, in)` shape.
+        shape: (usize, usize),
+        /// Why.
+        reason: &'static str,
+    },
     /// A matrix-vector product whose operands do not fit: the matrix must be 2-D,
     /// `x` as long as its columns and `y` as its rows.
     #[error("cannot multiply a {matrix:?} matrix by a vector of {x} into one of {y}")]

@@ -5,12 +5,13 @@
 //!
 //! Available now: Q-BERT's grouping of consecutive output units (one group per attention
 //! head, finer splits, or per unit) with any `quant-core` quantizer per group
-//! ([`quantize_output_groups`]), codebook fine-tuning ([`OutputGroupCodebook`]), and a
-//! matrix-vector product straight from packed codes ([`matvec`]); `quant-core` itself
-//! quantizes GGML-style blocks of contiguous elements along any axis
-//! ([`Granularity::PerGroup`]) with steps stored at f32, f16 or bf16. Planned: explicit
-//! fused-QKV head layouts and tiles, quantized second-level tables with super-groups, and
-//! vectorised fused kernels.
+//! ([`quantize_output_groups`]), codebook fine-tuning ([`OutputGroupCodebook`]), explicit
+//! layouts of an `out × in` matrix ([`GroupLayout`]: output rows, input blocks, 2-D tiles and
+//! fused-QKV heads, quantized by [`quantize_groups`]), and a matrix-vector product straight
+//! from packed codes ([`matvec`]). `quant-core` itself quantizes GGML-style blocks of
+//! contiguous elements along any axis ([`Granularity::PerGroup`]) with fused kernels, and
+//! stores per-group steps at f32, f16, bf16 or as two-level k-quant style tables
+//! (`ParamDtype::Quantized`). Planned: vectorised kernels for the speed targets.
 //!
 //! ```
 //! use ndarray::Array2;
@@ -26,10 +27,12 @@
 //! ```
 
 mod error;
+mod layout;
 mod matvec;
 mod rows;
 
 pub use error::{GroupError, Result};
+pub use layout::{GroupLayout, QkvOrder, quantize_groups};
 pub use matvec::matvec;
 pub use quant_core::Granularity;
 pub use rows::{GroupMethod, GroupQuantized, OutputGroupCodebook, quantize_output_groups};

@@ -11,7 +11,9 @@ use safetensors::tensor::TensorView;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn quantized_files() -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+/// Quantized checkpoints written under a directory of their own (`tag` keeps the tests, which
+/// run in parallel in one process, apart).
+fn quantized_files(tag: &str) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
     let w: Vec<u8> = (0..24 * 40).flat_map(|i| ((i as f32 * 0.37).sin() * 0.05).to_le_bytes()).collect();
     let b: Vec<u8> = (0..24).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
     let ids: Vec<u8> = (0..6i32).flat_map(|i| i.to_le_bytes()).collect();
@@ -23,7 +25,7 @@ fn quantized_files() -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
         ],
         None,
     )?;
-    let dir = std::env::temp_dir().join(format!("quant-ckpt-mut-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("quant-ckpt-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let configs = [
         QuantizeOptions {
@@ -55,7 +57,7 @@ fn quantized_files() -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
 
 #[test]
 fn valid_files_rebuild_every_tensor() -> TestResult {
-    for f in quantized_files()? {
+    for f in quantized_files("valid")? {
         assert_eq!(exercise_reader(&f), 2);
     }
     Ok(())
@@ -70,7 +72,7 @@ fn mutated_files_never_panic() -> TestResult {
         state ^= state << 17;
         state
     };
-    for f in quantized_files()? {
+    for f in quantized_files("mutated")? {
         let header = u64::from_le_bytes(f[..8].try_into()?) as usize + 8;
         for round in 0..400 {
             let mut m = f.clone();
