@@ -158,6 +158,13 @@ pub enum QuantError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A requantization multiplier with no fixed-point form (not finite, or outside
+    /// `[2^-31, 2^31)`).
+    #[error("multiplier {value} has no fixed-point form (needs 2^-31 <= M < 2^31)")]
+    InvalidMultiplier {
+        /// The multiplier.
+        value: f64,
+    },
     /// A running observer was asked for parameters before it saw any data.
     #[error("the observer has not observed any data yet")]
     NothingObserved,

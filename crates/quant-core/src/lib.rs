@@ -32,6 +32,7 @@
 
 mod error;
 mod float;
+pub mod integer;
 mod kernel;
 mod kmeans;
 mod layout;
