@@ -41,6 +41,7 @@ mod observer;
 mod pack;
 mod par;
 mod params;
+pub mod ptq;
 mod range;
 mod rng;
 mod spec;
