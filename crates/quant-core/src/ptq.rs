@@ -8,7 +8,7 @@
 //! range of the next layer is then over all its kernel positions: pass its columns grouped by
 //! channel with [`equalize_pair_grouped`]). Formulas: docs/numerics.md, "Post-training methods".
 
-use ndarray::{Array1, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
@@ -270,4 +270,317 @@ pub fn correct_bias_empirical<F: Float>(mut b: ArrayViewMut1<'_, F>, y_float: Ar
     let err = (&y_quant - &y_float).mean_axis(Axis(0)).ok_or(QuantError::Empty)?;
     b.zip_mut_with(&err, |b, &e| *b -= e);
     Ok(())
+}
+
+/// AdaRound settings (defaults from the paper and AIMET: 10,000 iterations, Adam at 1e-3,
+/// `λ = 0.01`, `β` annealed from 20 to 2 after a 20% warm start).
+///
+/// | Name | Default | Range |
+/// |---|---|---|
+/// | `bits` | 4 | `2..=8` (symmetric, `−(2^(b−1) − 1) ..= 2^(b−1) − 1`) |
+/// | `iterations` | 10,000 | `≥ 1` |
+/// | `lr` | 1e-3 | finite, `> 0` |
+/// | `lambda` | 0.01 | finite, `≥ 0` |
+/// | `beta` | (20, 2) | finite, `> 0` |
+/// | `warm_start` | 0.2 | `[0, 1)` |
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaRound {
+    /// Weight code width.
+    pub bits: u8,
+    /// Adam steps.
+    pub iterations: usize,
+    /// Adam learning rate.
+    pub lr: f64,
+    /// Weight of the rounding regulariser.
+    pub lambda: f64,
+    /// `β` at the end of the warm start and at the last iteration (cosine annealing).
+    pub beta: (f64, f64),
+    /// Fraction of the iterations without the regulariser.
+    pub warm_start: f64,
+}
+
+impl Default for AdaRound {
+    fn default() -> Self {
+        Self { bits: 4, iterations: 10_000, lr: 1e-3, lambda: 0.01, beta: (20.0, 2.0), warm_start: 0.2 }
+    }
+}
+
+/// The result of [`AdaRound::round`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdaRoundResult {
+    /// The signed integer codes, `out × in`.
+    pub codes: Array2<i32>,
+    /// The per-output-channel steps used.
+    pub scales: Array1<f64>,
+    /// The dequantized weights `S_o · code`.
+    pub weights: Array2<f64>,
+    /// `‖Ŵ x − W x‖²` averaged over the calibration batch, for the learned rounding.
+    pub reconstruction: f64,
+    /// The same for round-to-nearest with the same steps.
+    pub nearest: f64,
+}
+
+/// A layer `W` (`out × in`) and its calibration inputs (`batch × in`), checked and in f64.
+fn layer_and_inputs<F: Float>(w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<(Array2<f64>, Array2<f64>)> {
+    if x.ncols() != w.ncols() {
+        return Err(shape_err(&[x.nrows(), w.ncols()], x.shape()));
+    }
+    if w.is_empty() || x.nrows() == 0 {
+        return Err(QuantError::Empty);
+    }
+    finite(w.iter().chain(x.iter()))?;
+    Ok((w.mapv(|v| v.as_f64()), x.mapv(|v| v.as_f64())))
+}
+
+fn sigmoid(v: f64) -> f64 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+impl AdaRound {
+    /// Learns the rounding of one layer `W` (`out × in`) on its calibration inputs `x`
+    /// (`batch × in`; with earlier layers already quantized, their quantized outputs), with
+    /// symmetric per-output-channel steps `S_o = max|W[o,:]| / (2^(b−1) − 1)`. Memory: `x`, `W`
+    /// and a few `out × in` buffers; no activations of other layers.
+    ///
+    /// `h(V) = clamp(1.2 σ(V) − 0.1, 0, 1)`, `W̃ = S clamp(⌊W/S⌋ + h(V), qmin, qmax)`, loss
+    /// `mean_batch ‖W̃ x − W x‖² + λ Σ (1 − |2h − 1|^β)`, `V` initialised so `h(V) = frac(W/S)`,
+    /// Adam on `V` over the full batch; the rounding is hard (`V ≥ 0` rounds up) at the end.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`],
+    /// [`QuantError::InvalidTolerance`] (for `lr`, `lambda`, `beta` or `warm_start` out of range),
+    /// [`QuantError::ShapeMismatch`], [`QuantError::Empty`], [`QuantError::NonFinite`].
+    pub fn round<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<AdaRoundResult> {
+        if !(2..=8).contains(&self.bits) {
+            return Err(QuantError::InvalidBits { bits: self.bits, min: 2, max: 8 });
+        }
+        if self.iterations == 0 {
+            return Err(QuantError::InvalidIterations);
+        }
+        for v in [self.lr, self.beta.0, self.beta.1] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(QuantError::InvalidTolerance { tol: v });
+            }
+        }
+        if !(self.lambda.is_finite() && self.lambda >= 0.0 && (0.0..1.0).contains(&self.warm_start)) {
+            return Err(QuantError::InvalidTolerance { tol: if self.lambda.is_finite() { self.warm_start } else { self.lambda } });
+        }
+        let (w, x) = layer_and_inputs(w, x)?;
+        let (out, inp) = w.dim();
+        let qmax = f64::from((1i32 << (self.bits - 1)) - 1);
+        let scales: Array1<f64> = w
+            .rows()
+            .into_iter()
+            .map(|r| r.iter().fold(0.0f64, |m, v| m.max(v.abs())) / qmax)
+            .map(|s| if s > 0.0 { s } else { 1.0 })
+            .collect();
+        let scaled = Array2::from_shape_fn((out, inp), |(o, k)| w[[o, k]] / scales[o]);
+        let floor = scaled.mapv(f64::floor);
+        let target = x.dot(&w.t()); // batch × out
+        let recon = |codes: &Array2<f64>| {
+            let wq = Array2::from_shape_fn((out, inp), |(o, k)| codes[[o, k]] * scales[o]);
+            (x.dot(&wq.t()) - &target).mapv(|r| r * r).sum() / x.nrows() as f64
+        };
+        let nearest_codes = scaled.mapv(|v| v.round_ties_even().clamp(-qmax, qmax));
+        // V with h(V) = frac(W/S): σ(V) = (frac + 0.1) / 1.2.
+        let mut v = Array2::from_shape_fn((out, inp), |(o, k)| {
+            let p = ((scaled[[o, k]] - floor[[o, k]]) + 0.1) / 1.2;
+            (p / (1.0 - p)).ln()
+        });
+        let (mut m1, mut m2) = (Array2::<f64>::zeros((out, inp)), Array2::<f64>::zeros((out, inp)));
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let warm = (self.warm_start * self.iterations as f64) as usize;
+        for it in 0..self.iterations {
+            let h = v.mapv(|vv| (1.2 * sigmoid(vv) - 0.1).clamp(0.0, 1.0));
+            let pre = &floor + &h;
+            let codes = pre.mapv(|c| c.clamp(-qmax, qmax));
+            let wq = Array2::from_shape_fn((out, inp), |(o, k)| codes[[o, k]] * scales[o]);
+            let r = x.dot(&wq.t()) - &target; // batch × out
+            // d(mean_batch ‖r‖²)/dW̃ = (2 / batch) rᵀ x.
+            let g_w = r.t().dot(&x) * (2.0 / x.nrows() as f64);
+            let beta = if it < warm {
+                None
+            } else {
+                let t = (it - warm) as f64 / (self.iterations - warm).max(1) as f64;
+                Some(self.beta.1 + 0.5 * (self.beta.0 - self.beta.1) * (1.0 + (std::f64::consts::PI * t).cos()))
+            };
+            let grad = Array2::from_shape_fn((out, inp), |(o, k)| {
+                let s = sigmoid(v[[o, k]]);
+                let hv = 1.2 * s - 0.1;
+                // The clamps on h and on the code pass no gradient.
+                if !(0.0..=1.0).contains(&hv) || pre[[o, k]] < -qmax || pre[[o, k]] > qmax {
+                    return 0.0;
+                }
+                let dh_dv = 1.2 * s * (1.0 - s);
+                let mut g = g_w[[o, k]] * scales[o];
+                if let Some(beta) = beta {
+                    let u = 2.0 * hv - 1.0;
+                    g += self.lambda * -beta * u.abs().powf(beta - 1.0) * u.signum() * 2.0;
+                }
+                g * dh_dv
+            });
+            let t = (it + 1) as i32;
+            m1.zip_mut_with(&grad, |m, &g| *m = b1 * *m + (1.0 - b1) * g);
+            m2.zip_mut_with(&grad, |m, &g| *m = b2 * *m + (1.0 - b2) * g * g);
+            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+            ndarray::Zip::from(&mut v).and(&m1).and(&m2).for_each(|vv, &a, &b| *vv -= self.lr * (a / c1) / ((b / c2).sqrt() + eps));
+        }
+        let codes =
+            Array2::from_shape_fn((out, inp), |(o, k)| (floor[[o, k]] + if v[[o, k]] >= 0.0 { 1.0 } else { 0.0 }).clamp(-qmax, qmax));
+        let reconstruction = recon(&codes);
+        let nearest = recon(&nearest_codes);
+        let weights = Array2::from_shape_fn((out, inp), |(o, k)| codes[[o, k]] * scales[o]);
+        Ok(AdaRoundResult { codes: codes.mapv(|c| c as i32), scales, weights, reconstruction, nearest })
+    }
+}
+
+/// EasyQuant settings: scale candidates `α · S₀` for `α` on a uniform grid over
+/// `[lo, hi]` (which always includes 1), alternating weight and activation searches.
+///
+/// | Name | Default | Range |
+/// |---|---|---|
+/// | `weight_bits`, `activation_bits` | 8, 8 | `2..=8` (symmetric) |
+/// | `range` | (0.5, 2.0) | `0 < lo ≤ 1 ≤ hi`, finite |
+/// | `candidates` | 100 | `≥ 1` |
+/// | `rounds` | 2 | `≥ 1` (ncnn's converter does one pass; the paper alternates several) |
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EasyQuant {
+    /// Weight code width.
+    pub weight_bits: u8,
+    /// Activation code width.
+    pub activation_bits: u8,
+    /// The candidate range as multiples of the initial (max-abs) scale.
+    pub range: (f64, f64),
+    /// Candidates per search.
+    pub candidates: usize,
+    /// Alternations of the weight and the activation search.
+    pub rounds: usize,
+}
+
+impl Default for EasyQuant {
+    fn default() -> Self {
+        Self { weight_bits: 8, activation_bits: 8, range: (0.5, 2.0), candidates: 100, rounds: 2 }
+    }
+}
+
+/// The result of [`EasyQuant::search`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct EasyQuantResult {
+    /// Per-output-channel weight steps.
+    pub weight_scales: Array1<f64>,
+    /// The activation step (per tensor).
+    pub activation_scale: f64,
+    /// Cosine similarity of the layer's float and quantized outputs on the calibration batch
+    /// with these scales.
+    pub cosine: f64,
+    /// The same with the initial max-abs scales.
+    pub initial_cosine: f64,
+}
+
+/// Symmetric fake quantization with step `s` and largest code `q`.
+fn fq(v: f64, s: f64, q: f64) -> f64 {
+    s * (v / s).round_ties_even().clamp(-q, q)
+}
+
+fn cosine(a: impl Iterator<Item = (f64, f64)>) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a {
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 && bb == 0.0 {
+        1.0
+    } else if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa.sqrt() * bb.sqrt())
+    }
+}
+
+impl EasyQuant {
+    /// Searches the scales of one linear layer `W` (`out × in`) for the calibration inputs `x`
+    /// (`batch × in`) that maximise the cosine similarity between the float output `x Wᵀ` and
+    /// the quantized one: each round first searches every output channel's weight step (that
+    /// channel's output column's cosine, activations fixed), then the activation step (the
+    /// whole output's cosine, weights fixed). The best whole-output cosine seen (the initial
+    /// scales included) is returned, so it is never below the initial one.
+    ///
+    /// Cost: `rounds · candidates · 2 · batch · in · out` multiply-adds.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`] (zero candidates or
+    /// rounds), [`QuantError::InvalidTolerance`] (bad range), [`QuantError::ShapeMismatch`],
+    /// [`QuantError::Empty`], [`QuantError::NonFinite`].
+    pub fn search<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<EasyQuantResult> {
+        for bits in [self.weight_bits, self.activation_bits] {
+            if !(2..=8).contains(&bits) {
+                return Err(QuantError::InvalidBits { bits, min: 2, max: 8 });
+            }
+        }
+        if self.candidates == 0 || self.rounds == 0 {
+            return Err(QuantError::InvalidIterations);
+        }
+        let (lo, hi) = self.range;
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= 1.0 && hi >= 1.0) {
+            return Err(QuantError::InvalidTolerance { tol: lo });
+        }
+        let (w, x) = layer_and_inputs(w, x)?;
+        let (out, inp) = w.dim();
+        let (qw, qa) = (f64::from((1i32 << (self.weight_bits - 1)) - 1), f64::from((1i32 << (self.activation_bits - 1)) - 1));
+        let positive = |s: f64| if s > 0.0 && s.is_finite() { s } else { 1.0 };
+        let mut ws: Array1<f64> = w.rows().into_iter().map(|r| positive(r.iter().fold(0.0f64, |m, v| m.max(v.abs())) / qw)).collect();
+        let mut a_s = positive(x.iter().fold(0.0f64, |m, v| m.max(v.abs())) / qa);
+        let alphas: Vec<f64> = {
+            let mut v: Vec<f64> = (0..self.candidates)
+                .map(|i| if self.candidates == 1 { 1.0 } else { lo + (hi - lo) * i as f64 / (self.candidates - 1) as f64 })
+                .collect();
+            v.push(1.0);
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            v
+        };
+        let target = x.dot(&w.t());
+        let quant_w = |ws: &Array1<f64>| Array2::from_shape_fn((out, inp), |(o, k)| fq(w[[o, k]], ws[o], qw));
+        let whole = |ws: &Array1<f64>, a_s: f64| {
+            let xq = x.mapv(|v| fq(v, a_s, qa));
+            cosine(xq.dot(&quant_w(ws).t()).iter().copied().zip(target.iter().copied()))
+        };
+        let initial_cosine = whole(&ws, a_s);
+        let mut best = (initial_cosine, ws.clone(), a_s);
+        for _ in 0..self.rounds {
+            // Weights, channel by channel, with the activations fixed.
+            let xq = x.mapv(|v| fq(v, a_s, qa));
+            let s0 = ws.clone();
+            for o in 0..out {
+                let col = target.column(o);
+                let mut top = (f64::NEG_INFINITY, ws[o]);
+                for &a in &alphas {
+                    let s = s0[o] * a;
+                    let row: Array1<f64> = w.row(o).mapv(|v| fq(v, s, qw));
+                    let c = cosine(xq.dot(&row).iter().copied().zip(col.iter().copied()));
+                    if c > top.0 {
+                        top = (c, s);
+                    }
+                }
+                ws[o] = top.1;
+            }
+            // The activation step, with the weights fixed.
+            let wq = quant_w(&ws);
+            let a0 = a_s;
+            let mut top = (f64::NEG_INFINITY, a_s);
+            for &a in &alphas {
+                let s = a0 * a;
+                let c = cosine(x.mapv(|v| fq(v, s, qa)).dot(&wq.t()).iter().copied().zip(target.iter().copied()));
+                if c > top.0 {
+                    top = (c, s);
+                }
+            }
+            a_s = top.1;
+            if top.0 > best.0 {
+                best = (top.0, ws.clone(), a_s);
+            }
+        }
+        Ok(EasyQuantResult { weight_scales: best.1, activation_scale: best.2, cosine: best.0, initial_cosine })
+    }
 }

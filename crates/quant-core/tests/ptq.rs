@@ -4,8 +4,8 @@
 use ndarray::{Array1, Array2, Axis, s};
 use proptest::prelude::*;
 use quant_core::ptq::{
-    BatchNorm, absorb_high_bias, correct_bias, correct_bias_empirical, equalize_pair, equalize_pair_grouped, equalize_triple,
-    fold_batch_norm, normal_cdf, relu_expectation, relu6_expectation,
+    AdaRound, BatchNorm, EasyQuant, absorb_high_bias, correct_bias, correct_bias_empirical, equalize_pair, equalize_pair_grouped,
+    equalize_triple, fold_batch_norm, normal_cdf, relu_expectation, relu6_expectation,
 };
 use quant_core::{QuantError, Scheme, UniformSpec, fake_quantize};
 
@@ -210,5 +210,68 @@ fn bias_correction_removes_the_mean_output_error() -> Result<(), QuantError> {
     correct_bias_empirical(be.view_mut(), linear(&x, &w, &b).view(), linear(&x, &wq, &b).view())?;
     assert!(mean_err(&be).iter().all(|e| e.abs() < 1e-12));
     assert!(correct_bias_empirical(be.view_mut(), linear(&x, &w, &b).view(), linear(&x, &wq, &b).slice(s![..3, ..]).view()).is_err());
+    Ok(())
+}
+
+#[test]
+fn adaround_beats_round_to_nearest_on_every_layer() -> Result<(), QuantError> {
+    // Layers of a small network, each with its own calibration inputs (correlated, as real
+    // activations are), at 4 and 3 bits.
+    for (seed, (out, inp), bits) in [(20u64, (8usize, 16usize), 4u8), (21, (12, 10), 4), (22, (6, 24), 3), (23, (16, 16), 3)] {
+        let w = mat(out, inp, seed, false).mapv(|v| v * 0.1);
+        let base = mat(64, 4, seed + 100, false);
+        let mix = mat(4, inp, seed + 200, false);
+        let x = base.dot(&mix) + mat(64, inp, seed + 300, false).mapv(|v| v * 0.1);
+        let r = AdaRound { bits, iterations: 2000, lr: 1e-2, ..AdaRound::default() }.round(w.view(), x.view())?;
+        assert!(r.reconstruction < r.nearest, "seed {seed}: {} >= nearest {}", r.reconstruction, r.nearest);
+        // Codes are valid and are one of the two neighbours of W/S.
+        let qmax = (1 << (bits - 1)) - 1;
+        for ((o, k), &c) in r.codes.indexed_iter() {
+            let t = w[[o, k]] / r.scales[o];
+            assert!(c.abs() <= qmax && (f64::from(c) - t.floor()).abs() <= 1.0 + 1e-9, "{c} for {t}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn adaround_settings_are_checked() {
+    let (w, x) = (mat(2, 3, 1, false), mat(4, 3, 2, false));
+    for bad in [
+        AdaRound { bits: 1, ..AdaRound::default() },
+        AdaRound { iterations: 0, ..AdaRound::default() },
+        AdaRound { lr: f64::NAN, ..AdaRound::default() },
+        AdaRound { warm_start: 1.0, ..AdaRound::default() },
+        AdaRound { lambda: -1.0, ..AdaRound::default() },
+    ] {
+        assert!(bad.round(w.view(), x.view()).is_err(), "{bad:?}");
+    }
+    assert!(AdaRound::default().round(w.view(), mat(4, 2, 2, false).view()).is_err());
+}
+
+#[test]
+fn easyquant_never_loses_cosine_and_gains_on_heavy_tails() -> Result<(), QuantError> {
+    for (seed, bits) in [(30u64, 4u8), (31, 4), (32, 6), (33, 8)] {
+        // Weights and inputs with a few large outliers, where max-abs scales waste levels.
+        let w = mat(10, 24, seed, false).mapv(|v| v * 0.1)
+            + Array2::from_shape_fn((10, 24), |(o, k)| if (o * 24 + k) % 37 == 0 { 0.8 } else { 0.0 });
+        let x = mat(48, 24, seed + 1, false) + Array2::from_shape_fn((48, 24), |(r, k)| if (r * 24 + k) % 53 == 0 { 6.0 } else { 0.0 });
+        let e = EasyQuant { weight_bits: bits, activation_bits: bits, candidates: 40, ..EasyQuant::default() };
+        let r = e.search(w.view(), x.view())?;
+        assert!(r.cosine >= r.initial_cosine, "{} < {}", r.cosine, r.initial_cosine);
+        if bits == 4 {
+            assert!(r.cosine > r.initial_cosine, "seed {seed}: no gain at 4 bits ({})", r.cosine);
+        }
+        assert!(r.weight_scales.iter().all(|&s| s > 0.0) && r.activation_scale > 0.0);
+    }
+    let (w, x) = (mat(2, 3, 1, false), mat(4, 3, 2, false));
+    for bad in [
+        EasyQuant { weight_bits: 1, ..EasyQuant::default() },
+        EasyQuant { candidates: 0, ..EasyQuant::default() },
+        EasyQuant { rounds: 0, ..EasyQuant::default() },
+        EasyQuant { range: (1.5, 2.0), ..EasyQuant::default() },
+    ] {
+        assert!(bad.search(w.view(), x.view()).is_err(), "{bad:?}");
+    }
     Ok(())
 }
