@@ -411,13 +411,13 @@ pub fn exercise_codebook(bytes: &[u8]) -> Check {
         }
     }
     let spec = KMeansSpec::builder().k(k).granularity(granularity).init(init).algorithm(algorithm).table(table).check();
-    if let Ok(spec) = spec {
-        if let Ok((mut t, _)) = kmeans_quantize(&x, &spec) {
+    if let Ok(spec) = spec
+        && let Ok((mut t, _)) = kmeans_quantize(&x, &spec)
+    {
+        lut_outputs(&t, finite)?;
+        if let Ok(g) = centroid_gradients(&t, &d, GradientReduction::Mean) {
+            let _ = t.apply_table_step(&g, 0.1);
             lut_outputs(&t, finite)?;
-            if let Ok(g) = centroid_gradients(&t, &d, GradientReduction::Mean) {
-                let _ = t.apply_table_step(&g, 0.1);
-                lut_outputs(&t, finite)?;
-            }
         }
     }
     Ok(())

@@ -33,10 +33,10 @@ impl PackedCodes {
     /// [`QuantError::CodeOutOfRange`] for a code `>= 2^bits`.
     pub fn pack(codes: &[u8], bits: u8) -> Result<Self> {
         check_bits(bits)?;
-        if bits < 8 {
-            if let Some(index) = codes.iter().position(|&c| c >> bits != 0) {
-                return Err(QuantError::CodeOutOfRange { index, code: codes[index], bits });
-            }
+        if bits < 8
+            && let Some(index) = codes.iter().position(|&c| c >> bits != 0)
+        {
+            return Err(QuantError::CodeOutOfRange { index, code: codes[index], bits });
         }
         let mut bytes = vec![0; packed_len(codes.len(), bits)];
         pack_into(codes, bits, &mut bytes);

@@ -100,7 +100,7 @@ pub fn equalize_pair_grouped<F: Float>(
     channels: usize,
 ) -> Result<Array1<F>> {
     let n = w1.nrows();
-    if channels != n || b1.len() != n || n == 0 || w2.ncols() % n != 0 {
+    if channels != n || b1.len() != n || n == 0 || !w2.ncols().is_multiple_of(n) {
         return Err(shape_err(&[n, n], &[b1.len(), w2.ncols()]));
     }
     finite(w1.iter().chain(w2.iter()).chain(b1.iter()))?;

@@ -88,10 +88,10 @@ impl TernarySpecBuilder {
         if !(s.threshold.is_finite() && s.threshold > 0.0) {
             return Err(QuantError::InvalidThreshold { factor: s.threshold });
         }
-        if let Some(c) = s.clip {
-            if !(c.is_finite() && c > 0.0) {
-                return Err(QuantError::InvalidClip { clip: c });
-            }
+        if let Some(c) = s.clip
+            && !(c.is_finite() && c > 0.0)
+        {
+            return Err(QuantError::InvalidClip { clip: c });
         }
         if let Granularity::PerGroup { size: 0, .. } = s.granularity {
             return Err(QuantError::InvalidGroupSize { size: 0 });

@@ -123,7 +123,7 @@ fn run_batches(layout: &Layout, runs: usize) -> Vec<(Range<usize>, Range<usize>)
     let (mut r0, mut e0) = (0, 0);
     for k in 0..runs {
         let e = layout.run(k).end;
-        if e - e0 >= BATCH && e % 8 == 0 {
+        if e - e0 >= BATCH && e.is_multiple_of(8) {
             out.push((r0..k + 1, e0..e));
             (r0, e0) = (k + 1, e);
         }

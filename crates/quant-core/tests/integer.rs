@@ -144,7 +144,7 @@ proptest! {
     fn outputs_saturate_at_the_int8_limits(seed in 0u64..200, relu in any::<bool>()) {
         // Inputs at the extremes through a layer whose output range is tiny: every output is
         // clamped, none wraps.
-        let w = Array2::from_shape_fn((4, 32), |(o, k)| if (o + k + seed as usize) % 2 == 0 { 1.0 } else { -0.5 });
+        let w = Array2::from_shape_fn((4, 32), |(o, k)| if (o + k + seed as usize).is_multiple_of(2) { 1.0 } else { -0.5 });
         let input = ActivationQuant::from_range(-100.0, 100.0).expect("finite");
         let output = ActivationQuant::from_range(-0.01, 0.01).expect("finite");
         let l = QuantizedLinear::new(w.view(), None, input, output, Requantization::FixedPoint, relu).expect("valid");
@@ -187,4 +187,36 @@ fn bad_layers_are_typed_errors() {
     let l = ok(None, a).expect("valid");
     assert!(matches!(l.forward(Array2::<i8>::zeros((1, 5)).view()), Err(QuantError::ShapeMismatch { .. })));
     assert!(matches!(ActivationQuant::from_range(f32::NAN, 1.0), Err(QuantError::NonFinite { .. })));
+}
+
+proptest! {
+    #[test]
+    fn every_product_kernel_equals_the_reference(
+        batch in 1usize..10, k in 1usize..100, out in 1usize..12, seed in 0u64..1000,
+    ) {
+        use quant_core::integer::{KernelChoice, gemm_i8_reference, gemm_i8_with};
+        let x: Vec<i8> = (0..batch * k).map(|i| ((i as u64 * 2654435761 + seed) % 256) as i32 as u8 as i8).collect();
+        let w: Vec<i8> = (0..out * k).map(|i| (((i as u64 * 40503 + seed * 7) % 255) as i32 - 127) as i8).collect();
+        let mut reference = vec![0i32; batch * out];
+        gemm_i8_reference(&x, &w, batch, k, out, &mut reference);
+        for choice in [KernelChoice::Best, KernelChoice::Avx2, KernelChoice::Portable] {
+            let mut acc = vec![0i32; batch * out];
+            gemm_i8_with(choice, &x, &w, batch, k, out, &mut acc);
+            prop_assert_eq!(&acc, &reference, "{:?}", choice);
+        }
+    }
+
+    #[test]
+    fn the_layer_requantizes_every_output_as_apply_does(out in 1usize..40, inp in 1usize..64, seed in 0u64..300, relu in any::<bool>()) {
+        // The vectorised requantization against FixedMultiplier::apply on the accumulators.
+        let (l, _, _) = layer(out, inp, seed, relu, Requantization::FixedPoint).expect("valid");
+        let xq = Array2::from_shape_fn((5, inp), |(r, k)| (((r * 59 + k * 23) as u64 * 13 + seed) % 256) as i32 - 128).mapv(|v| v as i8);
+        let acc = l.accumulate(xq.view()).expect("shape");
+        let y = l.forward(xq.view()).expect("shape");
+        let lo = if relu { l.output().zero_point } else { -128 };
+        for ((r, o), &a) in acc.indexed_iter() {
+            let expect = (l.output().zero_point + l.multipliers()[o].apply(a)).clamp(lo, 127);
+            prop_assert_eq!(i32::from(y[[r, o]]), expect);
+        }
+    }
 }

@@ -77,7 +77,7 @@ impl GroupLayout {
         };
         Ok(match *self {
             GroupLayout::OutputRows { groups } => {
-                if groups == 0 || out % groups != 0 {
+                if groups == 0 || !out.is_multiple_of(groups) {
                     return bad("the group count must divide the number of rows");
                 }
                 let per = out / groups;

@@ -68,10 +68,10 @@ impl Batch<'_> {
         if self.len(samples) == 0 {
             return Err(HessianError::Empty);
         }
-        if let Batch::Indices(idx) = self {
-            if let Some(&index) = idx.iter().find(|&&i| i >= samples) {
-                return Err(HessianError::SampleOutOfRange { index, samples });
-            }
+        if let Batch::Indices(idx) = self
+            && let Some(&index) = idx.iter().find(|&&i| i >= samples)
+        {
+            return Err(HessianError::SampleOutOfRange { index, samples });
         }
         Ok(())
     }

@@ -732,13 +732,14 @@ pub fn quantize_checkpoint(
     }
     // A tensor kept as is must not read back as a part of a quantized one.
     for p in &passthrough {
-        if let Some((base, suffix)) = p.name.rsplit_once('.') {
-            if PART_SUFFIXES.contains(&suffix) && reports.iter().any(|r| r.name == base) {
-                return Err(CheckpointError::Metadata(format!(
-                    "tensor '{}' would read back as a part of '{base}'; --skip '{base}' or rename it",
-                    p.name
-                )));
-            }
+        if let Some((base, suffix)) = p.name.rsplit_once('.')
+            && PART_SUFFIXES.contains(&suffix)
+            && reports.iter().any(|r| r.name == base)
+        {
+            return Err(CheckpointError::Metadata(format!(
+                "tensor '{}' would read back as a part of '{base}'; --skip '{base}' or rename it",
+                p.name
+            )));
         }
     }
     let entries: BTreeMap<&str, &TensorEntry> = reports.iter().map(|r| (r.name.as_str(), &r.entry)).collect();

@@ -75,7 +75,7 @@ impl Grouping {
             Grouping::PerHead => heads,
             Grouping::Finer(k) => heads * k,
         };
-        (1..=want.min(fan_out)).rev().find(|g| fan_out % g == 0).unwrap_or(1)
+        (1..=want.min(fan_out)).rev().find(|g| fan_out.is_multiple_of(*g)).unwrap_or(1)
     }
 
     fn label(self, heads: usize) -> String {

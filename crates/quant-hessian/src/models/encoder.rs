@@ -44,7 +44,7 @@ impl EncoderConfig {
         if let Some(layer) = widths.iter().position(|&w| w == 0) {
             return Err(HessianError::InvalidWidth { layer });
         }
-        if self.d_model % self.heads != 0 {
+        if !self.d_model.is_multiple_of(self.heads) {
             return Err(HessianError::ShapeMismatch {
                 expected: vec![self.heads * (self.d_model / self.heads).max(1)],
                 got: vec![self.d_model],

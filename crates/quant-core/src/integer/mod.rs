@@ -13,6 +13,11 @@ use ndarray::{Array2, ArrayView1, ArrayView2};
 
 use crate::error::{QuantError, Result};
 
+mod gemm;
+pub use gemm::gemm_i8_reference;
+#[doc(hidden)]
+pub use gemm::{KernelChoice, gemm_i8_with};
+
 /// gemmlowp's `SaturatingRoundingDoublingHighMul`: the high 32 bits of `2·a·b`, rounded to
 /// nearest with ties upward (toward +∞: gemmlowp nudges by `±2^30` and truncates toward
 /// zero, so `1.5 → 2` but `−1.5 → −1`), saturating the one overflowing case
@@ -86,10 +91,16 @@ impl FixedMultiplier {
         f64::from(self.m0) * 2f64.powi(self.shift - 31)
     }
 
+    #[inline(always)]
+    fn apply_inline(&self, x: i32) -> i32 {
+        self.apply(x)
+    }
+
     /// `x · M` rounded in integer arithmetic (TFLite's `MultiplyByQuantizedMultiplier`): the
     /// doubling high multiply, then a rounding right shift for `M < 1`. For `M ≥ 1` TFLite
     /// shifts `x` left first, which can overflow int32; here that product is formed in 128
     /// bits with the same rounding and saturated to int32 instead.
+    #[inline]
     pub fn apply(&self, x: i32) -> i32 {
         if self.shift > 0 {
             let ab = i128::from(x) * i128::from(self.m0) * (1i128 << self.shift);
@@ -165,6 +176,7 @@ pub struct QuantizedLinear {
     out_features: usize,
     in_features: usize,
     weights: Vec<i8>,
+    packed: gemm::PackedWeights,
     weight_scales: Vec<f32>,
     bias: Vec<i32>,
     input: ActivationQuant,
@@ -200,10 +212,10 @@ impl QuantizedLinear {
         if out_features == 0 || in_features == 0 {
             return Err(QuantError::Empty);
         }
-        if let Some(b) = &b {
-            if b.len() != out_features {
-                return Err(QuantError::ShapeMismatch { expected: vec![out_features], got: vec![b.len()] });
-            }
+        if let Some(b) = &b
+            && b.len() != out_features
+        {
+            return Err(QuantError::ShapeMismatch { expected: vec![out_features], got: vec![b.len()] });
         }
         if let Some(index) = w.iter().position(|v| !v.is_finite()) {
             return Err(QuantError::NonFinite { index });
@@ -231,7 +243,8 @@ impl QuantizedLinear {
             weight_scales.push(s);
             weights.extend(q);
         }
-        Ok(Self { out_features, in_features, weights, weight_scales, bias, input, output, fixed, float, requant, relu })
+        let packed = gemm::PackedWeights::new(&weights, out_features, in_features);
+        Ok(Self { out_features, in_features, weights, packed, weight_scales, bias, input, output, fixed, float, requant, relu })
     }
 
     /// `(out_features, in_features)`.
@@ -272,15 +285,26 @@ impl QuantizedLinear {
     /// # Errors
     /// [`QuantError::ShapeMismatch`] when `x` does not have `in_features` columns.
     pub fn accumulate(&self, x: ArrayView2<'_, i8>) -> Result<Array2<i32>> {
+        let (batch, n) = (x.nrows(), self.out_features);
+        let acc = self.accumulate_flat(x)?;
+        Array2::from_shape_vec((batch, n), acc).map_err(|_| QuantError::ShapeMismatch { expected: vec![batch, n], got: vec![batch * n] })
+    }
+
+    /// The accumulators, row-major `batch × out`.
+    fn accumulate_flat(&self, x: ArrayView2<'_, i8>) -> Result<Vec<i32>> {
         let (batch, k) = x.dim();
         if k != self.in_features {
             return Err(QuantError::ShapeMismatch { expected: vec![batch, self.in_features], got: vec![batch, k] });
         }
-        let xs: Vec<i8> = x.iter().copied().collect();
-        let mut acc = Array2::zeros((batch, self.out_features));
-        for (r, xr) in xs.chunks_exact(k).enumerate() {
-            for (o, wr) in self.weights.chunks_exact(k).enumerate() {
-                acc[[r, o]] = dot_i8(xr, wr).wrapping_add(self.bias[o]);
+        let xs: std::borrow::Cow<'_, [i8]> = match x.as_slice() {
+            Some(s) => s.into(),
+            None => x.iter().copied().collect::<Vec<_>>().into(),
+        };
+        let mut acc = vec![0i32; batch * self.out_features];
+        gemm::gemm(&xs, &self.packed, batch, k, self.out_features, &mut acc);
+        for row in acc.chunks_exact_mut(self.out_features) {
+            for (a, &b) in row.iter_mut().zip(&self.bias) {
+                *a = a.wrapping_add(b);
             }
         }
         Ok(acc)
@@ -291,33 +315,22 @@ impl QuantizedLinear {
     /// # Errors
     /// As [`accumulate`](Self::accumulate).
     pub fn forward(&self, x: ArrayView2<'_, i8>) -> Result<Array2<i8>> {
-        let acc = self.accumulate(x)?;
+        let (batch, n) = (x.nrows(), self.out_features);
+        let acc = self.accumulate_flat(x)?;
         let lo = if self.relu { self.output.zero_point } else { -128 };
         let zy = self.output.zero_point;
-        Ok(Array2::from_shape_fn(acc.dim(), |(r, o)| {
-            let scaled = match self.requant {
-                Requantization::FixedPoint => self.fixed[o].apply(acc[[r, o]]),
+        let finish = |scaled: i32| zy.saturating_add(scaled).clamp(lo, 127) as i8;
+        let mut out = vec![0i8; acc.len()];
+        for (a_row, o_row) in acc.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+            match self.requant {
+                Requantization::FixedPoint => gemm::requantize(a_row, o_row, &self.fixed, zy, lo),
                 Requantization::Float => {
-                    let v = (acc[[r, o]] as f32 * self.float[o]).round_ties_even();
-                    v.clamp(i32::MIN as f32, i32::MAX as f32) as i32
+                    for ((o, &a), &m) in o_row.iter_mut().zip(a_row).zip(&self.float) {
+                        *o = finish((a as f32 * m).round_ties_even().clamp(i32::MIN as f32, i32::MAX as f32) as i32);
+                    }
                 }
-            };
-            zy.saturating_add(scaled).clamp(lo, 127) as i8
-        }))
-    }
-}
-
-/// `Σ a_i b_i` over int8 slices in int32 (wrapping, as hardware accumulators do; `k < 2^17`
-/// never wraps). Written as independent lanes so it vectorises.
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    let mut lanes = [0i32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ta, tb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            lanes[i] = lanes[i].wrapping_add(i32::from(x[i]) * i32::from(y[i]));
+            }
         }
+        Array2::from_shape_vec((batch, n), out).map_err(|_| QuantError::ShapeMismatch { expected: vec![batch, n], got: vec![batch * n] })
     }
-    let tail = ta.iter().zip(tb).fold(0i32, |s, (&x, &y)| s.wrapping_add(i32::from(x) * i32::from(y)));
-    lanes.iter().fold(tail, |s, &v| s.wrapping_add(v))
 }
