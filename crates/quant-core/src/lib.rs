@@ -4,7 +4,10 @@
 //! affine and symmetric quantization per tensor, per channel or per group, densely
 //! bit-packed storage for every width from 1 to 8 bits, fake quantization with the
 //! straight-through estimator, LSQ gradients, and range calibration (min-max, percentile,
-//! MSE-optimal clipping, running min-max and EMA observers).
+//! MSE-optimal clipping, running min-max and EMA observers), two-level (k-quant style)
+//! parameter tables, post-training methods ([`ptq`]: batch-norm folding, DFQ equalization
+//! and bias correction, AdaRound, EasyQuant) and integer-only linear layers with fixed-point
+//! requantization ([`integer`]).
 //!
 //! The numeric contract (scale direction, rounding, ranges and what each option matches in
 //! PyTorch, NVIDIA's toolkit and the Q-BERT code) is in `docs/numerics.md` of the repository.

@@ -283,6 +283,8 @@ pub fn correct_bias_empirical<F: Float>(mut b: ArrayViewMut1<'_, F>, y_float: Ar
 /// | `lambda` | 0.01 | finite, `≥ 0` |
 /// | `beta` | (20, 2) | finite, `> 0` |
 /// | `warm_start` | 0.2 | `[0, 1)` |
+/// | `batch_size` | 0 (whole batch) | any (mini-batches of 32 or so keep large calibration sets affordable) |
+/// | `seed` | 0 | any |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaRound {
     /// Weight code width.
@@ -297,11 +299,16 @@ pub struct AdaRound {
     pub beta: (f64, f64),
     /// Fraction of the iterations without the regulariser.
     pub warm_start: f64,
+    /// Calibration rows per Adam step, drawn with replacement (seeded); the whole batch when
+    /// it has no more rows (the default, 0, means the whole batch).
+    pub batch_size: usize,
+    /// Seed of the mini-batch draws.
+    pub seed: u64,
 }
 
 impl Default for AdaRound {
     fn default() -> Self {
-        Self { bits: 4, iterations: 10_000, lr: 1e-3, lambda: 0.01, beta: (20.0, 2.0), warm_start: 0.2 }
+        Self { bits: 4, iterations: 10_000, lr: 1e-3, lambda: 0.01, beta: (20.0, 2.0), warm_start: 0.2, batch_size: 0, seed: 0 }
     }
 }
 
@@ -344,7 +351,8 @@ impl AdaRound {
     ///
     /// `h(V) = clamp(1.2 σ(V) − 0.1, 0, 1)`, `W̃ = S clamp(⌊W/S⌋ + h(V), qmin, qmax)`, loss
     /// `mean_batch ‖W̃ x − W x‖² + λ Σ (1 − |2h − 1|^β)`, `V` initialised so `h(V) = frac(W/S)`,
-    /// Adam on `V` over the full batch; the rounding is hard (`V ≥ 0` rounds up) at the end.
+    /// Adam on `V` over the full batch or seeded mini-batches (`batch_size`); the rounding is
+    /// hard (`V ≥ 0` rounds up) at the end. Cost per step: two `rows × in × out` products.
     ///
     /// # Errors
     /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`],
@@ -395,9 +403,17 @@ impl AdaRound {
             let pre = &floor + &h;
             let codes = pre.mapv(|c| c.clamp(-qmax, qmax));
             let wq = Array2::from_shape_fn((out, inp), |(o, k)| codes[[o, k]] * scales[o]);
-            let r = x.dot(&wq.t()) - &target; // batch × out
-            // d(mean_batch ‖r‖²)/dW̃ = (2 / batch) rᵀ x.
-            let g_w = r.t().dot(&x) * (2.0 / x.nrows() as f64);
+            // d(mean_batch ‖r‖²)/dW̃ = (2 / batch) rᵀ x, on the whole batch or a seeded draw.
+            let g_w = if self.batch_size == 0 || self.batch_size >= x.nrows() {
+                let r = x.dot(&wq.t()) - &target; // batch × out
+                r.t().dot(&x) * (2.0 / x.nrows() as f64)
+            } else {
+                let rows: Vec<usize> =
+                    (0..self.batch_size).map(|j| crate::rng::index(self.seed, (it * self.batch_size + j) as u64, x.nrows())).collect();
+                let xb = x.select(Axis(0), &rows);
+                let r = xb.dot(&wq.t()) - &target.select(Axis(0), &rows);
+                r.t().dot(&xb) * (2.0 / rows.len() as f64)
+            };
             let beta = if it < warm {
                 None
             } else {

@@ -15,3 +15,9 @@ pub(crate) fn mix(seed: u64, index: u64) -> u64 {
 pub(crate) fn unit(seed: u64, index: u64) -> f64 {
     (mix(seed, index) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
+
+/// A uniform index in `0..n` (`n ≥ 1`; multiply-shift, bias below 2^-32 for `n < 2^32`).
+#[inline]
+pub(crate) fn index(seed: u64, i: u64, n: usize) -> usize {
+    ((u128::from(mix(seed, i)) * n as u128) >> 64) as usize
+}

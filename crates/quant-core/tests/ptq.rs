@@ -275,3 +275,16 @@ fn easyquant_never_loses_cosine_and_gains_on_heavy_tails() -> Result<(), QuantEr
     }
     Ok(())
 }
+
+#[test]
+fn adaround_with_mini_batches_is_seeded_and_still_beats_nearest() -> Result<(), QuantError> {
+    let w = mat(8, 16, 40, false).mapv(|v| v * 0.1);
+    let x = mat(256, 4, 41, false).dot(&mat(4, 16, 42, false)) + mat(256, 16, 43, false).mapv(|v| v * 0.1);
+    let p = AdaRound { bits: 3, iterations: 1500, lr: 1e-2, batch_size: 32, seed: 7, ..AdaRound::default() };
+    let (a, b) = (p.round(w.view(), x.view())?, p.round(w.view(), x.view())?);
+    assert_eq!(a, b, "same seed, same result");
+    assert!(a.reconstruction < a.nearest, "{} vs {}", a.reconstruction, a.nearest);
+    let c = AdaRound { seed: 8, ..p }.round(w.view(), x.view())?;
+    assert!(c.reconstruction < c.nearest);
+    Ok(())
+}
