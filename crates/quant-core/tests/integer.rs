@@ -198,10 +198,10 @@ proptest! {
         let x: Vec<i8> = (0..batch * k).map(|i| ((i as u64 * 2654435761 + seed) % 256) as i32 as u8 as i8).collect();
         let w: Vec<i8> = (0..out * k).map(|i| (((i as u64 * 40503 + seed * 7) % 255) as i32 - 127) as i8).collect();
         let mut reference = vec![0i32; batch * out];
-        gemm_i8_reference(&x, &w, batch, k, out, &mut reference);
+        gemm_i8_reference(&x, &w, batch, k, out, &mut reference).expect("lengths fit");
         for choice in [KernelChoice::Best, KernelChoice::Avx2, KernelChoice::Portable] {
             let mut acc = vec![0i32; batch * out];
-            gemm_i8_with(choice, &x, &w, batch, k, out, &mut acc);
+            gemm_i8_with(choice, &x, &w, batch, k, out, &mut acc).expect("lengths fit");
             prop_assert_eq!(&acc, &reference, "{:?}", choice);
         }
     }
@@ -219,4 +219,18 @@ proptest! {
             prop_assert_eq!(i32::from(y[[r, o]]), expect);
         }
     }
+}
+
+#[test]
+fn product_functions_check_their_lengths() {
+    use quant_core::integer::{KernelChoice, gemm_i8_reference, gemm_i8_with};
+    let mut acc = vec![0i32; 4];
+    assert!(gemm_i8_reference(&[1, 2, 3], &[1, 2, 3, 4], 2, 2, 2, &mut acc).is_err());
+    assert!(gemm_i8_with(KernelChoice::Best, &[1, 2, 3, 4], &[1, 2], 2, 2, 2, &mut acc).is_err());
+    assert!(gemm_i8_with(KernelChoice::Best, &[1; 4], &[1; 4], 2, 2, 2, &mut acc[..3]).is_err());
+    assert!(gemm_i8_reference(&[], &[], usize::MAX, 0, 2, &mut acc).is_err());
+    // k = 0: empty sums.
+    let mut acc = vec![7i32; 6];
+    assert!(gemm_i8_with(KernelChoice::Best, &[], &[], 2, 0, 3, &mut acc).is_ok());
+    assert_eq!(acc, vec![0; 6]);
 }

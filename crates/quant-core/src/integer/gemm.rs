@@ -31,9 +31,23 @@ impl PackedWeights {
     }
 }
 
+/// Checks the operand lengths of the public product functions.
+fn check_lengths(x: &[i8], w: &[i8], batch: usize, k: usize, out: usize, acc: &[i32]) -> crate::Result<()> {
+    let want = |a: usize, b: usize| a.checked_mul(b);
+    if want(batch, k) != Some(x.len()) || want(out, k) != Some(w.len()) || want(batch, out) != Some(acc.len()) {
+        return Err(crate::QuantError::ShapeMismatch { expected: vec![batch, k, out], got: vec![x.len(), w.len(), acc.len()] });
+    }
+    Ok(())
+}
+
 /// The plain triple loop: the reference every fast path is tested against.
 /// `x` is `batch × k`, `w` is `out × k` (both row-major); `acc` is `batch × out`.
-pub fn gemm_i8_reference(x: &[i8], w: &[i8], batch: usize, k: usize, out: usize, acc: &mut [i32]) {
+///
+/// # Errors
+/// [`QuantError::ShapeMismatch`](crate::QuantError::ShapeMismatch) when a slice's length does
+/// not match the dimensions.
+pub fn gemm_i8_reference(x: &[i8], w: &[i8], batch: usize, k: usize, out: usize, acc: &mut [i32]) -> crate::Result<()> {
+    check_lengths(x, w, batch, k, out, acc)?;
     for r in 0..batch {
         for o in 0..out {
             let mut s = 0i32;
@@ -43,6 +57,7 @@ pub fn gemm_i8_reference(x: &[i8], w: &[i8], batch: usize, k: usize, out: usize,
             acc[r * out + o] = s;
         }
     }
+    Ok(())
 }
 
 /// Which compiled version of the product kernel to run.
@@ -64,8 +79,17 @@ pub(crate) fn gemm(x: &[i8], w: &PackedWeights, batch: usize, k: usize, out: usi
 /// The int8 product with a chosen kernel (for tests that compare every version with
 /// [`gemm_i8_reference`]): `x` is `batch × k`, `w` is `out × k`, `acc` is `batch × out`.
 #[doc(hidden)]
-pub fn gemm_i8_with(choice: KernelChoice, x: &[i8], w: &[i8], batch: usize, k: usize, out: usize, acc: &mut [i32]) {
+///
+/// # Errors
+/// As [`gemm_i8_reference`].
+pub fn gemm_i8_with(choice: KernelChoice, x: &[i8], w: &[i8], batch: usize, k: usize, out: usize, acc: &mut [i32]) -> crate::Result<()> {
+    check_lengths(x, w, batch, k, out, acc)?;
+    if k == 0 {
+        acc.fill(0);
+        return Ok(());
+    }
     gemm_with(choice, x, &PackedWeights::new(w, out, k), batch, k, out, acc);
+    Ok(())
 }
 
 fn gemm_with(choice: KernelChoice, x: &[i8], w: &PackedWeights, batch: usize, k: usize, out: usize, acc: &mut [i32]) {
