@@ -142,35 +142,19 @@ fn kernel_avx512(x: &[i16], w: &[i16], batch: usize, k_pad: usize, out: usize, a
         return kernel(x, w, batch, k_pad, out, acc);
     }
     // 4 × 4 blocks: 16 accumulators, 4 rows of x and one row of w in registers at a time.
-    const R: usize = 4;
-    const C: usize = 4;
-    let mut r = 0;
-    while r < batch {
-        let rows = R.min(batch - r);
-        let mut o = 0;
-        while o < out {
-            let cols = C.min(out - o);
-            let xr: [&[i16]; R] = core::array::from_fn(|i| &x[(r + i.min(rows - 1)) * k_pad..][..k_pad]);
-            let wr: [&[i16]; C] = core::array::from_fn(|j| &w[(o + j.min(cols - 1)) * k_pad..][..k_pad]);
-            let mut a = [[_mm512_setzero_si512(); C]; R];
-            for c in (0..k_pad).step_by(32) {
-                let xs: [__m512i; R] = core::array::from_fn(|i| load(&xr[i][c..c + 32]));
-                for (j, wj) in wr.iter().enumerate() {
-                    let wv = load(&wj[c..c + 32]);
-                    for i in 0..R {
-                        a[i][j] = _mm512_dpwssd_epi32(a[i][j], xs[i], wv);
-                    }
+    blocks::<4, 4>(x, w, batch, k_pad, out, acc, |xr, wr| {
+        let mut a = [[_mm512_setzero_si512(); 4]; 4];
+        for c in (0..k_pad).step_by(32) {
+            let xs: [__m512i; 4] = core::array::from_fn(|i| load(&xr[i][c..c + 32]));
+            for (j, wj) in wr.iter().enumerate() {
+                let wv = load(&wj[c..c + 32]);
+                for i in 0..4 {
+                    a[i][j] = _mm512_dpwssd_epi32(a[i][j], xs[i], wv);
                 }
             }
-            for (i, row) in a.iter().enumerate().take(rows) {
-                for (j, v) in row.iter().enumerate().take(cols) {
-                    acc[(r + i) * out + o + j] = _mm512_reduce_add_epi32(*v);
-                }
-            }
-            o += C;
         }
-        r += R;
-    }
+        a.map(|row| row.map(|v| _mm512_reduce_add_epi32(v)))
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -185,25 +169,39 @@ const NR: usize = 4;
 
 #[inline(always)]
 fn kernel(x: &[i16], w: &[i16], batch: usize, k_pad: usize, out: usize, acc: &mut [i32]) {
+    blocks::<MR, NR>(x, w, batch, k_pad, out, acc, |xr, wr| micro(xr, wr, k_pad));
+}
+
+/// Runs `block` on every `R × C` block of rows of `x` and `w` (each `k_pad` long) and stores
+/// its results. Missing rows and columns of an edge block repeat the last one; their results
+/// are not stored.
+#[inline(always)]
+fn blocks<const R: usize, const C: usize>(
+    x: &[i16],
+    w: &[i16],
+    batch: usize,
+    k_pad: usize,
+    out: usize,
+    acc: &mut [i32],
+    block: impl Fn([&[i16]; R], [&[i16]; C]) -> [[i32; C]; R],
+) {
     let mut r = 0;
     while r < batch {
-        let rows = MR.min(batch - r);
+        let rows = R.min(batch - r);
         let mut o = 0;
         while o < out {
-            let cols = NR.min(out - o);
-            // Missing rows and columns of an edge block repeat the last one; their results
-            // are not stored.
-            let xr: [&[i16]; MR] = core::array::from_fn(|i| &x[(r + i.min(rows - 1)) * k_pad..][..k_pad]);
-            let wr: [&[i16]; NR] = core::array::from_fn(|j| &w[(o + j.min(cols - 1)) * k_pad..][..k_pad]);
-            let block = micro(xr, wr, k_pad);
-            for i in 0..rows {
-                for j in 0..cols {
-                    acc[(r + i) * out + o + j] = block[i][j];
+            let cols = C.min(out - o);
+            let xr: [&[i16]; R] = core::array::from_fn(|i| &x[(r + i.min(rows - 1)) * k_pad..][..k_pad]);
+            let wr: [&[i16]; C] = core::array::from_fn(|j| &w[(o + j.min(cols - 1)) * k_pad..][..k_pad]);
+            let result = block(xr, wr);
+            for (i, row) in result.iter().enumerate().take(rows) {
+                for (j, &v) in row.iter().enumerate().take(cols) {
+                    acc[(r + i) * out + o + j] = v;
                 }
             }
-            o += NR;
+            o += C;
         }
-        r += MR;
+        r += R;
     }
 }
 
