@@ -448,6 +448,36 @@ impl AdaRound {
         let weights = Array2::from_shape_fn((out, inp), |(o, k)| codes[[o, k]] * scales[o]);
         Ok(AdaRoundResult { codes: codes.mapv(|c| c as i32), scales, weights, reconstruction, nearest })
     }
+
+    /// AdaRound over a stack of linear layers `y = act(W x + b)` (ReLU after every layer but
+    /// the last), layer by layer: each layer is rounded on the inputs the already-rounded
+    /// layers before it produce from `x`. Only one layer's activations are held at a time.
+    /// `layers[l]` is `(W_l` (`out × in`), `b_l)`.
+    ///
+    /// # Errors
+    /// As [`round`](Self::round); [`QuantError::ShapeMismatch`] when the layers do not chain
+    /// or a bias has the wrong length.
+    pub fn round_relu_stack<F: Float>(
+        &self,
+        layers: &[(ArrayView2<'_, F>, ArrayView1<'_, F>)],
+        x: ArrayView2<'_, F>,
+    ) -> Result<Vec<AdaRoundResult>> {
+        let mut h = x.mapv(|v| v.as_f64());
+        let mut out = Vec::with_capacity(layers.len());
+        for (l, (w, b)) in layers.iter().enumerate() {
+            if b.len() != w.nrows() {
+                return Err(shape_err(&[w.nrows()], &[b.len()]));
+            }
+            let r = self.round(w.mapv(|v| v.as_f64()).view(), h.view())?;
+            let b = b.mapv(|v| v.as_f64());
+            h = h.dot(&r.weights.t()) + &b;
+            if l + 1 < layers.len() {
+                h.mapv_inplace(|v| v.max(0.0));
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
 }
 
 /// EasyQuant settings: scale candidates `α · S₀` for `α` on a uniform grid over

@@ -148,6 +148,14 @@ fn evaluate(net: &Net, bits: u8) -> Result<Outcome, Box<dyn std::error::Error>> 
         net.set_layer(&mut ada, l, &r.weights, &b);
     }
     let adaround = net.accuracy(&ada)?;
+    // The library's stack helper does the same layer-by-layer feeding.
+    let params: Vec<(Array2<f64>, Array1<f64>)> = (0..LAYERS).map(|l| net.layer(&net.w, l)).collect();
+    let views: Vec<_> = params.iter().map(|(m, b)| (m.view(), b.view())).collect();
+    let stacked = AdaRound { bits, iterations: 1500, lr: 1e-2, ..AdaRound::default() }
+        .round_relu_stack(&views, net.x.select(Axis(0), &calib).view())?;
+    for (l, r) in stacked.iter().enumerate() {
+        assert_eq!(r.weights, net.layer(&ada, l).0, "layer {l}");
+    }
 
     // EasyQuant scales (weights at `bits`, 8-bit activations) against max-abs scales.
     let inputs = net.inputs(&net.w, &calib);
