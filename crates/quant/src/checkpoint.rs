@@ -625,7 +625,7 @@ pub fn quantize_tensor(name: &str, x: ArrayViewD<'_, f32>, options: &QuantizeOpt
 }
 
 /// SQNR in dB (`None` when the error is exactly 0) and the largest absolute error.
-fn errors(x: &[f32], y: &[f32]) -> (Option<f64>, f64) {
+fn sqnr_and_max_error(x: &[f32], y: &[f32]) -> (Option<f64>, f64) {
     let (mut sig, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f64);
     for (&a, &b) in x.iter().zip(y) {
         let e = f64::from(a) - f64::from(b);
@@ -692,7 +692,7 @@ pub fn quantize_checkpoint(
         let x = ArrayViewD::from_shape(IxDyn(&shape), &values).map_err(|e| CheckpointError::Format(format!("tensor '{name}': {e}")))?;
         let (q, granularity) = quantize_tensor(name, x, options)?;
         let back = q.dequantize();
-        let (sqnr_db, max_abs_err) = errors(&values, back.as_slice().unwrap_or(&[]));
+        let (sqnr_db, max_abs_err) = sqnr_and_max_error(&values, back.as_slice().unwrap_or(&[]));
         let mut quantized_bytes = 0;
         for (suffix, part) in parts_of(&q) {
             quantized_bytes += part.data.len();
@@ -764,10 +764,6 @@ pub struct QuantizedCheckpoint<'a> {
     st: SafeTensors<'a>,
     entries: BTreeMap<String, TensorEntry>,
     metadata: HashMap<String, String>,
-}
-
-fn part_f32(view: &TensorView<'_>) -> Vec<f32> {
-    to_f32(view)
 }
 
 impl<'a> QuantizedCheckpoint<'a> {
@@ -914,9 +910,9 @@ impl<'a> QuantizedCheckpoint<'a> {
                     QuantParams::from_tables(&spec, t).map_err(err)?
                 } else {
                     let float_types = [Dtype::F32, Dtype::F16, Dtype::BF16];
-                    let scales = part_f32(&self.part(name, "qscales", &float_types, None)?);
+                    let scales = to_f32(&self.part(name, "qscales", &float_types, None)?);
                     let offsets = match scheme {
-                        Scheme::AsymmetricGrid => Some(part_f32(&self.part(name, "qoffsets", &float_types, Some(scales.len()))?)),
+                        Scheme::AsymmetricGrid => Some(to_f32(&self.part(name, "qoffsets", &float_types, Some(scales.len()))?)),
                         _ => None,
                     };
                     let zps = match scheme {
@@ -938,7 +934,7 @@ impl<'a> QuantizedCheckpoint<'a> {
                 Ok(QuantizedWeight::Uniform(QuantizedTensor::from_parts(e.shape.clone(), params, codes).map_err(err)?))
             }
             Method::Ternary | Method::Binary => {
-                let alphas = part_f32(&self.part(name, "qalphas", &[Dtype::F32], None)?);
+                let alphas = to_f32(&self.part(name, "qalphas", &[Dtype::F32], None)?);
                 let ternary = e.method == Method::Ternary;
                 let tables: Vec<f32> = alphas.iter().flat_map(|&a| if ternary { vec![-a, 0.0, a] } else { vec![-a, a] }).collect();
                 let kind = if ternary { LutKind::Ternary } else { LutKind::Binary };
@@ -949,7 +945,7 @@ impl<'a> QuantizedCheckpoint<'a> {
                 let lut = self.part(name, "qlut", &[Dtype::F32, Dtype::F16], None)?;
                 let kind = LutKind::Codebook(if lut.dtype() == Dtype::F16 { TableDtype::F16 } else { TableDtype::F32 });
                 let codes = self.codes(name, n, e.bits)?;
-                Ok(QuantizedWeight::Table(LutTensor::from_parts(e.shape.clone(), g, kind, part_f32(&lut), codes).map_err(err)?))
+                Ok(QuantizedWeight::Table(LutTensor::from_parts(e.shape.clone(), g, kind, to_f32(&lut), codes).map_err(err)?))
             }
         }
     }
