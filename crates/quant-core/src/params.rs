@@ -267,11 +267,9 @@ impl<F: Float> QuantParams<F> {
     /// with [`ParamDtype::F16`] / [`ParamDtype::Bf16`]. [`ParamDtype::Quantized`] parameters
     /// take [`QuantizedTables::storage_bytes`].
     pub fn storage_bytes(&self) -> usize {
+        // Every constructor builds the tables of a quantized dtype.
         if let Some(t) = &self.tables {
             return t.storage_bytes();
-        }
-        if let ParamDtype::Quantized { .. } = self.spec.param_dtype() {
-            return QuantizedTables::storage_for(&self.spec, self.slices.len());
         }
         let v = self.spec.param_dtype().bytes(F::BYTES);
         let per_slice = match self.spec.scheme() {

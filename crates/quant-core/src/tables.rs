@@ -4,7 +4,7 @@ use half::f16;
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
-use crate::pack::{PackedCodes, packed_len};
+use crate::pack::PackedCodes;
 use crate::par;
 use crate::params::{QuantParams, SliceParams};
 use crate::spec::{ParamDtype, Scheme, UniformSpec};
@@ -114,13 +114,6 @@ impl QuantizedTables {
         2 * (self.super_scales.len() + self.super_offsets.len())
             + self.scale_codes.as_bytes().len()
             + self.offset_codes.as_ref().map_or(0, |c| c.as_bytes().len())
-    }
-
-    /// Storage of tables for `slices` slices under `spec`'s quantized dtype, without building them.
-    pub(crate) fn storage_for(spec: &UniformSpec, slices: usize) -> usize {
-        let ParamDtype::Quantized { bits, super_group } = spec.param_dtype() else { return 0 };
-        let per = if spec.scheme() == Scheme::AsymmetricGrid { 2 } else { 1 };
-        per * (2 * slices.div_ceil(super_group as usize) + packed_len(slices, bits))
     }
 
     /// The effective parameters of every slice under `spec`.
