@@ -71,6 +71,23 @@ pub trait Float: NdFloat + FromPrimitive + Default + Sum + Debug + Display + Sen
     fn small_int_to_u8(self) -> u8 {
         self.to_i32_saturating() as u8
     }
+
+    /// `xs` as `f32` when this type is `f32` (selects the crate's AVX-512 kernels); not part
+    /// of the public contract.
+    #[doc(hidden)]
+    #[inline]
+    fn as_f32_slice(xs: &[Self]) -> Option<&[f32]> {
+        let _ = xs;
+        None
+    }
+
+    /// The mutable counterpart of [`Float::as_f32_slice`].
+    #[doc(hidden)]
+    #[inline]
+    fn as_f32_slice_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
+        let _ = xs;
+        None
+    }
 }
 
 /// `Float` for the IEEE binary types, whose bit layout the fast kernels rely on.
@@ -80,7 +97,7 @@ pub trait Float: NdFloat + FromPrimitive + Default + Sum + Debug + Display + Sen
 /// |x| < 2^p; values above are integers already. Unlike `round_ties_even` this needs no
 /// SSE4.1 and vectorises on baseline x86-64. (The sign of a zero result is not preserved.)
 macro_rules! impl_ieee_float {
-    ($t:ty, $bytes:expr, $two_p:expr) => {
+    ($t:ty, $bytes:expr, $two_p:expr, $as_f32:expr) => {
         impl Float for $t {
             const BYTES: usize = $bytes;
 
@@ -136,9 +153,19 @@ macro_rules! impl_ieee_float {
                 // For an integer 0 <= v < 2^p, the bits of v + 2^p end in the bits of v.
                 (self + $two_p).to_bits() as u8
             }
+
+            #[inline]
+            fn as_f32_slice(xs: &[Self]) -> Option<&[f32]> {
+                $as_f32(xs)
+            }
+
+            #[inline]
+            fn as_f32_slice_mut(xs: &mut [Self]) -> Option<&mut [f32]> {
+                $as_f32(xs)
+            }
         }
     };
 }
 
-impl_ieee_float!(f32, 4, 8_388_608.0);
-impl_ieee_float!(f64, 8, 4_503_599_627_370_496.0);
+impl_ieee_float!(f32, 4, 8_388_608.0, Some);
+impl_ieee_float!(f64, 8, 4_503_599_627_370_496.0, |_| None);

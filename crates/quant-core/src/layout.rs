@@ -87,6 +87,30 @@ impl Layout {
         }
     }
 
+    /// The element ranges of runs `k, k + 1, …` (only meaningful when
+    /// [`Self::contiguous_runs`] is `Some`): [`Self::run`] for each, stepped without a
+    /// division per run.
+    pub(crate) fn runs_from(&self, k: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let total = self.contiguous_runs().unwrap_or(0);
+        let groups = match self.kind {
+            Kind::Group { groups, .. } => groups,
+            _ => 1,
+        };
+        let (mut o, mut g) = (k / groups, k % groups);
+        (k..total).map(move |_| {
+            let r = match self.kind {
+                Kind::Tensor => 0..self.len(),
+                Kind::Channel => o * self.inner..(o + 1) * self.inner,
+                Kind::Group { size, .. } => o * self.n + g * size..o * self.n + ((g + 1) * size).min(self.n),
+            };
+            g += 1;
+            if g == groups {
+                (o, g) = (o + 1, 0);
+            }
+            r
+        })
+    }
+
     /// The slice that row-major element `flat` belongs to, and where the run of elements
     /// sharing that slice (starting at `flat`) ends, capped at `end`.
     pub(crate) fn segment(&self, flat: usize, end: usize) -> (usize, usize) {
@@ -195,6 +219,9 @@ mod tests {
                         for f in l.run(k) {
                             assert_eq!(seen[f], k);
                         }
+                        let stepped: Vec<_> = l.runs_from(k).collect();
+                        let direct: Vec<_> = (k..runs).map(|j| l.run(j)).collect();
+                        assert_eq!(stepped, direct, "{shape:?} {g:?} from {k}");
                     }
                 }
             }

@@ -47,6 +47,7 @@ mod params;
 pub mod ptq;
 mod range;
 mod rng;
+mod simd;
 mod spec;
 mod ste;
 mod tables;

@@ -78,6 +78,12 @@ impl<F: Float> SliceParams<F> {
 }
 
 impl<F: Float> SliceParams<F> {
+    /// These parameters in `f32` (exact when `F` is `f32`, the only case the AVX-512 kernels
+    /// take).
+    pub(crate) fn to_f32(self) -> SliceParams<f32> {
+        SliceParams { scale: self.scale.as_f64() as f32, zero_point: self.zero_point, offset: self.offset.as_f64() as f32 }
+    }
+
     /// [`from_range`](Self::from_range) with the spec's width and scheme, then the step and
     /// offset rounded to the spec's [`ParamDtype`] (the values a reader of the stored tensor
     /// sees, so codes are computed against them). For [`ParamDtype::Quantized`] the range is

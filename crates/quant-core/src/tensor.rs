@@ -5,9 +5,11 @@ use ndarray::{Array, ArrayD, ArrayViewMut, Dimension, IxDyn};
 use crate::error::{QuantError, Result};
 use crate::float::Float;
 use crate::kernel;
+use crate::layout::Layout;
 use crate::pack::{PackedCodes, unpack_from};
 use crate::par::{self, BATCH};
 use crate::params::QuantParams;
+use crate::simd;
 
 /// A uniformly quantized tensor: its shape, the bit-packed codes in row-major order and the
 /// parameters of every slice.
@@ -108,9 +110,14 @@ impl<F: Float> QuantizedTensor<F> {
     fn dequantize_slice(&self, out: &mut [F]) {
         // The parameters were checked against the shape when the tensor was built.
         let Ok(layout) = self.params.layout_for(&self.shape) else { return };
-        let kernels = self.params.kernels();
         let bits = self.bits();
         let bytes = self.codes.as_bytes();
+        if simd::enabled()
+            && let Some(out) = F::as_f32_slice_mut(out)
+        {
+            return self.dequantize_simd(&layout, bytes, out);
+        }
+        let kernels = self.params.kernels();
         let chunks: Vec<(usize, &mut [F])> = out.chunks_mut(BATCH).enumerate().collect();
         par::map(chunks, |(k, chunk)| {
             let start = k * BATCH;
@@ -120,6 +127,46 @@ impl<F: Float> QuantizedTensor<F> {
                 let local = seg.start - start..seg.end - start;
                 kernel::dequantize_run(&kernels[p], &codes[local.clone()], &mut chunk[local]);
             });
+        });
+    }
+}
+
+impl<F: Float> QuantizedTensor<F> {
+    /// [`Self::dequantize_slice`] with the AVX-512 kernels: the same values.
+    fn dequantize_simd(&self, layout: &Layout, bytes: &[u8], out: &mut [f32]) {
+        let bits = self.bits();
+        let slices = self.params.slices();
+        let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(BATCH).enumerate().collect();
+        par::map(chunks, |(k, chunk)| {
+            let start = k * BATCH;
+            let from = &bytes[start / 8 * usize::from(bits)..];
+            let mut buf = Vec::new();
+            let codes: &[u8] = match bits {
+                8 => &from[..chunk.len()],
+                _ => {
+                    buf.resize(chunk.len(), 0);
+                    if bits == 4 {
+                        simd::unpack4(from, &mut buf)
+                    } else {
+                        unpack_from(from, bits, &mut buf)
+                    }
+                    &buf
+                }
+            };
+            let end = start + chunk.len();
+            if layout.contiguous_runs().is_some() {
+                // Runs in order from the one holding `start`, clipped to the chunk.
+                let (first, _) = layout.segment(start, end);
+                let runs = layout
+                    .runs_from(first)
+                    .zip(&slices[first..])
+                    .map_while(|(r, p)| (r.start < end).then(|| (r.start.max(start) - start..r.end.min(end) - start, p.to_f32())));
+                simd::dequantize_runs(codes, runs, chunk);
+            } else {
+                let mut segs = Vec::new();
+                layout.for_each_segment(start..end, |p, seg| segs.push((seg.start - start..seg.end - start, slices[p].to_f32())));
+                simd::dequantize_runs(codes, segs.into_iter(), chunk);
+            }
         });
     }
 }

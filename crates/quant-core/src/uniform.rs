@@ -13,7 +13,8 @@ use crate::pack::{PackedCodes, pack_into, packed_len};
 use crate::par::{self, BATCH};
 use crate::params::{QuantParams, SliceParams};
 use crate::range::{estimate, min_max};
-use crate::spec::{ParamDtype, RangeEstimator, UniformSpec};
+use crate::simd;
+use crate::spec::{ParamDtype, RangeEstimator, Rounding, ScaleMode, UniformSpec};
 use crate::tables::refine_tables;
 use crate::tensor::{FakeQuantized, QuantizedTensor};
 
@@ -121,8 +122,8 @@ fn collect_slices<T>(parts: Vec<core::result::Result<Vec<T>, usize>>) -> Result<
 fn run_batches(layout: &Layout, runs: usize) -> Vec<(Range<usize>, Range<usize>)> {
     let mut out = Vec::new();
     let (mut r0, mut e0) = (0, 0);
-    for k in 0..runs {
-        let e = layout.run(k).end;
+    for (k, run) in layout.runs_from(0).take(runs).enumerate() {
+        let e = run.end;
         if e - e0 >= BATCH && e.is_multiple_of(8) {
             out.push((r0..k + 1, e0..e));
             (r0, e0) = (k + 1, e);
@@ -147,7 +148,11 @@ fn write_codes<T>(bits: u8, len: usize, out: &mut [u8], fill: impl FnOnce(&mut [
     }
     let mut buf = vec![0u8; len];
     let result = fill(&mut buf);
-    pack_into(&buf, bits, out);
+    if bits == 4 && simd::enabled() {
+        simd::pack4(&buf, out)
+    } else {
+        pack_into(&buf, bits, out)
+    }
     result
 }
 
@@ -200,29 +205,78 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
     let elems: Vec<Range<usize>> = batches.iter().map(|(_, e)| e.clone()).collect();
     let mut bytes = vec![0u8; packed_len(data.len(), bits)];
     let outs = par::split_lengths(&mut bytes, byte_lengths(&elems, bits));
-    let parts = par::map(batches.into_iter().zip(outs).collect(), |((rs, es), out)| {
+    // Each item writes its runs' parameters into its own part of one buffer.
+    let mut slices = vec![SliceParams { scale: F::one(), zero_point: 0, offset: F::zero() }; runs];
+    let params = par::split_lengths(&mut slices, batches.iter().map(|(rs, _)| rs.len()));
+    let fast = simd::enabled() && spec.rounding() == Rounding::HalfEven && spec.range() == RangeEstimator::MinMax;
+    let items: Vec<_> = batches.into_iter().zip(outs.into_iter().zip(params)).collect();
+    let parts = par::map(items, |((rs, es), (out, params))| {
+        if let Some(xs) = F::as_f32_slice(data).filter(|_| fast) {
+            // A non-finite value sends the item down the portable path, which reports it.
+            if fused_item_simd(xs, layout, rs.start, es.clone(), spec, out, params) {
+                return Ok(());
+            }
+        }
         let mut scratch = Vec::new();
         // First every run's range (one streaming pass over the item), then the codes while
         // the item is still in cache.
-        let slices = rs
-            .clone()
-            .map(|k| {
-                let r = layout.run(k);
-                let (lo, hi) = estimate(&data[r.clone()], spec, &mut scratch).map_err(|j| r.start + j)?;
-                Ok(SliceParams::for_spec(lo, hi, spec))
-            })
-            .collect::<core::result::Result<Vec<_>, usize>>()?;
+        for (r, p) in layout.runs_from(rs.start).zip(params.iter_mut()) {
+            let (lo, hi) = estimate(&data[r.clone()], spec, &mut scratch).map_err(|j| r.start + j)?;
+            *p = SliceParams::for_spec(lo, hi, spec);
+        }
         write_codes(bits, es.len(), out, |codes| {
-            for (k, p) in rs.zip(&slices) {
-                let r = layout.run(k);
+            for (r, p) in layout.runs_from(rs.start).zip(params.iter()) {
                 let kern = Kernel::new(p, spec.max_code(), spec.scale_mode());
                 kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - es.start..r.end - es.start]);
             }
         });
-        Ok(slices)
+        Ok(())
     });
-    let slices = collect_slices(parts)?;
+    for p in parts {
+        p.map_err(|index| QuantError::NonFinite { index })?;
+    }
     Ok((slices, PackedCodes::from_parts_unchecked(bytes, data.len(), bits)))
+}
+
+/// [`fused_quantize`]'s work item with the AVX-512 kernels (f32, min-max ranges, half-even
+/// rounding): the runs from `first` on, covering elements `es`, get the same parameters (in
+/// `params`) and codes as on the portable path. `false` when the item holds a non-finite
+/// value; the caller then redoes the item on the portable path, which reports it.
+fn fused_item_simd<F: Float>(
+    xs: &[f32],
+    layout: &Layout,
+    first: usize,
+    es: Range<usize>,
+    spec: &UniformSpec,
+    out: &mut [u8],
+    params: &mut [SliceParams<F>],
+) -> bool {
+    let divide = spec.scale_mode() == ScaleMode::Divide;
+    let n = params.len();
+    let runs = || layout.runs_from(first).take(n);
+    if spec.param_dtype() == ParamDtype::Native {
+        let runs: Vec<Range<usize>> = runs().collect();
+        let grid = simd::Grid { scheme: spec.scheme(), bits: spec.bits(), divide };
+        let mut slots = params.iter_mut();
+        let push = |p: SliceParams<f32>| {
+            if let Some(slot) = slots.next() {
+                *slot = SliceParams { scale: F::cast(p.scale.into()), zero_point: p.zero_point, offset: F::cast(p.offset.into()) };
+            }
+        };
+        return write_codes(spec.bits(), es.len(), out, |codes| simd::fused_runs(xs, &runs, &grid, codes, es.start, push));
+    }
+    let mut ranges = Vec::with_capacity(n);
+    if !simd::min_max_runs(xs, runs(), &mut ranges) {
+        return false;
+    }
+    for (p, (lo, hi)) in params.iter_mut().zip(ranges) {
+        *p = SliceParams::for_spec(F::cast(lo.into()), F::cast(hi.into()), spec);
+    }
+    // Every run's constants before any code: the reciprocals are then independent divisions
+    // rather than one latency-bound division in front of each run's loop.
+    let consts: Vec<simd::RunConsts> = params.iter().map(|p| simd::RunConsts::new(&p.to_f32(), spec.max_code())).collect();
+    write_codes(spec.bits(), es.len(), out, |codes| simd::quantize_runs(xs, runs(), &consts, divide, codes, es.start));
+    true
 }
 
 /// Estimates the parameters of every slice of `x` without quantizing it.

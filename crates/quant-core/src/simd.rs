@@ -1,0 +1,648 @@
+//! AVX-512 versions of the f32 uniform hot loops, chosen at run time.
+//!
+//! Each function here computes exactly what its portable counterpart computes, in the same
+//! order of operations (the tests compare them bit for bit):
+//!
+//! | here | portable |
+//! |---|---|
+//! | [`min_max_runs`] | `range::min_max` per run (same 16 lanes, same tree reduction, so even the sign of a zero bound agrees) |
+//! | [`quantize_runs`] | `kernel::quantize_run` per run, half-even rounding |
+//! | [`dequantize_runs`] | `kernel::dequantize_run` per run |
+//! | [`pack4`] / [`unpack4`] | `pack::pack_into` / `pack::unpack_from` at 4 bits |
+//!
+//! Callers ask [`enabled`] first; on other CPUs and architectures the portable code runs.
+//! The only `unsafe` is the feature-checked call into `#[target_feature]` functions and the
+//! unaligned loads and stores, each on a range the surrounding code has bounds-checked.
+#![allow(unsafe_code)]
+
+use core::ops::Range;
+
+use crate::params::SliceParams;
+use crate::spec::Scheme;
+
+/// Whether this CPU runs the AVX-512 kernels (F and BW), detected once per call site.
+pub(crate) fn enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// What [`quantize_run`] needs of one slice: the same constants as `kernel::Kernel`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunConsts {
+    scale: f32,
+    inv: f32,
+    offset: f32,
+    /// The clamp bounds `−Z` and `umax − Z` of the scaled value.
+    lo: f32,
+    hi: f32,
+    zero_point: i32,
+}
+
+impl RunConsts {
+    pub(crate) fn new(p: &SliceParams<f32>, max_code: u8) -> Self {
+        let z = p.zero_point as f32;
+        Self { scale: p.scale, inv: 1.0 / p.scale, offset: p.offset, lo: -z, hi: f32::from(max_code) - z, zero_point: p.zero_point }
+    }
+}
+
+/// How [`fused_runs`] derives each run's parameters from its range: the scheme's
+/// `SliceParams::from_range` at the tensor's own precision (`ParamDtype::Native`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grid {
+    pub(crate) scheme: Scheme,
+    pub(crate) bits: u8,
+    pub(crate) divide: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Grid, RunConsts};
+    use crate::params::SliceParams;
+    use crate::spec::Scheme;
+    use core::arch::x86_64::*;
+    use core::ops::Range;
+
+    /// How far ahead (in elements) [`fused_runs`] prefetches.
+    const PREFETCH: usize = 1024;
+
+    /// Sixteen f32 from `xs[at..at + 16]` (bounds-checked).
+    #[inline(always)]
+    fn load(xs: &[f32], at: usize) -> __m512 {
+        let s = &xs[at..at + 16];
+        // SAFETY: `s` holds 16 f32 (64 bytes); the load is unaligned. AVX-512F is enabled in
+        // every (target-feature) caller.
+        unsafe { _mm512_loadu_ps(s.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn min_max(xs: &[f32]) -> Option<(f32, f32)> {
+        let first = *xs.first()?;
+        let mut lo = _mm512_set1_ps(first);
+        let mut hi = lo;
+        let mut bad = _mm512_setzero_ps();
+        let zero = _mm512_setzero_ps();
+        let full = xs.len() / 16 * 16;
+        for at in (0..full).step_by(16) {
+            let x = load(xs, at);
+            // `_mm512_min_ps(a, b)` is `a < b ? a : b`, the portable loop's expression.
+            lo = _mm512_min_ps(lo, x);
+            hi = _mm512_max_ps(hi, x);
+            bad = _mm512_add_ps(bad, _mm512_mul_ps(x, zero));
+        }
+        // The portable tree: lanes l and l + 8, then + 4, + 2, + 1.
+        macro_rules! fold {
+            ($shift:expr) => {
+                lo = _mm512_min_ps(lo, $shift(lo));
+                hi = _mm512_max_ps(hi, $shift(hi));
+            };
+        }
+        fold!(|v| _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
+        fold!(|v| _mm512_shuffle_f32x4::<0b01>(v, v));
+        fold!(|v| _mm512_permute_ps::<0b11_10_11_10>(v));
+        fold!(|v| _mm512_permute_ps::<0b01>(v));
+        let (mut l0, mut h0) = (_mm512_cvtss_f32(lo), _mm512_cvtss_f32(hi));
+        let mut finite = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(bad, zero) == 0xFFFF;
+        for &x in &xs[full..] {
+            l0 = if l0 < x { l0 } else { x };
+            h0 = if h0 > x { h0 } else { x };
+            finite &= x.is_finite();
+        }
+        (finite && first.is_finite()).then_some((l0, h0))
+    }
+
+    /// A run's constants, broadcast.
+    #[derive(Clone, Copy)]
+    struct Bcast {
+        scale: __m512,
+        inv: __m512,
+        offset: __m512,
+        lo: __m512,
+        hi: __m512,
+        zero_point: __m512i,
+    }
+
+    impl Bcast {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn new(scale: f32, inv: f32, offset: f32, lo: f32, hi: f32, zero_point: i32) -> Self {
+            Self {
+                scale: _mm512_set1_ps(scale),
+                inv: _mm512_set1_ps(inv),
+                offset: _mm512_set1_ps(offset),
+                lo: _mm512_set1_ps(lo),
+                hi: _mm512_set1_ps(hi),
+                zero_point: _mm512_set1_epi32(zero_point),
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn codes(x: __m512, c: &Bcast, divide: bool) -> __m512i {
+        let d = _mm512_sub_ps(x, c.offset);
+        let y = if divide { _mm512_div_ps(d, c.scale) } else { _mm512_mul_ps(d, c.inv) };
+        // `max(y, lo)` then `min(·, hi)` as the portable `half_even_code`; the conversion
+        // rounds half to even (the default MXCSR mode).
+        let y = _mm512_min_ps(_mm512_max_ps(y, c.lo), c.hi);
+        _mm512_add_epi32(_mm512_cvtps_epi32(y), c.zero_point)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn quantize_run(c: &Bcast, divide: bool, xs: &[f32], out: &mut [u8]) {
+        let n = xs.len().min(out.len());
+        let full = n / 16 * 16;
+        for at in (0..full).step_by(16) {
+            let v = _mm512_cvtepi32_epi8(codes(load(xs, at), c, divide));
+            let o = &mut out[at..at + 16];
+            // SAFETY: `o` holds 16 bytes; unaligned store.
+            unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), v) };
+        }
+        if full < n {
+            let rest = n - full;
+            let mask: __mmask16 = (1u32 << rest).wrapping_sub(1) as u16;
+            let (xr, or) = (&xs[full..n], &mut out[full..n]);
+            // SAFETY: the mask enables exactly `rest` lanes, and `xr` / `or` hold `rest`
+            // elements; masked-off lanes are neither read nor written.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(mask, xr.as_ptr());
+                _mm512_mask_cvtepi32_storeu_epi8(or.as_mut_ptr().cast(), mask, codes(x, c, divide));
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn dequantize_run(scale: f32, zero_point: i32, offset: f32, codes: &[u8], out: &mut [f32]) {
+        let n = codes.len().min(out.len());
+        let full = n / 16 * 16;
+        let (s, m, z) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset), _mm512_set1_epi32(zero_point));
+        for at in (0..full).step_by(16) {
+            let cs = &codes[at..at + 16];
+            let o = &mut out[at..at + 16];
+            // SAFETY: `cs` holds 16 bytes and `o` 16 f32; unaligned load and store.
+            unsafe {
+                let u = _mm512_cvtepu8_epi32(_mm_loadu_si128(cs.as_ptr().cast()));
+                let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(u, z)), s), m);
+                _mm512_storeu_ps(o.as_mut_ptr(), v);
+            }
+        }
+        for (&c, o) in codes[full..n].iter().zip(&mut out[full..n]) {
+            *o = (i32::from(c) - zero_point) as f32 * scale + offset;
+        }
+    }
+
+    /// Sixteen f32 from an array (no bounds to check).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn load16(a: &[f32; 16]) -> __m512 {
+        // SAFETY: the array holds 64 bytes; unaligned load.
+        unsafe { _mm512_loadu_ps(a.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn store16(v: __m512) -> [f32; 16] {
+        let mut a = [0f32; 16];
+        // SAFETY: the array holds 64 bytes; unaligned store.
+        unsafe { _mm512_storeu_ps(a.as_mut_ptr(), v) };
+        a
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn neg(v: __m512) -> __m512 {
+        _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN)))
+    }
+
+    /// `SliceParams::from_range` for sixteen ranges at once (same operations lane by lane):
+    /// the steps, zero points and offsets.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn params16(lo: __m512, hi: __m512, g: &Grid) -> (__m512, __m512i, __m512) {
+        let limit = f32::MAX / 4.0;
+        // `max(v, a)` is `v > a ? v : a` and `min(v, a)` is `v < a ? v : a`: for the finite
+        // values here, the portable `if`-chains' results.
+        let clip = |v: __m512| _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-limit)), _mm512_set1_ps(limit));
+        let (lo, hi) = (clip(lo), clip(hi));
+        let levels_i = (1i32 << g.bits) - 1;
+        let levels = _mm512_set1_ps(levels_i as f32);
+        let zero = _mm512_setzero_ps();
+        // The clipped range is at most f32::MAX/2 wide, so `hi − lo` is finite.
+        let floor = |s: __m512, min: f32| _mm512_max_ps(s, _mm512_set1_ps(min));
+        let amax = || _mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi));
+        let signed = _mm512_set1_epi32(g.scheme.signed_offset(g.bits));
+        match g.scheme {
+            Scheme::AsymmetricGrid => (floor(_mm512_div_ps(_mm512_sub_ps(hi, lo), levels), f32::MIN_POSITIVE), _mm512_setzero_si512(), lo),
+            Scheme::AsymmetricExactZero => {
+                let (lo, hi) = (_mm512_min_ps(lo, zero), _mm512_max_ps(hi, zero));
+                let scale = floor(_mm512_div_ps(_mm512_sub_ps(hi, lo), levels), f32::EPSILON);
+                // −lo/S lies in 0..=levels, where the conversion's ties-to-even rounding is
+                // the portable `round_ties_even`.
+                let z = _mm512_cvtps_epi32(neg(_mm512_div_ps(lo, scale)));
+                let z = _mm512_min_epi32(_mm512_max_epi32(z, _mm512_setzero_si512()), _mm512_set1_epi32(levels_i));
+                (scale, z, zero)
+            }
+            Scheme::SymmetricNarrow => {
+                let half = ((1i32 << (g.bits - 1)) - 1) as f32;
+                (floor(_mm512_div_ps(amax(), _mm512_set1_ps(half)), f32::MIN_POSITIVE), signed, zero)
+            }
+            Scheme::SymmetricFull => {
+                let denom = levels_i as f32 / 2.0;
+                (floor(_mm512_div_ps(amax(), _mm512_set1_ps(denom)), f32::EPSILON), signed, zero)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn fused_runs(
+        xs: &[f32],
+        runs: &[Range<usize>],
+        g: &Grid,
+        codes: &mut [u8],
+        base: usize,
+        mut push: impl FnMut(SliceParams<f32>),
+    ) -> bool {
+        let max_code = _mm512_set1_ps(f32::from(g.scheme.max_code(g.bits)));
+        for block in runs.chunks(16) {
+            let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
+            if let (Some(a), Some(b)) = (block.first(), block.last()) {
+                // Ask for the data PREFETCH elements ahead of this block, one cache line at a
+                // time (a hint: addresses past the end are never dereferenced).
+                let p = xs.as_ptr().wrapping_add(a.start + PREFETCH);
+                for line in (0..b.end - a.start).step_by(16) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line).cast());
+                }
+            }
+            for (j, r) in block.iter().enumerate() {
+                let Some((l, h)) = min_max(&xs[r.clone()]) else { return false };
+                (lo[j], hi[j]) = (l, h);
+            }
+            let (scale, zp, offset) = params16(load16(&lo), load16(&hi), g);
+            // `RunConsts::new`, lane by lane.
+            let zf = _mm512_cvtepi32_ps(zp);
+            let inv = store16(_mm512_div_ps(_mm512_set1_ps(1.0), scale));
+            let (qlo, qhi) = (store16(neg(zf)), store16(_mm512_sub_ps(max_code, zf)));
+            let (scale, offset) = (store16(scale), store16(offset));
+            let mut z = [0i32; 16];
+            // SAFETY: the array holds 64 bytes; unaligned store.
+            unsafe { _mm512_storeu_si512(z.as_mut_ptr().cast(), zp) };
+            for (j, r) in block.iter().enumerate() {
+                let c = Bcast::new(scale[j], inv[j], offset[j], qlo[j], qhi[j], z[j]);
+                quantize_run(&c, g.divide, &xs[r.clone()], &mut codes[r.start - base..r.end - base]);
+                push(SliceParams { scale: scale[j], zero_point: z[j], offset: offset[j] });
+            }
+        }
+        true
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn min_max_runs(xs: &[f32], runs: impl Iterator<Item = Range<usize>>, out: &mut Vec<(f32, f32)>) -> bool {
+        for r in runs {
+            match min_max(&xs[r]) {
+                Some(b) => out.push(b),
+                None => return false,
+            }
+        }
+        true
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn quantize_runs(
+        xs: &[f32],
+        runs: impl Iterator<Item = Range<usize>>,
+        consts: &[RunConsts],
+        divide: bool,
+        codes: &mut [u8],
+        base: usize,
+    ) {
+        for (r, c) in runs.zip(consts) {
+            let c = Bcast::new(c.scale, c.inv, c.offset, c.lo, c.hi, c.zero_point);
+            quantize_run(&c, divide, &xs[r.clone()], &mut codes[r.start - base..r.end - base]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn dequantize_runs(codes: &[u8], runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>, out: &mut [f32]) {
+        for (r, p) in runs {
+            dequantize_run(p.scale, p.zero_point, p.offset, &codes[r.clone()], &mut out[r]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn pack4(codes: &[u8], out: &mut [u8]) -> usize {
+        let full = (codes.len() / 64).min(out.len() / 32) * 64;
+        // Byte pairs (c0, c1) become c0 + 16·c1.
+        let weights = _mm512_set1_epi16(0x1001);
+        for at in (0..full).step_by(64) {
+            let c = &codes[at..at + 64];
+            let o = &mut out[at / 2..at / 2 + 32];
+            // SAFETY: `c` holds 64 bytes and `o` 32; unaligned load and store.
+            unsafe {
+                let v = _mm512_maddubs_epi16(_mm512_loadu_si512(c.as_ptr().cast()), weights);
+                _mm256_storeu_si256(o.as_mut_ptr().cast(), _mm512_cvtepi16_epi8(v));
+            }
+        }
+        full
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn unpack4(bytes: &[u8], out: &mut [u8]) -> usize {
+        let full = (out.len() / 64).min(bytes.len() / 32) * 64;
+        let (low, high) = (_mm512_set1_epi16(0x000F), _mm512_set1_epi16(0x0F00));
+        for at in (0..full).step_by(64) {
+            let b = &bytes[at / 2..at / 2 + 32];
+            let o = &mut out[at..at + 64];
+            // SAFETY: `b` holds 32 bytes and `o` 64; unaligned load and store.
+            unsafe {
+                // Each byte widened to 16 bits: low nibble in the low byte, high nibble moved
+                // to the high byte gives the two codes in order.
+                let t = _mm512_cvtepu8_epi16(_mm256_loadu_si256(b.as_ptr().cast()));
+                let v = _mm512_or_si512(_mm512_and_si512(t, low), _mm512_and_si512(_mm512_slli_epi16::<4>(t), high));
+                _mm512_storeu_si512(o.as_mut_ptr().cast(), v);
+            }
+        }
+        full
+    }
+}
+
+/// Appends each run's minimum and maximum (as `range::min_max` computes them) to `out`;
+/// `false` as soon as a run is empty or holds a non-finite value. Call only when [`enabled`].
+pub(crate) fn min_max_runs(xs: &[f32], runs: impl Iterator<Item = Range<usize>>, out: &mut Vec<(f32, f32)>) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: callers check `enabled()`, the attribute's only requirement.
+        unsafe { x86::min_max_runs(xs, runs, out) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xs, runs, out);
+        false
+    }
+}
+
+/// One pass over an item's runs in blocks of 16: each run's range, its parameters
+/// (`SliceParams::for_spec` with `ParamDtype::Native`, handed to `push` in run order) and
+/// its half-even codes into `codes` (first byte = element `base`), while the block is in
+/// cache. `false` (with some runs done) when a run is empty or holds a non-finite value.
+/// Call only when [`enabled`].
+pub(crate) fn fused_runs(
+    xs: &[f32],
+    runs: &[Range<usize>],
+    g: &Grid,
+    codes: &mut [u8],
+    base: usize,
+    push: impl FnMut(SliceParams<f32>),
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: callers check `enabled()`.
+        unsafe { x86::fused_runs(xs, runs, g, codes, base, push) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xs, runs, g, codes, base, push);
+        false
+    }
+}
+
+/// Half-even codes of each run with its constants (`kernel::quantize_run` with
+/// [`crate::Rounding::HalfEven`]) into `codes`, whose first byte is element `base`. Call only when [`enabled`].
+pub(crate) fn quantize_runs(
+    xs: &[f32],
+    runs: impl Iterator<Item = Range<usize>>,
+    consts: &[RunConsts],
+    divide: bool,
+    codes: &mut [u8],
+    base: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: callers check `enabled()`.
+    unsafe {
+        x86::quantize_runs(xs, runs, consts, divide, codes, base)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (xs, runs, consts, divide, codes, base);
+    }
+}
+
+/// `scale·(u − zero_point) + offset` for the codes of each run (`kernel::dequantize_run`);
+/// the ranges index both `codes` and `out`. Call only when [`enabled`].
+pub(crate) fn dequantize_runs(codes: &[u8], runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: callers check `enabled()`.
+    unsafe {
+        x86::dequantize_runs(codes, runs, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (codes, runs, out);
+    }
+}
+
+/// Packs 4-bit codes (`pack::pack_into` at 4 bits). Call only when [`enabled`].
+pub(crate) fn pack4(codes: &[u8], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: callers check `enabled()`.
+        let done = unsafe { x86::pack4(codes, out) };
+        crate::pack::pack_into(&codes[done..], 4, &mut out[done / 2..]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    crate::pack::pack_into(codes, 4, out);
+}
+
+/// Unpacks `out.len()` 4-bit codes (`pack::unpack_from` at 4 bits). Call only when [`enabled`].
+pub(crate) fn unpack4(bytes: &[u8], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: callers check `enabled()`.
+        let done = unsafe { x86::unpack4(bytes, out) };
+        crate::pack::unpack_from(&bytes[done / 2..], 4, &mut out[done..]);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    crate::pack::unpack_from(bytes, 4, out);
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every AVX-512 kernel against its portable counterpart, bit for bit (on CPUs without
+    //! AVX-512 the tests have nothing to compare and pass trivially).
+    use super::*;
+    use crate::kernel::{self, Kernel};
+    use crate::pack::{pack_into, packed_len, unpack_from};
+    use crate::range;
+    use crate::spec::{ParamDtype, Rounding, ScaleMode, UniformSpec};
+    use proptest::prelude::*;
+
+    /// Values with many exact ties, signed zeros, and a few extremes.
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -4.0f32..4.0,
+            2 => (-64i32..64).prop_map(|k| k as f32 * 0.0625),
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => prop_oneof![Just(f32::MAX), Just(-f32::MAX), Just(f32::MIN_POSITIVE), Just(1e-40f32), Just(3e30f32)],
+        ]
+    }
+
+    /// Data and a split of it into runs (some of length 0 or 1, most below 100).
+    fn runs() -> impl Strategy<Value = (Vec<f32>, Vec<Range<usize>>)> {
+        prop::collection::vec(prop_oneof![3 => 0usize..40, 1 => 40usize..140], 1..24).prop_flat_map(|lens| {
+            let total: usize = lens.iter().sum();
+            let mut at = 0;
+            let ranges: Vec<Range<usize>> = lens
+                .iter()
+                .map(|&l| {
+                    at += l;
+                    at - l..at
+                })
+                .collect();
+            // Half the cases keep only non-negative values (zeros of both signs stay), so that
+            // runs whose minimum is a zero, where the sign of the result depends on the
+            // operand order, are common.
+            (prop::collection::vec(value(), total), any::<bool>(), Just(ranges))
+                .prop_map(|(xs, nonneg, ranges)| (xs.into_iter().map(|x| if nonneg && x != 0.0 { x.abs() } else { x }).collect(), ranges))
+        })
+    }
+
+    fn schemes() -> impl Strategy<Value = (Scheme, u8)> {
+        (
+            prop_oneof![
+                Just(Scheme::AsymmetricGrid),
+                Just(Scheme::AsymmetricExactZero),
+                Just(Scheme::SymmetricNarrow),
+                Just(Scheme::SymmetricFull)
+            ],
+            1u8..=8,
+        )
+            .prop_map(|(s, b)| (s, b.max(s.min_bits())))
+    }
+
+    fn bits_of(p: &SliceParams<f32>) -> (u32, i32, u32) {
+        (p.scale.to_bits(), p.zero_point, p.offset.to_bits())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn min_max_matches_portable((xs, rs) in runs(), poison in prop::option::of((any::<prop::sample::Index>(), prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)]))) {
+            prop_assume!(enabled());
+            let mut xs = xs;
+            if let Some((i, v)) = poison && !xs.is_empty() {
+                let i = i.index(xs.len());
+                xs[i] = v;
+            }
+            let mut got = Vec::new();
+            let ok = min_max_runs(&xs, rs.iter().cloned(), &mut got);
+            let want: Vec<_> = rs.iter().map(|r| (!r.is_empty()).then(|| range::min_max(&xs[r.clone()]).ok()).flatten()).collect();
+            let all = want.iter().all(Option::is_some);
+            prop_assert_eq!(ok, all);
+            // Up to the first failing run, the same bounds, signs of zeros included.
+            for (g, w) in got.iter().zip(&want) {
+                let w = w.unwrap_or((f32::NAN, f32::NAN));
+                prop_assert_eq!((g.0.to_bits(), g.1.to_bits()), (w.0.to_bits(), w.1.to_bits()));
+            }
+        }
+
+        #[test]
+        fn fused_runs_match_portable((xs, rs) in runs(), (scheme, bits) in schemes(), divide in any::<bool>()) {
+            prop_assume!(enabled());
+            prop_assume!(rs.iter().all(|r| !r.is_empty()));
+            let mode = if divide { ScaleMode::Divide } else { ScaleMode::Reciprocal };
+            let spec = UniformSpec::builder().bits(bits).scheme(scheme).scale_mode(mode).check().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let grid = Grid { scheme, bits, divide };
+            let mut codes = vec![0u8; xs.len()];
+            let mut params = Vec::new();
+            prop_assert!(fused_runs(&xs, &rs, &grid, &mut codes, 0, |p| params.push(p)));
+            let mut want = vec![0u8; xs.len()];
+            for (r, got) in rs.iter().zip(&params) {
+                let (lo, hi) = range::min_max(&xs[r.clone()]).map_err(|_| TestCaseError::fail("finite input"))?;
+                let p = SliceParams::for_spec(lo, hi, &spec);
+                prop_assert_eq!(bits_of(got), bits_of(&p), "run {:?} range [{}, {}]", r, lo, hi);
+                let k = Kernel::new(&p, spec.max_code(), mode);
+                kernel::quantize_run(&k, Rounding::HalfEven, r.start, &xs[r.clone()], &mut want[r.clone()]);
+            }
+            prop_assert_eq!(codes, want);
+        }
+
+        #[test]
+        fn quantize_and_dequantize_runs_match_portable((xs, rs) in runs(), (scheme, bits) in schemes(), divide in any::<bool>(), f16 in any::<bool>()) {
+            prop_assume!(enabled());
+            prop_assume!(rs.iter().all(|r| !r.is_empty()));
+            let mode = if divide { ScaleMode::Divide } else { ScaleMode::Reciprocal };
+            let dtype = if f16 { ParamDtype::F16 } else { ParamDtype::Native };
+            let spec = UniformSpec::builder().bits(bits).scheme(scheme).scale_mode(mode).param_dtype(dtype).check().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let mut params = Vec::new();
+            for r in &rs {
+                let (lo, hi) = range::min_max(&xs[r.clone()]).map_err(|_| TestCaseError::fail("finite input"))?;
+                params.push(SliceParams::for_spec(lo, hi, &spec));
+            }
+            let consts: Vec<RunConsts> = params.iter().map(|p| RunConsts::new(p, spec.max_code())).collect();
+            let mut codes = vec![0u8; xs.len()];
+            quantize_runs(&xs, rs.iter().cloned(), &consts, divide, &mut codes, 0);
+            let mut want = vec![0u8; xs.len()];
+            let mut back = vec![0f32; xs.len()];
+            let mut want_back = vec![0f32; xs.len()];
+            for (r, p) in rs.iter().zip(&params) {
+                let k = Kernel::new(p, spec.max_code(), mode);
+                kernel::quantize_run(&k, Rounding::HalfEven, r.start, &xs[r.clone()], &mut want[r.clone()]);
+                kernel::dequantize_run(&k, &want[r.clone()], &mut want_back[r.clone()]);
+            }
+            prop_assert_eq!(&codes, &want);
+            dequantize_runs(&codes, rs.iter().cloned().zip(params.iter().copied()), &mut back);
+            let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits_of(&back), bits_of(&want_back));
+        }
+
+        #[test]
+        fn pack4_and_unpack4_match_portable(codes in prop::collection::vec(0u8..16, 0..400)) {
+            prop_assume!(enabled());
+            let n = packed_len(codes.len(), 4);
+            let (mut got, mut want) = (vec![0u8; n], vec![0u8; n]);
+            pack4(&codes, &mut got);
+            pack_into(&codes, 4, &mut want);
+            prop_assert_eq!(&got, &want);
+            let (mut back, mut want_back) = (vec![0u8; codes.len()], vec![0u8; codes.len()]);
+            unpack4(&got, &mut back);
+            unpack_from(&want, 4, &mut want_back);
+            prop_assert_eq!(&back, &want_back);
+            prop_assert_eq!(back, codes);
+        }
+    }
+
+    #[test]
+    fn params16_covers_extreme_ranges() {
+        if !enabled() {
+            return;
+        }
+        let edges = [0.0f32, -0.0, 1.0, -1.0, f32::MIN_POSITIVE, -1e-40, 1e-40, f32::MAX, -f32::MAX, 1e38, -3e38, 0.5, 7.0];
+        for scheme in [Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull] {
+            for bits in scheme.min_bits()..=8 {
+                let spec = UniformSpec::builder().bits(bits).scheme(scheme).check().unwrap_or_else(|e| panic!("{e}"));
+                for &a in &edges {
+                    for &b in &edges {
+                        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                        // A run [lo, hi, lo, ...] has exactly this range.
+                        let xs = [lo, hi, lo, hi];
+                        let mut params = Vec::new();
+                        let mut codes = [0u8; 4];
+                        let one_run = [Range { start: 0, end: 4 }];
+                        assert!(fused_runs(&xs, &one_run, &Grid { scheme, bits, divide: false }, &mut codes, 0, |p| params.push(p)));
+                        let (l, h) = range::min_max(&xs).unwrap_or_else(|_| panic!("finite"));
+                        assert_eq!(bits_of(&params[0]), bits_of(&SliceParams::for_spec(l, h, &spec)), "{scheme:?} {bits} [{lo}, {hi}]");
+                    }
+                }
+            }
+        }
+    }
+}
