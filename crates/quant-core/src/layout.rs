@@ -87,6 +87,17 @@ impl Layout {
         }
     }
 
+    /// When every slice is one contiguous run and all runs have the same length, that
+    /// length: run `k` is then `k·len..(k + 1)·len`.
+    pub(crate) fn equal_runs(&self) -> Option<usize> {
+        match self.kind {
+            Kind::Tensor => Some(self.len()),
+            Kind::Channel if self.outer == 1 => Some(self.inner),
+            Kind::Group { size, .. } if self.inner == 1 && self.n.is_multiple_of(size) => Some(size),
+            _ => None,
+        }
+    }
+
     /// The element ranges of runs `k, k + 1, …` (only meaningful when
     /// [`Self::contiguous_runs`] is `Some`): [`Self::run`] for each, stepped without a
     /// division per run.
@@ -218,6 +229,9 @@ mod tests {
                     for k in 0..runs {
                         for f in l.run(k) {
                             assert_eq!(seen[f], k);
+                        }
+                        if let Some(len) = l.equal_runs() {
+                            assert_eq!(l.run(k), k * len..(k + 1) * len, "{shape:?} {g:?} run {k}");
                         }
                         let stepped: Vec<_> = l.runs_from(k).collect();
                         let direct: Vec<_> = (k..runs).map(|j| l.run(j)).collect();

@@ -60,16 +60,26 @@ pub(crate) struct Grid {
     pub(crate) divide: bool,
 }
 
+/// How [`fused_runs`] lays out the codes it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codes {
+    /// One byte per code.
+    Bytes,
+    /// Two 4-bit codes per byte, the first in the low nibble (the packed 4-bit layout);
+    /// every run must start on an even element and have an even length.
+    Nibbles,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Grid, RunConsts};
+    use super::{Codes, Grid, RunConsts};
     use crate::params::SliceParams;
     use crate::spec::Scheme;
     use core::arch::x86_64::*;
     use core::ops::Range;
 
-    /// How far ahead (in elements) [`fused_runs`] prefetches.
-    const PREFETCH: usize = 1024;
+    /// How far ahead (in elements) the min-max pass prefetches.
+    const PREFETCH: usize = 2048;
 
     /// Sixteen f32 from `xs[at..at + 16]` (bounds-checked).
     #[inline(always)]
@@ -89,25 +99,25 @@ mod x86 {
         let mut bad = _mm512_setzero_ps();
         let zero = _mm512_setzero_ps();
         let full = xs.len() / 16 * 16;
+        // Ask for the data PREFETCH elements ahead, one 64-byte line per iteration (a hint:
+        // addresses past the end are never dereferenced).
+        let ahead = xs.as_ptr().wrapping_add(PREFETCH);
         for at in (0..full).step_by(16) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(at).cast());
             let x = load(xs, at);
             // `_mm512_min_ps(a, b)` is `a < b ? a : b`, the portable loop's expression.
             lo = _mm512_min_ps(lo, x);
             hi = _mm512_max_ps(hi, x);
             bad = _mm512_add_ps(bad, _mm512_mul_ps(x, zero));
         }
-        // The portable tree: lanes l and l + 8, then + 4, + 2, + 1.
-        macro_rules! fold {
-            ($shift:expr) => {
-                lo = _mm512_min_ps(lo, $shift(lo));
-                hi = _mm512_max_ps(hi, $shift(hi));
-            };
-        }
-        fold!(|v| _mm512_shuffle_f32x4::<0b11_10_11_10>(v, v));
-        fold!(|v| _mm512_shuffle_f32x4::<0b01>(v, v));
-        fold!(|v| _mm512_permute_ps::<0b11_10_11_10>(v));
-        fold!(|v| _mm512_permute_ps::<0b01>(v));
-        let (mut l0, mut h0) = (_mm512_cvtss_f32(lo), _mm512_cvtss_f32(hi));
+        // The portable tree (lanes l and l + 8, then + 4, + 2, + 1), on `lo` and `−hi` in one
+        // vector: max(a, b) = −min(−a, −b) exactly, signs of zeros included.
+        let nh = neg(hi);
+        let mut w = _mm512_min_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(lo, nh), _mm512_shuffle_f32x4::<0b11_10_11_10>(lo, nh));
+        w = _mm512_min_ps(w, _mm512_shuffle_f32x4::<0b10_11_00_01>(w, w));
+        w = _mm512_min_ps(w, _mm512_permute_ps::<0b11_10_11_10>(w));
+        w = _mm512_min_ps(w, _mm512_permute_ps::<0b01>(w));
+        let (mut l0, mut h0) = (_mm512_cvtss_f32(w), -_mm_cvtss_f32(_mm512_extractf32x4_ps::<2>(w)));
         let mut finite = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(bad, zero) == 0xFFFF;
         for &x in &xs[full..] {
             l0 = if l0 < x { l0 } else { x };
@@ -145,7 +155,7 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn codes(x: __m512, c: &Bcast, divide: bool) -> __m512i {
+    fn codes_of(x: __m512, c: &Bcast, divide: bool) -> __m512i {
         let d = _mm512_sub_ps(x, c.offset);
         let y = if divide { _mm512_div_ps(d, c.scale) } else { _mm512_mul_ps(d, c.inv) };
         // `max(y, lo)` then `min(·, hi)` as the portable `half_even_code`; the conversion
@@ -160,7 +170,7 @@ mod x86 {
         let n = xs.len().min(out.len());
         let full = n / 16 * 16;
         for at in (0..full).step_by(16) {
-            let v = _mm512_cvtepi32_epi8(codes(load(xs, at), c, divide));
+            let v = _mm512_cvtepi32_epi8(codes_of(load(xs, at), c, divide));
             let o = &mut out[at..at + 16];
             // SAFETY: `o` holds 16 bytes; unaligned store.
             unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), v) };
@@ -173,29 +183,51 @@ mod x86 {
             // elements; masked-off lanes are neither read nor written.
             unsafe {
                 let x = _mm512_maskz_loadu_ps(mask, xr.as_ptr());
-                _mm512_mask_cvtepi32_storeu_epi8(or.as_mut_ptr().cast(), mask, codes(x, c, divide));
+                _mm512_mask_cvtepi32_storeu_epi8(or.as_mut_ptr().cast(), mask, codes_of(x, c, divide));
             }
         }
     }
 
+    /// Dequantizes the codes of one run into `out`: one code per byte of `codes`, or two
+    /// (low nibble first) for [`Codes::Nibbles`], where `out.len()` must be even.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
-    fn dequantize_run(scale: f32, zero_point: i32, offset: f32, codes: &[u8], out: &mut [f32]) {
-        let n = codes.len().min(out.len());
+    fn dequantize_run(p: &SliceParams<f32>, layout: Codes, codes: &[u8], out: &mut [f32]) {
+        let n = match layout {
+            Codes::Bytes => codes.len().min(out.len()),
+            Codes::Nibbles => (codes.len() * 2).min(out.len()),
+        };
         let full = n / 16 * 16;
-        let (s, m, z) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset), _mm512_set1_epi32(zero_point));
+        let (s, m, z) = (_mm512_set1_ps(p.scale), _mm512_set1_ps(p.offset), _mm512_set1_epi32(p.zero_point));
+        let nibble = _mm512_set1_epi32(15);
         for at in (0..full).step_by(16) {
-            let cs = &codes[at..at + 16];
             let o = &mut out[at..at + 16];
-            // SAFETY: `cs` holds 16 bytes and `o` 16 f32; unaligned load and store.
-            unsafe {
-                let u = _mm512_cvtepu8_epi32(_mm_loadu_si128(cs.as_ptr().cast()));
-                let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(u, z)), s), m);
-                _mm512_storeu_ps(o.as_mut_ptr(), v);
-            }
+            let u = match layout {
+                Codes::Bytes => {
+                    let cs = &codes[at..at + 16];
+                    // SAFETY: `cs` holds 16 bytes; unaligned load.
+                    _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(cs.as_ptr().cast()) })
+                }
+                Codes::Nibbles => {
+                    let cs = &codes[at / 2..at / 2 + 8];
+                    // SAFETY: `cs` holds 8 bytes; the load reads exactly those.
+                    let t = _mm512_cvtepu8_epi64(unsafe { _mm_loadl_epi64(cs.as_ptr().cast()) });
+                    // Byte b in a 64-bit lane: b | b << 28 holds the low nibble in the low
+                    // 32-bit half and the high nibble at the bottom of the high half.
+                    _mm512_and_si512(_mm512_or_si512(t, _mm512_slli_epi64::<28>(t)), nibble)
+                }
+            };
+            let v = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(u, z)), s), m);
+            // SAFETY: `o` holds 16 f32; unaligned store.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
         }
-        for (&c, o) in codes[full..n].iter().zip(&mut out[full..n]) {
-            *o = (i32::from(c) - zero_point) as f32 * scale + offset;
+        for (i, o) in out[full..n].iter_mut().enumerate() {
+            let i = full + i;
+            let c = match layout {
+                Codes::Bytes => codes[i],
+                Codes::Nibbles => (codes[i / 2] >> (4 * (i % 2))) & 15,
+            };
+            *o = (i32::from(c) - p.zero_point) as f32 * p.scale + p.offset;
         }
     }
 
@@ -264,25 +296,30 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn fused_runs(
         xs: &[f32],
-        runs: &[Range<usize>],
+        mut runs: impl Iterator<Item = Range<usize>>,
         g: &Grid,
+        layout: Codes,
         codes: &mut [u8],
         base: usize,
         mut push: impl FnMut(SliceParams<f32>),
     ) -> bool {
         let max_code = _mm512_set1_ps(f32::from(g.scheme.max_code(g.bits)));
-        for block in runs.chunks(16) {
-            let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
-            if let (Some(a), Some(b)) = (block.first(), block.last()) {
-                // Ask for the data PREFETCH elements ahead of this block, one cache line at a
-                // time (a hint: addresses past the end are never dereferenced).
-                let p = xs.as_ptr().wrapping_add(a.start + PREFETCH);
-                for line in (0..b.end - a.start).step_by(16) {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line).cast());
-                }
+        loop {
+            // The next block of up to 16 runs.
+            let mut block = [(0usize, 0usize); 16];
+            let mut m = 0;
+            for slot in &mut block {
+                let Some(r) = runs.next() else { break };
+                *slot = (r.start, r.end);
+                m += 1;
             }
-            for (j, r) in block.iter().enumerate() {
-                let Some((l, h)) = min_max(&xs[r.clone()]) else { return false };
+            if m == 0 {
+                return true;
+            }
+            let block = &block[..m];
+            let (mut lo, mut hi) = ([0f32; 16], [0f32; 16]);
+            for (j, &(a, b)) in block.iter().enumerate() {
+                let Some((l, h)) = min_max(&xs[a..b]) else { return false };
                 (lo[j], hi[j]) = (l, h);
             }
             let (scale, zp, offset) = params16(load16(&lo), load16(&hi), g);
@@ -294,13 +331,52 @@ mod x86 {
             let mut z = [0i32; 16];
             // SAFETY: the array holds 64 bytes; unaligned store.
             unsafe { _mm512_storeu_si512(z.as_mut_ptr().cast(), zp) };
-            for (j, r) in block.iter().enumerate() {
-                let c = Bcast::new(scale[j], inv[j], offset[j], qlo[j], qhi[j], z[j]);
-                quantize_run(&c, g.divide, &xs[r.clone()], &mut codes[r.start - base..r.end - base]);
+            let consts = |j: usize| Bcast::new(scale[j], inv[j], offset[j], qlo[j], qhi[j], z[j]);
+            // One loop per layout, so that each kernel has a single call site here.
+            match layout {
+                Codes::Bytes => {
+                    for (j, &(a, b)) in block.iter().enumerate() {
+                        quantize_run(&consts(j), g.divide, &xs[a..b], &mut codes[a - base..b - base]);
+                    }
+                }
+                Codes::Nibbles => {
+                    // Written out here rather than called: one fewer call per run. Each 64-bit
+                    // lane holds codes c0 (low half) and c1: c0 | c1 << 4 in its low byte.
+                    let pair = |v: __m512i| _mm512_or_si512(v, _mm512_srli_epi64::<28>(v));
+                    for (j, &(a, b)) in block.iter().enumerate() {
+                        let c = consts(j);
+                        let (xs, out) = (&xs[a..b], &mut codes[(a - base) / 2..(b - base) / 2]);
+                        let n = xs.len().min(out.len() * 2);
+                        let full = n / 16 * 16;
+                        for at in (0..full).step_by(16) {
+                            let v = _mm512_cvtepi64_epi8(pair(codes_of(load(xs, at), &c, g.divide)));
+                            let o = &mut out[at / 2..at / 2 + 8];
+                            // SAFETY: `o` holds 8 bytes; the store writes the low 8 bytes of `v`.
+                            unsafe { _mm_storel_epi64(o.as_mut_ptr().cast(), v) };
+                        }
+                        if full < n {
+                            let rest = n - full;
+                            let mask: __mmask16 = (1u32 << rest).wrapping_sub(1) as u16;
+                            let (xr, or) = (&xs[full..n], &mut out[full / 2..n.div_ceil(2)]);
+                            // SAFETY: the masks enable exactly `rest` lanes of `xr` and `rest / 2`
+                            // bytes of `or` (`rest` is even); masked-off lanes are neither read
+                            // nor written.
+                            unsafe {
+                                let x = _mm512_maskz_loadu_ps(mask, xr.as_ptr());
+                                let bytes: __mmask8 = ((1u32 << (rest / 2)) - 1) as u8;
+                                _mm512_mask_cvtepi64_storeu_epi8(or.as_mut_ptr().cast(), bytes, pair(codes_of(x, &c, g.divide)));
+                            }
+                        }
+                    }
+                }
+            }
+            for j in 0..m {
                 push(SliceParams { scale: scale[j], zero_point: z[j], offset: offset[j] });
             }
+            if m < 16 {
+                return true;
+            }
         }
-        true
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
@@ -330,9 +406,18 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) fn dequantize_runs(codes: &[u8], runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>, out: &mut [f32]) {
+    pub(super) fn dequantize_runs(
+        codes: &[u8],
+        layout: Codes,
+        runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>,
+        out: &mut [f32],
+    ) {
         for (r, p) in runs {
-            dequantize_run(p.scale, p.zero_point, p.offset, &codes[r.clone()], &mut out[r]);
+            let cs = match layout {
+                Codes::Bytes => &codes[r.clone()],
+                Codes::Nibbles => &codes[r.start / 2..r.end.div_ceil(2)],
+            };
+            dequantize_run(&p, layout, cs, &mut out[r]);
         }
     }
 
@@ -390,13 +475,14 @@ pub(crate) fn min_max_runs(xs: &[f32], runs: impl Iterator<Item = Range<usize>>,
 
 /// One pass over an item's runs in blocks of 16: each run's range, its parameters
 /// (`SliceParams::for_spec` with `ParamDtype::Native`, handed to `push` in run order) and
-/// its half-even codes into `codes` (first byte = element `base`), while the block is in
-/// cache. `false` (with some runs done) when a run is empty or holds a non-finite value.
-/// Call only when [`enabled`].
+/// its half-even codes into `codes` (first code = element `base`, laid out as `layout`
+/// says), while the block is in cache. `false` (with some runs done) when a run is empty or
+/// holds a non-finite value. Call only when [`enabled`].
 pub(crate) fn fused_runs(
     xs: &[f32],
-    runs: &[Range<usize>],
+    runs: impl Iterator<Item = Range<usize>>,
     g: &Grid,
+    layout: Codes,
     codes: &mut [u8],
     base: usize,
     push: impl FnMut(SliceParams<f32>),
@@ -404,11 +490,11 @@ pub(crate) fn fused_runs(
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: callers check `enabled()`.
-        unsafe { x86::fused_runs(xs, runs, g, codes, base, push) }
+        unsafe { x86::fused_runs(xs, runs, g, layout, codes, base, push) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xs, runs, g, codes, base, push);
+        let _ = (xs, runs, g, layout, codes, base, push);
         false
     }
 }
@@ -435,16 +521,17 @@ pub(crate) fn quantize_runs(
 }
 
 /// `scale·(u − zero_point) + offset` for the codes of each run (`kernel::dequantize_run`);
-/// the ranges index both `codes` and `out`. Call only when [`enabled`].
-pub(crate) fn dequantize_runs(codes: &[u8], runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>, out: &mut [f32]) {
+/// the ranges index `out` and the codes, laid out as `layout` says (for [`Codes::Nibbles`]
+/// every range starts on an even element and has an even length). Call only when [`enabled`].
+pub(crate) fn dequantize_runs(codes: &[u8], layout: Codes, runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: callers check `enabled()`.
     unsafe {
-        x86::dequantize_runs(codes, runs, out)
+        x86::dequantize_runs(codes, layout, runs, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (codes, runs, out);
+        let _ = (codes, layout, runs, out);
     }
 }
 
@@ -496,7 +583,13 @@ mod tests {
 
     /// Data and a split of it into runs (some of length 0 or 1, most below 100).
     fn runs() -> impl Strategy<Value = (Vec<f32>, Vec<Range<usize>>)> {
-        prop::collection::vec(prop_oneof![3 => 0usize..40, 1 => 40usize..140], 1..24).prop_flat_map(|lens| {
+        runs_of(1)
+    }
+
+    /// [`runs`] with every length a multiple of `step`.
+    fn runs_of(step: usize) -> impl Strategy<Value = (Vec<f32>, Vec<Range<usize>>)> {
+        prop::collection::vec(prop_oneof![3 => 0usize..40, 1 => 40usize..140], 1..24).prop_flat_map(move |lens| {
+            let lens: Vec<usize> = lens.into_iter().map(|l| l * step).collect();
             let total: usize = lens.iter().sum();
             let mut at = 0;
             let ranges: Vec<Range<usize>> = lens
@@ -563,7 +656,7 @@ mod tests {
             let grid = Grid { scheme, bits, divide };
             let mut codes = vec![0u8; xs.len()];
             let mut params = Vec::new();
-            prop_assert!(fused_runs(&xs, &rs, &grid, &mut codes, 0, |p| params.push(p)));
+            prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut codes, 0, |p| params.push(p)));
             let mut want = vec![0u8; xs.len()];
             for (r, got) in rs.iter().zip(&params) {
                 let (lo, hi) = range::min_max(&xs[r.clone()]).map_err(|_| TestCaseError::fail("finite input"))?;
@@ -573,6 +666,28 @@ mod tests {
                 kernel::quantize_run(&k, Rounding::HalfEven, r.start, &xs[r.clone()], &mut want[r.clone()]);
             }
             prop_assert_eq!(codes, want);
+        }
+
+        #[test]
+        fn fused_runs_pack_nibbles_as_pack_into((xs, rs) in runs_of(2), scheme in prop_oneof![Just(Scheme::AsymmetricGrid), Just(Scheme::SymmetricNarrow)]) {
+            prop_assume!(enabled());
+            prop_assume!(rs.iter().all(|r| !r.is_empty()));
+            let grid = Grid { scheme, bits: 4, divide: false };
+            let mut bytes = vec![0u8; xs.len()];
+            prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut bytes, 0, |_| ()));
+            let mut want = vec![0u8; packed_len(xs.len(), 4)];
+            pack_into(&bytes, 4, &mut want);
+            let mut got = vec![0u8; want.len()];
+            let mut params = Vec::new();
+            prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Nibbles, &mut got, 0, |p| params.push(p)));
+            prop_assert_eq!(&got, &want);
+            // Dequantizing from the packed nibbles equals dequantizing the bytes.
+            let runs = || rs.iter().cloned().zip(params.iter().copied());
+            let (mut from_nibbles, mut from_bytes) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+            dequantize_runs(&got, Codes::Nibbles, runs(), &mut from_nibbles);
+            dequantize_runs(&bytes, Codes::Bytes, runs(), &mut from_bytes);
+            let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits_of(&from_nibbles), bits_of(&from_bytes));
         }
 
         #[test]
@@ -599,7 +714,7 @@ mod tests {
                 kernel::dequantize_run(&k, &want[r.clone()], &mut want_back[r.clone()]);
             }
             prop_assert_eq!(&codes, &want);
-            dequantize_runs(&codes, rs.iter().cloned().zip(params.iter().copied()), &mut back);
+            dequantize_runs(&codes, Codes::Bytes, rs.iter().cloned().zip(params.iter().copied()), &mut back);
             let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits_of(&back), bits_of(&want_back));
         }
@@ -637,7 +752,15 @@ mod tests {
                         let mut params = Vec::new();
                         let mut codes = [0u8; 4];
                         let one_run = [Range { start: 0, end: 4 }];
-                        assert!(fused_runs(&xs, &one_run, &Grid { scheme, bits, divide: false }, &mut codes, 0, |p| params.push(p)));
+                        assert!(fused_runs(
+                            &xs,
+                            one_run.into_iter(),
+                            &Grid { scheme, bits, divide: false },
+                            Codes::Bytes,
+                            &mut codes,
+                            0,
+                            |p| params.push(p)
+                        ));
                         let (l, h) = range::min_max(&xs).unwrap_or_else(|_| panic!("finite"));
                         assert_eq!(bits_of(&params[0]), bits_of(&SliceParams::for_spec(l, h, &spec)), "{scheme:?} {bits} [{lo}, {hi}]");
                     }

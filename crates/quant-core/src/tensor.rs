@@ -1,5 +1,7 @@
 //! Quantized tensors and fake-quantization results.
 
+use core::ops::Range;
+
 use ndarray::{Array, ArrayD, ArrayViewMut, Dimension, IxDyn};
 
 use crate::error::{QuantError, Result};
@@ -8,7 +10,7 @@ use crate::kernel;
 use crate::layout::Layout;
 use crate::pack::{PackedCodes, unpack_from};
 use crate::par::{self, BATCH};
-use crate::params::QuantParams;
+use crate::params::{QuantParams, SliceParams};
 use crate::simd;
 
 /// A uniformly quantized tensor: its shape, the bit-packed codes in row-major order and the
@@ -136,13 +138,17 @@ impl<F: Float> QuantizedTensor<F> {
     fn dequantize_simd(&self, layout: &Layout, bytes: &[u8], out: &mut [f32]) {
         let bits = self.bits();
         let slices = self.params.slices();
+        let nibbles = layout.equal_runs().is_some_and(|len| len.is_multiple_of(2));
         let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(BATCH).enumerate().collect();
         par::map(chunks, |(k, chunk)| {
             let start = k * BATCH;
             let from = &bytes[start / 8 * usize::from(bits)..];
             let mut buf = Vec::new();
-            let codes: &[u8] = match bits {
-                8 => &from[..chunk.len()],
+            let (codes, codes_layout): (&[u8], _) = match bits {
+                8 => (&from[..chunk.len()], simd::Codes::Bytes),
+                // Runs of an even length start on even elements (as chunks do): the kernel
+                // reads the nibbles in place.
+                4 if nibbles => (from, simd::Codes::Nibbles),
                 _ => {
                     buf.resize(chunk.len(), 0);
                     if bits == 4 {
@@ -150,22 +156,26 @@ impl<F: Float> QuantizedTensor<F> {
                     } else {
                         unpack_from(from, bits, &mut buf)
                     }
-                    &buf
+                    (&buf, simd::Codes::Bytes)
                 }
             };
             let end = start + chunk.len();
-            if layout.contiguous_runs().is_some() {
-                // Runs in order from the one holding `start`, clipped to the chunk.
+            // Runs in order from the one holding `start`, clipped to the chunk.
+            let clip = |(r, p): (Range<usize>, &SliceParams<F>)| {
+                (r.start < end).then(|| (r.start.max(start) - start..r.end.min(end) - start, p.to_f32()))
+            };
+            if let Some(len) = layout.equal_runs() {
+                let first = start / len;
+                let runs = (first..).map(|k| k * len..(k + 1) * len).zip(&slices[first..]).map_while(clip);
+                simd::dequantize_runs(codes, codes_layout, runs, chunk);
+            } else if layout.contiguous_runs().is_some() {
                 let (first, _) = layout.segment(start, end);
-                let runs = layout
-                    .runs_from(first)
-                    .zip(&slices[first..])
-                    .map_while(|(r, p)| (r.start < end).then(|| (r.start.max(start) - start..r.end.min(end) - start, p.to_f32())));
-                simd::dequantize_runs(codes, runs, chunk);
+                let runs = layout.runs_from(first).zip(&slices[first..]).map_while(clip);
+                simd::dequantize_runs(codes, codes_layout, runs, chunk);
             } else {
                 let mut segs = Vec::new();
                 layout.for_each_segment(start..end, |p, seg| segs.push((seg.start - start..seg.end - start, slices[p].to_f32())));
-                simd::dequantize_runs(codes, segs.into_iter(), chunk);
+                simd::dequantize_runs(codes, codes_layout, segs.into_iter(), chunk);
             }
         });
     }

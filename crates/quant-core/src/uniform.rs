@@ -120,6 +120,35 @@ fn collect_slices<T>(parts: Vec<core::result::Result<Vec<T>, usize>>) -> Result<
 /// Groups consecutive runs into work items of at least `BATCH` elements that end on a
 /// multiple of 8 elements (so each item owns whole bytes of the packed codes).
 fn run_batches(layout: &Layout, runs: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    match layout.equal_runs() {
+        Some(len) if len > 0 => equal_run_batches(len, runs),
+        _ => run_batches_by_walking(layout, runs),
+    }
+}
+
+/// [`run_batches`] for `runs` runs of `len` elements each, found by arithmetic: each item
+/// ends at the first run boundary at least `BATCH` elements on that is a multiple of 8.
+fn equal_run_batches(len: usize, runs: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    let mut out = Vec::new();
+    let mut r0 = 0;
+    while r0 < runs {
+        let mut k = r0 + BATCH.div_ceil(len) - 1;
+        // (k + 1)·len is a multiple of 8 within 8 steps.
+        while k < runs && !((k + 1) * len).is_multiple_of(8) {
+            k += 1;
+        }
+        if k >= runs {
+            out.push((r0..runs, r0 * len..runs * len));
+            break;
+        }
+        out.push((r0..k + 1, r0 * len..(k + 1) * len));
+        r0 = k + 1;
+    }
+    out
+}
+
+/// [`run_batches`] by visiting every run.
+fn run_batches_by_walking(layout: &Layout, runs: usize) -> Vec<(Range<usize>, Range<usize>)> {
     let mut out = Vec::new();
     let (mut r0, mut e0) = (0, 0);
     for (k, run) in layout.runs_from(0).take(runs).enumerate() {
@@ -255,7 +284,6 @@ fn fused_item_simd<F: Float>(
     let n = params.len();
     let runs = || layout.runs_from(first).take(n);
     if spec.param_dtype() == ParamDtype::Native {
-        let runs: Vec<Range<usize>> = runs().collect();
         let grid = simd::Grid { scheme: spec.scheme(), bits: spec.bits(), divide };
         let mut slots = params.iter_mut();
         let push = |p: SliceParams<f32>| {
@@ -263,7 +291,23 @@ fn fused_item_simd<F: Float>(
                 *slot = SliceParams { scale: F::cast(p.scale.into()), zero_point: p.zero_point, offset: F::cast(p.offset.into()) };
             }
         };
-        return write_codes(spec.bits(), es.len(), out, |codes| simd::fused_runs(xs, &runs, &grid, codes, es.start, push));
+        return match layout.equal_runs() {
+            // Runs of an even length start on even elements (items start on multiples of 8),
+            // so 4-bit codes can be packed as they are made.
+            Some(len) => {
+                let runs = (first..first + n).map(|k| k * len..(k + 1) * len);
+                if spec.bits() == 4 && len.is_multiple_of(2) {
+                    simd::fused_runs(xs, runs, &grid, simd::Codes::Nibbles, out, es.start, push)
+                } else {
+                    write_codes(spec.bits(), es.len(), out, |codes| {
+                        simd::fused_runs(xs, runs, &grid, simd::Codes::Bytes, codes, es.start, push)
+                    })
+                }
+            }
+            None => write_codes(spec.bits(), es.len(), out, |codes| {
+                simd::fused_runs(xs, runs(), &grid, simd::Codes::Bytes, codes, es.start, push)
+            }),
+        };
     }
     let mut ranges = Vec::with_capacity(n);
     if !simd::min_max_runs(xs, runs(), &mut ranges) {
@@ -403,5 +447,24 @@ impl<F: Float> QuantParams<F> {
             values: Array::from_shape_vec(dim.clone(), values).map_err(|_| shape_err())?,
             mask: Array::from_shape_vec(dim, mask).map_err(|_| shape_err())?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Granularity;
+
+    #[test]
+    fn equal_run_batches_match_the_walk() {
+        for len in [1, 2, 3, 5, 7, 8, 24, 32, 100, 128, 4095, 4096, 40_000, 70_001] {
+            for rows in [1, 2, 3, 17, 300] {
+                let n = len * 12;
+                let layout = Layout::new(&[rows, n], Granularity::PerGroup { axis: 1, size: len }).unwrap_or_else(|e| panic!("{e}"));
+                let runs = rows * 12;
+                assert_eq!(layout.equal_runs(), Some(len));
+                assert_eq!(equal_run_batches(len, runs), run_batches_by_walking(&layout, runs), "len {len} rows {rows}");
+            }
+        }
     }
 }
