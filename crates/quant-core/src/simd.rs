@@ -51,13 +51,15 @@ impl RunConsts {
     }
 }
 
-/// How [`fused_runs`] derives each run's parameters from its range: the scheme's
-/// `SliceParams::from_range` at the tensor's own precision (`ParamDtype::Native`).
+/// How [`fused_runs`] derives each run's parameters from its range: `SliceParams::for_spec`
+/// for the scheme and width, with the step and offset kept in f32 (`ParamDtype::Native`) or
+/// rounded to f16 (`ParamDtype::F16`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Grid {
     pub(crate) scheme: Scheme,
     pub(crate) bits: u8,
     pub(crate) divide: bool,
+    pub(crate) f16: bool,
 }
 
 /// How [`fused_runs`] lays out the codes it writes.
@@ -254,11 +256,31 @@ mod x86 {
         _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32(i32::MIN)))
     }
 
-    /// `SliceParams::from_range` for sixteen ranges at once (same operations lane by lane):
+    /// `SliceParams::for_spec` for sixteen ranges at once (same operations lane by lane):
     /// the steps, zero points and offsets.
     #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) fn params16(lo: __m512, hi: __m512, g: &Grid) -> (__m512, __m512i, __m512) {
+        if !g.f16 {
+            return from_range16(lo, hi, g);
+        }
+        // `for_spec` with f16 tables: the range clipped to ±32752, `from_range`, then the
+        // step and offset rounded to f16 (ties to even, as `half` rounds), a step that
+        // rounds to 0 replaced by the smallest f16 step.
+        let limit = _mm512_set1_ps(32752.0);
+        let clip = |v: __m512| _mm512_min_ps(_mm512_max_ps(v, neg(limit)), limit);
+        let (scale, zp, offset) = from_range16(clip(lo), clip(hi), g);
+        let round = |v: __m512| _mm512_cvtph_ps(_mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v));
+        let scale = round(scale);
+        let tiny = _mm512_set1_ps(half::f16::from_bits(1).to_f32());
+        let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(scale, _mm512_setzero_ps());
+        (_mm512_mask_blend_ps(positive, tiny, scale), zp, round(offset))
+    }
+
+    /// `SliceParams::from_range` for sixteen ranges at once (same operations lane by lane).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn from_range16(lo: __m512, hi: __m512, g: &Grid) -> (__m512, __m512i, __m512) {
         let limit = f32::MAX / 4.0;
         // `max(v, a)` is `v > a ? v : a` and `min(v, a)` is `v < a ? v : a`: for the finite
         // values here, the portable `if`-chains' results.
@@ -648,12 +670,13 @@ mod tests {
         }
 
         #[test]
-        fn fused_runs_match_portable((xs, rs) in runs(), (scheme, bits) in schemes(), divide in any::<bool>()) {
+        fn fused_runs_match_portable((xs, rs) in runs(), (scheme, bits) in schemes(), divide in any::<bool>(), f16 in any::<bool>()) {
             prop_assume!(enabled());
             prop_assume!(rs.iter().all(|r| !r.is_empty()));
             let mode = if divide { ScaleMode::Divide } else { ScaleMode::Reciprocal };
-            let spec = UniformSpec::builder().bits(bits).scheme(scheme).scale_mode(mode).check().map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let grid = Grid { scheme, bits, divide };
+            let dtype = if f16 { ParamDtype::F16 } else { ParamDtype::Native };
+            let spec = UniformSpec::builder().bits(bits).scheme(scheme).scale_mode(mode).param_dtype(dtype).check().map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let grid = Grid { scheme, bits, divide, f16 };
             let mut codes = vec![0u8; xs.len()];
             let mut params = Vec::new();
             prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut codes, 0, |p| params.push(p)));
@@ -672,7 +695,7 @@ mod tests {
         fn fused_runs_pack_nibbles_as_pack_into((xs, rs) in runs_of(2), scheme in prop_oneof![Just(Scheme::AsymmetricGrid), Just(Scheme::SymmetricNarrow)]) {
             prop_assume!(enabled());
             prop_assume!(rs.iter().all(|r| !r.is_empty()));
-            let grid = Grid { scheme, bits: 4, divide: false };
+            let grid = Grid { scheme, bits: 4, divide: false, f16: false };
             let mut bytes = vec![0u8; xs.len()];
             prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut bytes, 0, |_| ()));
             let mut want = vec![0u8; packed_len(xs.len(), 4)];
@@ -741,9 +764,14 @@ mod tests {
             return;
         }
         let edges = [0.0f32, -0.0, 1.0, -1.0, f32::MIN_POSITIVE, -1e-40, 1e-40, f32::MAX, -f32::MAX, 1e38, -3e38, 0.5, 7.0];
-        for scheme in [Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull] {
-            for bits in scheme.min_bits()..=8 {
-                let spec = UniformSpec::builder().bits(bits).scheme(scheme).check().unwrap_or_else(|e| panic!("{e}"));
+        let edges: Vec<f32> = edges.into_iter().chain([65504.0, -32752.5, 40000.0, 1e-5, 3e-8, -6e-8]).collect();
+        for (scheme, bits, f16) in [Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull]
+            .into_iter()
+            .flat_map(|s| (s.min_bits()..=8).flat_map(move |b| [(s, b, false), (s, b, true)]))
+        {
+            {
+                let dtype = if f16 { ParamDtype::F16 } else { ParamDtype::Native };
+                let spec = UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype).check().unwrap_or_else(|e| panic!("{e}"));
                 for &a in &edges {
                     for &b in &edges {
                         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -755,14 +783,18 @@ mod tests {
                         assert!(fused_runs(
                             &xs,
                             one_run.into_iter(),
-                            &Grid { scheme, bits, divide: false },
+                            &Grid { scheme, bits, divide: false, f16 },
                             Codes::Bytes,
                             &mut codes,
                             0,
                             |p| params.push(p)
                         ));
                         let (l, h) = range::min_max(&xs).unwrap_or_else(|_| panic!("finite"));
-                        assert_eq!(bits_of(&params[0]), bits_of(&SliceParams::for_spec(l, h, &spec)), "{scheme:?} {bits} [{lo}, {hi}]");
+                        assert_eq!(
+                            bits_of(&params[0]),
+                            bits_of(&SliceParams::for_spec(l, h, &spec)),
+                            "{scheme:?} {bits} f16 {f16} [{lo}, {hi}]"
+                        );
                     }
                 }
             }

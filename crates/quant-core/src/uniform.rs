@@ -283,8 +283,8 @@ fn fused_item_simd<F: Float>(
     let divide = spec.scale_mode() == ScaleMode::Divide;
     let n = params.len();
     let runs = || layout.runs_from(first).take(n);
-    if spec.param_dtype() == ParamDtype::Native {
-        let grid = simd::Grid { scheme: spec.scheme(), bits: spec.bits(), divide };
+    if matches!(spec.param_dtype(), ParamDtype::Native | ParamDtype::F16) {
+        let grid = simd::Grid { scheme: spec.scheme(), bits: spec.bits(), divide, f16: spec.param_dtype() == ParamDtype::F16 };
         let mut slots = params.iter_mut();
         let push = |p: SliceParams<f32>| {
             if let Some(slot) = slots.next() {
