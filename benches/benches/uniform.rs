@@ -14,25 +14,23 @@ use std::time::Duration;
 const N: usize = 4096;
 
 fn ours() -> Vec<(&'static str, UniformSpec)> {
-    let spec = |bits, scheme, g: Option<usize>| {
-        let b = UniformSpec::builder().bits(bits).scheme(scheme);
-        let b = if bits == 4 && g == Some(32) && scheme == Scheme::AsymmetricGrid {
-            // The quality mode: at least q4_k's SQNR at its 4.5 bits per weight.
-            b.param_dtype(ParamDtype::Quantized { bits: 6, super_group: 8 })
-        } else {
-            b
-        };
+    let spec = |bits, scheme, g: Option<usize>, dtype| {
+        let b = UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype);
         let b = match g {
             Some(size) => b.per_group(1, size),
             None => b.per_channel(0),
         };
         b.check().unwrap_or_else(|e| panic!("bench spec: {e}"))
     };
+    let native = ParamDtype::Native;
     vec![
-        ("q8 per-channel", spec(8, Scheme::SymmetricNarrow, None)),
-        ("q4 group 32", spec(4, Scheme::SymmetricNarrow, Some(32))),
-        ("q4 group 128", spec(4, Scheme::AsymmetricGrid, Some(128))),
-        ("q4 group 32 q6 tables", spec(4, Scheme::AsymmetricGrid, Some(32))),
+        ("q8 per-channel", spec(8, Scheme::SymmetricNarrow, None, native)),
+        ("q4 group 32", spec(4, Scheme::SymmetricNarrow, Some(32), native)),
+        // q4_0's layout: 4-bit symmetric codes and an f16 step per 32 weights (4.5 bits/weight).
+        ("q4 group 32 f16", spec(4, Scheme::SymmetricNarrow, Some(32), ParamDtype::F16)),
+        ("q4 group 128", spec(4, Scheme::AsymmetricGrid, Some(128), native)),
+        // The quality mode: at least q4_k's SQNR at its 4.5 bits per weight.
+        ("q4 group 32 q6 tables", spec(4, Scheme::AsymmetricGrid, Some(32), ParamDtype::Quantized { bits: 6, super_group: 8 })),
     ]
 }
 
