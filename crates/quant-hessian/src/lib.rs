@@ -37,6 +37,7 @@
 //!   results identical to the sequential run.
 
 mod dual;
+mod dualmm;
 mod eigen;
 mod error;
 mod ext;

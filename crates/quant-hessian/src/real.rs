@@ -44,6 +44,31 @@ pub trait Real: Float {
     where
         G: Fn(Self::Primal) -> (Self::Primal, Self::Primal, Self::Primal);
 
+    /// `out = a · b` (or `+=`) for dual matrices over this type with a kernel of its own;
+    /// `false` (nothing written) to use the plane products. Not part of the public contract.
+    #[doc(hidden)]
+    fn dual_matmul_into(
+        a: ArrayView2<'_, Dual<Self>>,
+        b: ArrayView2<'_, Dual<Self>>,
+        accumulate: bool,
+        out: ArrayViewMut2<'_, Dual<Self>>,
+    ) -> bool {
+        let _ = (a, b, accumulate, out);
+        false
+    }
+
+    /// [`Real::dual_matmul_into`] for a constant left operand.
+    #[doc(hidden)]
+    fn dual_matmul_base_into(
+        c: ArrayView2<'_, Self::Base>,
+        b: ArrayView2<'_, Dual<Self>>,
+        accumulate: bool,
+        out: ArrayViewMut2<'_, Dual<Self>>,
+    ) -> bool {
+        let _ = (c, b, accumulate, out);
+        false
+    }
+
     /// The matrix product `a · b` in a new array.
     fn matmul(a: ArrayView2<'_, Self>, b: ArrayView2<'_, Self>) -> Array2<Self> {
         let mut out = Array2::zeros((a.nrows(), b.ncols()));
@@ -88,10 +113,45 @@ macro_rules! impl_real {
             fn matmul_base_into(c: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>, accumulate: bool, out: ArrayViewMut2<'_, $t>) {
                 Self::matmul_into(c, b, accumulate, out);
             }
+            fn dual_matmul_into(a: ArrayView2<'_, Dual<$t>>, b: ArrayView2<'_, Dual<$t>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<$t>>) -> bool {
+                <$t as DualKernel>::matmul(a, b, accumulate, out)
+            }
+            fn dual_matmul_base_into(c: ArrayView2<'_, $t>, b: ArrayView2<'_, Dual<$t>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<$t>>) -> bool {
+                <$t as DualKernel>::matmul_constant(c, b, accumulate, out)
+            }
         }
     )*};
 }
 impl_real!(f32, f64);
+
+/// Which base types have a dual product kernel: `f32` (AVX-512, see `dualmm`).
+trait DualKernel: Sized {
+    fn matmul(a: ArrayView2<'_, Dual<Self>>, b: ArrayView2<'_, Dual<Self>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<Self>>) -> bool;
+    fn matmul_constant(
+        c: ArrayView2<'_, Self>,
+        b: ArrayView2<'_, Dual<Self>>,
+        accumulate: bool,
+        out: ArrayViewMut2<'_, Dual<Self>>,
+    ) -> bool;
+}
+
+impl DualKernel for f32 {
+    fn matmul(a: ArrayView2<'_, Dual<f32>>, b: ArrayView2<'_, Dual<f32>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<f32>>) -> bool {
+        crate::dualmm::matmul(a, b, accumulate, out)
+    }
+    fn matmul_constant(c: ArrayView2<'_, f32>, b: ArrayView2<'_, Dual<f32>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<f32>>) -> bool {
+        crate::dualmm::matmul_constant(c, b, accumulate, out)
+    }
+}
+
+impl DualKernel for f64 {
+    fn matmul(_: ArrayView2<'_, Dual<f64>>, _: ArrayView2<'_, Dual<f64>>, _: bool, _: ArrayViewMut2<'_, Dual<f64>>) -> bool {
+        false
+    }
+    fn matmul_constant(_: ArrayView2<'_, f64>, _: ArrayView2<'_, Dual<f64>>, _: bool, _: ArrayViewMut2<'_, Dual<f64>>) -> bool {
+        false
+    }
+}
 
 /// The strides of `a` in units of `F` when each element is two `F`s, if all are
 /// non-negative and the array is not empty.
@@ -175,7 +235,10 @@ impl<F: Real> Real for Dual<F> {
         self.value.base()
     }
     /// `(A + Ȧε)(B + Ḃε) = AB + (ȦB + AḂ)ε`: three products of the planes.
-    fn matmul_into(a: ArrayView2<'_, Self>, b: ArrayView2<'_, Self>, accumulate: bool, out: ArrayViewMut2<'_, Self>) {
+    fn matmul_into(a: ArrayView2<'_, Self>, b: ArrayView2<'_, Self>, accumulate: bool, mut out: ArrayViewMut2<'_, Self>) {
+        if F::dual_matmul_into(a, b, accumulate, out.view_mut()) {
+            return;
+        }
         let (av, at) = planes(a);
         let (bv, bt) = planes(b);
         with_planes_mut(out, |ov, mut ot| {
@@ -185,7 +248,10 @@ impl<F: Real> Real for Dual<F> {
         });
     }
     /// `C(B + Ḃε) = CB + CḂε`: two products.
-    fn matmul_base_into(c: ArrayView2<'_, F::Base>, b: ArrayView2<'_, Self>, accumulate: bool, out: ArrayViewMut2<'_, Self>) {
+    fn matmul_base_into(c: ArrayView2<'_, F::Base>, b: ArrayView2<'_, Self>, accumulate: bool, mut out: ArrayViewMut2<'_, Self>) {
+        if F::dual_matmul_base_into(c, b, accumulate, out.view_mut()) {
+            return;
+        }
         let (bv, bt) = planes(b);
         with_planes_mut(out, |ov, ot| {
             F::matmul_base_into(c, bv.view(), accumulate, ov);
