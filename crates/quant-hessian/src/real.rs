@@ -124,7 +124,7 @@ macro_rules! impl_real {
 }
 impl_real!(f32, f64);
 
-/// Which base types have a dual product kernel: `f32` (AVX-512, see `dualmm`).
+/// The base types with a dual product kernel (AVX-512, see `dualmm`).
 trait DualKernel: Sized {
     fn matmul(a: ArrayView2<'_, Dual<Self>>, b: ArrayView2<'_, Dual<Self>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<Self>>) -> bool;
     fn matmul_constant(
@@ -145,11 +145,11 @@ impl DualKernel for f32 {
 }
 
 impl DualKernel for f64 {
-    fn matmul(_: ArrayView2<'_, Dual<f64>>, _: ArrayView2<'_, Dual<f64>>, _: bool, _: ArrayViewMut2<'_, Dual<f64>>) -> bool {
-        false
+    fn matmul(a: ArrayView2<'_, Dual<f64>>, b: ArrayView2<'_, Dual<f64>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<f64>>) -> bool {
+        crate::dualmm::matmul(a, b, accumulate, out)
     }
-    fn matmul_constant(_: ArrayView2<'_, f64>, _: ArrayView2<'_, Dual<f64>>, _: bool, _: ArrayViewMut2<'_, Dual<f64>>) -> bool {
-        false
+    fn matmul_constant(c: ArrayView2<'_, f64>, b: ArrayView2<'_, Dual<f64>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<f64>>) -> bool {
+        crate::dualmm::matmul_constant(c, b, accumulate, out)
     }
 }
 
