@@ -34,6 +34,17 @@ fn ours() -> Vec<(&'static str, UniformSpec)> {
     ]
 }
 
+/// A sum in 16 independent lanes (so it vectorises and is bound by memory, not by the add).
+fn sum16(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    for c in xs.chunks_exact(16) {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum()
+}
+
 fn candle_quantize<T: GgmlType>(x: &[f32]) -> Vec<T> {
     let mut blocks = vec![T::zeros(); x.len() / T::BLCK_SIZE];
     T::from_float(x, &mut blocks);
@@ -59,6 +70,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| all.install(|| quantize(black_box(&w), s)));
         });
     }
+    // The memory system's own speed in the same run: one read pass (a 16-lane sum), the
+    // floor of any one-core quantize of this matrix.
+    g.bench_function("memory read (f32 sum)", |b| b.iter(|| sum16(black_box(flat))));
     g.bench_function("candle q8_0", |b| b.iter(|| candle_quantize::<BlockQ8_0>(black_box(flat))));
     g.bench_function("candle q4_0", |b| b.iter(|| candle_quantize::<BlockQ4_0>(black_box(flat))));
     g.bench_function("candle q4_k", |b| b.iter(|| candle_quantize::<BlockQ4K>(black_box(flat))));
@@ -77,6 +91,8 @@ fn bench(c: &mut Criterion) {
             b.iter(|| all.install(|| q.dequantize_into(out.view_mut())));
         });
     }
+    // One write pass over the output, the floor of any one-core dequantize into it.
+    g.bench_function("memory write (fill)", |b| b.iter(|| out.fill(black_box(1.0))));
     let mut ys = vec![0f32; N * N];
     let q8 = candle_quantize::<BlockQ8_0>(flat);
     g.bench_function("candle q8_0", |b| b.iter(|| BlockQ8_0::to_float(black_box(&q8), &mut ys)));
