@@ -5,14 +5,16 @@
 //!
 //! | here | portable |
 //! |---|---|
+//! | [`fused_runs`] | per run: `range::min_max`, `SliceParams::for_spec` (f32 or f16 steps), `kernel::quantize_run` with half-even rounding, and 4-bit packing when asked |
 //! | [`min_max_runs`] | `range::min_max` per run (same 16 lanes, same tree reduction, so even the sign of a zero bound agrees) |
 //! | [`quantize_runs`] | `kernel::quantize_run` per run, half-even rounding |
-//! | [`dequantize_runs`] | `kernel::dequantize_run` per run |
+//! | [`dequantize_runs`] | `kernel::dequantize_run` per run, from bytes or packed nibbles |
 //! | [`pack4`] / [`unpack4`] | `pack::pack_into` / `pack::unpack_from` at 4 bits |
 //!
 //! Callers ask [`enabled`] first; on other CPUs and architectures the portable code runs.
 //! The only `unsafe` is the feature-checked call into `#[target_feature]` functions and the
-//! unaligned loads and stores, each on a range the surrounding code has bounds-checked.
+//! unaligned (or masked) loads and stores, each on a range the surrounding code has
+//! bounds-checked; the prefetch hints may point past the end but never dereference.
 #![allow(unsafe_code)]
 
 use core::ops::Range;
