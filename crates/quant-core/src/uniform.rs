@@ -237,7 +237,12 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
     // Each item writes its runs' parameters into its own part of one buffer.
     let mut slices = vec![SliceParams { scale: F::one(), zero_point: 0, offset: F::zero() }; runs];
     let params = par::split_lengths(&mut slices, batches.iter().map(|(rs, _)| rs.len()));
-    let fast = simd::enabled() && spec.rounding() == Rounding::HalfEven && spec.range() == RangeEstimator::MinMax;
+    // The AVX-512 pass covers f32 with min-max ranges, half-even rounding and f32 or f16
+    // steps; everything else (bf16 steps included) takes the portable loop below.
+    let fast = simd::enabled()
+        && spec.rounding() == Rounding::HalfEven
+        && spec.range() == RangeEstimator::MinMax
+        && matches!(spec.param_dtype(), ParamDtype::Native | ParamDtype::F16);
     let items: Vec<_> = batches.into_iter().zip(outs.into_iter().zip(params)).collect();
     let parts = par::map(items, |((rs, es), (out, params))| {
         if let Some(xs) = F::as_f32_slice(data).filter(|_| fast) {
@@ -268,7 +273,7 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
 }
 
 /// [`fused_quantize`]'s work item with the AVX-512 kernels (f32, min-max ranges, half-even
-/// rounding): the runs from `first` on, covering elements `es`, get the same parameters (in
+/// rounding, f32 or f16 steps): the runs from `first` on, covering elements `es`, get the same parameters (in
 /// `params`) and codes as on the portable path. `false` when the item holds a non-finite
 /// value; the caller then redoes the item on the portable path, which reports it.
 fn fused_item_simd<F: Float>(
@@ -280,47 +285,33 @@ fn fused_item_simd<F: Float>(
     out: &mut [u8],
     params: &mut [SliceParams<F>],
 ) -> bool {
-    let divide = spec.scale_mode() == ScaleMode::Divide;
     let n = params.len();
-    let runs = || layout.runs_from(first).take(n);
-    if matches!(spec.param_dtype(), ParamDtype::Native | ParamDtype::F16) {
-        let grid = simd::Grid { scheme: spec.scheme(), bits: spec.bits(), divide, f16: spec.param_dtype() == ParamDtype::F16 };
-        let mut slots = params.iter_mut();
-        let push = |p: SliceParams<f32>| {
-            if let Some(slot) = slots.next() {
-                *slot = SliceParams { scale: F::cast(p.scale.into()), zero_point: p.zero_point, offset: F::cast(p.offset.into()) };
+    let divide = spec.scale_mode() == ScaleMode::Divide;
+    let grid = simd::Grid { scheme: spec.scheme(), bits: spec.bits(), divide, f16: spec.param_dtype() == ParamDtype::F16 };
+    let mut slots = params.iter_mut();
+    let push = |p: SliceParams<f32>| {
+        if let Some(slot) = slots.next() {
+            *slot = SliceParams { scale: F::cast(p.scale.into()), zero_point: p.zero_point, offset: F::cast(p.offset.into()) };
+        }
+    };
+    match layout.equal_runs() {
+        // Runs of an even length start on even elements (items start on multiples of 8), so
+        // 4-bit codes can be packed as they are made.
+        Some(len) => {
+            let runs = (first..first + n).map(|k| k * len..(k + 1) * len);
+            if spec.bits() == 4 && len.is_multiple_of(2) {
+                simd::fused_runs(xs, runs, &grid, simd::Codes::Nibbles, out, es.start, push)
+            } else {
+                write_codes(spec.bits(), es.len(), out, |codes| {
+                    simd::fused_runs(xs, runs, &grid, simd::Codes::Bytes, codes, es.start, push)
+                })
             }
-        };
-        return match layout.equal_runs() {
-            // Runs of an even length start on even elements (items start on multiples of 8),
-            // so 4-bit codes can be packed as they are made.
-            Some(len) => {
-                let runs = (first..first + n).map(|k| k * len..(k + 1) * len);
-                if spec.bits() == 4 && len.is_multiple_of(2) {
-                    simd::fused_runs(xs, runs, &grid, simd::Codes::Nibbles, out, es.start, push)
-                } else {
-                    write_codes(spec.bits(), es.len(), out, |codes| {
-                        simd::fused_runs(xs, runs, &grid, simd::Codes::Bytes, codes, es.start, push)
-                    })
-                }
-            }
-            None => write_codes(spec.bits(), es.len(), out, |codes| {
-                simd::fused_runs(xs, runs(), &grid, simd::Codes::Bytes, codes, es.start, push)
-            }),
-        };
+        }
+        None => {
+            let runs = layout.runs_from(first).take(n);
+            write_codes(spec.bits(), es.len(), out, |codes| simd::fused_runs(xs, runs, &grid, simd::Codes::Bytes, codes, es.start, push))
+        }
     }
-    let mut ranges = Vec::with_capacity(n);
-    if !simd::min_max_runs(xs, runs(), &mut ranges) {
-        return false;
-    }
-    for (p, (lo, hi)) in params.iter_mut().zip(ranges) {
-        *p = SliceParams::for_spec(F::cast(lo.into()), F::cast(hi.into()), spec);
-    }
-    // Every run's constants before any code: the reciprocals are then independent divisions
-    // rather than one latency-bound division in front of each run's loop.
-    let consts: Vec<simd::RunConsts> = params.iter().map(|p| simd::RunConsts::new(&p.to_f32(), spec.max_code())).collect();
-    write_codes(spec.bits(), es.len(), out, |codes| simd::quantize_runs(xs, runs(), &consts, divide, codes, es.start));
-    true
 }
 
 /// Estimates the parameters of every slice of `x` without quantizing it.
