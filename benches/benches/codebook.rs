@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("kmeans_1M");
     g.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
     g.throughput(Throughput::Elements(n as u64));
-    for k in [4usize, 16] {
+    for k in [4usize, 16, 256] {
         g.bench_with_input(BenchmarkId::new("exact", k), &k, |b, &k| {
             b.iter(|| kmeans_1d(black_box(&w), k, KMeansInit::Linear, KMeansAlgorithm::Exact))
         });

@@ -5,6 +5,7 @@ use ndarray::{ArrayBase, Data, Dimension};
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
+use crate::kmeans_dp;
 use crate::lut::{LutKind, LutTensor, TableDtype};
 use crate::par;
 use crate::rng;
@@ -229,7 +230,7 @@ struct Sorted {
 impl Sorted {
     fn new(data: &[f64]) -> Self {
         let mut v = data.to_vec();
-        v.sort_by(f64::total_cmp);
+        v.sort_unstable_by(f64::total_cmp);
         let shift = v.iter().sum::<f64>() / v.len() as f64;
         let mut values = Vec::new();
         let mut counts: Vec<f64> = Vec::new();
@@ -256,15 +257,13 @@ impl Sorted {
         self.values.len()
     }
 
+    fn prefix(&self) -> kmeans_dp::Prefix<'_> {
+        kmeans_dp::Prefix { s0: &self.s0, s1: &self.s1, s2: &self.s2 }
+    }
+
     /// Sum of squared deviations from the mean of distinct values `j..i` (0 when empty).
-    #[inline]
     fn cost(&self, j: usize, i: usize) -> f64 {
-        let w = self.s0[i] - self.s0[j];
-        if w <= 0.0 {
-            return 0.0;
-        }
-        let s = self.s1[i] - self.s1[j];
-        (self.s2[i] - self.s2[j] - s * s / w).max(0.0)
+        self.prefix().cost(j, i)
     }
 
     /// `Σ (x − c)²` over distinct values `j..i`.
@@ -388,49 +387,6 @@ fn lloyd(s: &Sorted, mut c: Vec<f64>, max_iter: usize, tol: f64) -> Clustering {
     Clustering { centroids: c.iter().map(|v| v + s.shift).collect(), inertia, iterations, inertia_history: history, converged }
 }
 
-/// Row minima of a totally monotone matrix by SMAWK (Aggarwal et al. 1987): `out[r]` gets
-/// the leftmost column minimising `f(r, ·)` for every row in `rows`. O(rows + cols)
-/// evaluations. `rows` and `cols` are ascending.
-fn smawk(rows: &[usize], cols: &[usize], f: &impl Fn(usize, usize) -> f64, out: &mut [usize]) {
-    if rows.is_empty() {
-        return;
-    }
-    // REDUCE: keep at most one candidate column per row (strict comparison: leftmost minima,
-    // the same tie rule as the interpolation below, so the scans stay monotone).
-    let mut stack: Vec<usize> = Vec::with_capacity(rows.len());
-    for &c in cols {
-        while let Some(&top) = stack.last() {
-            let r = rows[stack.len() - 1];
-            if f(r, top) > f(r, c) {
-                stack.pop();
-            } else {
-                break;
-            }
-        }
-        if stack.len() < rows.len() {
-            stack.push(c);
-        }
-    }
-    let odd: Vec<usize> = rows.iter().skip(1).step_by(2).copied().collect();
-    smawk(&odd, &stack, f, out);
-    // Each even row's minimum lies between its neighbours' minima.
-    let mut ci = 0;
-    for ri in (0..rows.len()).step_by(2) {
-        let r = rows[ri];
-        let stop = if ri + 1 < rows.len() { out[rows[ri + 1]] } else { stack[stack.len() - 1] };
-        let (mut best, mut best_v) = (stack[ci], f(r, stack[ci]));
-        while stack[ci] != stop && ci + 1 < stack.len() {
-            ci += 1;
-            let v = f(r, stack[ci]);
-            if v < best_v {
-                best = stack[ci];
-                best_v = v;
-            }
-        }
-        out[r] = best;
-    }
-}
-
 fn exact(s: &Sorted, k: usize) -> Clustering {
     let m = s.len();
     if k >= m {
@@ -440,55 +396,32 @@ fn exact(s: &Sorted, k: usize) -> Clustering {
         c.resize(k, last);
         return Clustering { centroids: c, inertia: 0.0, iterations: 0, inertia_history: Vec::new(), converged: true };
     }
-    // D_c[i]: least cost of c non-empty clusters over the first i distinct values (i ≥ c).
-    // D_c[i] = min over j in c−1..i of D_{c−1}[j] + cost(j, i); back[c][i] keeps the argmin.
-    let mut prev: Vec<f64> = (0..=m).map(|i| if i >= 1 { s.cost(0, i) } else { f64::INFINITY }).collect();
-    let mut back = vec![0u32; (k + 1) * (m + 1)];
-    let mut argmin = vec![0usize; m + 1];
-    // Entries with j ≥ i (no such split) get a finite penalty growing with j − i and larger
-    // than any real entry, which keeps the matrix Monge, so SMAWK stays exact with ties.
-    let big = 4.0 * s.cost(0, m) + 1.0;
-    for c in 2..=k {
-        let rows: Vec<usize> = (c..=m).collect();
-        let cols: Vec<usize> = (c - 1..m).collect();
-        let p = &prev;
-        let f = |i: usize, j: usize| if j < i { p[j] + s.cost(j, i) } else { big * (j - i + 1) as f64 };
-        smawk(&rows, &cols, &f, &mut argmin);
-        let mut cur = vec![f64::INFINITY; m + 1];
-        for &i in &rows {
-            let j = argmin[i];
-            cur[i] = f(i, j);
-            back[c * (m + 1) + i] = j as u32;
-        }
-        prev = cur;
-    }
-    let mut ends = vec![m; k];
-    let mut i = m;
-    for c in (2..=k).rev() {
-        let j = back[c * (m + 1) + i] as usize;
-        ends[c - 2] = j;
-        i = j;
-    }
-    let mut start = 0;
-    let centroids: Vec<f64> = ends
-        .iter()
-        .map(|&end| {
+    let ends = kmeans_dp::optimal_ends(s.prefix(), k);
+    // Each cluster's mean and its cost from the prefix sums.
+    let starts = core::iter::once(0).chain(ends.iter().copied());
+    let (centroids, costs): (Vec<f64>, Vec<f64>) = starts
+        .zip(&ends)
+        .map(|(start, &end)| {
             let w = s.s0[end] - s.s0[start];
             let c = if w > 0.0 { (s.s1[end] - s.s1[start]) / w } else { 0.0 };
-            start = end;
-            c + s.shift
+            (c + s.shift, s.cost(start, end))
         })
-        .collect();
-    Clustering { centroids, inertia: prev[m], iterations: 0, inertia_history: Vec::new(), converged: true }
+        .unzip();
+    let inertia = costs.iter().sum();
+    Clustering { centroids, inertia, iterations: 0, inertia_history: Vec::new(), converged: true }
 }
 
 /// Clusters 1-D `values` into `k` centroids.
 ///
 /// Lloyd sorts once and then costs O(k log n) per iteration: assignments are the positions of
 /// the midpoints between sorted centroids, and means come from prefix sums. The exact
-/// algorithm is the dynamic programme over contiguous clusters of the sorted distinct values
-/// (Wang & Song's Ckmeans.1d.dp), each layer's row minima found by SMAWK: O(k·m) time for
-/// `m` distinct values, and `4·k·m` bytes of back-pointers (linear in `m`).
+/// algorithm finds the optimal partition of the sorted distinct values into contiguous
+/// clusters (the Ckmeans.1d.dp problem of Wang & Song). For `k ≥ 4` it prices clusters
+/// (Lagrangian relaxation): one O(m log m) pass per price, a handful of prices whatever `k`
+/// is, and memory linear in `m`. When no price gives exactly `k` clusters (the least cost is
+/// linear in the cluster count around `k`, as with exactly symmetric data), and for `k ≤ 3`,
+/// the dynamic programme runs layer by layer: O(k·m log m) time and about `k·m` bytes of
+/// back-pointers. Both are exact.
 ///
 /// # Errors
 /// [`QuantError::Empty`], [`QuantError::NonFinite`], [`QuantError::InvalidClusterCount`],

@@ -38,6 +38,8 @@ mod float;
 pub mod integer;
 mod kernel;
 mod kmeans;
+mod kmeans_dp;
+mod kmeans_penalty;
 mod layout;
 mod lut;
 mod observer;
