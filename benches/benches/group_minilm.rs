@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ8_0, GgmlType, matmul};
 use ndarray::{Array1, Array2};
-use quant_core::{ParamDtype, RangeEstimator, Scheme, UniformSpec, quantize};
+use quant_core::{ParamDtype, RangeEstimator, Scheme, TableFit, UniformSpec, quantize};
 use safetensors::{Dtype, SafeTensors};
 
 type Matrices = Vec<(String, Array2<f32>)>;
@@ -158,6 +158,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         UniformSpec::builder().bits(bits).scheme(scheme).per_group(1, size).range(range).param_dtype(dtype).check()
     };
     let q = |bits, sg| ParamDtype::Quantized { bits, super_group: sg };
+    let ls = |bits: u8, size, dtype| {
+        let b = UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).per_group(1, size).param_dtype(dtype);
+        b.table_fit(TableFit::LeastSquares { iterations: 3 }).check()
+    };
     let (mm, mse) = (RangeEstimator::MinMax, RangeEstimator::Mse { steps: 100 });
     let configs = [
         ("ours 8-bit symmetric, groups of 32, f16", spec(8, Scheme::SymmetricNarrow, 32, mm, ParamDtype::F16)?),
@@ -165,6 +169,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("ours 4-bit grid, groups of 32, f16", spec(4, Scheme::AsymmetricGrid, 32, mm, ParamDtype::F16)?),
         ("ours 4-bit grid, groups of 64, f16", spec(4, Scheme::AsymmetricGrid, 64, mm, ParamDtype::F16)?),
         ("ours 4-bit grid, groups of 32, q6 tables", spec(4, Scheme::AsymmetricGrid, 32, mm, q(6, 8))?),
+        ("ours 4-bit grid, groups of 32, q6 tables, least squares", ls(4, 32, q(6, 8))?),
         ("ours 4-bit grid, groups of 128, f16", spec(4, Scheme::AsymmetricGrid, 128, mm, ParamDtype::F16)?),
         ("ours 3-bit grid, groups of 32, q6 tables", spec(3, Scheme::AsymmetricGrid, 32, mm, q(6, 8))?),
         ("ours 3-bit grid, groups of 32, q4 tables", spec(3, Scheme::AsymmetricGrid, 32, mm, q(4, 16))?),
@@ -173,6 +178,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("ours 3-bit grid, groups of 32, MSE, q6 tables, super-group 16", spec(3, Scheme::AsymmetricGrid, 32, mse, q(6, 16))?),
         ("ours 2-bit grid, groups of 16, q4 tables", spec(2, Scheme::AsymmetricGrid, 16, mm, q(4, 16))?),
         ("ours 2-bit grid, groups of 16, MSE, q4 tables", spec(2, Scheme::AsymmetricGrid, 16, mse, q(4, 16))?),
+        ("ours 2-bit grid, groups of 16, q4 tables, least squares", ls(2, 16, q(4, 16))?),
     ];
     for (name, s) in configs {
         let t = one.install(|| ours(&ms, &s)).map_err(|e| e.to_string())?;

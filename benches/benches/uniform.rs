@@ -7,7 +7,7 @@ use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4K, BlockQ8_0, GgmlType}
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array2;
 use quant_benches::gaussian_weights;
-use quant_core::{ParamDtype, Scheme, UniformSpec, quantize};
+use quant_core::{ParamDtype, Scheme, TableFit, UniformSpec, quantize};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -29,8 +29,13 @@ fn ours() -> Vec<(&'static str, UniformSpec)> {
         // q4_0's layout: 4-bit symmetric codes and an f16 step per 32 weights (4.5 bits/weight).
         ("q4 group 32 f16", spec(4, Scheme::SymmetricNarrow, Some(32), ParamDtype::F16)),
         ("q4 group 128", spec(4, Scheme::AsymmetricGrid, Some(128), native)),
-        // The quality mode: at least q4_k's SQNR at its 4.5 bits per weight.
+        // The quality modes: at least q4_k's SQNR at its 4.5 bits per weight.
         ("q4 group 32 q6 tables", spec(4, Scheme::AsymmetricGrid, Some(32), ParamDtype::Quantized { bits: 6, super_group: 8 })),
+        ("q4 group 32 q6 tables least squares", {
+            let q6 = ParamDtype::Quantized { bits: 6, super_group: 8 };
+            let b = UniformSpec::builder().bits(4).scheme(Scheme::AsymmetricGrid).per_group(1, 32).param_dtype(q6);
+            b.table_fit(TableFit::LeastSquares { iterations: 3 }).check().unwrap_or_else(|e| panic!("bench spec: {e}"))
+        }),
     ]
 }
 

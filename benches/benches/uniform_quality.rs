@@ -5,7 +5,7 @@
 
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ8_0, GgmlType};
 use quant_benches::{gaussian_weights, sqnr_db};
-use quant_core::{Granularity, ParamDtype, RangeEstimator, Scheme, UniformSpec, quantize};
+use quant_core::{Granularity, ParamDtype, RangeEstimator, Scheme, TableFit, UniformSpec, quantize};
 
 fn candle<T: GgmlType>(x: &[f32]) -> (f64, f64) {
     let mut blocks = vec![T::zeros(); x.len() / T::BLCK_SIZE];
@@ -82,18 +82,23 @@ fn main() -> Result<(), quant_core::QuantError> {
         (2, Scheme::AsymmetricGrid, 16, 4, 16),
         (2, Scheme::AsymmetricGrid, 32, 4, 16),
     ] {
-        for range in [RangeEstimator::MinMax, RangeEstimator::Mse { steps: 100 }] {
+        let fits = [
+            (RangeEstimator::MinMax, TableFit::Cover, "min-max"),
+            (RangeEstimator::Mse { steps: 100 }, TableFit::Cover, "mse"),
+            (RangeEstimator::MinMax, TableFit::LeastSquares { iterations: 3 }, "least squares x3"),
+        ];
+        for (range, fit, rname) in fits {
             let spec = UniformSpec::builder()
                 .bits(bits)
                 .scheme(scheme)
                 .per_group(1, size)
                 .range(range)
                 .param_dtype(ParamDtype::Quantized { bits: tbits, super_group: sg })
+                .table_fit(fit)
                 .check()?;
             let q = quantize(&w, &spec)?;
             let back = q.dequantize();
             let db = sqnr_db(&flat, back.as_slice().unwrap_or(&[]));
-            let rname = if range == RangeEstimator::MinMax { "min-max" } else { "mse" };
             rows.push((
                 q.bits_per_weight(),
                 format!(

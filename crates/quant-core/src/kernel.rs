@@ -105,7 +105,9 @@ macro_rules! with_rounding {
     };
 }
 
-/// Quantizes `xs` (a run sharing one slice) into `codes`.
+/// Quantizes `xs` (a run sharing one slice) into `codes`. (Always inlined, so that callers
+/// compiled for wider vector units vectorise it for them.)
+#[inline(always)]
 pub(crate) fn quantize_run<F: Float>(k: &Kernel<F>, rounding: Rounding, base: usize, xs: &[F], codes: &mut [u8]) {
     if rounding == Rounding::HalfEven {
         // The default mode's fast path: clamp in the scaled domain, then one fused

@@ -21,6 +21,32 @@ use core::ops::Range;
 use crate::params::SliceParams;
 use crate::spec::Scheme;
 
+/// Defines a function whose body is compiled twice, for the baseline target and for AVX-512
+/// (F and BW), and picks the second at run time on CPUs that have it: the same Rust, so the
+/// same results (Rust never fuses or reorders float operations), with the wider vector units
+/// where the compiler vectorises. The body must be safe code.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident<$($g:ident: $b:path),*>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        $vis fn $name<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn plain<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            if crate::simd::enabled() {
+                #[target_feature(enable = "avx512f,avx512bw")]
+                fn wide<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+                    plain($($arg),*)
+                }
+                // SAFETY: the CPU has AVX-512F and BW (checked just above), the only
+                // requirement of `wide`, which is safe code.
+                #[allow(unsafe_code)]
+                return unsafe { wide($($arg),*) };
+            }
+            plain($($arg),*)
+        }
+    };
+}
+
 /// Whether this CPU runs the AVX-512 kernels (F and BW), detected once per call site.
 pub(crate) fn enabled() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -416,6 +442,61 @@ mod x86 {
         }
     }
 
+    /// 16 x 16 transpose of `r` (`out[k]` holds element `k` of every input, in input order).
+    #[target_feature(enable = "avx512f")]
+    fn transpose16x16(r: [__m512; 16]) -> [__m512; 16] {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        // u[4i + j], 128-bit lane L: element 4L + j of inputs 4i..4i + 4.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for i in 0..4 {
+            u[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+            u[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
+            u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+            u[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+        }
+        let mut out = [_mm512_setzero_ps(); 16];
+        for j in 0..4 {
+            let x0 = _mm512_shuffle_f32x4::<0x44>(u[j], u[4 + j]);
+            let y0 = _mm512_shuffle_f32x4::<0xEE>(u[j], u[4 + j]);
+            let x1 = _mm512_shuffle_f32x4::<0x44>(u[8 + j], u[12 + j]);
+            let y1 = _mm512_shuffle_f32x4::<0xEE>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_f32x4::<0x88>(x0, x1);
+            out[4 + j] = _mm512_shuffle_f32x4::<0xDD>(x0, x1);
+            out[8 + j] = _mm512_shuffle_f32x4::<0x88>(y0, y1);
+            out[12 + j] = _mm512_shuffle_f32x4::<0xDD>(y0, y1);
+        }
+        out
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose16(src: &[f32], len: usize, dst: &mut [f32]) {
+        assert!(src.len() >= 16 * len && dst.len() >= 16 * len);
+        let mut k0 = 0;
+        while k0 < len {
+            let w = (len - k0).min(16);
+            let mask = ((1u32 << w) - 1) as u16;
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (g, v) in r.iter_mut().enumerate() {
+                let at = src.as_ptr().wrapping_add(g * len + k0);
+                // Two-level software prefetch, as in `min_max` (hints only: they may point
+                // past the end but never dereference).
+                _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(PREFETCH_L2).cast());
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH_L1).cast());
+                // SAFETY: lanes k0..k0 + w of input g lie inside `src` (asserted above).
+                *v = unsafe { _mm512_maskz_loadu_ps(mask, at) };
+            }
+            for (k, v) in transpose16x16(r).iter().take(w).enumerate() {
+                // SAFETY: row k0 + k < len of `dst` (asserted above).
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((k0 + k) * 16), *v) };
+            }
+            k0 += 16;
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn pack4(codes: &[u8], out: &mut [u8]) -> usize {
         let full = (codes.len() / 64).min(out.len() / 32) * 64;
@@ -511,6 +592,23 @@ pub(crate) fn dequantize_runs(codes: &[u8], layout: Codes, runs: impl Iterator<I
     }
 }
 
+/// `dst[16k + g] = src[g·len + k]` for `g < 16`, `k < len`: sixteen runs of `len` values
+/// laid out column-wise (`src` holds at least `16·len` values, `dst` room for as many). Call
+/// only when [`enabled`].
+pub(crate) fn transpose16(src: &[f32], len: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: callers check `enabled()`.
+    unsafe {
+        x86::transpose16(src, len, dst)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for k in 0..len {
+        for g in 0..16 {
+            dst[16 * k + g] = src[g * len + k];
+        }
+    }
+}
+
 /// Packs 4-bit codes (`pack::pack_into` at 4 bits). Call only when [`enabled`].
 pub(crate) fn pack4(codes: &[u8], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
@@ -602,6 +700,21 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn transpose16_lays_runs_out_column_wise(len in 0usize..50) {
+            // Distinct values (their bits name their position), every length of partial block.
+            let src: Vec<f32> = (0..16 * len).map(|i| i as f32 + 0.5).collect();
+            let mut got = vec![f32::NAN; 16 * len];
+            if enabled() {
+                transpose16(&src, len, &mut got);
+                for k in 0..len {
+                    for g in 0..16 {
+                        prop_assert_eq!(got[16 * k + g].to_bits(), src[g * len + k].to_bits());
+                    }
+                }
+            }
+        }
 
         #[test]
         fn min_max_matches_portable((xs, rs) in runs(), poison in prop::option::of((any::<prop::sample::Index>(), prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)]))) {

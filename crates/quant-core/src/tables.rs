@@ -7,7 +7,7 @@ use crate::float::Float;
 use crate::pack::PackedCodes;
 use crate::par;
 use crate::params::{QuantParams, SliceParams};
-use crate::spec::{ParamDtype, Scheme, UniformSpec};
+use crate::spec::{ParamDtype, Scheme, TableFit, UniformSpec};
 
 /// The stored form of [`ParamDtype::Quantized`] parameters.
 ///
@@ -142,63 +142,203 @@ fn f16_up(v: f64) -> f16 {
     if h.to_f64() > 0.0 { h } else { f16::from_bits(1) }
 }
 
+/// [`f16_up`] through f32: the f32 nearest to `v` rounded to f16, then raised one step if
+/// still below `v`. The same result (the rounding to f32 cannot skip an f16 value), with
+/// hardware conversions.
+fn f16_up32(v: f64) -> f16 {
+    let h = f16::from_f32(v as f32);
+    let h = if h.to_f64() < v { f16::from_bits(h.to_bits() + 1) } else { h };
+    if h.to_f64() > 0.0 { h } else { f16::from_bits(1) }
+}
+
 /// Replaces the (native-precision) parameters of every slice by two-level table values that
-/// still cover each slice's range, and returns the tables. `spec` has a quantized dtype and
+/// still cover each slice's range ([`TableFit::Cover`]) or are nearest to them
+/// ([`TableFit::LeastSquares`]), and returns the tables. `spec` has a quantized dtype and
 /// `slices` is non-empty.
 pub(crate) fn quantize_tables<F: Float>(slices: &mut [SliceParams<F>], spec: &UniformSpec) -> Result<QuantizedTables> {
-    let ParamDtype::Quantized { bits, super_group } = spec.param_dtype() else {
-        return Err(QuantError::InvalidTables { reason: "the spec's parameters are not quantized" });
-    };
-    let top = f64::from((1u16 << bits) - 1);
-    let levels = f64::from(spec.max_code()) - f64::from(spec.scheme().signed_offset(spec.bits()));
-    let grid = spec.scheme() == Scheme::AsymmetricGrid;
-    let group = super_group as usize;
+    let tabler = Tabler::new(spec)?;
     let n = slices.len();
-    let (mut scale_codes, mut offset_codes) = (vec![0u8; n], vec![0u8; if grid { n } else { 0 }]);
-    let (mut super_scales, mut super_offsets) = (Vec::new(), Vec::new());
-    for (g, chunk) in slices.chunks_mut(group).enumerate() {
-        let base = g * group;
-        // Offsets first, rounded down so each grid still starts at or below its slice's minimum.
-        let mut need: Vec<f64> = chunk.iter().map(|p| p.scale.as_f64()).collect();
-        if grid {
-            let lo: Vec<f64> = chunk.iter().map(|p| p.offset.as_f64()).collect();
-            let (mmin, mmax) = lo.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+    let mut parts = TableParts::with_capacity(n, tabler.group);
+    for chunk in slices.chunks_mut(tabler.group) {
+        tabler.group_codes(chunk, &mut parts);
+    }
+    parts.finish(&tabler)
+}
+
+/// The two-level table codes of one super-group at a time ([`quantize_tables`]' rule, shared
+/// with the fused least-squares pass so that both give the same tables).
+pub(crate) struct Tabler {
+    bits: u8,
+    pub(crate) group: usize,
+    top: f64,
+    levels: f64,
+    grid: bool,
+    nearest: bool,
+}
+
+/// Table codes and super-scales collected super-group by super-group.
+pub(crate) struct TableParts {
+    scale_codes: Vec<u8>,
+    offset_codes: Vec<u8>,
+    super_scales: Vec<f16>,
+    super_offsets: Vec<f16>,
+}
+
+impl TableParts {
+    pub(crate) fn with_capacity(slices: usize, group: usize) -> Self {
+        let groups = slices.div_ceil(group);
+        Self {
+            scale_codes: Vec::with_capacity(slices),
+            offset_codes: Vec::with_capacity(slices),
+            super_scales: Vec::with_capacity(groups),
+            super_offsets: Vec::with_capacity(groups),
+        }
+    }
+
+    /// Appends another part's super-groups (which follow this part's).
+    pub(crate) fn append(&mut self, mut other: TableParts) {
+        self.scale_codes.append(&mut other.scale_codes);
+        self.offset_codes.append(&mut other.offset_codes);
+        self.super_scales.append(&mut other.super_scales);
+        self.super_offsets.append(&mut other.super_offsets);
+    }
+
+    pub(crate) fn finish(self, t: &Tabler) -> Result<QuantizedTables> {
+        let scale_codes = PackedCodes::pack(&self.scale_codes, t.bits)?;
+        let (super_offsets, offset_codes) =
+            if t.grid { (self.super_offsets, Some(PackedCodes::pack(&self.offset_codes, t.bits)?)) } else { (Vec::new(), None) };
+        // Built here: one super-scale (and super-offset) per super-group, one code per slice,
+        // no zero scale code; `from_parts` would check exactly that.
+        debug_assert!(self.scale_codes.iter().all(|&a| a > 0) && self.super_scales.len() == self.scale_codes.len().div_ceil(t.group));
+        Ok(QuantizedTables { super_group: t.group, super_scales: self.super_scales, super_offsets, scale_codes, offset_codes })
+    }
+}
+
+impl Tabler {
+    pub(crate) fn new(spec: &UniformSpec) -> Result<Self> {
+        let ParamDtype::Quantized { bits, super_group } = spec.param_dtype() else {
+            return Err(QuantError::InvalidTables { reason: "the spec's parameters are not quantized" });
+        };
+        Ok(Self {
+            bits,
+            group: super_group as usize,
+            top: f64::from((1u16 << bits) - 1),
+            levels: f64::from(spec.max_code()) - f64::from(spec.scheme().signed_offset(spec.bits())),
+            grid: spec.scheme() == Scheme::AsymmetricGrid,
+            // Least-squares fits are rounded to the nearest codes; otherwise the grids keep
+            // covering their slices' ranges.
+            nearest: matches!(spec.table_fit(), TableFit::LeastSquares { .. }),
+        })
+    }
+
+    /// [`group_codes`](Self::group_codes) for least-squares fits: every code rounded to the
+    /// nearest (half up), with the codes written in place.
+    #[inline(always)]
+    fn nearest_codes<F: Float>(&self, chunk: &mut [SliceParams<F>], out: &mut TableParts) {
+        let top = self.top;
+        let nearest_code = |v: f64| (v.clamp(0.0, top) + 0.5) as u32;
+        let n = chunk.len();
+        let at = out.scale_codes.len();
+        out.scale_codes.resize(at + n, 0);
+        if self.grid {
+            out.offset_codes.resize(at + n, 0);
+            let (mut mmin, mut mmax) = (f64::INFINITY, f64::NEG_INFINITY);
+            for p in chunk.iter() {
+                let l = p.offset.as_f64();
+                mmin = if l < mmin { l } else { mmin };
+                mmax = if l > mmax { l } else { mmax };
+            }
+            // Through f32 (hardware conversions): rounding up stays exact, and the nearest
+            // rounding of a positive super-offset is this mode's own rule.
+            let dm16 = if mmin < 0.0 { -f16_up32(-mmin / top) } else { f16::from_f32((mmax / top) as f32) };
+            let dm = dm16.to_f64();
+            let dm = if dm.is_finite() { dm } else { 0.0 };
+            let inv_dm = if dm == 0.0 { 0.0 } else { 1.0 / dm };
+            let codes = &mut out.offset_codes[at..at + n];
+            for (p, c) in chunk.iter_mut().zip(codes.iter_mut()) {
+                let b = nearest_code(p.offset.as_f64() * inv_dm);
+                *c = b as u8;
+                p.offset = F::cast(dm * f64::from(b));
+            }
+            // `dm` is an f16 value (or 0), so this is exact.
+            out.super_offsets.push(f16::from_f32(dm as f32));
+        }
+        let mut smax = 0.0f64;
+        for p in chunk.iter() {
+            let v = p.scale.as_f64();
+            smax = if v > smax { v } else { smax };
+        }
+        let d16 = f16_up32(smax / top);
+        let d = d16.to_f64();
+        let inv_d = 1.0 / d;
+        let codes = &mut out.scale_codes[at..at + n];
+        for (p, c) in chunk.iter_mut().zip(codes.iter_mut()) {
+            let a = nearest_code(p.scale.as_f64() * inv_d).max(1);
+            *c = a as u8;
+            p.scale = F::cast(d * f64::from(a));
+        }
+        out.super_scales.push(d16);
+    }
+
+    /// Replaces the parameters of one super-group's slices (at most `group`) by their table
+    /// values and appends the codes and super-scales to `out`.
+    #[inline(always)]
+    pub(crate) fn group_codes<F: Float>(&self, chunk: &mut [SliceParams<F>], out: &mut TableParts) {
+        if self.nearest {
+            self.nearest_codes(chunk, out);
+            return;
+        }
+        let top = self.top;
+        let mut need = [0.0f64; 32];
+        let mut spill = Vec::new();
+        let need: &mut [f64] = if chunk.len() <= need.len() {
+            &mut need[..chunk.len()]
+        } else {
+            spill.resize(chunk.len(), 0.0);
+            &mut spill
+        };
+        for (v, p) in need.iter_mut().zip(chunk.iter()) {
+            *v = p.scale.as_f64();
+        }
+        // Offsets first, rounded down so each grid still starts at or below its slice's
+        // minimum.
+        if self.grid {
+            let (mmin, mmax) =
+                chunk.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.offset.as_f64()), b.max(p.offset.as_f64())));
             let dm = if mmin < 0.0 { -f16_up(-mmin / top).to_f64() } else { f16::from_f64(mmax / top).to_f64() };
             let dm = if dm.is_finite() { dm } else { 0.0 };
-            for (j, &l) in lo.iter().enumerate() {
-                let b = if dm < 0.0 {
-                    (l / dm).ceil().clamp(0.0, top)
-                } else if dm > 0.0 {
-                    (l / dm).floor().clamp(0.0, top)
-                } else {
+            for (j, p) in chunk.iter_mut().enumerate() {
+                let l = p.offset.as_f64();
+                let b = if dm == 0.0 {
                     0.0
+                } else if dm < 0.0 {
+                    (l / dm).ceil().clamp(0.0, top)
+                } else {
+                    (l / dm).floor().clamp(0.0, top)
                 };
                 let m = dm * b;
                 // The step that reaches the slice's maximum from the lowered offset.
-                let hi = l + need[j] * levels;
-                need[j] = ((hi - m) / levels).max(need[j]);
-                offset_codes[base + j] = b as u8;
-                chunk[j].offset = F::cast(m);
+                let hi = l + need[j] * self.levels;
+                need[j] = ((hi - m) / self.levels).max(need[j]);
+                out.offset_codes.push(b as u8);
+                p.offset = F::cast(m);
             }
-            super_offsets.push(f16::from_f64(dm));
+            out.super_offsets.push(f16::from_f64(dm));
         }
         // Steps rounded up, so each grid still reaches its slice's maximum.
         let smax = need.iter().fold(0.0f64, |a, &v| a.max(v));
         let d16 = f16_up(smax / top);
         let d = d16.to_f64();
-        for (j, &s) in need.iter().enumerate() {
+        for (p, &s) in chunk.iter_mut().zip(need.iter()) {
             let mut a = (s / d).ceil().clamp(1.0, top);
             if d * a < s && a < top {
                 a += 1.0;
             }
-            scale_codes[base + j] = a as u8;
-            chunk[j].scale = F::cast(d * a);
+            out.scale_codes.push(a as u8);
+            p.scale = F::cast(d * a);
         }
-        super_scales.push(d16);
+        out.super_scales.push(d16);
     }
-    let scale_codes = PackedCodes::pack(&scale_codes, bits)?;
-    let offsets = if grid { Some((super_offsets, PackedCodes::pack(&offset_codes, bits)?)) } else { None };
-    QuantizedTables::from_parts(group, super_scales, scale_codes, offsets)
 }
 
 /// The squared error of a slice quantized with step `s` and offset `m` (signed codes clamped

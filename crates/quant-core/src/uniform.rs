@@ -14,7 +14,8 @@ use crate::par::{self, BATCH};
 use crate::params::{QuantParams, SliceParams};
 use crate::range::{estimate, min_max};
 use crate::simd;
-use crate::spec::{ParamDtype, RangeEstimator, Rounding, ScaleMode, UniformSpec};
+use crate::spec::{ParamDtype, RangeEstimator, Rounding, ScaleMode, TableFit, UniformSpec};
+use crate::table_fit;
 use crate::tables::refine_tables;
 use crate::tensor::{FakeQuantized, QuantizedTensor};
 
@@ -92,8 +93,18 @@ pub(crate) fn slice_ranges<F: Float>(data: &[F], layout: &Layout, spec: &Uniform
     }
 }
 
-/// Estimates every slice's parameters; two-level tables are built and then refined on the data.
+/// Estimates every slice's parameters; two-level tables are built and then refined on the
+/// data ([`TableFit::Cover`]), or built from least-squares fits ([`TableFit::LeastSquares`]).
 fn calibrate_params<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -> Result<QuantParams<F>> {
+    if let TableFit::LeastSquares { iterations } = spec.table_fit() {
+        // Min-max ranges are taken inside the fit, from the same copy of the data.
+        let start: Option<Vec<SliceParams<F>>> = match spec.range() {
+            RangeEstimator::MinMax => None,
+            _ => Some(slice_ranges(data, layout, spec)?.into_iter().map(|(lo, hi)| SliceParams::for_spec(lo, hi, spec)).collect()),
+        };
+        let slices = table_fit::least_squares(data, layout, spec, iterations, start.as_deref())?;
+        return QuantParams::from_calibrated(spec, slices);
+    }
     let ranges = slice_ranges(data, layout, spec)?;
     let slices = ranges.into_iter().map(|(lo, hi)| SliceParams::for_spec(lo, hi, spec)).collect();
     let mut params = QuantParams::from_calibrated(spec, slices)?;
@@ -165,13 +176,13 @@ fn run_batches_by_walking(layout: &Layout, runs: usize) -> Vec<(Range<usize>, Ra
 }
 
 /// Byte lengths of the packed codes owned by each element range.
-fn byte_lengths(ranges: &[Range<usize>], bits: u8) -> impl Iterator<Item = usize> + '_ {
+pub(crate) fn byte_lengths(ranges: &[Range<usize>], bits: u8) -> impl Iterator<Item = usize> + '_ {
     ranges.iter().map(move |r| packed_len(r.end, bits) - packed_len(r.start, bits))
 }
 
 /// Runs `fill` on a buffer of `len` one-byte codes and packs them into `out`. 8-bit codes are
 /// their own packing, so they are written straight into `out`.
-fn write_codes<T>(bits: u8, len: usize, out: &mut [u8], fill: impl FnOnce(&mut [u8]) -> T) -> T {
+pub(crate) fn write_codes<T>(bits: u8, len: usize, out: &mut [u8], fill: impl FnOnce(&mut [u8]) -> T) -> T {
     if bits == 8 {
         return fill(out);
     }
@@ -215,15 +226,21 @@ fn apply_codes_runs<F: Float>(data: &[F], layout: &Layout, params: &QuantParams<
     let mut bytes = vec![0u8; packed_len(data.len(), bits)];
     let outs = par::split_lengths(&mut bytes, byte_lengths(&elems, bits));
     par::map(batches.into_iter().zip(outs).collect(), |((rs, es), out)| {
-        write_codes(bits, es.len(), out, |codes| {
-            for k in rs {
-                let r = layout.run(k);
-                let kern = Kernel::new(&params.slices()[k], spec.max_code(), spec.scale_mode());
-                kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - es.start..r.end - es.start]);
-            }
-        });
+        write_codes(bits, es.len(), out, |codes| code_runs(data, layout, spec, &params.slices()[rs.start..rs.end], rs, es.start, codes));
     });
     PackedCodes::from_parts_unchecked(bytes, data.len(), bits)
+}
+
+multiversion! {
+    /// The codes of runs `rs` (the first at element `base` of `codes`) with the parameters of
+    /// run `k` at `slices[k − rs.start]`.
+    pub(crate) fn code_runs<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, slices: &[SliceParams<F>], rs: Range<usize>, base: usize, codes: &mut [u8]) {
+        for (k, p) in rs.zip(slices) {
+            let r = layout.run(k);
+            let kern = Kernel::new(p, spec.max_code(), spec.scale_mode());
+            kernel::quantize_run(&kern, spec.rounding(), r.start, &data[r.clone()], &mut codes[r.start - base..r.end - base]);
+        }
+    }
 }
 
 /// One fused pass per work item: estimate each run's range, derive its parameters and
@@ -357,11 +374,14 @@ pub fn quantize<F: Float, S: Data<Elem = F>, D: Dimension>(x: &ArrayBase<S, D>, 
             let (slices, codes) = fused_quantize(&data, &layout, spec, runs)?;
             (QuantParams { spec: *spec, slices, tables: None }, codes)
         }
-        Some(runs) if runs > 1 => {
-            let params = calibrate_params(&data, &layout, spec)?;
-            let codes = apply_codes_runs(&data, &layout, &params, runs);
-            (params, codes)
-        }
+        Some(runs) if runs > 1 => match table_fit::fused(&data, &layout, spec)? {
+            Some(done) => done,
+            None => {
+                let params = calibrate_params(&data, &layout, spec)?;
+                let codes = apply_codes_runs(&data, &layout, &params, runs);
+                (params, codes)
+            }
+        },
         _ => {
             let params = calibrate_params(&data, &layout, spec)?;
             let codes = apply_codes(&data, &layout, &params);
