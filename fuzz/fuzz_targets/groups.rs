@@ -1,5 +1,5 @@
 //! Arbitrary bytes -> a small weight matrix (raw f32 bit patterns), a group count, a layout,
-//! a method (uniform of any width, scheme and table precision, k-means, ternary) and a
+//! a method (uniform of any width, scheme, table precision and table fit, k-means, ternary) and a
 //! gradient; `quantize_output_groups`, `quantize_groups` (every layout) and
 //! `OutputGroupCodebook` must never panic, and finite weights must give finite dequantized
 //! weights.
@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use ndarray::Array2;
-use quant_core::{KMeansSpec, ParamDtype, Scheme, TernarySpec, UniformSpec};
+use quant_core::{KMeansSpec, ParamDtype, Scheme, TableFit, TernarySpec, UniformSpec};
 use quant_group::{GroupLayout, GroupMethod, OutputGroupCodebook, QkvOrder, quantize_groups, quantize_output_groups};
 
 fuzz_target!(|data: &[u8]| {
@@ -30,8 +30,10 @@ fuzz_target!(|data: &[u8]| {
         ParamDtype::Bf16,
         ParamDtype::Quantized { bits: data[5] / 4 % 10, super_group: u32::from(data[5] / 40) },
     ][usize::from(data[5] % 4)];
+    // Either table fit (least squares only with two-level tables; 0 iterations is refused).
+    let fit = if data[1] & 64 != 0 { TableFit::LeastSquares { iterations: data[2] / 10 % 5 } } else { TableFit::Cover };
     let method = match data[4] / 64 {
-        0 | 1 => UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype).check().ok().map(GroupMethod::Uniform),
+        0 | 1 => UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype).table_fit(fit).check().ok().map(GroupMethod::Uniform),
         2 => KMeansSpec::builder().k(usize::from(bits)).check().ok().map(GroupMethod::KMeans),
         _ => TernarySpec::builder().check().ok().map(GroupMethod::Ternary),
     };

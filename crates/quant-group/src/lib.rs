@@ -11,7 +11,8 @@
 //! from packed codes ([`matvec`]). `quant-core` itself quantizes GGML-style blocks of
 //! contiguous elements along any axis ([`Granularity::PerGroup`]) with fused kernels, and
 //! stores per-group steps at f32, f16, bf16 or as two-level k-quant style tables
-//! (`ParamDtype::Quantized`). Planned: vectorised kernels for the speed targets.
+//! (`ParamDtype::Quantized`, fitted by covering and search or, faster, by least squares:
+//! `TableFit`). Planned: a vectorised packed matrix-vector product.
 //!
 //! ```
 //! use ndarray::Array2;
