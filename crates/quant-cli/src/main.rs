@@ -5,7 +5,7 @@
 //! quant quantize IN.safetensors -o OUT.safetensors [--method uniform|ternary|binary|kmeans]
 //!       [--bits N] [--scheme symmetric|asymmetric] [--granularity tensor|channel:AXIS|group:SIZE]
 //!       [--range minmax|percentile:P|mse] [--table-dtype f32|f16|bf16|q8|q6|q4]
-//!       [--super-group N] [--only REGEX] [--skip REGEX] [--json]
+//!       [--super-group N] [--table-fit cover|least-squares] [--only REGEX] [--skip REGEX] [--json]
 //! quant dequantize IN.q.safetensors -o OUT.safetensors
 //! quant inspect FILE [--json]
 //! ```
@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use quant::checkpoint::{self, CheckpointError, Granularity, Method, Progress, QuantizeOptions, Report, TableFormat};
-use quant::core::{RangeEstimator, Scheme};
+use quant::core::{RangeEstimator, Scheme, TableFit};
 use regex::Regex;
 
 #[derive(Parser)]
@@ -72,6 +72,11 @@ and renamed only on success.")]
         /// Groups per super-group for qN tables.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
         super_group: u32,
+        /// How qN tables are fitted: cover (each group's grid covers its range, then a search
+        /// over nearby codes; the best SQNR) or least-squares (three least-squares refits per
+        /// group, codes rounded to the nearest; several times faster).
+        #[arg(long, value_enum, default_value_t = TableFitArg::Cover)]
+        table_fit: TableFitArg,
         /// Quantize only tensors whose name matches this regular expression.
         #[arg(long, value_name = "REGEX")]
         only: Option<Regex>,
@@ -131,6 +136,12 @@ enum SchemeArg {
     Symmetric,
     SymmetricFull,
     AsymmetricExactZero,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TableFitArg {
+    Cover,
+    LeastSquares,
 }
 
 #[derive(Clone, Copy)]
@@ -298,6 +309,7 @@ fn run(cli: Cli) -> Result<(), String> {
             range,
             table_dtype,
             super_group,
+            table_fit,
             only,
             skip,
             json,
@@ -324,6 +336,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 granularity,
                 range,
                 tables,
+                table_fit: match table_fit {
+                    TableFitArg::Cover => TableFit::Cover,
+                    TableFitArg::LeastSquares => TableFit::LeastSquares { iterations: 3 },
+                },
             };
             // Options are checked before the input is opened.
             options.validate().map_err(fail)?;

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use half::{bf16, f16};
 use quant::checkpoint::{QuantizedCheckpoint, Report};
 use quant::core::{
-    Granularity, KMeansSpec, ParamDtype, RangeEstimator, Scheme, TableDtype, TernarySpec, UniformSpec, binarize, fake_quantize,
+    Granularity, KMeansSpec, ParamDtype, RangeEstimator, Scheme, TableDtype, TableFit, TernarySpec, UniformSpec, binarize, fake_quantize,
     kmeans_quantize, ternarize,
 };
 use quant::ndarray::{ArrayD, IxDyn};
@@ -122,6 +122,15 @@ fn round_trips_equal_the_library_fake_quantization_bit_for_bit() -> TestResult {
                 RangeEstimator::MinMax,
                 ParamDtype::Quantized { bits: 6, super_group: 8 },
             )
+        }),
+        (vec!["--bits", "4", "--granularity", "group:32", "--table-dtype", "q6", "--table-fit", "least-squares"], |x| {
+            let spec = UniformSpec::builder()
+                .bits(4)
+                .granularity(group_last(x, 32))
+                .param_dtype(ParamDtype::Quantized { bits: 6, super_group: 8 })
+                .table_fit(TableFit::LeastSquares { iterations: 3 })
+                .check()?;
+            Ok(fake_quantize(x, &spec)?.values)
         }),
         (vec!["--bits", "2", "--granularity", "group:16", "--range", "mse", "--table-dtype", "q4", "--super-group", "16"], |x| {
             uniform(
@@ -343,6 +352,10 @@ fn bad_input_gives_one_line_errors_and_no_output() -> TestResult {
         vec!["--method", "ternary", "--table-dtype", "f16"],
         vec!["--method", "fancy"],
         vec!["--super-group", "0", "--table-dtype", "q6"],
+        vec!["--table-fit", "least-squares"],
+        vec!["--table-fit", "least-squares", "--table-dtype", "f16"],
+        vec!["--table-fit", "least-squares", "--method", "kmeans", "--table-dtype", "q6"],
+        vec!["--table-fit", "nearest"],
         vec!["--only", "("],
     ] {
         let mut a = vec!["quantize", s(&input), "-o", &o];

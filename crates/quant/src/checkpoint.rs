@@ -39,7 +39,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use quant_core::half::{bf16, f16};
 use quant_core::{
     KMeansSpec, LutKind, LutTensor, PackedCodes, ParamDtype, QuantError, QuantParams, QuantizedTables, QuantizedTensor, RangeEstimator,
-    Scheme, SliceParams, TableDtype, TernarySpec, UniformSpec,
+    Scheme, SliceParams, TableDtype, TableFit, TernarySpec, UniformSpec,
 };
 use safetensors::tensor::{SafeTensors, TensorView, View};
 use safetensors::{Dtype, SafeTensorError};
@@ -187,6 +187,9 @@ pub struct QuantizeOptions {
     pub range: RangeEstimator,
     /// Table storage. Default f32.
     pub tables: TableFormat,
+    /// How two-level tables ([`TableFormat::Quantized`]) are fitted. Default
+    /// [`TableFit::Cover`]; [`TableFit::LeastSquares`] needs two-level tables.
+    pub table_fit: TableFit,
 }
 
 impl Default for QuantizeOptions {
@@ -198,6 +201,7 @@ impl Default for QuantizeOptions {
             granularity: Granularity::default(),
             range: RangeEstimator::MinMax,
             tables: TableFormat::F32,
+            table_fit: TableFit::Cover,
         }
     }
 }
@@ -508,6 +512,9 @@ impl QuantizeOptions {
                 ))
             }
         };
+        if self.table_fit != TableFit::Cover && !matches!((self.method, self.tables), (Method::Uniform, TableFormat::Quantized { .. })) {
+            return Err(CheckpointError::Options("--table-fit least-squares needs --method uniform and a --table-dtype qN".into()));
+        }
         Ok(match self.method {
             Method::Uniform => {
                 let dtype = match self.tables {
@@ -522,6 +529,7 @@ impl QuantizeOptions {
                     .granularity(g.core())
                     .range(self.range)
                     .param_dtype(dtype)
+                    .table_fit(self.table_fit)
                     .check()
                     .map_err(err)?;
                 Resolved::Uniform(spec, g)
