@@ -6,8 +6,9 @@
 //! solved in one left-to-right pass. The cost is Monge, so once a later candidate start `j`
 //! beats an earlier one at some row it beats it at every later row: the candidates alive form
 //! a queue, each owning an interval of rows, and a new candidate finds where its interval
-//! begins by a galloping binary search against the queue's last (Galil & Park's concave
-//! 1D/1D programme). The pass costs O(m log m) and linear memory.
+//! begins by a galloping binary search against the queue's last (the O(m log m) method for
+//! concave least-weight-subsequence recurrences, after Hirschberg & Larmore). The pass costs
+//! O(m log m) and linear memory.
 //!
 //! Any partition optimal for a price with exactly `k` clusters is an optimal `k`-partition:
 //! against every other `k`-partition it pays the same `λ·k` and no more cost. The least cost
