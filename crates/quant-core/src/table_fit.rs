@@ -31,7 +31,7 @@ use crate::par;
 use crate::params::{QuantParams, SliceParams};
 use crate::spec::{RangeEstimator, Scheme, TableFit, UniformSpec};
 use crate::tables::{TableParts, Tabler};
-use crate::uniform::{byte_lengths, code_runs, write_codes};
+use crate::uniform::{byte_lengths, code_runs, first_non_finite, write_codes};
 
 /// Slices fitted side by side, one per vector lane.
 const LANES: usize = 16;
@@ -230,6 +230,32 @@ multiversion! {
     }
 }
 
+/// [`fit_runs`] over one work item whose first element is element `base` of the tensor:
+/// `Err(index)` of the first non-finite element. A slice whose sum overflowed over finite
+/// values is no error (its fit keeps its start), so the scan runs from that slice to the end
+/// of the item.
+fn fit_item<F: Float>(
+    xs: &[F],
+    len: usize,
+    start: Option<&[SliceParams<F>]>,
+    grid: Grid<F>,
+    out: &mut [SliceParams<F>],
+    base: usize,
+) -> core::result::Result<(), usize> {
+    match fit_runs(xs, len, start, grid, out) {
+        Err(k) => match xs[k * len..].iter().position(|x| !x.is_finite()) {
+            Some(j) => Err(base + k * len + j),
+            None => Ok(()),
+        },
+        Ok(()) => Ok(()),
+    }
+}
+
+/// The parameters a work item's slots hold before it fills them.
+fn blank<F: Float>() -> SliceParams<F> {
+    SliceParams { scale: F::one(), zero_point: 0, offset: F::zero() }
+}
+
 /// The fitted (untabled) parameters of every slice of `data` under `layout`: from the
 /// spec's range estimates (`start`, one per slice) or, when `start` is `None`, from each
 /// slice's min-max range, which is then computed here.
@@ -245,40 +271,27 @@ pub(crate) fn least_squares<F: Float>(
 ) -> Result<Vec<SliceParams<F>>> {
     let grid = Grid::for_spec(spec, iterations);
     let n = layout.num_params();
-    let blank = SliceParams { scale: F::one(), zero_point: 0, offset: F::zero() };
-    let first_non_finite =
-        |xs: &[F], offset: usize| QuantError::NonFinite { index: offset + xs.iter().position(|x| !x.is_finite()).unwrap_or(0) };
     match (layout.contiguous_runs(), layout.equal_runs()) {
         (Some(runs), Some(len)) if runs == n && len > 0 => {
-            let mut out = vec![blank; n];
+            let mut out = vec![blank(); n];
             let items: Vec<(usize, &mut [SliceParams<F>])> = out.chunks_mut(ITEM).enumerate().map(|(i, o)| (i * ITEM, o)).collect();
             let parts = par::map(items, |(first, out)| {
                 let xs = &data[first * len..(first + out.len()) * len];
-                fit_runs(xs, len, start.map(|s| &s[first..]), grid, out).map_err(|k| (first + k) * len)
+                fit_item(xs, len, start.map(|s| &s[first..]), grid, out, first * len)
             });
-            for (p, item) in parts.into_iter().zip((0..n).step_by(ITEM)) {
-                // The first slice with a non-finite sum: a non-finite element is an error; an
-                // overflowing sum over finite values is not (the fit keeps its start), so the
-                // rest of the item is scanned too.
-                if let Err(at) = p {
-                    let rest = &data[at..(item + ITEM).min(n) * len];
-                    if rest.iter().any(|x| !x.is_finite()) {
-                        return Err(first_non_finite(rest, at));
-                    }
-                }
+            for p in parts {
+                p.map_err(|index| QuantError::NonFinite { index })?;
             }
             Ok(out)
         }
         _ => {
             // Strided slices: check the whole tensor first, so the error names the first
             // non-finite element in row-major order.
-            if data.iter().any(|x| !x.is_finite()) {
-                return Err(first_non_finite(data, 0));
-            }
+            first_non_finite(data)?;
             let items: Vec<(usize, Vec<F>)> = layout.gather(data).into_iter().enumerate().collect();
             Ok(par::map(items, |(i, xs)| {
                 let start = start.map(|s| s[i]);
-                let mut p = [start.unwrap_or(blank)];
+                let mut p = [start.unwrap_or_else(blank)];
                 if !xs.is_empty() {
                     let rows: Vec<[F; 1]> = xs.iter().map(|&x| [x]).collect();
                     fit_lanes(&rows, start.as_ref().map(core::slice::from_ref), grid, &mut p);
@@ -315,17 +328,12 @@ pub(crate) fn fused<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -
     let mut bytes = vec![0u8; packed_len(data.len(), bits)];
     let outs = par::split_lengths(&mut bytes, byte_lengths(&elems, bits));
     // Each item writes its slices' parameters into its own part of one buffer.
-    let mut slices = vec![SliceParams { scale: F::one(), zero_point: 0, offset: F::zero() }; n];
+    let mut slices = vec![blank(); n];
     let params_out = par::split_lengths(&mut slices, items.iter().map(|r| r.len()));
     let work: Vec<_> = items.into_iter().zip(outs.into_iter().zip(params_out)).collect();
     let parts = par::map(work, |(rs, (out, slices))| {
         let xs = &data[rs.start * len..rs.end * len];
-        if let Err(k) = fit_runs(xs, len, None, grid, slices) {
-            let rest = &xs[k * len..];
-            if let Some(j) = rest.iter().position(|x| !x.is_finite()) {
-                return Err((rs.start + k) * len + j);
-            }
-        }
+        fit_item(xs, len, None, grid, slices, rs.start * len)?;
         let tables = tables_for(&tabler, slices);
         let base = rs.start * len;
         write_codes(bits, xs.len(), out, |codes| code_runs(data, layout, spec, slices, rs, base, codes));

@@ -47,7 +47,7 @@ fn element_batches(len: usize) -> Vec<Range<usize>> {
 }
 
 /// Index of the first non-finite element, if any (checked in parallel batches).
-fn first_non_finite<F: Float>(data: &[F]) -> Result<(F, F)> {
+pub(crate) fn first_non_finite<F: Float>(data: &[F]) -> Result<(F, F)> {
     let parts = par::map(element_batches(data.len()), |r| min_max(&data[r.clone()]).map_err(|j| r.start + j));
     let mut acc: Option<(F, F)> = None;
     for p in parts {
