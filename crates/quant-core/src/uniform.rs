@@ -315,13 +315,13 @@ fn fused_item_simd<F: Float>(
         // Runs of an even length start on even elements (items start on multiples of 8), so
         // 4-bit codes can be packed as they are made.
         Some(len) => {
-            let runs = (first..first + n).map(|k| k * len..(k + 1) * len);
+            // The item's elements start where its first run does.
+            debug_assert_eq!(es.start, first * len);
+            let runs = first..first + n;
             if spec.bits() == 4 && len.is_multiple_of(2) {
-                simd::fused_runs(xs, runs, &grid, simd::Codes::Nibbles, out, es.start, push)
+                simd::fused_equal(xs, runs, len, &grid, simd::Codes::Nibbles, out, push)
             } else {
-                write_codes(spec.bits(), es.len(), out, |codes| {
-                    simd::fused_runs(xs, runs, &grid, simd::Codes::Bytes, codes, es.start, push)
-                })
+                write_codes(spec.bits(), es.len(), out, |codes| simd::fused_equal(xs, runs, len, &grid, simd::Codes::Bytes, codes, push))
             }
         }
         None => {
