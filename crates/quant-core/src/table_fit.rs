@@ -1,4 +1,4 @@
-//! [`TableFit::LeastSquares`](crate::TableFit::LeastSquares): every slice's step and offset
+//! [`TableFit::LeastSquares`]: every slice's step and offset
 //! refitted to its data by least squares before the two-level tables are built.
 //!
 //! One round, for a slice with step `s` and offset `m`: the codes `q = round(clamp((x − m)/s))`
@@ -302,7 +302,7 @@ pub(crate) fn least_squares<F: Float>(
     }
 }
 
-/// [`quantize`](crate::quantize) for [`TableFit::LeastSquares`](crate::TableFit::LeastSquares)
+/// [`quantize`](crate::quantize) for [`TableFit::LeastSquares`]
 /// with min-max ranges over slices that are contiguous runs of equal length, in one pass per
 /// work item: fit, tables and codes while the item is in cache. `None` for other settings
 /// (the caller calibrates, then codes). Gives exactly what calibrating with the same spec and
