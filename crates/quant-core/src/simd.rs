@@ -9,6 +9,7 @@
 //! | [`fused_equal`] | [`fused_runs`] on contiguous runs of one length; 16 runs of 16, 32, 64 or 128 values at a time go through one unrolled kernel that reduces their sixteen ranges together and packs 64 nibbles per store |
 //! | `min_max_runs` (tests only) | `range::min_max` per run (same 16 lanes, same tree reduction, so even the sign of a zero bound agrees) |
 //! | [`dequantize_runs`] | `kernel::dequantize_run` per run, from bytes or packed nibbles |
+//! | [`dequantize_nibble_runs`] | [`dequantize_runs`] on contiguous runs of one length (a multiple of 16) of packed nibbles: each run's sixteen possible values computed once, then one permute per sixteen codes |
 //! | [`pack4`] / [`unpack4`] | `pack::pack_into` / `pack::unpack_from` at 4 bits |
 //!
 //! Callers ask [`enabled`] first; on other CPUs and architectures the portable code runs.
@@ -649,6 +650,29 @@ mod x86 {
         }
     }
 
+    /// [`dequantize_runs`] for runs of `len` 4-bit codes each (`len` a multiple of 16),
+    /// packed as nibbles: run k covers `out[k·len..(k + 1)·len]` and the codes from byte
+    /// `k·len / 2`, with the k-th parameters. The sixteen values a run's codes can take are
+    /// computed once with `dequantize_run`'s expression and looked up by one permute per
+    /// sixteen codes (it reads only the low four bits of each index).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) fn dequantize_nibble_runs(codes: &[u8], len: usize, params: impl Iterator<Item = SliceParams<f32>>, out: &mut [f32]) {
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (run, (cs, p)) in out.chunks_exact_mut(len).zip(codes.chunks_exact(len / 2).zip(params)) {
+            let (s, m, z) = (_mm512_set1_ps(p.scale), _mm512_set1_ps(p.offset), _mm512_set1_epi32(p.zero_point));
+            let values = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(iota, z)), s), m);
+            for (o, c) in run.chunks_exact_mut(16).zip(cs.chunks_exact(8)) {
+                // SAFETY: `c` holds 8 bytes; the load reads exactly those.
+                let t = _mm512_cvtepu8_epi64(unsafe { _mm_loadl_epi64(c.as_ptr().cast()) });
+                // Byte b in a 64-bit lane: b | b << 28 holds the low nibble at the bottom of
+                // the low 32-bit half and the high nibble at the bottom of the high half.
+                let v = _mm512_permutexvar_ps(_mm512_or_si512(t, _mm512_slli_epi64::<28>(t)), values);
+                // SAFETY: `o` holds 16 f32; unaligned store.
+                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
+            }
+        }
+    }
+
     /// 16 x 16 transpose of `r` (`out[k]` holds element `k` of every input, in input order).
     #[target_feature(enable = "avx512f")]
     fn transpose16x16(r: [__m512; 16]) -> [__m512; 16] {
@@ -820,6 +844,22 @@ pub(crate) fn dequantize_runs(codes: &[u8], layout: Codes, runs: impl Iterator<I
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = (codes, layout, runs, out);
+    }
+}
+
+/// [`dequantize_runs`] for contiguous runs of `len` 4-bit codes packed as nibbles, `len` a
+/// multiple of 16: run k covers `out[k·len..(k + 1)·len]` and the codes from byte
+/// `k·len / 2`, with the k-th of `params` (a partial last run of `out` is left alone). Call
+/// only when [`enabled`].
+pub(crate) fn dequantize_nibble_runs(codes: &[u8], len: usize, params: impl Iterator<Item = SliceParams<f32>>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: callers check `enabled()`.
+    unsafe {
+        x86::dequantize_nibble_runs(codes, len, params, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (codes, len, params, out);
     }
 }
 
@@ -1084,6 +1124,34 @@ mod tests {
             dequantize_runs(&codes, Codes::Bytes, rs.iter().cloned().zip(params.iter().copied()), &mut back);
             let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits_of(&back), bits_of(&want));
+        }
+
+        #[test]
+        fn dequantize_nibble_runs_match_portable(
+            len in prop_oneof![Just(16usize), Just(32), Just(48), Just(128)],
+            runs in prop::collection::vec((0.0f32..2.0, 0i32..16, -4.0f32..4.0, any::<bool>()), 1..12),
+            codes in prop::collection::vec(any::<u8>(), 12 * 64),
+            extra in 0usize..128,
+        ) {
+            prop_assume!(enabled());
+            let extra = extra % len;
+            // Steps of every size and sign of zero offset; zero points across the code range.
+            let params: Vec<SliceParams<f32>> = runs.iter().map(|&(s, z, m, neg)| SliceParams { scale: s * s * s, zero_point: z, offset: if neg { -m } else { m } }).collect();
+            let n = params.len() * len;
+            let codes = &codes[..n / 2];
+            let mut want = vec![0f32; n];
+            let mut bytes = vec![0u8; n];
+            unpack_from(codes, 4, &mut bytes);
+            for (k, p) in params.iter().enumerate() {
+                let kern = Kernel::new(p, 15, ScaleMode::Reciprocal);
+                kernel::dequantize_run(&kern, &bytes[k * len..(k + 1) * len], &mut want[k * len..(k + 1) * len]);
+            }
+            // A partial run at the end of `out` is left alone.
+            let mut got = vec![f32::NAN; n + extra];
+            dequantize_nibble_runs(codes, len, params.iter().copied(), &mut got);
+            let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits_of(&got[..n]), bits_of(&want));
+            prop_assert!(got[n..].iter().all(|x| x.is_nan()));
         }
 
         #[test]

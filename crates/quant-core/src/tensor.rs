@@ -166,6 +166,11 @@ impl<F: Float> QuantizedTensor<F> {
             };
             if let Some(len) = layout.equal_runs() {
                 let first = start / len;
+                // Chunks are whole runs when `len` divides BATCH.
+                if codes_layout == simd::Codes::Nibbles && len.is_multiple_of(16) && BATCH.is_multiple_of(len) {
+                    let params = slices[first..].iter().map(|p| p.to_f32());
+                    return simd::dequantize_nibble_runs(codes, len, params, chunk);
+                }
                 let runs = (first..).map(|k| k * len..(k + 1) * len).zip(&slices[first..]).map_while(clip);
                 simd::dequantize_runs(codes, codes_layout, runs, chunk);
             } else if layout.contiguous_runs().is_some() {
