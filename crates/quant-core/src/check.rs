@@ -295,7 +295,16 @@ pub fn exercise(bytes: &[u8]) -> Check {
     let bits = b.u8() % 10;
     let scheme =
         [Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull][usize::from(b.u8() % 4)];
-    let (kind, axis, size) = (b.u8() % 3, usize::from(b.u8() % 5), usize::from(b.u8() % 9));
+    // Group sizes 0..=8, and (from the top four byte values) the sizes the fast kernels
+    // special-case.
+    let (kind, axis) = (b.u8() % 3, usize::from(b.u8() % 5));
+    let size = match b.u8() {
+        252 => 16,
+        253 => 32,
+        254 => 64,
+        255 => 128,
+        s => usize::from(s % 9),
+    };
     let granularity = match kind {
         0 => Granularity::PerTensor,
         1 => Granularity::PerChannel { axis },
@@ -312,9 +321,30 @@ pub fn exercise(bytes: &[u8]) -> Check {
         _ => Rounding::Stochastic { seed: b.u64() },
     };
     let mode = if b.u8() % 2 == 0 { ScaleMode::Reciprocal } else { ScaleMode::Divide };
-    let shape: Vec<usize> = (0..b.u8() % 4).map(|_| usize::from(b.u8() % 7)).collect();
+    // Dimensions 0..=6, or (from byte values 224 up) 16 to 512: long enough for sixteen
+    // groups of up to 128 in one row, which the fast kernels take in one block.
+    let shape: Vec<usize> = (0..b.u8() % 4)
+        .map(|_| match b.u8() {
+            d @ 224.. => 16 * usize::from(d - 223),
+            d => usize::from(d % 7),
+        })
+        .collect();
     let n: usize = shape.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| f32::from_bits(b.u32())).collect();
+    if n > 1 << 13 {
+        return Ok(());
+    }
+    // Raw bit patterns while the bytes last (at most 4 per value), then those values again,
+    // negated on every other pass, so that long tensors are not all zeros.
+    let mut values: Vec<f32> = (0..n.min(b.0.len() / 4)).map(|_| f32::from_bits(b.u32())).collect();
+    let read = values.len();
+    for i in read..n {
+        let v = match read {
+            0 => 0.0,
+            _ if (i / read) % 2 == 1 => -values[i % read],
+            _ => values[i % read],
+        };
+        values.push(v);
+    }
     let x = match ArrayD::from_shape_vec(IxDyn(&shape), values) {
         Ok(x) => x,
         Err(_) => return Ok(()),

@@ -165,6 +165,13 @@ pub enum QuantError {
         /// The multiplier.
         value: f64,
     },
+    /// An LSQ step or shift gradient too large for the element type (finite input can give
+    /// one: the sum of `N` terms `dY·S`).
+    #[error("the LSQ step or shift gradient of slice {slice} is too large for the element type")]
+    GradientOverflow {
+        /// The slice whose gradient overflowed.
+        slice: usize,
+    },
     /// A running observer was asked for parameters before it saw any data.
     #[error("the observer has not observed any data yet")]
     NothingObserved,

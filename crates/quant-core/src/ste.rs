@@ -50,8 +50,12 @@ pub struct LsqGradients<F, D: Dimension> {
 /// - below: `dS += dY·(qmin − Z)·g`, `dZ += −dY·S·g` (`dm += dY·g`), `dx = 0`;
 /// - above: `dS += dY·(qmax − Z)·g`, `dZ += −dY·S·g` (`dm += dY·g`), `dx = 0`.
 ///
+/// The per-slice sums are accumulated in f64 and rounded to `F` once.
+///
 /// # Errors
-/// [`QuantError::ShapeMismatch`] when `grad_out` and `x` differ in shape, and the errors of
+/// [`QuantError::ShapeMismatch`] when `grad_out` and `x` differ in shape,
+/// [`QuantError::GradientOverflow`] when a slice's step or shift gradient is too large for
+/// `F` (finite input can do that: `N` terms of `dY·S`), and the errors of
 /// [`QuantParams::quantize`].
 pub fn lsq_gradients<F, S1, S2, D>(
     x: &ArrayBase<S1, D>,
@@ -81,13 +85,15 @@ where
     let kernels = params.kernels();
     let mut counts = vec![0usize; params.len()];
     layout.for_each_segment(0..data.len(), |p, r| counts[p] += r.len());
-    let mut d_s = vec![F::zero(); params.len()];
-    let mut d_z = vec![F::zero(); params.len()];
+    // The sums are kept in f64: a slice's gradient adds up to N terms of dY·S, which can
+    // pass F's range (f32) while every input is finite.
+    let mut d_s = vec![0f64; params.len()];
+    let mut d_z = vec![0f64; params.len()];
     let mut dx = vec![F::zero(); data.len()];
     let mut q = Vec::new();
     layout.for_each_segment(0..data.len(), |p, r| {
         let sp = &params.slices()[p];
-        let g = if grad_scaling { F::cast(1.0 / (counts[p] as f64 * q_p).sqrt()) } else { F::one() };
+        let g = if grad_scaling { 1.0 / (counts[p] as f64 * q_p).sqrt() } else { 1.0 };
         let z = F::from_int(sp.zero_point);
         q.resize(r.len(), F::zero());
         kernel::unclamped_run(&kernels[p], spec.rounding(), r.start, &data[r.clone()], &mut q);
@@ -101,16 +107,25 @@ where
             } else {
                 (qj, true)
             };
+            let dg = d.as_f64() * g;
             if inside {
-                d_s[p] += d * ((qj - z) - (data[i] - sp.offset) / sp.scale) * g;
+                // `(q − Z) − (x − m)/S` is at most half a step from zero here: computed in F.
+                d_s[p] += dg * ((qj - z) - (data[i] - sp.offset) / sp.scale).as_f64();
                 dx[i] = d;
             } else {
-                d_s[p] += d * (bound - z) * g;
-                d_z[p] += if grid { d * g } else { -d * sp.scale * g };
+                d_s[p] += dg * (bound - z).as_f64();
+                d_z[p] += if grid { dg } else { -dg * sp.scale.as_f64() };
             }
         }
     });
+    let narrow = |sums: Vec<f64>| -> Result<Vec<F>> {
+        sums.into_iter()
+            .enumerate()
+            .map(|(slice, v)| Some(F::cast(v)).filter(|v| v.is_finite()).ok_or(QuantError::GradientOverflow { slice }))
+            .collect()
+    };
+    let (scale, zero_point) = (narrow(d_s)?, narrow(d_z)?);
     let input = Array::from_shape_vec(x.raw_dim(), dx)
         .map_err(|_| QuantError::ShapeMismatch { expected: x.shape().to_vec(), got: vec![data.len()] })?;
-    Ok(LsqGradients { input, scale: d_s, zero_point: d_z })
+    Ok(LsqGradients { input, scale, zero_point })
 }

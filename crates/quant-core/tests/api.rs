@@ -133,6 +133,22 @@ fn ste_backward_checks_shapes() -> R {
 }
 
 #[test]
+fn lsq_gradients_too_large_for_f32_are_typed_errors() -> R {
+    // S = 3e38/127; every value clipped above, so the shift gradient is −Σ dY·S = −1e6·S.
+    let spec = UniformSpec::new(8, Scheme::SymmetricNarrow)?;
+    let p = QuantParams::from_ranges(&spec, &[(-3e38f32, 3e38)])?;
+    let (x, dy) = (Array1::from_elem(1000, 3.4e38f32), Array1::from_elem(1000, 1e3f32));
+    assert!(matches!(lsq_gradients(&x, &dy, &p, false), Err(QuantError::GradientOverflow { slice: 0 })));
+    // The same sums fit in f64.
+    let p64 = QuantParams::from_ranges(&spec, &[(-3e38f64, 3e38)])?;
+    let g = lsq_gradients(&x.mapv(f64::from), &dy.mapv(f64::from), &p64, false)?;
+    let s = p64.slices()[0].scale;
+    assert!((g.zero_point[0] / (-1e6 * s) - 1.0).abs() < 1e-12, "{}", g.zero_point[0]);
+    assert!((g.scale[0] / (1e6 * 127.0) - 1.0).abs() < 1e-12, "{}", g.scale[0]);
+    Ok(())
+}
+
+#[test]
 fn lsq_gradients_by_hand() -> R {
     // 3-bit narrow symmetric, S = 1: codes -3..=3, stored zero point 3.
     let spec = UniformSpec::new(3, Scheme::SymmetricNarrow)?;

@@ -76,6 +76,27 @@ fn hostile_inputs() {
     assert_eq!(check::exercise(&[0xff; 64]), Ok(()));
 }
 
+/// Inputs long enough for the fast kernels' blocks of sixteen groups (groups of 16 to 128
+/// along rows of 512), with finite values, a NaN, and huge values.
+#[test]
+fn sixteen_group_blocks() {
+    let (nan, max) = (f32::NAN.to_bits(), f32::MAX.to_bits());
+    for (bits, scheme, size) in [(4u8, 2u8, 253u8), (4, 0, 252), (8, 3, 254), (3, 1, 255), (4, 1, 253)] {
+        // bits, scheme, per group, axis 1, size; min-max, half-even, reciprocal; shape [3, 512].
+        let header = [bits, scheme, 2, 1, size, 0, 0, 0, 2, 3, 255];
+        let seeds: [Vec<u32>; 3] = [
+            (0..64u32).map(|i| (i as f32 * 0.37 - 11.0).to_bits()).collect(),
+            (0..64u32).map(|i| if i == 40 { nan } else { (i as f32).to_bits() }).collect(),
+            (0..64u32).map(|i| if i % 9 == 0 { max } else { (-(i as f32)).to_bits() }).collect(),
+        ];
+        for values in seeds {
+            let mut bytes = header.to_vec();
+            bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+            assert_eq!(check::exercise(&bytes), Ok(()), "bits {bits} scheme {scheme} size {size}");
+        }
+    }
+}
+
 /// Found by the property above: a 5-bit grid over [-2^127, 2^127] overflowed `S·31` to
 /// infinity before the offset was added (the range clip was ±MAX/2; it is now ±MAX/4).
 #[test]
@@ -95,6 +116,19 @@ fn regression_grid_top_code_overflow() {
 #[test]
 fn regression_fuzz_symmetric_full_single_huge_value() {
     let bytes = [0xc0u8, 0xff, 0x6c, 0x3a, 0xff, 0xff, 0xff, 0xff, 0x6c, 0x6c, 0x6c, 0x6c, 0xff, 0x1a];
+    assert_eq!(check::exercise(&bytes), Ok(()));
+}
+
+/// Found by `cargo fuzz run uniform` once tensors could be long: 2-bit symmetric-full per
+/// tensor over a [2, 512] tensor of values up to ±2.4e38, stochastic rounding. The LSQ shift
+/// gradient (−Σ dY·S·g over the clipped values) passed f32's range and came out infinite;
+/// the sums are now kept in f64 and an overflow is `QuantError::GradientOverflow`.
+#[test]
+fn regression_fuzz_lsq_gradient_overflow() {
+    let bytes = [
+        192u8, 255, 255, 255, 255, 156, 254, 250, 192, 91, 154, 154, 30, 0, 0, 0, 90, 198, 255, 244, 165, 54, 255, 250, 154, 154, 154, 154,
+        154, 1, 159, 250, 32, 10,
+    ];
     assert_eq!(check::exercise(&bytes), Ok(()));
 }
 
