@@ -184,6 +184,13 @@ fn round_trips_equal_the_library_fake_quantization_bit_for_bit() -> TestResult {
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let report: Report = serde_json::from_slice(&out.stdout)?;
         assert_eq!(report.tensors.len(), 4, "{args:?}");
+        // Uniform qN tables name their fit; nothing else does.
+        let fit = match (args.contains(&"least-squares"), args.iter().any(|a| a.starts_with('q'))) {
+            (true, _) => Some("least-squares:3"),
+            (false, true) => Some("cover"),
+            _ => None,
+        };
+        assert!(report.tensors.iter().all(|t| t.entry.table_fit.as_deref() == fit), "{args:?}");
         let out = quant(&["dequantize", s(&q), "-o", s(&back), "--quiet"]);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let back_bytes = std::fs::read(&back)?;

@@ -261,6 +261,10 @@ pub struct TensorEntry {
     /// The range estimator used (informational): `minmax`, `percentile:P`, `mse`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<String>,
+    /// How `qN` tables were fitted (informational; reading does not need it): `cover` or
+    /// `least-squares:N` (N refits). Absent for other tables and in files written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_fit: Option<String>,
     /// Storage bits per element, every table byte included.
     pub bits_per_weight: f64,
     /// `10·log10(Σx² / Σ(x − x̂)²)`; `null` when the reconstruction is exact.
@@ -382,6 +386,15 @@ fn scheme_from_name(s: &str) -> Result<Scheme> {
         "symmetric-full" => Scheme::SymmetricFull,
         other => return Err(CheckpointError::Metadata(format!("unknown scheme '{other}'"))),
     })
+}
+
+fn table_fit_name(fit: TableFit) -> String {
+    match fit {
+        TableFit::Cover => "cover".into(),
+        TableFit::LeastSquares { iterations } => format!("least-squares:{iterations}"),
+        // `TableFit` is non-exhaustive; a future fit is named by its debug form.
+        other => format!("{other:?}").to_lowercase(),
+    }
 }
 
 fn range_name(r: RangeEstimator) -> String {
@@ -716,9 +729,12 @@ pub fn quantize_checkpoint(
             QuantizedWeight::Uniform(t) => (t.bits(), Some(scheme_name(options.scheme).to_string()), Some(range_name(options.range))),
             QuantizedWeight::Table(t) => (t.bits(), None, None),
         };
-        let super_group = match options.tables {
-            TableFormat::Quantized { super_group, .. } => Some(super_group),
-            _ => None,
+        let (super_group, table_fit) = match (options.tables, &q) {
+            (TableFormat::Quantized { super_group, .. }, QuantizedWeight::Uniform(_)) => {
+                (Some(super_group), Some(table_fit_name(options.table_fit)))
+            }
+            (TableFormat::Quantized { super_group, .. }, _) => (Some(super_group), None),
+            _ => (None, None),
         };
         let entry = TensorEntry {
             shape,
@@ -730,6 +746,7 @@ pub fn quantize_checkpoint(
             table_dtype: options.tables.name(),
             super_group,
             range,
+            table_fit,
             bits_per_weight: q.bits_per_weight(),
             sqnr_db,
             max_abs_err,
