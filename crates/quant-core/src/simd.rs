@@ -176,7 +176,8 @@ mod x86 {
         op(_mm512_shuffle_ps::<0b10_00_10_00>(c[0], c[1]), _mm512_shuffle_ps::<0b11_01_11_01>(c[0], c[1]))
     }
 
-    /// Sixteen runs' constants (`RunConsts::new` lane by lane) from their ranges.
+    /// Sixteen runs' constants (`kernel::Kernel::new` lane by lane, with the clamp to the
+    /// code range `−Z..=umax − Z` applied before rounding) from their ranges.
     struct Consts16 {
         scale: [f32; 16],
         inv: [f32; 16],
@@ -218,8 +219,8 @@ mod x86 {
         }
     }
 
-    /// Codes for the 16 values in `x` with constants `c`, as four bytes of pairs: byte k of
-    /// the result holds codes 2k (low nibble) and 2k + 1.
+    /// Codes for the 16 values in `x` with constants `c`, as eight bytes of pairs (the low
+    /// half of the result): byte k holds codes 2k (low nibble) and 2k + 1.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn nibbles_of(x: __m512, c: &Bcast, divide: bool) -> __m128i {
@@ -295,7 +296,8 @@ mod x86 {
                 let x = load(run, at);
                 l = _mm512_min_ps(l, x);
                 h = _mm512_max_ps(h, x);
-                bad[v % 4] = _mm512_fmadd_ps(x, zero, bad[v % 4]);
+                let chain = (j * V + v) % 4;
+                bad[chain] = _mm512_fmadd_ps(x, zero, bad[chain]);
             }
             (lo[j], hi[j]) = (l, h);
         }
