@@ -9,7 +9,7 @@
 //! | [`fused_equal`] | [`fused_runs`] on contiguous runs of one length; 16 runs of 16, 32, 64 or 128 values at a time go through one unrolled kernel that reduces their sixteen ranges together and packs 64 nibbles per store |
 //! | `min_max_runs` (tests only) | `range::min_max` per run (same 16 lanes, same tree reduction, so even the sign of a zero bound agrees) |
 //! | [`dequantize_runs`] | `kernel::dequantize_run` per run, from bytes or packed nibbles |
-//! | [`dequantize_nibble_runs`] | [`dequantize_runs`] on contiguous runs of one length (a multiple of 16) of packed nibbles: each run's sixteen possible values computed once, then one permute per sixteen codes |
+//! | [`dequantize_equal_runs`] | [`dequantize_runs`] on contiguous runs of one length (a multiple of 16); for packed nibbles each run's sixteen possible values computed once, then one permute per sixteen codes; optionally through non-temporal stores |
 //! | [`pack4`] / [`unpack4`] | `pack::pack_into` / `pack::unpack_from` at 4 bits |
 //!
 //! Callers ask [`enabled`] first; on other CPUs and architectures the portable code runs.
@@ -652,26 +652,139 @@ mod x86 {
         }
     }
 
-    /// [`dequantize_runs`] for runs of `len` 4-bit codes each (`len` a multiple of 16),
-    /// packed as nibbles: run k covers `out[k·len..(k + 1)·len]` and the codes from byte
-    /// `k·len / 2`, with the k-th parameters. The sixteen values a run's codes can take are
-    /// computed once with `dequantize_run`'s expression and looked up by one permute per
-    /// sixteen codes (it reads only the low four bits of each index).
+    /// [`dequantize_runs`] for runs of `len` codes each (`len` a multiple of 16), laid out as
+    /// `layout` says: run k covers `out[k·len..(k + 1)·len]` and the codes from element
+    /// `k·len`, with the k-th parameters. For packed nibbles, the sixteen values a run's codes
+    /// can take are computed once with `dequantize_run`'s expression and looked up by one
+    /// permute per sixteen codes (it reads only the low four bits of each index). With
+    /// `stream` the values go out through [`Stream`].
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) fn dequantize_nibble_runs(codes: &[u8], len: usize, params: impl Iterator<Item = SliceParams<f32>>, out: &mut [f32]) {
+    pub(super) fn dequantize_equal_runs(
+        codes: &[u8],
+        layout: Codes,
+        len: usize,
+        params: impl Iterator<Item = SliceParams<f32>>,
+        out: &mut [f32],
+        stream: bool,
+    ) {
+        let runs = out.len() / len;
+        let out = &mut out[..runs * len];
+        let params = params.take(runs);
+        let direct = |k: usize, v: __m512| {
+            let o = &mut out[16 * k..16 * k + 16];
+            // SAFETY: `o` holds 16 f32; unaligned store.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
+        };
+        match (layout, stream) {
+            (Codes::Nibbles, false) => nibble_vectors(codes, len, params, direct),
+            (Codes::Bytes, false) => byte_vectors(codes, len, params, direct),
+            (_, true) => {
+                let mut sink = Stream::new(out);
+                match layout {
+                    Codes::Nibbles => nibble_vectors(codes, len, params, |_, v| sink.push(v)),
+                    Codes::Bytes => byte_vectors(codes, len, params, |_, v| sink.push(v)),
+                }
+                sink.finish();
+            }
+        }
+    }
+
+    /// [`dequantize_equal_runs`]'s values from one code per byte: vector k (values
+    /// `16k..16k + 16` of the runs, in order) to `emit`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn byte_vectors(codes: &[u8], len: usize, params: impl Iterator<Item = SliceParams<f32>>, mut emit: impl FnMut(usize, __m512)) {
+        let mut k = 0;
+        for (cs, p) in codes.chunks_exact(len).zip(params) {
+            let (s, m, z) = (_mm512_set1_ps(p.scale), _mm512_set1_ps(p.offset), _mm512_set1_epi32(p.zero_point));
+            for c in cs.chunks_exact(16) {
+                // SAFETY: `c` holds 16 bytes; unaligned load.
+                let u = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(c.as_ptr().cast()) });
+                emit(k, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(u, z)), s), m));
+                k += 1;
+            }
+        }
+    }
+
+    /// [`dequantize_equal_runs`]'s values from packed nibbles: vector k (values `16k..16k + 16` of the runs, in
+    /// order) to `emit`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn nibble_vectors(codes: &[u8], len: usize, params: impl Iterator<Item = SliceParams<f32>>, mut emit: impl FnMut(usize, __m512)) {
         let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        for (run, (cs, p)) in out.chunks_exact_mut(len).zip(codes.chunks_exact(len / 2).zip(params)) {
+        let mut k = 0;
+        for (cs, p) in codes.chunks_exact(len / 2).zip(params) {
             let (s, m, z) = (_mm512_set1_ps(p.scale), _mm512_set1_ps(p.offset), _mm512_set1_epi32(p.zero_point));
             let values = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(iota, z)), s), m);
-            for (o, c) in run.chunks_exact_mut(16).zip(cs.chunks_exact(8)) {
+            for c in cs.chunks_exact(8) {
                 // SAFETY: `c` holds 8 bytes; the load reads exactly those.
                 let t = _mm512_cvtepu8_epi64(unsafe { _mm_loadl_epi64(c.as_ptr().cast()) });
                 // Byte b in a 64-bit lane: b | b << 28 holds the low nibble at the bottom of
                 // the low 32-bit half and the high nibble at the bottom of the high half.
-                let v = _mm512_permutexvar_ps(_mm512_or_si512(t, _mm512_slli_epi64::<28>(t)), values);
-                // SAFETY: `o` holds 16 f32; unaligned store.
-                unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) };
+                emit(k, _mm512_permutexvar_ps(_mm512_or_si512(t, _mm512_slli_epi64::<28>(t)), values));
+                k += 1;
             }
+        }
+    }
+
+    /// Writes 16-value vectors in order (vector k to `out[16k..16k + 16]`) with non-temporal
+    /// stores, which skip reading the old contents of each line and leave it out of the
+    /// caches. Such stores need 64-byte-aligned lines, and `out` may start anywhere: each
+    /// aligned line is put together from two neighbouring vectors, and the partial lines at
+    /// both ends take ordinary masked stores.
+    struct Stream<'a> {
+        out: &'a mut [f32],
+        /// Values before the first aligned line (0..16).
+        head: usize,
+        /// Lanes `head..head + 16` of two neighbouring vectors.
+        shift: __m512i,
+        prev: __m512,
+        pushed: usize,
+    }
+
+    impl<'a> Stream<'a> {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn new(out: &'a mut [f32]) -> Self {
+            // f32 addresses are multiples of 4, so the next 64-byte boundary is 0 to 15
+            // values away (computed from the address: `align_offset` may decline to answer).
+            let head = (64 - out.as_ptr() as usize % 64) % 64 / 4;
+            let h = head as i32;
+            let shift = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(h));
+            Self { out, head, shift, prev: _mm512_setzero_ps(), pushed: 0 }
+        }
+
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn push(&mut self, v: __m512) {
+            let k = self.pushed;
+            if k == 0 {
+                let o = &mut self.out[..16];
+                // SAFETY: `o` holds 16 f32; the mask writes only its first `head`.
+                unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), ((1u32 << self.head) - 1) as u16, v) };
+            } else {
+                let at = self.head + 16 * (k - 1);
+                let o = &mut self.out[at..at + 16];
+                debug_assert!(o.as_ptr().cast::<u8>().align_offset(64) == 0);
+                // SAFETY: `o` holds 16 f32 and starts on a 64-byte boundary (`head` values
+                // past one, then whole lines), as the non-temporal store requires.
+                unsafe { _mm512_stream_ps(o.as_mut_ptr(), _mm512_permutex2var_ps(self.prev, self.shift, v)) };
+            }
+            self.prev = v;
+            self.pushed = k + 1;
+        }
+
+        /// Writes the last vector's values after the last aligned line and orders the
+        /// non-temporal stores before any later store (they are weakly ordered).
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn finish(self) {
+            if let Some(k) = self.pushed.checked_sub(1) {
+                let o = &mut self.out[16 * k..16 * k + 16];
+                // SAFETY: `o` holds 16 f32; the mask writes only lanes `head..16`.
+                unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), !((1u32 << self.head) - 1) as u16, self.prev) };
+            }
+            _mm_sfence();
         }
     }
 
@@ -849,19 +962,27 @@ pub(crate) fn dequantize_runs(codes: &[u8], layout: Codes, runs: impl Iterator<I
     }
 }
 
-/// [`dequantize_runs`] for contiguous runs of `len` 4-bit codes packed as nibbles, `len` a
-/// multiple of 16: run k covers `out[k·len..(k + 1)·len]` and the codes from byte
-/// `k·len / 2`, with the k-th of `params` (a partial last run of `out` is left alone). Call
-/// only when [`enabled`].
-pub(crate) fn dequantize_nibble_runs(codes: &[u8], len: usize, params: impl Iterator<Item = SliceParams<f32>>, out: &mut [f32]) {
+/// [`dequantize_runs`] for contiguous runs of `len` codes laid out as `layout` says, `len` a
+/// multiple of 16: run k covers `out[k·len..(k + 1)·len]` and the codes from element
+/// `k·len`, with the k-th of `params` (a partial last run of `out` is left alone). With
+/// `stream`, `out` is written by non-temporal stores (the same values). Call only when
+/// [`enabled`].
+pub(crate) fn dequantize_equal_runs(
+    codes: &[u8],
+    layout: Codes,
+    len: usize,
+    params: impl Iterator<Item = SliceParams<f32>>,
+    out: &mut [f32],
+    stream: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: callers check `enabled()`.
     unsafe {
-        x86::dequantize_nibble_runs(codes, len, params, out)
+        x86::dequantize_equal_runs(codes, layout, len, params, out, stream)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (codes, len, params, out);
+        let _ = (codes, layout, len, params, out, stream);
     }
 }
 
@@ -1129,31 +1250,38 @@ mod tests {
         }
 
         #[test]
-        fn dequantize_nibble_runs_match_portable(
+        fn dequantize_equal_runs_match_portable(
             len in prop_oneof![Just(16usize), Just(32), Just(48), Just(128)],
-            runs in prop::collection::vec((0.0f32..2.0, 0i32..16, -4.0f32..4.0, any::<bool>()), 1..12),
-            codes in prop::collection::vec(any::<u8>(), 12 * 64),
+            runs in prop::collection::vec((0.0f32..2.0, 0i32..256, -4.0f32..4.0, any::<bool>()), 1..12),
+            codes in prop::collection::vec(any::<u8>(), 12 * 128),
             extra in 0usize..128,
+            (nibbles, stream, offset) in (any::<bool>(), any::<bool>(), 0usize..16),
         ) {
             prop_assume!(enabled());
             let extra = extra % len;
             // Steps of every size and sign of zero offset; zero points across the code range.
-            let params: Vec<SliceParams<f32>> = runs.iter().map(|&(s, z, m, neg)| SliceParams { scale: s * s * s, zero_point: z, offset: if neg { -m } else { m } }).collect();
+            let zmax = if nibbles { 16 } else { 256 };
+            let params: Vec<SliceParams<f32>> = runs.iter().map(|&(s, z, m, neg)| SliceParams { scale: s * s * s, zero_point: z % zmax, offset: if neg { -m } else { m } }).collect();
             let n = params.len() * len;
-            let codes = &codes[..n / 2];
-            let mut want = vec![0f32; n];
+            let (codes, layout) = if nibbles { (&codes[..n / 2], Codes::Nibbles) } else { (&codes[..n], Codes::Bytes) };
             let mut bytes = vec![0u8; n];
-            unpack_from(codes, 4, &mut bytes);
+            if nibbles {
+                unpack_from(codes, 4, &mut bytes);
+            } else {
+                bytes.copy_from_slice(codes);
+            }
+            let mut want = vec![0f32; n];
             for (k, p) in params.iter().enumerate() {
-                let kern = Kernel::new(p, 15, ScaleMode::Reciprocal);
+                let kern = Kernel::new(p, 255, ScaleMode::Reciprocal);
                 kernel::dequantize_run(&kern, &bytes[k * len..(k + 1) * len], &mut want[k * len..(k + 1) * len]);
             }
-            // A partial run at the end of `out` is left alone.
-            let mut got = vec![f32::NAN; n + extra];
-            dequantize_nibble_runs(codes, len, params.iter().copied(), &mut got);
+            // A partial run at the end of `out` is left alone, and so is everything outside
+            // it; `offset` moves `out` against 64-byte lines (the streaming stores' unit).
+            let mut buf = vec![f32::NAN; offset + n + extra + 16];
+            dequantize_equal_runs(codes, layout, len, params.iter().copied(), &mut buf[offset..offset + n + extra], stream);
             let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            prop_assert_eq!(bits_of(&got[..n]), bits_of(&want));
-            prop_assert!(got[n..].iter().all(|x| x.is_nan()));
+            prop_assert_eq!(bits_of(&buf[offset..offset + n]), bits_of(&want));
+            prop_assert!(buf[..offset].iter().chain(&buf[offset + n..]).all(|x| x.is_nan()));
         }
 
         #[test]

@@ -133,12 +133,19 @@ impl<F: Float> QuantizedTensor<F> {
     }
 }
 
+/// Outputs of at least this many f32 values (16 MiB) are written by non-temporal stores
+/// where a kernel supports it: the stores then skip reading each line before writing it,
+/// and leave the cache to data that fits in it.
+const STREAM_FROM: usize = 1 << 22;
+
 impl<F: Float> QuantizedTensor<F> {
     /// [`Self::dequantize_slice`] with the AVX-512 kernels: the same values.
     fn dequantize_simd(&self, layout: &Layout, bytes: &[u8], out: &mut [f32]) {
         let bits = self.bits();
         let slices = self.params.slices();
         let nibbles = layout.equal_runs().is_some_and(|len| len.is_multiple_of(2));
+        // Outputs far beyond a core's L2 are written with non-temporal stores (docs/benchmarks.md).
+        let stream = out.len() >= STREAM_FROM;
         let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(BATCH).enumerate().collect();
         par::map(chunks, |(k, chunk)| {
             let start = k * BATCH;
@@ -167,9 +174,9 @@ impl<F: Float> QuantizedTensor<F> {
             if let Some(len) = layout.equal_runs() {
                 let first = start / len;
                 // Chunks are whole runs when `len` divides BATCH.
-                if codes_layout == simd::Codes::Nibbles && len.is_multiple_of(16) && BATCH.is_multiple_of(len) {
+                if len.is_multiple_of(16) && BATCH.is_multiple_of(len) {
                     let params = slices[first..].iter().map(|p| p.to_f32());
-                    return simd::dequantize_nibble_runs(codes, len, params, chunk);
+                    return simd::dequantize_equal_runs(codes, codes_layout, len, params, chunk, stream);
                 }
                 let runs = (first..).map(|k| k * len..(k + 1) * len).zip(&slices[first..]).map_while(clip);
                 simd::dequantize_runs(codes, codes_layout, runs, chunk);

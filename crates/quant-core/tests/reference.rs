@@ -201,3 +201,29 @@ fn large_tensors_cross_batch_boundaries() {
         agree(&x, &spec).unwrap();
     }
 }
+
+/// Tensors large enough for the 16-group kernels and for dequantize's non-temporal stores
+/// (at least 2^22 values; nibbles and bytes), written into an output that starts off a
+/// 64-byte line too.
+#[test]
+fn streamed_dequantize_of_large_tensors_equals_the_reference() {
+    let specs = [
+        UniformSpec::builder().bits(4).scheme(Scheme::SymmetricNarrow).per_group(1, 32).check().unwrap(),
+        UniformSpec::builder().bits(4).per_group(1, 128).check().unwrap(),
+        UniformSpec::builder().bits(8).scheme(Scheme::SymmetricNarrow).per_channel(0).check().unwrap(),
+    ];
+    let (rows, cols) = (1025, 4096);
+    let x = ArrayD::from_shape_fn(IxDyn(&[rows, cols]), |ix| (((ix[0] * 7919 + ix[1] * 104_729) % 10_007) as f32 / 5000.0 - 1.0).powi(3));
+    for spec in specs {
+        agree(&x, &spec).unwrap();
+        let q = quantize(&x, &spec).unwrap();
+        let whole = q.dequantize();
+        for skip in [1, 3] {
+            let mut buf = vec![f32::NAN; rows * cols + skip];
+            let view = ndarray::ArrayViewMut::from_shape(IxDyn(&[rows, cols]), &mut buf[skip..]).unwrap();
+            q.dequantize_into(view).unwrap();
+            assert!(buf[..skip].iter().all(|v| v.is_nan()));
+            assert!(buf[skip..].iter().zip(whole.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "skip {skip}");
+        }
+    }
+}
