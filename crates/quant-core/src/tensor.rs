@@ -133,9 +133,9 @@ impl<F: Float> QuantizedTensor<F> {
     }
 }
 
-/// Outputs of at least this many f32 values (16 MiB) are written by non-temporal stores
-/// where a kernel supports it: the stores then skip reading each line before writing it,
-/// and leave the cache to data that fits in it.
+/// Outputs of at least this many f32 values (16 MiB, eight times a core's L2) are written by
+/// non-temporal stores where a kernel supports it: the stores then skip reading each line
+/// before writing it, and leave the cache to data that fits in it (docs/benchmarks.md).
 const STREAM_FROM: usize = 1 << 22;
 
 impl<F: Float> QuantizedTensor<F> {
@@ -144,7 +144,6 @@ impl<F: Float> QuantizedTensor<F> {
         let bits = self.bits();
         let slices = self.params.slices();
         let nibbles = layout.equal_runs().is_some_and(|len| len.is_multiple_of(2));
-        // Outputs far beyond a core's L2 are written with non-temporal stores (docs/benchmarks.md).
         let stream = out.len() >= STREAM_FROM;
         let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(BATCH).enumerate().collect();
         par::map(chunks, |(k, chunk)| {
