@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use ndarray::Array2;
 use quant_core::{KMeansSpec, ParamDtype, Scheme, TableFit, TernarySpec, UniformSpec};
-use quant_group::{GroupLayout, GroupMethod, OutputGroupCodebook, QkvOrder, quantize_groups, quantize_output_groups};
+use quant_group::{GroupLayout, Method, OutputGroupCodebook, QkvOrder, quantize_groups, quantize_output_groups};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 6 || data.len() > 4096 {
@@ -33,9 +33,9 @@ fuzz_target!(|data: &[u8]| {
     // Either table fit (least squares only with two-level tables; 0 iterations is refused).
     let fit = if data[1] & 64 != 0 { TableFit::LeastSquares { iterations: data[2] / 10 % 5 } } else { TableFit::Cover };
     let method = match data[4] / 64 {
-        0 | 1 => UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype).table_fit(fit).check().ok().map(GroupMethod::Uniform),
-        2 => KMeansSpec::builder().k(usize::from(bits)).check().ok().map(GroupMethod::KMeans),
-        _ => TernarySpec::builder().check().ok().map(GroupMethod::Ternary),
+        0 | 1 => UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype).table_fit(fit).check().ok().map(Method::Uniform),
+        2 => KMeansSpec::builder().k(usize::from(bits)).check().ok().map(Method::KMeans),
+        _ => TernarySpec::builder().check().ok().map(Method::Ternary),
     };
     if let Some(m) = method {
         if let Ok(q) = quantize_output_groups(w.view(), groups, &m) {

@@ -15,9 +15,9 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use quant::checkpoint::{self, CheckpointError, Granularity, Method, Progress, QuantizeOptions, Report, TableFormat};
-use quant::core::{RangeEstimator, Scheme, TableFit};
+use clap::{Parser, Subcommand};
+use quant::checkpoint::{self, CheckpointError, Progress, QuantizeOptions, Report};
+use quant::quantizers::{GranularityRule, MethodKind, ParamDtype, QuantError, RangeEstimator, Scheme, TableFit};
 use regex::Regex;
 
 #[derive(Parser)]
@@ -47,36 +47,36 @@ and renamed only on success.")]
         #[arg(short, long)]
         output: PathBuf,
         /// The quantizer.
-        #[arg(long, value_enum, default_value_t = MethodArg::Uniform)]
-        method: MethodArg,
+        #[arg(long, default_value = "uniform", value_parser = parse::<MethodKind>)]
+        method: MethodKind,
         /// Code width: 1..=8 for uniform (2..=8 symmetric), 2^bits centroids for kmeans;
         /// ternary and binary ignore it.
         #[arg(long, default_value_t = 8)]
         bits: u8,
         /// Uniform scheme: asymmetric (Q-BERT's min + step grid), symmetric (narrow, zero exact),
         /// symmetric-full (PyTorch's amax/127.5 style), asymmetric-exact-zero (PyTorch affine).
-        #[arg(long, value_enum, default_value_t = SchemeArg::Asymmetric)]
-        scheme: SchemeArg,
+        #[arg(long, default_value = "asymmetric", value_parser = parse::<Scheme>)]
+        scheme: Scheme,
         /// Which elements share parameters: tensor, channel:AXIS, or group:SIZE (groups along
         /// the last axis; a ragged last group is allowed).
-        #[arg(long, default_value = "channel:0", value_parser = parse_granularity)]
-        granularity: Granularity,
+        #[arg(long, default_value = "channel:0", value_parser = parse::<GranularityRule>)]
+        granularity: GranularityRule,
         /// Uniform range estimation: minmax, percentile:P (clip to the (100−P)th and Pth
         /// percentiles, 50 < P ≤ 100) or mse (MSE-optimal clipping, 100 candidates).
-        #[arg(long, default_value = "minmax", value_parser = parse_range)]
+        #[arg(long, default_value = "minmax", value_parser = parse::<RangeEstimator>)]
         range: RangeEstimator,
         /// Table storage: f32, f16, bf16, or qN (N = 2..=8: per-group steps and minimums stored
         /// as N-bit codes with one f16 scale per super-group, GGML k-quant style; uniform only).
-        #[arg(long, default_value = "f32", value_parser = parse_table)]
-        table_dtype: TableArg,
+        #[arg(long, default_value = "f32", value_parser = parse::<ParamDtype>)]
+        table_dtype: ParamDtype,
         /// Groups per super-group for qN tables.
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
         super_group: u32,
         /// How qN tables are fitted: cover (each group's grid covers its range, then a search
         /// over nearby codes; the best SQNR) or least-squares (three least-squares refits per
         /// group, codes rounded to the nearest; several times faster).
-        #[arg(long, value_enum, default_value_t = TableFitArg::Cover)]
-        table_fit: TableFitArg,
+        #[arg(long, default_value = "cover", value_parser = parse::<TableFit>)]
+        table_fit: TableFit,
         /// Quantize only tensors whose name matches this regular expression.
         #[arg(long, value_name = "REGEX")]
         only: Option<Regex>,
@@ -122,68 +122,22 @@ checked against its description, so a corrupt file is reported.")]
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum MethodArg {
-    Uniform,
-    Ternary,
-    Binary,
-    Kmeans,
+/// Parses a flag value into the core type of the same spelling.
+fn parse<T: std::str::FromStr<Err = QuantError>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: QuantError| e.to_string())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum SchemeArg {
-    Asymmetric,
-    Symmetric,
-    SymmetricFull,
-    AsymmetricExactZero,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TableFitArg {
-    Cover,
-    LeastSquares,
-}
-
-#[derive(Clone, Copy)]
-enum TableArg {
-    Plain(TableFormat),
-    Quantized(u8),
-}
-
-fn parse_granularity(s: &str) -> Result<Granularity, String> {
-    let number = |v: &str, what: &str| v.parse::<usize>().map_err(|_| format!("{what} must be a non-negative integer, got '{v}'"));
-    match s.split_once(':') {
-        None if s == "tensor" => Ok(Granularity::Tensor),
-        Some(("channel", a)) => Ok(Granularity::Channel { axis: number(a, "the channel axis")? }),
-        Some(("group", g)) => match number(g, "the group size")? {
-            0 => Err("the group size must be at least 1".into()),
-            size => Ok(Granularity::Group { size }),
-        },
-        _ => Err(format!("expected tensor, channel:AXIS or group:SIZE, got '{s}'")),
-    }
-}
-
-fn parse_range(s: &str) -> Result<RangeEstimator, String> {
-    match s.split_once(':') {
-        None if s == "minmax" => Ok(RangeEstimator::MinMax),
-        None if s == "mse" => Ok(RangeEstimator::Mse { steps: 100 }),
-        Some(("percentile", p)) => match p.parse::<f64>() {
-            Ok(p) if p > 50.0 && p <= 100.0 => Ok(RangeEstimator::Percentile { lower: 100.0 - p, upper: p }),
-            _ => Err(format!("the percentile must be a number in (50, 100], got '{p}'")),
-        },
-        _ => Err(format!("expected minmax, percentile:P or mse, got '{s}'")),
-    }
-}
-
-fn parse_table(s: &str) -> Result<TableArg, String> {
-    match s {
-        "f32" => Ok(TableArg::Plain(TableFormat::F32)),
-        "f16" => Ok(TableArg::Plain(TableFormat::F16)),
-        "bf16" => Ok(TableArg::Plain(TableFormat::Bf16)),
-        q => match q.strip_prefix('q').and_then(|b| b.parse::<u8>().ok()) {
-            Some(bits @ 2..=8) => Ok(TableArg::Quantized(bits)),
-            _ => Err(format!("expected f32, f16, bf16 or qN with N in 2..=8 (q8, q6, q4, ...), got '{s}'")),
-        },
+/// A library error in the command line's words: the flag that caused it, and what to do.
+fn explain(e: CheckpointError) -> String {
+    match &e {
+        CheckpointError::Options(QuantError::UnsupportedSetting { method, setting }) => {
+            format!("--method {method} cannot use {setting} (see quant quantize --help)")
+        }
+        CheckpointError::Options(inner) => format!("invalid options: {inner}"),
+        CheckpointError::Unsupported { name, source: QuantError::InvalidAxis { .. } } => {
+            format!("{e} (use --skip '{name}', or another --granularity)")
+        }
+        _ => e.to_string(),
     }
 }
 
@@ -279,7 +233,7 @@ fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             let e = &t.entry;
             let shape = format!("{:?}", e.shape);
             let sqnr = e.sqnr_db.map_or("exact".to_string(), |v| format!("{v:.2}"));
-            let method = format!("{:?}", e.method).to_lowercase();
+            let method = e.method.to_string();
             writeln!(
                 out,
                 "{:<52} {shape:>14} {method:>8} {:>4} {:>8.4} {:>12} {sqnr:>9} {:>10.3e}",
@@ -297,7 +251,7 @@ fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let fail = |e: CheckpointError| e.to_string();
+    let fail = explain;
     match cli.command {
         Command::Quantize {
             input,
@@ -315,32 +269,12 @@ fn run(cli: Cli) -> Result<(), String> {
             json,
             quiet,
         } => {
+            // --super-group sets the super-group of qN tables.
             let tables = match table_dtype {
-                TableArg::Plain(t) => t,
-                TableArg::Quantized(bits) => TableFormat::Quantized { bits, super_group },
+                ParamDtype::Quantized { bits, .. } => ParamDtype::Quantized { bits, super_group },
+                other => other,
             };
-            let options = QuantizeOptions {
-                method: match method {
-                    MethodArg::Uniform => Method::Uniform,
-                    MethodArg::Ternary => Method::Ternary,
-                    MethodArg::Binary => Method::Binary,
-                    MethodArg::Kmeans => Method::Kmeans,
-                },
-                bits,
-                scheme: match scheme {
-                    SchemeArg::Asymmetric => Scheme::AsymmetricGrid,
-                    SchemeArg::Symmetric => Scheme::SymmetricNarrow,
-                    SchemeArg::SymmetricFull => Scheme::SymmetricFull,
-                    SchemeArg::AsymmetricExactZero => Scheme::AsymmetricExactZero,
-                },
-                granularity,
-                range,
-                tables,
-                table_fit: match table_fit {
-                    TableFitArg::Cover => TableFit::Cover,
-                    TableFitArg::LeastSquares => TableFit::LeastSquares { iterations: 3 },
-                },
-            };
+            let options = QuantizeOptions { method, bits, scheme, granularity, range, tables, table_fit };
             // Options are checked before the input is opened.
             options.validate().map_err(fail)?;
             let data = Input::open(&input)?;

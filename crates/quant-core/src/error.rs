@@ -175,6 +175,25 @@ pub enum QuantError {
     /// A running observer was asked for parameters before it saw any data.
     #[error("the observer has not observed any data yet")]
     NothingObserved,
+    /// A name (as a command line or a file spells it) that names no value of the type.
+    #[error("'{input}' is not a valid {what} (expected {expected})")]
+    InvalidName {
+        /// What was being parsed (`"scheme"`, `"granularity"`, ...).
+        what: &'static str,
+        /// The text given.
+        input: String,
+        /// The accepted spellings.
+        expected: &'static str,
+    },
+    /// A setting that the chosen method does not have (for example f16 tables for ternary
+    /// quantization, which stores one α per slice at the tensor's precision).
+    #[error("{method} quantization does not support {setting}")]
+    UnsupportedSetting {
+        /// The method.
+        method: crate::method::MethodKind,
+        /// The setting and its value, for example `table dtype f16`.
+        setting: String,
+    },
 }
 
 /// `Result` with [`QuantError`].

@@ -113,6 +113,13 @@ impl KMeansSpec {
     pub fn table(&self) -> TableDtype {
         self.table
     }
+    /// A copy with another granularity (validated).
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidGroupSize`] for a group size of zero.
+    pub fn with_granularity(&self, granularity: Granularity) -> Result<Self> {
+        KMeansSpecBuilder { spec: *self, bits: None }.granularity(granularity).check()
+    }
 }
 
 impl KMeansSpecBuilder {

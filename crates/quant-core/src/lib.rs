@@ -32,6 +32,14 @@
 //!   with and without it, so results are bit-identical.
 //! - `proptest`: the `strategies` module of proptest strategies for tensors and specs.
 //!   The invariant checks in [`check`] are always available.
+//! - `serde`: serialize and deserialize the specification types; the named enums travel as
+//!   their command-line spellings (see [`GranularityRule`] and the `FromStr` impls).
+//!
+//! ## One vocabulary
+//! [`Method`] names any quantizer with its settings (uniform, k-means, ternary, binary) and
+//! [`Method::quantize`] returns one [`Quantized`] type for all of them; [`MethodParams`] is
+//! the flat form a command line or a configuration names. The specification enums parse from
+//! and print as the command line's spellings (`"symmetric".parse::<Scheme>()`).
 
 mod error;
 mod float;
@@ -42,6 +50,8 @@ mod kmeans_dp;
 mod kmeans_penalty;
 mod layout;
 mod lut;
+mod method;
+mod names;
 mod observer;
 mod pack;
 mod par;
@@ -70,6 +80,8 @@ pub use kmeans::{
     kmeans_quantize,
 };
 pub use lut::{LutKind, LutTensor, TableDtype};
+pub use method::{Method, MethodKind, MethodParams, Quantized};
+pub use names::{DEFAULT_SUPER_GROUP, GranularityRule};
 pub use observer::RangeObserver;
 pub use pack::{PackedCodes, packed_len};
 pub use params::{QuantParams, SliceParams};

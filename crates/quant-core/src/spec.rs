@@ -62,13 +62,20 @@ impl Scheme {
 }
 
 /// Which elements share one set of parameters.
+///
+/// With the `serde` feature it serializes as `{"kind": "tensor"}`, `{"kind": "channel",
+/// "axis": A}` or `{"kind": "group", "axis": A, "size": S}` (the quantized safetensors
+/// format's spelling).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(tag = "kind"))]
 pub enum Granularity {
     /// One set for the whole tensor.
     #[default]
+    #[cfg_attr(feature = "serde", serde(rename = "tensor"))]
     PerTensor,
     /// One set per index along `axis`, reducing over all other axes (axis 0 for the output
     /// channels of Linear and Conv weights).
+    #[cfg_attr(feature = "serde", serde(rename = "channel"))]
     PerChannel {
         /// The channel axis.
         axis: usize,
@@ -77,6 +84,7 @@ pub enum Granularity {
     /// the other axes (GGML-style blocks when `axis` is the last one). When `size` does not
     /// divide the axis length, the last group of each run is shorter (ragged); it is never
     /// padded.
+    #[cfg_attr(feature = "serde", serde(rename = "group"))]
     PerGroup {
         /// The axis along which groups run.
         axis: usize,
@@ -134,6 +142,7 @@ pub enum RangeEstimator {
 
 /// How a scaled value is rounded to an integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum Rounding {
     /// Round half to even (IEEE, PyTorch, NumPy). The default.
@@ -152,6 +161,7 @@ pub enum Rounding {
 
 /// How `x / S` is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum ScaleMode {
     /// `x · (1/S)` with the reciprocal rounded once (PyTorch's fake-quant kernels). The default.

@@ -53,6 +53,13 @@ impl TernarySpec {
     pub fn clip(&self) -> Option<f64> {
         self.clip
     }
+    /// A copy with another granularity (validated).
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidGroupSize`] for a group size of zero.
+    pub fn with_granularity(&self, granularity: Granularity) -> Result<Self> {
+        TernarySpecBuilder { spec: *self }.granularity(granularity).check()
+    }
 }
 
 impl TernarySpecBuilder {

@@ -2,10 +2,10 @@
 //! which elements share a range or a table.
 
 use ndarray::{Array1, Array2, ArrayView2};
-use quant_core::{Float, Granularity, KMeansSpec, TernarySpec, kmeans_quantize, quantize, ternarize};
+use quant_core::{Float, Granularity, Method};
 
 use crate::error::{GroupError, Result};
-use crate::rows::{GroupMethod, GroupQuantized};
+use crate::rows::GroupQuantized;
 
 /// How the rows of a fused QKV projection are ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,7 +136,7 @@ impl GroupLayout {
 /// # Errors
 /// [`GroupError::InvalidLayout`] when the layout does not fit; the quantizer's errors
 /// (non-finite weights, for one).
-pub fn quantize_groups<F: Float>(w: ArrayView2<'_, F>, layout: &GroupLayout, method: &GroupMethod) -> Result<GroupQuantized<F>> {
+pub fn quantize_groups<F: Float>(w: ArrayView2<'_, F>, layout: &GroupLayout, method: &Method) -> Result<GroupQuantized<F>> {
     let (out, inp) = w.dim();
     let (ids, count) = layout.group_ids(out, inp)?;
     // Each group's elements, in row-major order.
@@ -160,25 +160,7 @@ pub fn quantize_groups<F: Float>(w: ArrayView2<'_, F>, layout: &GroupLayout, met
 }
 
 /// Quantizes one group (per tensor) and returns its dequantized values and storage.
-fn quantize_one<F: Float>(xs: &Array1<F>, method: &GroupMethod) -> Result<(Vec<F>, usize)> {
-    let whole = Granularity::PerTensor;
-    Ok(match method {
-        GroupMethod::Uniform(spec) => {
-            let q = quantize(xs, &spec.with_granularity(whole)?)?;
-            (q.dequantize().iter().copied().collect(), q.storage_bytes())
-        }
-        GroupMethod::KMeans(spec) => {
-            let spec = KMeansSpec::builder().k(spec.k()).init(spec.init()).algorithm(spec.algorithm()).table(spec.table()).check()?;
-            let (q, _) = kmeans_quantize(xs, &spec)?;
-            (q.dequantize().iter().copied().collect(), q.storage_bytes())
-        }
-        GroupMethod::Ternary(spec) => {
-            let mut b = TernarySpec::builder().threshold(spec.threshold());
-            if let Some(c) = spec.clip() {
-                b = b.clip(c);
-            }
-            let q = ternarize(xs, &b.check()?)?;
-            (q.dequantize().iter().copied().collect(), q.storage_bytes())
-        }
-    })
+fn quantize_one<F: Float>(xs: &Array1<F>, method: &Method) -> Result<(Vec<F>, usize)> {
+    let q = method.with_granularity(Granularity::PerTensor)?.quantize(xs)?;
+    Ok((q.dequantize().iter().copied().collect(), q.storage_bytes()))
 }

@@ -17,12 +17,12 @@
 //! ```
 //! use ndarray::Array2;
 //! use quant_core::{Scheme, UniformSpec};
-//! use quant_group::{quantize_output_groups, GroupMethod};
+//! use quant_group::{quantize_output_groups, Method};
 //!
 //! // A 64 × 64 projection with 4 heads: one range per head.
 //! let w = Array2::from_shape_fn((64, 64), |(i, j)| ((i * 7 + j * 13) % 29) as f32 / 29.0 - 0.5);
 //! let spec = UniformSpec::builder().bits(3).scheme(Scheme::SymmetricNarrow).check()?;
-//! let q = quantize_output_groups(w.view(), 4, &GroupMethod::Uniform(spec))?;
+//! let q = quantize_output_groups(w.view(), 4, &Method::Uniform(spec))?;
 //! println!("{:.3} bits per weight", q.bits_per_weight);
 //! # Ok::<(), quant_group::GroupError>(())
 //! ```
@@ -35,5 +35,5 @@ mod rows;
 pub use error::{GroupError, Result};
 pub use layout::{GroupLayout, QkvOrder, quantize_groups};
 pub use matvec::matvec;
-pub use quant_core::Granularity;
-pub use rows::{GroupMethod, GroupQuantized, OutputGroupCodebook, quantize_output_groups};
+pub use quant_core::{Granularity, Method};
+pub use rows::{GroupQuantized, OutputGroupCodebook, quantize_output_groups};

@@ -4,10 +4,10 @@
 use ndarray::{Array2, Axis};
 use proptest::prelude::*;
 use quant_core::{Granularity, Scheme, UniformSpec, quantize};
-use quant_group::{GroupError, GroupLayout, GroupMethod, QkvOrder, quantize_groups, quantize_output_groups};
+use quant_group::{GroupError, GroupLayout, Method, QkvOrder, quantize_groups, quantize_output_groups};
 
-fn uniform(bits: u8) -> GroupMethod {
-    GroupMethod::Uniform(UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).check().expect("valid"))
+fn uniform(bits: u8) -> Method {
+    Method::Uniform(UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).check().expect("valid"))
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use ndarray::Array2;
 use proptest::prelude::*;
 use quant_core::{KMeansSpec, Scheme, TernarySpec, UniformSpec, quantize};
-use quant_group::{GroupError, GroupMethod, quantize_output_groups};
+use quant_group::{GroupError, Method, quantize_output_groups};
 
 fn matrix() -> impl Strategy<Value = Array2<f32>> {
     (1usize..6, prop::sample::select(vec![1usize, 2, 4, 6, 12])).prop_flat_map(|(fi, fo)| {
@@ -15,12 +15,12 @@ proptest! {
     #[test]
     fn one_group_is_per_tensor_and_one_per_unit_is_per_channel(w in matrix(), bits in 2u8..=8) {
         let spec = UniformSpec::builder().bits(bits).check().expect("valid");
-        let one = quantize_output_groups(w.view(), 1, &GroupMethod::Uniform(spec)).expect("valid");
+        let one = quantize_output_groups(w.view(), 1, &Method::Uniform(spec)).expect("valid");
         let tensor = quantize(&w, &spec).expect("valid");
         prop_assert_eq!(one.weights.clone().into_dyn(), tensor.dequantize());
         prop_assert_eq!(one.bytes, tensor.storage_bytes());
         let fo = w.ncols();
-        let per_unit = quantize_output_groups(w.view(), fo, &GroupMethod::Uniform(spec)).expect("valid");
+        let per_unit = quantize_output_groups(w.view(), fo, &Method::Uniform(spec)).expect("valid");
         let channel = quantize(&w, &UniformSpec::builder().bits(bits).per_channel(1).check().expect("valid")).expect("valid");
         prop_assert_eq!(per_unit.weights.into_dyn(), channel.dequantize());
         prop_assert_eq!(per_unit.bytes, channel.storage_bytes());
@@ -31,7 +31,7 @@ proptest! {
         let fo = w.ncols();
         prop_assume!(fo % g == 0);
         let spec = UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).check().expect("valid");
-        let q = quantize_output_groups(w.view(), g, &GroupMethod::Uniform(spec)).expect("valid");
+        let q = quantize_output_groups(w.view(), g, &Method::Uniform(spec)).expect("valid");
         let width = fo / g;
         for k in 0..g {
             let cols = k * width..(k + 1) * width;
@@ -50,14 +50,14 @@ proptest! {
 fn codebooks_and_ternary_per_group() -> Result<(), GroupError> {
     let w = Array2::from_shape_fn((8, 6), |(i, j)| ((i * 5 + j * 3) % 7) as f32 - 3.0 + j as f32 * 10.0);
     // Each output unit has a very different scale: per-unit tables beat one table.
-    let km = GroupMethod::KMeans(KMeansSpec::builder().bits(2).check()?);
+    let km = Method::KMeans(KMeansSpec::builder().bits(2).check()?);
     let err = |q: &quant_group::GroupQuantized<f32>| (&q.weights - &w).iter().map(|e| e * e).sum::<f32>();
     let one = quantize_output_groups(w.view(), 1, &km)?;
     let six = quantize_output_groups(w.view(), 6, &km)?;
     assert!(err(&six) < err(&one));
     assert!(six.bytes > one.bytes);
-    let t = quantize_output_groups(w.view(), 3, &GroupMethod::Ternary(TernarySpec::builder().check()?))?;
-    assert_eq!(GroupMethod::Ternary(TernarySpec::builder().check()?).bits(), 2);
+    let t = quantize_output_groups(w.view(), 3, &Method::Ternary(TernarySpec::builder().check()?))?;
+    assert_eq!(Method::Ternary(TernarySpec::builder().check()?).bits(), 2);
     // Ternary: every weight is 0 or ± its group's alpha.
     for k in 0..3 {
         let mut vals: Vec<f32> = t.weights.slice(ndarray::s![.., 2 * k..2 * k + 2]).iter().map(|v| v.abs()).filter(|&v| v > 0.0).collect();
@@ -71,7 +71,7 @@ fn codebooks_and_ternary_per_group() -> Result<(), GroupError> {
 #[test]
 fn group_counts_that_do_not_divide_are_refused() {
     let w = Array2::<f32>::zeros((4, 6));
-    let spec = GroupMethod::Uniform(UniformSpec::default());
+    let spec = Method::Uniform(UniformSpec::default());
     assert_eq!(quantize_output_groups(w.view(), 4, &spec).err(), Some(GroupError::InvalidGroups { groups: 4, units: 6 }));
     assert_eq!(quantize_output_groups(w.view(), 0, &spec).err(), Some(GroupError::InvalidGroups { groups: 0, units: 6 }));
     let mut bad = w.clone();
@@ -85,7 +85,7 @@ fn codebook_groups_match_the_quantizer_and_take_centroid_steps() -> Result<(), G
     let w = Array2::from_shape_fn((6, 4), |(i, j)| ((i * 7 + j * 3) % 11) as f64 / 11.0 - 0.5 + j as f64);
     let spec = KMeansSpec::builder().bits(2).check()?;
     let mut book = OutputGroupCodebook::new(w.view(), 2, &spec)?;
-    let q = quantize_output_groups(w.view(), 2, &GroupMethod::KMeans(spec))?;
+    let q = quantize_output_groups(w.view(), 2, &Method::KMeans(spec))?;
     assert_eq!(book.weights(), q.weights);
     assert_eq!(book.bytes(), q.bytes);
     // A gradient of 1 on every weight: each centroid's gradient is its member count, and the

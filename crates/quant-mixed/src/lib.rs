@@ -7,17 +7,17 @@
 //! multiple-choice knapsack, and the Pareto frontier of size against sensitivity).
 //!
 //! Eigenvalues and traces come in as plain numbers (from `quant-hessian` or anywhere else);
-//! this crate depends on `quant-group` and `quant-core` only.
+//! this crate depends on `quant-core` only.
 //!
 //! ## Quick start
 //! ```
 //! use ndarray::Array2;
-//! use quant_core::{Scheme, UniformSpec};
+//! use quant_core::{Method, Scheme, UniformSpec};
 //! use quant_mixed::{score_layer, Budget, Candidate, Curvature, Problem};
 //!
 //! let candidates: Vec<Candidate> = [2u8, 4, 8]
 //!     .iter()
-//!     .map(|&b| UniformSpec::builder().bits(b).scheme(Scheme::SymmetricNarrow).per_channel(0).check().map(Candidate::Uniform))
+//!     .map(|&b| UniformSpec::builder().bits(b).scheme(Scheme::SymmetricNarrow).per_channel(0).check().map(|s| Candidate::from(Method::from(s))))
 //!     .collect::<Result<_, _>>()?;
 //! let w1 = Array2::from_shape_fn((64, 64), |(i, j)| ((i * 7 + j * 3) % 17) as f32 / 17.0 - 0.5);
 //! let w2 = w1.mapv(|x| x * 0.1);

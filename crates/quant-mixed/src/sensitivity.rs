@@ -2,7 +2,7 @@
 //! trace × perturbation for each candidate quantizer.
 
 use ndarray::{ArrayBase, Data, Dimension};
-use quant_core::{Float, KMeansSpec, TernarySpec, UniformSpec, binarize, kmeans_quantize, quantize, ternarize};
+use quant_core::{Float, Method};
 
 use crate::allocate::{LayerOption, LayerSpec};
 use crate::error::{MixedError, Result};
@@ -71,20 +71,20 @@ impl Curvature {
     }
 }
 
-/// A candidate quantizer for a layer, scored by its squared error and exact storage.
+/// A candidate for a layer, scored by its squared error and exact storage.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Candidate {
-    /// Uniform quantization (any scheme and granularity, per-group included).
-    Uniform(UniformSpec),
-    /// A k-means codebook (per tensor or per group).
-    KMeans(KMeansSpec),
-    /// Ternary (TWN), 2 bits per weight.
-    Ternary(TernarySpec),
-    /// Binary, 1 bit per weight.
-    Binary(TernarySpec),
+    /// Quantized by a method (any quantizer, scheme and granularity, per-group included).
+    Quantized(Method),
     /// Kept in f32 (32 bits, no error): for layers such as a classifier that stay unquantized.
     Float32,
+}
+
+impl From<Method> for Candidate {
+    fn from(method: Method) -> Self {
+        Candidate::Quantized(method)
+    }
 }
 
 /// What one candidate does to one tensor.
@@ -118,40 +118,11 @@ impl Candidate {
     /// The quantizer's errors (for example a non-finite weight or an axis out of range).
     pub fn perturbation<F: Float, S: Data<Elem = F>, D: Dimension>(&self, w: &ArrayBase<S, D>) -> Result<Perturbation> {
         Ok(match self {
-            Candidate::Uniform(spec) => {
-                let q = quantize(w, spec)?;
-                let bytes = q.storage_bytes() as u64;
+            Candidate::Quantized(method) => {
+                let q = method.quantize(w)?;
                 Perturbation {
-                    bits: spec.bits(),
-                    group_size: group_of(spec.granularity()),
-                    squared_error: squared_error(w, &q.dequantize()),
-                    bytes,
-                }
-            }
-            Candidate::KMeans(spec) => {
-                let (q, _) = kmeans_quantize(w, spec)?;
-                let bits = usize::BITS - (spec.k().max(2) - 1).leading_zeros();
-                Perturbation {
-                    bits: bits as u8,
-                    group_size: group_of(spec.granularity()),
-                    squared_error: squared_error(w, &q.dequantize()),
-                    bytes: q.storage_bytes() as u64,
-                }
-            }
-            Candidate::Ternary(spec) => {
-                let q = ternarize(w, spec)?;
-                Perturbation {
-                    bits: 2,
-                    group_size: group_of(spec.granularity()),
-                    squared_error: squared_error(w, &q.dequantize()),
-                    bytes: q.storage_bytes() as u64,
-                }
-            }
-            Candidate::Binary(spec) => {
-                let q = binarize(w, spec)?;
-                Perturbation {
-                    bits: 1,
-                    group_size: group_of(spec.granularity()),
+                    bits: method.bits(),
+                    group_size: group_of(method.granularity()),
                     squared_error: squared_error(w, &q.dequantize()),
                     bytes: q.storage_bytes() as u64,
                 }

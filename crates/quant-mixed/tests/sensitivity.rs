@@ -1,7 +1,7 @@
 //! Ω, curvature signs and candidate scoring with the real quantizers.
 
 use ndarray::Array2;
-use quant_core::{KMeansSpec, Scheme, TernarySpec, UniformSpec};
+use quant_core::{KMeansSpec, Method, Scheme, TernarySpec, UniformSpec};
 use quant_mixed::{Budget, Candidate, Curvature, MixedError, Problem, omega, score_layer};
 
 #[test]
@@ -27,11 +27,13 @@ fn scoring_uses_exact_storage_and_errors_that_shrink_with_bits() -> Result<(), B
     let w = weights();
     let mut candidates = Vec::new();
     for b in [2u8, 3, 4, 8] {
-        candidates.push(Candidate::Uniform(UniformSpec::builder().bits(b).scheme(Scheme::SymmetricNarrow).per_group(1, 32).check()?));
+        candidates.push(Candidate::Quantized(Method::Uniform(
+            UniformSpec::builder().bits(b).scheme(Scheme::SymmetricNarrow).per_group(1, 32).check()?,
+        )));
     }
-    candidates.push(Candidate::KMeans(KMeansSpec::builder().bits(2).check()?));
-    candidates.push(Candidate::Ternary(TernarySpec::builder().check()?));
-    candidates.push(Candidate::Binary(TernarySpec::builder().check()?));
+    candidates.push(Candidate::Quantized(Method::KMeans(KMeansSpec::builder().bits(2).check()?)));
+    candidates.push(Candidate::Quantized(Method::Ternary(TernarySpec::builder().check()?)));
+    candidates.push(Candidate::Quantized(Method::Binary(TernarySpec::builder().check()?)));
     candidates.push(Candidate::Float32);
     let layer = score_layer("fc", &w, Curvature::AverageTrace(0.5), &candidates, 1000, 8)?;
     let o = &layer.options;
@@ -56,7 +58,10 @@ fn scoring_uses_exact_storage_and_errors_that_shrink_with_bits() -> Result<(), B
 #[test]
 fn negative_curvature_is_reported_and_weighted_by_magnitude() -> Result<(), Box<dyn std::error::Error>> {
     let w = weights();
-    let c = [Candidate::Uniform(UniformSpec::builder().bits(2).check()?), Candidate::Uniform(UniformSpec::builder().bits(8).check()?)];
+    let c = [
+        Candidate::Quantized(Method::Uniform(UniformSpec::builder().bits(2).check()?)),
+        Candidate::Quantized(Method::Uniform(UniformSpec::builder().bits(8).check()?)),
+    ];
     let pos = score_layer("a", &w, Curvature::TopEigenvalue(3.0), &c, 0, 8)?;
     let neg = score_layer("b", &w, Curvature::TopEigenvalue(-3.0), &c, 0, 8)?;
     assert!(!pos.negative_curvature && neg.negative_curvature);

@@ -119,4 +119,4 @@ fn main() -> Result<(), quant::Error> {
     Ok(())
 }
 
-use quant::core::QuantError;
+use quant::quantizers::QuantError;

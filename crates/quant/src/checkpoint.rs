@@ -8,14 +8,15 @@
 //! tensors) are copied byte for byte under their own names.
 //!
 //! ```
-//! use quant::checkpoint::{QuantizeOptions, QuantizedCheckpoint, Granularity, TableFormat, quantize_checkpoint};
+//! use quant::checkpoint::{QuantizeOptions, QuantizedCheckpoint, quantize_checkpoint};
+//! use quant::quantizers::{GranularityRule, ParamDtype};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // A tiny checkpoint built in memory (normally: std::fs::read or a memory map of a file).
 //! let w: Vec<u8> = (0..64 * 32).flat_map(|i| ((i % 17) as f32 / 17.0 - 0.5).to_le_bytes()).collect();
 //! let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![64, 32], &w)?;
 //! let input = safetensors::serialize([("layer.weight", view)], None)?;
 //!
-//! let options = QuantizeOptions { bits: 4, granularity: Granularity::Group { size: 32 }, tables: TableFormat::Quantized { bits: 6, super_group: 8 }, ..Default::default() };
+//! let options = QuantizeOptions { bits: 4, granularity: GranularityRule::Group { size: 32 }, tables: ParamDtype::Quantized { bits: 6, super_group: 8 }, ..Default::default() };
 //! let dir = std::env::temp_dir().join(format!("quant-doc-{}", std::process::id()));
 //! std::fs::create_dir_all(&dir)?;
 //! let out = dir.join("model.q.safetensors");
@@ -38,8 +39,8 @@ use std::path::Path;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use quant_core::half::{bf16, f16};
 use quant_core::{
-    KMeansSpec, LutKind, LutTensor, PackedCodes, ParamDtype, QuantError, QuantParams, QuantizedTables, QuantizedTensor, RangeEstimator,
-    Scheme, SliceParams, TableDtype, TableFit, TernarySpec, UniformSpec,
+    Granularity, GranularityRule, LutKind, LutTensor, Method, MethodKind, MethodParams, PackedCodes, ParamDtype, QuantError, QuantParams,
+    Quantized, QuantizedTables, QuantizedTensor, RangeEstimator, Scheme, SliceParams, TableDtype, TableFit,
 };
 use safetensors::tensor::{SafeTensors, TensorView, View};
 use safetensors::{Dtype, SafeTensorError};
@@ -72,16 +73,17 @@ pub enum CheckpointError {
         source: QuantError,
     },
     /// A tensor the options cannot apply to (for example a channel axis it does not have).
-    #[error("tensor '{name}': {reason}")]
+    #[error("tensor '{name}': {source}")]
     Unsupported {
         /// The tensor.
         name: String,
-        /// Why.
-        reason: String,
+        /// Why: [`QuantError::InvalidAxis`] for a missing channel axis or a scalar.
+        source: QuantError,
     },
-    /// Options that cannot be used.
+    /// Options that cannot be used whatever the tensor: bits out of range for the method and
+    /// scheme, a group size of zero, a table storage or fit the method does not have.
     #[error("invalid options: {0}")]
-    Options(String),
+    Options(QuantError),
     /// Reading or writing a file failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -99,95 +101,26 @@ impl From<SafeTensorError> for CheckpointError {
 /// `Result` with [`CheckpointError`].
 pub type Result<T> = core::result::Result<T, CheckpointError>;
 
-/// Which quantizer to apply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Uniform affine or symmetric (`quant_core::quantize`). The default.
-    #[default]
-    Uniform,
-    /// TWN ternary, `{−α, 0, α}` per slice, 2-bit codes.
-    Ternary,
-    /// Binary, `{−α, α}` per slice, 1-bit codes.
-    Binary,
-    /// A k-means codebook of `2^bits` centroids per slice.
-    Kmeans,
-}
-
-/// Which elements share parameters, chosen per tensor from its shape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Granularity {
-    /// One set for the whole tensor.
-    Tensor,
-    /// One set per index along `axis` (axis 0: the output rows of a PyTorch `Linear` weight).
-    Channel {
-        /// The axis.
-        axis: usize,
-    },
-    /// Contiguous groups of `size` elements along the **last** axis (the input dimension of
-    /// a PyTorch `Linear` weight, as GGML's blocks); a ragged last group is allowed.
-    Group {
-        /// Elements per group.
-        size: usize,
-    },
-}
-
-impl Default for Granularity {
-    fn default() -> Self {
-        Granularity::Channel { axis: 0 }
-    }
-}
-
-/// How per-slice parameters (uniform steps and offsets, k-means tables) are stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum TableFormat {
-    /// 4-byte floats. The default.
-    #[default]
-    F32,
-    /// IEEE half.
-    F16,
-    /// bfloat16 (uniform only).
-    Bf16,
-    /// Two-level tables: `bits`-wide codes times one f16 scale per `super_group` slices
-    /// (uniform only; see `quant_core::ParamDtype::Quantized`).
-    Quantized {
-        /// Width of the table codes, `2..=8`.
-        bits: u8,
-        /// Slices per super-group.
-        super_group: u32,
-    },
-}
-
-impl TableFormat {
-    /// The name the command line and the metadata use: `f32`, `f16`, `bf16`, `q6`, ...
-    pub fn name(self) -> String {
-        match self {
-            TableFormat::F32 => "f32".into(),
-            TableFormat::F16 => "f16".into(),
-            TableFormat::Bf16 => "bf16".into(),
-            TableFormat::Quantized { bits, .. } => format!("q{bits}"),
-        }
-    }
-}
-
 /// What to do with each selected floating-point tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QuantizeOptions {
     /// The quantizer. Default uniform.
-    pub method: Method,
+    pub method: MethodKind,
     /// Code width for uniform (`1..=8`, `2..=8` symmetric) and k-means (`2^bits` centroids);
     /// ternary always uses 2 and binary 1. Default 8.
     pub bits: u8,
     /// The uniform scheme. Default [`Scheme::AsymmetricGrid`] (Q-BERT's).
     pub scheme: Scheme,
-    /// Which elements share parameters. Default per channel along axis 0.
-    pub granularity: Granularity,
+    /// Which elements share parameters, resolved per tensor from its shape. Default per
+    /// channel along axis 0.
+    pub granularity: GranularityRule,
     /// Range estimation for uniform quantization. Default min-max.
     pub range: RangeEstimator,
-    /// Table storage. Default f32.
-    pub tables: TableFormat,
-    /// How two-level tables ([`TableFormat::Quantized`]) are fitted. Default
+    /// Table storage: [`ParamDtype::Native`] (f32, the default), f16, bf16 (uniform only) or
+    /// two-level tables (uniform only). K-means tables take f32 or f16; ternary and binary
+    /// store their α at f32.
+    pub tables: ParamDtype,
+    /// How two-level tables ([`ParamDtype::Quantized`]) are fitted. Default
     /// [`TableFit::Cover`]; [`TableFit::LeastSquares`] needs two-level tables.
     pub table_fit: TableFit,
 }
@@ -195,43 +128,13 @@ pub struct QuantizeOptions {
 impl Default for QuantizeOptions {
     fn default() -> Self {
         Self {
-            method: Method::Uniform,
+            method: MethodKind::Uniform,
             bits: 8,
             scheme: Scheme::AsymmetricGrid,
-            granularity: Granularity::default(),
+            granularity: GranularityRule::Channel { axis: 0 },
             range: RangeEstimator::MinMax,
-            tables: TableFormat::F32,
+            tables: ParamDtype::Native,
             table_fit: TableFit::Cover,
-        }
-    }
-}
-
-/// The granularity of one tensor as stored: the resolved axis and group size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum StoredGranularity {
-    /// One set for the whole tensor.
-    Tensor,
-    /// One set per index along `axis`.
-    Channel {
-        /// The axis.
-        axis: usize,
-    },
-    /// Groups of `size` along `axis`, ragged last group allowed.
-    Group {
-        /// The axis.
-        axis: usize,
-        /// Elements per group.
-        size: usize,
-    },
-}
-
-impl StoredGranularity {
-    fn core(self) -> quant_core::Granularity {
-        match self {
-            StoredGranularity::Tensor => quant_core::Granularity::PerTensor,
-            StoredGranularity::Channel { axis } => quant_core::Granularity::PerChannel { axis },
-            StoredGranularity::Group { axis, size } => quant_core::Granularity::PerGroup { axis, size },
         }
     }
 }
@@ -244,15 +147,15 @@ pub struct TensorEntry {
     /// The original dtype (`F32`, `F16`, `BF16`, `F64`).
     pub dtype: String,
     /// The quantizer.
-    pub method: Method,
+    pub method: MethodKind,
     /// Code width in bits.
     pub bits: u8,
     /// Uniform scheme: `asymmetric`, `asymmetric-exact-zero`, `symmetric`, `symmetric-full`
     /// (absent for the table methods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scheme: Option<String>,
+    pub scheme: Option<Scheme>,
     /// The resolved granularity.
-    pub granularity: StoredGranularity,
+    pub granularity: Granularity,
     /// Table storage: `f32`, `f16`, `bf16` or `qN`.
     pub table_dtype: String,
     /// Slices per super-group for `qN` tables.
@@ -260,11 +163,11 @@ pub struct TensorEntry {
     pub super_group: Option<u32>,
     /// The range estimator used (informational): `minmax`, `percentile:P`, `mse`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub range: Option<String>,
+    pub range: Option<RangeEstimator>,
     /// How `qN` tables were fitted (informational; reading does not need it): `cover` or
     /// `least-squares:N` (N refits). Absent for other tables and in files written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub table_fit: Option<String>,
+    pub table_fit: Option<TableFit>,
     /// Storage bits per element, every table byte included.
     pub bits_per_weight: f64,
     /// `10·log10(Σx² / Σ(x − x̂)²)`; `null` when the reconstruction is exact.
@@ -336,72 +239,13 @@ pub struct Progress<'a> {
     pub name: &'a str,
 }
 
-/// A quantized tensor of either storage kind.
-#[derive(Debug, Clone, PartialEq)]
-pub enum QuantizedWeight {
-    /// Uniform codes with per-slice steps and offsets.
-    Uniform(QuantizedTensor<f32>),
-    /// Codes into per-slice tables (ternary, binary, k-means).
-    Table(LutTensor<f32>),
-}
-
-impl QuantizedWeight {
-    /// The dequantized tensor.
-    pub fn dequantize(&self) -> ArrayD<f32> {
-        match self {
-            QuantizedWeight::Uniform(q) => q.dequantize(),
-            QuantizedWeight::Table(t) => t.dequantize(),
-        }
-    }
-    /// Bytes of storage, every table included.
-    pub fn storage_bytes(&self) -> usize {
-        match self {
-            QuantizedWeight::Uniform(q) => q.storage_bytes(),
-            QuantizedWeight::Table(t) => t.storage_bytes(),
-        }
-    }
-    /// Storage bits per element.
-    pub fn bits_per_weight(&self) -> f64 {
-        match self {
-            QuantizedWeight::Uniform(q) => q.bits_per_weight(),
-            QuantizedWeight::Table(t) => t.bits_per_weight(),
-        }
-    }
-}
-
-fn scheme_name(s: Scheme) -> &'static str {
-    match s {
-        Scheme::AsymmetricGrid => "asymmetric",
-        Scheme::AsymmetricExactZero => "asymmetric-exact-zero",
-        Scheme::SymmetricNarrow => "symmetric",
-        _ => "symmetric-full",
-    }
-}
-
-fn scheme_from_name(s: &str) -> Result<Scheme> {
-    Ok(match s {
-        "asymmetric" => Scheme::AsymmetricGrid,
-        "asymmetric-exact-zero" => Scheme::AsymmetricExactZero,
-        "symmetric" => Scheme::SymmetricNarrow,
-        "symmetric-full" => Scheme::SymmetricFull,
-        other => return Err(CheckpointError::Metadata(format!("unknown scheme '{other}'"))),
-    })
-}
-
-fn table_fit_name(fit: TableFit) -> String {
-    match fit {
-        TableFit::Cover => "cover".into(),
-        TableFit::LeastSquares { iterations } => format!("least-squares:{iterations}"),
-        // `TableFit` is non-exhaustive; a future fit is named by its debug form.
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
-fn range_name(r: RangeEstimator) -> String {
-    match r {
-        RangeEstimator::MinMax => "minmax".into(),
-        RangeEstimator::Percentile { upper, .. } => format!("percentile:{upper}"),
-        _ => "mse".into(),
+/// The stored `table_dtype` name: `f32`, `f16`, `bf16` or `qN` (the super-group is stored
+/// beside it). Tensors are quantized as f32, so native parameters are f32.
+fn table_dtype_name(d: ParamDtype) -> String {
+    match d {
+        ParamDtype::Native => "f32".into(),
+        ParamDtype::Quantized { bits, .. } => format!("q{bits}"),
+        other => other.to_string(),
     }
 }
 
@@ -487,89 +331,46 @@ fn dtype_name(d: Dtype) -> String {
 }
 
 impl QuantizeOptions {
+    /// The method settings for a tensor of granularity `g`.
+    fn params(&self, granularity: Granularity) -> MethodParams {
+        MethodParams {
+            kind: self.method,
+            bits: self.bits,
+            scheme: self.scheme,
+            granularity,
+            range: self.range,
+            param_dtype: self.tables,
+            table_fit: self.table_fit,
+        }
+    }
+
     /// Checks the options that do not depend on a tensor.
     ///
     /// # Errors
     /// [`CheckpointError::Options`] for bits out of range for the method and scheme, a group
-    /// size of 0, a table format the method cannot store, or an invalid range estimator.
+    /// size of 0, a table format or fit the method cannot use, or an invalid range estimator.
     pub fn validate(&self) -> Result<()> {
-        self.resolve(&[1, 1]).map(|_| ()).map_err(|e| match e {
-            CheckpointError::Tensor { source, .. } => CheckpointError::Options(source.to_string()),
-            other => other,
-        })
-    }
-
-    /// The granularity for a tensor of `shape`.
-    fn granularity_for(&self, shape: &[usize]) -> core::result::Result<StoredGranularity, String> {
-        let nd = shape.len();
-        match self.granularity {
-            Granularity::Tensor => Ok(StoredGranularity::Tensor),
-            Granularity::Channel { axis } if axis < nd => Ok(StoredGranularity::Channel { axis }),
-            Granularity::Channel { axis } => {
-                Err(format!("has {nd} dimension(s), so there is no channel axis {axis} (use --skip, or another --granularity)"))
-            }
-            Granularity::Group { size } if nd > 0 => Ok(StoredGranularity::Group { axis: nd - 1, size }),
-            Granularity::Group { .. } => Err("is a scalar, so it has no axis to group along (use --skip)".into()),
+        if let GranularityRule::Group { size: 0 } = self.granularity {
+            return Err(CheckpointError::Options(QuantError::InvalidGroupSize { size: 0 }));
         }
+        self.params(Granularity::PerTensor).check().map(|_| ()).map_err(CheckpointError::Options)
     }
 
-    fn resolve(&self, shape: &[usize]) -> Result<Resolved> {
-        let g = self.granularity_for(shape).map_err(CheckpointError::Options)?;
-        let err = |source| CheckpointError::Tensor { name: String::new(), source };
-        let table_dtype = |allowed: &[TableFormat]| {
-            if allowed.contains(&self.tables) {
-                Ok(())
-            } else {
-                Err(CheckpointError::Options(
-                    format!("--table-dtype {} does not apply to {:?}", self.tables.name(), self.method).to_lowercase(),
-                ))
-            }
-        };
-        if self.table_fit != TableFit::Cover && !matches!((self.method, self.tables), (Method::Uniform, TableFormat::Quantized { .. })) {
-            return Err(CheckpointError::Options("--table-fit least-squares needs --method uniform and a --table-dtype qN".into()));
-        }
-        Ok(match self.method {
-            Method::Uniform => {
-                let dtype = match self.tables {
-                    TableFormat::F32 => ParamDtype::Native,
-                    TableFormat::F16 => ParamDtype::F16,
-                    TableFormat::Bf16 => ParamDtype::Bf16,
-                    TableFormat::Quantized { bits, super_group } => ParamDtype::Quantized { bits, super_group },
-                };
-                let spec = UniformSpec::builder()
-                    .bits(self.bits)
-                    .scheme(self.scheme)
-                    .granularity(g.core())
-                    .range(self.range)
-                    .param_dtype(dtype)
-                    .table_fit(self.table_fit)
-                    .check()
-                    .map_err(err)?;
-                Resolved::Uniform(spec, g)
-            }
-            Method::Ternary | Method::Binary => {
-                table_dtype(&[TableFormat::F32])?;
-                Resolved::Ternary(TernarySpec::builder().granularity(g.core()).check().map_err(err)?, self.method == Method::Binary, g)
-            }
-            Method::Kmeans => {
-                table_dtype(&[TableFormat::F32, TableFormat::F16])?;
-                let td = if self.tables == TableFormat::F16 { TableDtype::F16 } else { TableDtype::F32 };
-                Resolved::Kmeans(KMeansSpec::builder().bits(self.bits).granularity(g.core()).table(td).check().map_err(err)?, g)
-            }
-        })
+    /// The method for a tensor of `shape`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Unsupported`] when the granularity does not fit the shape;
+    /// [`CheckpointError::Options`] as [`validate`](Self::validate).
+    pub fn method_for(&self, name: &str, shape: &[usize]) -> Result<Method> {
+        let g = self.granularity.resolve(shape).map_err(|source| CheckpointError::Unsupported { name: name.into(), source })?;
+        self.params(g).check().map_err(CheckpointError::Options)
     }
-}
-
-enum Resolved {
-    Uniform(UniformSpec, StoredGranularity),
-    Ternary(TernarySpec, bool, StoredGranularity),
-    Kmeans(KMeansSpec, StoredGranularity),
 }
 
 /// The stored parts of one quantized tensor, under their suffixes.
-fn parts_of(q: &QuantizedWeight) -> Vec<(&'static str, Part<'static>)> {
+fn parts_of(q: &Quantized<f32>) -> Vec<(&'static str, Part<'static>)> {
     match q {
-        QuantizedWeight::Uniform(t) => {
+        Quantized::Uniform(t) => {
             let p = t.params();
             let spec = p.spec();
             let mut parts = vec![("qcodes", u8_part(t.codes().as_bytes().to_vec()))];
@@ -597,7 +398,7 @@ fn parts_of(q: &QuantizedWeight) -> Vec<(&'static str, Part<'static>)> {
             }
             parts
         }
-        QuantizedWeight::Table(t) => {
+        Quantized::Table(t) => {
             let codes = ("qcodes", u8_part(t.codes().as_bytes().to_vec()));
             let tables = t.tables();
             match t.kind() {
@@ -623,26 +424,16 @@ fn parts_of(q: &QuantizedWeight) -> Vec<(&'static str, Part<'static>)> {
     }
 }
 
-/// Quantizes one tensor (values `x`, row-major, of `shape`) as the options say.
+/// Quantizes one tensor (values `x`, row-major) as the options say; returns the result and
+/// the method it was quantized with.
 ///
 /// # Errors
 /// [`CheckpointError::Options`] / [`CheckpointError::Unsupported`] / [`CheckpointError::Tensor`]
 /// when the options do not fit the tensor or the values are not finite.
-pub fn quantize_tensor(name: &str, x: ArrayViewD<'_, f32>, options: &QuantizeOptions) -> Result<(QuantizedWeight, StoredGranularity)> {
-    let resolved = options.resolve(x.shape()).map_err(|e| match e {
-        CheckpointError::Options(reason) => CheckpointError::Unsupported { name: name.into(), reason },
-        CheckpointError::Tensor { source, .. } => CheckpointError::Tensor { name: name.into(), source },
-        other => other,
-    })?;
-    let err = |source| CheckpointError::Tensor { name: name.into(), source };
-    Ok(match resolved {
-        Resolved::Uniform(spec, g) => (QuantizedWeight::Uniform(quant_core::quantize(&x, &spec).map_err(err)?), g),
-        Resolved::Ternary(spec, binary, g) => {
-            let t = if binary { quant_core::binarize(&x, &spec) } else { quant_core::ternarize(&x, &spec) };
-            (QuantizedWeight::Table(t.map_err(err)?), g)
-        }
-        Resolved::Kmeans(spec, g) => (QuantizedWeight::Table(quant_core::kmeans_quantize(&x, &spec).map_err(err)?.0), g),
-    })
+pub fn quantize_tensor(name: &str, x: ArrayViewD<'_, f32>, options: &QuantizeOptions) -> Result<(Quantized<f32>, Method)> {
+    let method = options.method_for(name, x.shape())?;
+    let q = method.quantize(&x).map_err(|source| CheckpointError::Tensor { name: name.into(), source })?;
+    Ok((q, method))
 }
 
 /// SQNR in dB (`None` when the error is exactly 0) and the largest absolute error.
@@ -711,7 +502,7 @@ pub fn quantize_checkpoint(
         }
         let values = to_f32(&view);
         let x = ArrayViewD::from_shape(IxDyn(&shape), &values).map_err(|e| CheckpointError::Format(format!("tensor '{name}': {e}")))?;
-        let (q, granularity) = quantize_tensor(name, x, options)?;
+        let (q, method) = quantize_tensor(name, x, options)?;
         let back = q.dequantize();
         let (sqnr_db, max_abs_err) = sqnr_and_max_error(&values, back.as_slice().unwrap_or(&[]));
         let mut quantized_bytes = 0;
@@ -725,25 +516,20 @@ pub fn quantize_checkpoint(
                 q.storage_bytes()
             )));
         }
-        let (bits, scheme, range) = match &q {
-            QuantizedWeight::Uniform(t) => (t.bits(), Some(scheme_name(options.scheme).to_string()), Some(range_name(options.range))),
-            QuantizedWeight::Table(t) => (t.bits(), None, None),
-        };
-        let (super_group, table_fit) = match (options.tables, &q) {
-            (TableFormat::Quantized { super_group, .. }, QuantizedWeight::Uniform(_)) => {
-                (Some(super_group), Some(table_fit_name(options.table_fit)))
-            }
-            (TableFormat::Quantized { super_group, .. }, _) => (Some(super_group), None),
+        let uniform = matches!(method, Method::Uniform(_));
+        let (scheme, range) = if uniform { (Some(options.scheme), Some(options.range)) } else { (None, None) };
+        let (super_group, table_fit) = match options.tables {
+            ParamDtype::Quantized { super_group, .. } => (Some(super_group), uniform.then_some(options.table_fit)),
             _ => (None, None),
         };
         let entry = TensorEntry {
             shape,
             dtype: dtype_name(view.dtype()),
             method: options.method,
-            bits,
+            bits: q.bits(),
             scheme,
-            granularity,
-            table_dtype: options.tables.name(),
+            granularity: method.granularity(),
+            table_dtype: table_dtype_name(options.tables),
             super_group,
             range,
             table_fit,
@@ -879,7 +665,7 @@ impl<'a> QuantizedCheckpoint<'a> {
     /// [`CheckpointError::Metadata`] for an unknown name or a missing or mis-shaped part;
     /// [`CheckpointError::Tensor`] when the parts do not form a valid tensor (for example a
     /// code past its table, or a zero step).
-    pub fn tensor(&self, name: &str) -> Result<QuantizedWeight> {
+    pub fn tensor(&self, name: &str) -> Result<Quantized<f32>> {
         let e = self.entries.get(name).ok_or_else(|| CheckpointError::Metadata(format!("no quantized tensor '{name}'")))?;
         let n = e
             .shape
@@ -887,31 +673,24 @@ impl<'a> QuantizedCheckpoint<'a> {
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .ok_or_else(|| CheckpointError::Metadata(format!("tensor '{name}': shape overflows")))?;
         let err = |source| CheckpointError::Tensor { name: name.into(), source };
-        let g = e.granularity.core();
+        let g = e.granularity;
         let tables = match e.table_dtype.as_str() {
-            "f32" => TableFormat::F32,
-            "f16" => TableFormat::F16,
-            "bf16" => TableFormat::Bf16,
-            q => {
-                let bits = q.strip_prefix('q').and_then(|b| b.parse::<u8>().ok());
-                match (bits, e.super_group) {
-                    (Some(bits), Some(super_group)) => TableFormat::Quantized { bits, super_group },
-                    _ => return Err(CheckpointError::Metadata(format!("tensor '{name}': table dtype '{q}' without a super-group"))),
-                }
-            }
+            q if q.starts_with('q') => match (q.parse::<ParamDtype>(), e.super_group) {
+                (Ok(ParamDtype::Quantized { bits, .. }), Some(super_group)) => ParamDtype::Quantized { bits, super_group },
+                _ => return Err(CheckpointError::Metadata(format!("tensor '{name}': table dtype '{q}' without a super-group"))),
+            },
+            d => d.parse::<ParamDtype>().map_err(|x| CheckpointError::Metadata(format!("tensor '{name}': {x}")))?,
         };
-        match e.method {
-            Method::Uniform => {
-                let scheme = scheme_from_name(e.scheme.as_deref().unwrap_or(""))?;
-                let options = QuantizeOptions { method: Method::Uniform, bits: e.bits, scheme, tables, ..QuantizeOptions::default() };
-                let Resolved::Uniform(spec, _) =
-                    options.resolve(&[1, 1]).map_err(|x| CheckpointError::Metadata(format!("tensor '{name}': {x}")))?
-                else {
-                    return Err(CheckpointError::Metadata(format!("tensor '{name}': not uniform")));
-                };
-                let spec = spec.with_granularity(g).map_err(err)?;
+        let scheme = match (e.method, e.scheme) {
+            (MethodKind::Uniform, None) => return Err(CheckpointError::Metadata(format!("tensor '{name}': no scheme"))),
+            (_, s) => s.unwrap_or_default(),
+        };
+        let params = MethodParams { kind: e.method, bits: e.bits, scheme, granularity: g, param_dtype: tables, ..MethodParams::default() };
+        let method = params.check().map_err(|x| CheckpointError::Metadata(format!("tensor '{name}': {x}")))?;
+        match method {
+            Method::Uniform(spec) => {
                 let codes = self.codes(name, n, e.bits)?;
-                let params = if let TableFormat::Quantized { bits, super_group } = tables {
+                let params = if let ParamDtype::Quantized { bits, super_group } = tables {
                     let sg = super_group as usize;
                     let slices = self.part(name, "qscale_codes", &[Dtype::U8], None)?;
                     let supers = self.part(name, "qsuper_scales", &[Dtype::F16], None)?;
@@ -956,22 +735,24 @@ impl<'a> QuantizedCheckpoint<'a> {
                         .collect();
                     QuantParams::from_slices(&spec, slices).map_err(err)?
                 };
-                Ok(QuantizedWeight::Uniform(QuantizedTensor::from_parts(e.shape.clone(), params, codes).map_err(err)?))
+                Ok(Quantized::Uniform(QuantizedTensor::from_parts(e.shape.clone(), params, codes).map_err(err)?))
             }
-            Method::Ternary | Method::Binary => {
+            Method::Ternary(_) | Method::Binary(_) => {
                 let alphas = to_f32(&self.part(name, "qalphas", &[Dtype::F32], None)?);
-                let ternary = e.method == Method::Ternary;
+                let ternary = e.method == MethodKind::Ternary;
                 let tables: Vec<f32> = alphas.iter().flat_map(|&a| if ternary { vec![-a, 0.0, a] } else { vec![-a, a] }).collect();
                 let kind = if ternary { LutKind::Ternary } else { LutKind::Binary };
                 let codes = self.codes(name, n, if ternary { 2 } else { 1 })?;
-                Ok(QuantizedWeight::Table(LutTensor::from_parts(e.shape.clone(), g, kind, tables, codes).map_err(err)?))
+                Ok(Quantized::Table(LutTensor::from_parts(e.shape.clone(), g, kind, tables, codes).map_err(err)?))
             }
-            Method::Kmeans => {
+            Method::KMeans(_) => {
                 let lut = self.part(name, "qlut", &[Dtype::F32, Dtype::F16], None)?;
                 let kind = LutKind::Codebook(if lut.dtype() == Dtype::F16 { TableDtype::F16 } else { TableDtype::F32 });
                 let codes = self.codes(name, n, e.bits)?;
-                Ok(QuantizedWeight::Table(LutTensor::from_parts(e.shape.clone(), g, kind, to_f32(&lut), codes).map_err(err)?))
+                Ok(Quantized::Table(LutTensor::from_parts(e.shape.clone(), g, kind, to_f32(&lut), codes).map_err(err)?))
             }
+            // `Method` is non-exhaustive; this build writes no other method.
+            other => Err(CheckpointError::Metadata(format!("tensor '{name}': method {} has no stored form", other.kind()))),
         }
     }
 
@@ -1021,11 +802,11 @@ impl<'a> QuantizedCheckpoint<'a> {
 }
 
 /// Number of parameter slices of a tensor of `shape` under `g` (`None` when it does not fit).
-fn slice_count(shape: &[usize], g: quant_core::Granularity) -> Option<usize> {
+fn slice_count(shape: &[usize], g: Granularity) -> Option<usize> {
     match g {
-        quant_core::Granularity::PerTensor => Some(1),
-        quant_core::Granularity::PerChannel { axis } => shape.get(axis).copied(),
-        quant_core::Granularity::PerGroup { axis, size } => {
+        Granularity::PerTensor => Some(1),
+        Granularity::PerChannel { axis } => shape.get(axis).copied(),
+        Granularity::PerGroup { axis, size } => {
             let len = *shape.get(axis)?;
             if size == 0 {
                 return None;
@@ -1038,7 +819,7 @@ fn slice_count(shape: &[usize], g: quant_core::Granularity) -> Option<usize> {
 
 /// A tensor of the dequantized output, dequantized only when written.
 struct Dequantized {
-    weight: QuantizedWeight,
+    weight: Quantized<f32>,
     shape: Vec<usize>,
 }
 

@@ -5,7 +5,7 @@
 //!
 //! | module | crate | what it holds |
 //! |---|---|---|
-//! | [`core`] | `quant-core` | uniform quantizers, bit-packed tensors, STE, LSQ, calibration |
+//! | [`quantizers`] | `quant-core` | the method vocabulary (`Method`, `Quantized`), uniform, k-means, ternary and binary quantizers, bit-packed tensors, STE, LSQ, calibration |
 //! | [`hessian`] | `quant-hessian` | the `Autodiff` trait, exact HVPs, power iteration, Lanczos, traces, Q-BERT statistics |
 //! | [`mixed`] | `quant-mixed` | Omega and trace sensitivities, Q-BERT ranking, exact budget-constrained allocation, Pareto frontier |
 //! | [`group`] | `quant-group` | group-wise quantization with per-group tables (in progress) |
@@ -40,8 +40,10 @@ pub mod train;
 
 pub use error::{Error, Result};
 
-/// Uniform quantizers, packed storage, STE and calibration (the `quant-core` crate).
-pub mod core {
+/// Every quantizer and the one method vocabulary ([`Method`](quant_core::Method),
+/// [`Quantized`](quant_core::Quantized)), packed storage, STE and calibration (the
+/// `quant-core` crate). Named so that it does not shadow the standard `core`.
+pub mod quantizers {
     pub use quant_core::*;
 }
 

@@ -5,8 +5,8 @@
 use core::fmt;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut2, s};
-use quant_core::{Float, Granularity, KMeansSpec, RangeObserver, Scheme, TernarySpec, UniformSpec};
-use quant_group::{GroupMethod, OutputGroupCodebook, quantize_output_groups};
+use quant_core::{Float, Granularity, KMeansSpec, MethodKind, MethodParams, RangeObserver, Scheme, UniformSpec};
+use quant_group::{Method, OutputGroupCodebook, quantize_output_groups};
 use quant_hessian::models::{Encoder, Mlp};
 use quant_hessian::{Autodiff, Batch, PowerIteration, QbertParams, Real, TopEigen, qbert_statistics_for};
 use quant_mixed::{LayerOption, LayerSpec, Problem, qbert_ranking};
@@ -87,19 +87,6 @@ impl Grouping {
     }
 }
 
-/// The quantizer applied to each group of a weight matrix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub enum WeightMethod {
-    /// Uniform, Q-BERT's asymmetric grid over each group's min-max range.
-    #[default]
-    Uniform,
-    /// A k-means codebook of `2^bits` centroids per group (Lloyd, linear init).
-    KMeans,
-    /// Ternary (TWN) per group; the width is 2 bits whatever the setting asks.
-    Ternary,
-}
-
 /// Validated parameters of the [`QbertPipeline`].
 ///
 /// | Name | Default | Purpose |
@@ -141,7 +128,7 @@ pub struct PipelineParams {
     /// Random baselines averaged.
     pub random_draws: usize,
     /// The per-group quantizer.
-    pub method: WeightMethod,
+    pub method: MethodKind,
     /// Width of the embedding matrix (`None`: quantize it like the others).
     pub embedding_bits: Option<u8>,
     /// Keep the classifier in f32.
@@ -168,7 +155,7 @@ impl Default for PipelineParams {
             mixed: vec![(2, 3), (2, 4)],
             share: 0.5,
             random_draws: 5,
-            method: WeightMethod::Uniform,
+            method: MethodKind::Uniform,
             embedding_bits: Some(8),
             keep_classifier: true,
             activation_bits: 8,
@@ -620,12 +607,10 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         plan
     }
 
-    fn method(&self, bits: u8) -> Result<GroupMethod> {
-        Ok(match self.p.method {
-            WeightMethod::Uniform => GroupMethod::Uniform(UniformSpec::builder().bits(bits).scheme(Scheme::AsymmetricGrid).check()?),
-            WeightMethod::KMeans => GroupMethod::KMeans(KMeansSpec::builder().bits(bits).check()?),
-            WeightMethod::Ternary => GroupMethod::Ternary(TernarySpec::default()),
-        })
+    fn method(&self, bits: u8) -> Result<Method> {
+        // Every other setting at its default: Q-BERT's asymmetric min-max grid, Lloyd from a
+        // linear init with f32 tables, TWN's threshold (ternary ignores `bits`).
+        Ok(MethodParams { kind: self.p.method, bits, ..MethodParams::default() }.check()?)
     }
 
     /// Weight matrix `k` of `w` (`fan_in × fan_out`).
@@ -774,7 +759,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     fn row(&self, method: &str, bits: String, groups: String, plan: &Plan, finetune: bool) -> Result<StudyRow> {
         let (wq, bytes) = self.apply(plan)?;
         let finetuned = match (finetune, self.p.finetune) {
-            (true, Some(t)) if self.p.method == WeightMethod::KMeans => Some(self.finetune_codebooks(plan, &t)?),
+            (true, Some(t)) if self.p.method == MethodKind::KMeans => Some(self.finetune_codebooks(plan, &t)?),
             (true, Some(t)) => {
                 let mut latent = self.w.to_owned();
                 let project = |w: ArrayView1<'_, F>| self.apply_to(w, plan).map(|(q, _)| q);

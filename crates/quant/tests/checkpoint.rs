@@ -4,8 +4,9 @@
 
 #![cfg(feature = "safetensors")]
 
-use quant::checkpoint::{Granularity, QuantizeOptions, TableFormat, exercise_reader, quantize_checkpoint};
-use quant::core::{RangeEstimator, Scheme};
+use quant::checkpoint::{QuantizeOptions, exercise_reader, quantize_checkpoint};
+use quant::quantizers::{GranularityRule, MethodKind, ParamDtype};
+use quant::quantizers::{RangeEstimator, Scheme};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -30,20 +31,20 @@ fn quantized_files(tag: &str) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>
     let configs = [
         QuantizeOptions {
             bits: 4,
-            granularity: Granularity::Group { size: 16 },
-            tables: TableFormat::Quantized { bits: 6, super_group: 4 },
+            granularity: GranularityRule::Group { size: 16 },
+            tables: ParamDtype::Quantized { bits: 6, super_group: 4 },
             ..Default::default()
         },
         QuantizeOptions {
             bits: 3,
             scheme: Scheme::SymmetricNarrow,
-            tables: TableFormat::F16,
+            tables: ParamDtype::F16,
             range: RangeEstimator::Mse { steps: 20 },
             ..Default::default()
         },
-        QuantizeOptions { bits: 8, scheme: Scheme::AsymmetricExactZero, granularity: Granularity::Tensor, ..Default::default() },
-        QuantizeOptions { method: quant::checkpoint::Method::Ternary, ..Default::default() },
-        QuantizeOptions { method: quant::checkpoint::Method::Kmeans, bits: 2, tables: TableFormat::F16, ..Default::default() },
+        QuantizeOptions { bits: 8, scheme: Scheme::AsymmetricExactZero, granularity: GranularityRule::Tensor, ..Default::default() },
+        QuantizeOptions { method: MethodKind::Ternary, ..Default::default() },
+        QuantizeOptions { method: MethodKind::KMeans, bits: 2, tables: ParamDtype::F16, ..Default::default() },
     ];
     let mut files = Vec::new();
     for (k, o) in configs.iter().enumerate() {
@@ -100,5 +101,34 @@ fn mutated_files_never_panic() -> TestResult {
             exercise_reader(&m);
         }
     }
+    Ok(())
+}
+
+/// `channel:AXIS` is checked per tensor, not against a 2-D stand-in: a 3-D tensor quantizes
+/// along axis 2, and a tensor without that axis is an error naming it.
+#[test]
+fn channel_axes_are_checked_per_tensor() -> TestResult {
+    use quant::checkpoint::{CheckpointError, QuantizedCheckpoint};
+    use quant::quantizers::{Granularity, QuantError};
+    let w: Vec<u8> = (0..2 * 3 * 8).flat_map(|i| ((i as f32 * 0.91).cos() * 0.1).to_le_bytes()).collect();
+    let b: Vec<u8> = (0..8).flat_map(|i| (i as f32 * 0.1).to_le_bytes()).collect();
+    let conv = TensorView::new(Dtype::F32, vec![2, 3, 8], &w)?;
+    let dir = std::env::temp_dir().join(format!("quant-ckpt-axis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("q.safetensors");
+    let options = QuantizeOptions { bits: 4, granularity: GranularityRule::Channel { axis: 2 }, ..Default::default() };
+    options.validate()?;
+    let input = safetensors::serialize([("conv.weight", conv.clone())], None)?;
+    let report = quantize_checkpoint(&input, &out, &options, |_| true, |_| {})?;
+    assert_eq!(report.tensors[0].entry.granularity, Granularity::PerChannel { axis: 2 });
+    let bytes = std::fs::read(&out)?;
+    assert_eq!(QuantizedCheckpoint::parse(&bytes)?.dequantize("conv.weight")?.shape(), &[2, 3, 8]);
+    let input = safetensors::serialize([("conv.weight", conv), ("conv.bias", TensorView::new(Dtype::F32, vec![8], &b)?)], None)?;
+    let err = quantize_checkpoint(&input, &out, &options, |_| true, |_| {});
+    assert!(
+        matches!(&err, Err(CheckpointError::Unsupported { name, source: QuantError::InvalidAxis { axis: 2, ndim: 1 } }) if name == "conv.bias"),
+        "{err:?}"
+    );
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -81,7 +81,8 @@ fn the_findings_of_q_bert_hold_on_digits() -> Result<(), quant::Error> {
 fn quantize_for_deployment_under_a_budget_and_on_the_mlp() -> Result<(), quant::Error> {
     use quant::hessian::models::{Activation, Mlp};
     use quant::hessian::{Batch, Model};
-    use quant::pipeline::{Budget, Strategy, WeightMethod};
+    use quant::pipeline::{Budget, Strategy};
+    use quant::quantizers::MethodKind;
     let (x, labels, train_set, test_set) = digits(3)?;
     let model = Mlp::new(&x, &labels, &[32, 32], 10, Activation::Tanh)?;
     let mut w = model.init(2);
@@ -117,7 +118,7 @@ fn quantize_for_deployment_under_a_budget_and_on_the_mlp() -> Result<(), quant::
     let pk = QbertPipeline::new(PipelineParams {
         subset_size: Some(32),
         embedding_bits: None,
-        method: WeightMethod::KMeans,
+        method: MethodKind::KMeans,
         ..PipelineParams::default()
     })?;
     let r = pk.quantize(&model, w.view(), &train_set, &Strategy::Ranking { low: 2, high: 4, share: 0.5 }, Grouping::PerTensor)?;
@@ -150,7 +151,7 @@ fn bad_parameters_are_refused() {
 
 #[test]
 fn codebook_fine_tuning_recovers_accuracy_at_2_bits() -> Result<(), quant::Error> {
-    use quant::pipeline::WeightMethod;
+    use quant::quantizers::MethodKind;
     let (model, w, train_set, test_set) = trained_encoder()?;
     let params = PipelineParams {
         subsets: 2,
@@ -158,7 +159,7 @@ fn codebook_fine_tuning_recovers_accuracy_at_2_bits() -> Result<(), quant::Error
         direct_bits: vec![2],
         groupings: vec![Grouping::PerHead],
         mixed: vec![],
-        method: WeightMethod::KMeans,
+        method: MethodKind::KMeans,
         finetune: Some(TrainParams { epochs: 3, batch_size: 64, lr: 1e-3, seed: 0 }),
         ..PipelineParams::default()
     };
