@@ -41,6 +41,7 @@
 //! the flat form a command line or a configuration names. The specification enums parse from
 //! and print as the command line's spellings (`"symmetric".parse::<Scheme>()`).
 
+mod cpu;
 mod error;
 mod float;
 pub mod integer;
@@ -73,6 +74,7 @@ pub mod check;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 
+pub use cpu::target_feature_violations;
 pub use error::{QuantError, Result};
 pub use float::Float;
 pub use kmeans::{

@@ -5,7 +5,7 @@
 //! | type | spellings |
 //! |---|---|
 //! | [`Scheme`] | `asymmetric`, `asymmetric-exact-zero`, `symmetric`, `symmetric-full` |
-//! | [`MethodKind`] | `uniform`, `ternary`, `binary`, `kmeans` |
+//! | [`MethodKind`](crate::MethodKind) | `uniform`, `ternary`, `binary`, `kmeans` |
 //! | [`RangeEstimator`] | `minmax`, `percentile:P` (clip to the `100 − P` and `P` percentiles, `50 < P ≤ 100`), `percentile:L:U`, `mse` (100 candidates), `mse:N` |
 //! | [`ParamDtype`] | `native` (or `f32`), `f16`, `bf16`, `qN` (two-level tables of `N`-bit codes, super-groups of 8), `qN:S` (super-groups of `S`) |
 //! | [`TableDtype`] | `f32`, `f16` |
@@ -17,7 +17,6 @@ use core::str::FromStr;
 
 use crate::error::{QuantError, Result};
 use crate::lut::TableDtype;
-use crate::method::MethodKind;
 use crate::spec::{Granularity, ParamDtype, RangeEstimator, Scheme, TableFit};
 
 /// Default super-group of `qN` table names: GGML's k-quants use 8 slices per super-block scale.
@@ -260,6 +259,7 @@ impl FromStr for GranularityRule {
 #[cfg(feature = "serde")]
 mod serde_impls {
     use super::*;
+    use crate::method::MethodKind;
 
     macro_rules! serde_via_str {
         ($($t:ty),* $(,)?) => {$(

@@ -12,11 +12,15 @@
 //! | [`dequantize_equal_runs`] | [`dequantize_runs`] on contiguous runs of one length (a multiple of 16); for packed nibbles each run's sixteen possible values computed once, then one permute per sixteen codes; optionally through non-temporal stores |
 //! | [`pack4`] / [`unpack4`] | `pack::pack_into` / `pack::unpack_from` at 4 bits |
 //!
-//! Callers ask [`enabled`] first; on other CPUs and architectures the portable code runs.
-//! The only `unsafe` is the feature-checked call into `#[target_feature]` functions and the
+//! Every entry point takes an [`Avx512`] token, which only a CPU with AVX-512 F and BW
+//! gives out; on other CPUs and architectures the portable code runs.
+//! The only `unsafe` is the token-checked call into `#[target_feature]` functions and the
 //! unaligned (or masked) loads and stores, each on a range the surrounding code has
 //! bounds-checked; the prefetch hints may point past the end but never dereference.
 #![allow(unsafe_code)]
+// Kernel entry points take the CPU token, the data, its runs and its layout as plain
+// arguments: bundling them would only move the list into a struct built at each call.
+#![allow(clippy::too_many_arguments)]
 
 use core::ops::Range;
 
@@ -34,32 +38,23 @@ macro_rules! multiversion {
             #[inline(always)]
             fn plain<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
-            if crate::simd::enabled() {
+            if let Some(t) = crate::cpu::Avx512::new() {
                 #[target_feature(enable = "avx512f,avx512bw")]
-                fn wide<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? {
+                #[allow(clippy::too_many_arguments)]
+                fn wide<$($g: $b),*>(_t: crate::cpu::Avx512, $($arg: $ty),*) $(-> $ret)? {
                     plain($($arg),*)
                 }
-                // SAFETY: the CPU has AVX-512F and BW (checked just above), the only
-                // requirement of `wide`, which is safe code.
+                // SAFETY: `t` proves the CPU has AVX-512F and BW, the features `wide`
+                // enables; `wide` is safe code.
                 #[allow(unsafe_code)]
-                return unsafe { wide($($arg),*) };
+                return unsafe { wide(t, $($arg),*) };
             }
             plain($($arg),*)
         }
     };
 }
 
-/// Whether this CPU runs the AVX-512 kernels (F and BW), detected once per call site.
-pub(crate) fn enabled() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
+pub(crate) use crate::cpu::Avx512;
 
 /// How [`fused_runs`] derives each run's parameters from its range: `SliceParams::for_spec`
 /// for the scheme and width, with the step and offset kept in f32 (`ParamDtype::Native`) or
@@ -84,7 +79,7 @@ pub(crate) enum Codes {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Codes, Grid};
+    use super::{Avx512, Codes, Grid};
     use crate::params::SliceParams;
     use crate::spec::Scheme;
     use core::arch::x86_64::*;
@@ -455,7 +450,7 @@ mod x86 {
     /// the steps, zero points and offsets.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    pub(super) fn params16(lo: __m512, hi: __m512, g: &Grid) -> (__m512, __m512i, __m512) {
+    fn params16(lo: __m512, hi: __m512, g: &Grid) -> (__m512, __m512i, __m512) {
         if !g.f16 {
             return from_range16(lo, hi, g);
         }
@@ -512,6 +507,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn fused_runs(
+        _t: Avx512,
         xs: &[f32],
         mut runs: impl Iterator<Item = Range<usize>>,
         g: &Grid,
@@ -592,6 +588,7 @@ mod x86 {
     /// [`equal_block`], the rest [`fused_runs`].
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn fused_equal(
+        t: Avx512,
         xs: &[f32],
         runs: Range<usize>,
         len: usize,
@@ -621,12 +618,12 @@ mod x86 {
             }
             k += 16;
         }
-        fused_runs(xs, (k..runs.end).map(|k| k * len..(k + 1) * len), g, layout, codes, base, push)
+        fused_runs(t, xs, (k..runs.end).map(|k| k * len..(k + 1) * len), g, layout, codes, base, push)
     }
 
     #[cfg(test)]
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) fn min_max_runs(xs: &[f32], runs: impl Iterator<Item = Range<usize>>, out: &mut Vec<(f32, f32)>) -> bool {
+    pub(super) fn min_max_runs(_t: Avx512, xs: &[f32], runs: impl Iterator<Item = Range<usize>>, out: &mut Vec<(f32, f32)>) -> bool {
         for r in runs {
             match min_max(&xs[r]) {
                 Some(b) => out.push(b),
@@ -638,6 +635,7 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn dequantize_runs(
+        _t: Avx512,
         codes: &[u8],
         layout: Codes,
         runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>,
@@ -660,6 +658,7 @@ mod x86 {
     /// `stream` the values go out through [`Stream`].
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) fn dequantize_equal_runs(
+        _t: Avx512,
         codes: &[u8],
         layout: Codes,
         len: usize,
@@ -819,7 +818,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) fn transpose16(src: &[f32], len: usize, dst: &mut [f32]) {
+    pub(super) fn transpose16(_t: Avx512, src: &[f32], len: usize, dst: &mut [f32]) {
         assert!(src.len() >= 16 * len && dst.len() >= 16 * len);
         let mut k0 = 0;
         while k0 < len {
@@ -844,7 +843,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) fn pack4(codes: &[u8], out: &mut [u8]) -> usize {
+    pub(super) fn pack4(_t: Avx512, codes: &[u8], out: &mut [u8]) -> usize {
         let full = (codes.len() / 64).min(out.len() / 32) * 64;
         // Byte pairs (c0, c1) become c0 + 16·c1.
         let weights = _mm512_set1_epi16(0x1001);
@@ -861,7 +860,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) fn unpack4(bytes: &[u8], out: &mut [u8]) -> usize {
+    pub(super) fn unpack4(_t: Avx512, bytes: &[u8], out: &mut [u8]) -> usize {
         let full = (out.len() / 64).min(bytes.len() / 32) * 64;
         let (low, high) = (_mm512_set1_epi16(0x000F), _mm512_set1_epi16(0x0F00));
         for at in (0..full).step_by(64) {
@@ -881,18 +880,18 @@ mod x86 {
 }
 
 /// Appends each run's minimum and maximum (as `range::min_max` computes them) to `out`;
-/// `false` as soon as a run is empty or holds a non-finite value. Call only when [`enabled`].
+/// `false` as soon as a run is empty or holds a non-finite value.
 /// (The tests' window on the min-max step of [`fused_runs`].)
 #[cfg(test)]
-pub(crate) fn min_max_runs(xs: &[f32], runs: impl Iterator<Item = Range<usize>>, out: &mut Vec<(f32, f32)>) -> bool {
+pub(crate) fn min_max_runs(t: Avx512, xs: &[f32], runs: impl Iterator<Item = Range<usize>>, out: &mut Vec<(f32, f32)>) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: callers check `enabled()`, the attribute's only requirement.
-        unsafe { x86::min_max_runs(xs, runs, out) }
+        // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
+        unsafe { x86::min_max_runs(t, xs, runs, out) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xs, runs, out);
+        let _ = (t, xs, runs, out);
         false
     }
 }
@@ -901,8 +900,9 @@ pub(crate) fn min_max_runs(xs: &[f32], runs: impl Iterator<Item = Range<usize>>,
 /// (`SliceParams::for_spec` with `ParamDtype::Native`, handed to `push` in run order) and
 /// its half-even codes into `codes` (first code = element `base`, laid out as `layout`
 /// says), while the block is in cache. `false` (with some runs done) when a run is empty or
-/// holds a non-finite value. Call only when [`enabled`].
+/// holds a non-finite value.
 pub(crate) fn fused_runs(
+    t: Avx512,
     xs: &[f32],
     runs: impl Iterator<Item = Range<usize>>,
     g: &Grid,
@@ -913,20 +913,21 @@ pub(crate) fn fused_runs(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: callers check `enabled()`.
-        unsafe { x86::fused_runs(xs, runs, g, layout, codes, base, push) }
+        // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
+        unsafe { x86::fused_runs(t, xs, runs, g, layout, codes, base, push) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xs, runs, g, layout, codes, base, push);
+        let _ = (t, xs, runs, g, layout, codes, base, push);
         false
     }
 }
 
 /// [`fused_runs`] for the runs `k·len..(k + 1)·len` with `k` in `runs` (contiguous runs of
 /// one length; the first code is element `runs.start·len`), with a faster kernel for 16
-/// runs at a time when `len` is 16, 32, 64 or 128. Call only when [`enabled`].
+/// runs at a time when `len` is 16, 32, 64 or 128.
 pub(crate) fn fused_equal(
+    t: Avx512,
     xs: &[f32],
     runs: Range<usize>,
     len: usize,
@@ -937,37 +938,43 @@ pub(crate) fn fused_equal(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: callers check `enabled()`.
-        unsafe { x86::fused_equal(xs, runs, len, g, layout, codes, push) }
+        // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
+        unsafe { x86::fused_equal(t, xs, runs, len, g, layout, codes, push) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (xs, runs, len, g, layout, codes, push);
+        let _ = (t, xs, runs, len, g, layout, codes, push);
         false
     }
 }
 
 /// `scale·(u − zero_point) + offset` for the codes of each run (`kernel::dequantize_run`);
 /// the ranges index `out` and the codes, laid out as `layout` says (for [`Codes::Nibbles`]
-/// every range starts on an even element and has an even length). Call only when [`enabled`].
-pub(crate) fn dequantize_runs(codes: &[u8], layout: Codes, runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>, out: &mut [f32]) {
+/// every range starts on an even element and has an even length).
+pub(crate) fn dequantize_runs(
+    t: Avx512,
+    codes: &[u8],
+    layout: Codes,
+    runs: impl Iterator<Item = (Range<usize>, SliceParams<f32>)>,
+    out: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: callers check `enabled()`.
+    // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
     unsafe {
-        x86::dequantize_runs(codes, layout, runs, out)
+        x86::dequantize_runs(t, codes, layout, runs, out)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (codes, layout, runs, out);
+        let _ = (t, codes, layout, runs, out);
     }
 }
 
 /// [`dequantize_runs`] for contiguous runs of `len` codes laid out as `layout` says, `len` a
 /// multiple of 16: run k covers `out[k·len..(k + 1)·len]` and the codes from element
 /// `k·len`, with the k-th of `params` (a partial last run of `out` is left alone). With
-/// `stream`, `out` is written by non-temporal stores (the same values). Call only when
-/// [`enabled`].
+/// `stream`, `out` is written by non-temporal stores (the same values).
 pub(crate) fn dequantize_equal_runs(
+    t: Avx512,
     codes: &[u8],
     layout: Codes,
     len: usize,
@@ -976,24 +983,23 @@ pub(crate) fn dequantize_equal_runs(
     stream: bool,
 ) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: callers check `enabled()`.
+    // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
     unsafe {
-        x86::dequantize_equal_runs(codes, layout, len, params, out, stream)
+        x86::dequantize_equal_runs(t, codes, layout, len, params, out, stream)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (codes, layout, len, params, out, stream);
+        let _ = (t, codes, layout, len, params, out, stream);
     }
 }
 
 /// `dst[16k + g] = src[g·len + k]` for `g < 16`, `k < len`: sixteen runs of `len` values
-/// laid out column-wise (`src` holds at least `16·len` values, `dst` room for as many). Call
-/// only when [`enabled`].
-pub(crate) fn transpose16(src: &[f32], len: usize, dst: &mut [f32]) {
+/// laid out column-wise (`src` holds at least `16·len` values, `dst` room for as many).
+pub(crate) fn transpose16(t: Avx512, src: &[f32], len: usize, dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: callers check `enabled()`.
+    // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
     unsafe {
-        x86::transpose16(src, len, dst)
+        x86::transpose16(t, src, len, dst)
     }
     #[cfg(not(target_arch = "x86_64"))]
     for k in 0..len {
@@ -1003,24 +1009,24 @@ pub(crate) fn transpose16(src: &[f32], len: usize, dst: &mut [f32]) {
     }
 }
 
-/// Packs 4-bit codes (`pack::pack_into` at 4 bits). Call only when [`enabled`].
-pub(crate) fn pack4(codes: &[u8], out: &mut [u8]) {
+/// Packs 4-bit codes (`pack::pack_into` at 4 bits).
+pub(crate) fn pack4(t: Avx512, codes: &[u8], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: callers check `enabled()`.
-        let done = unsafe { x86::pack4(codes, out) };
+        // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
+        let done = unsafe { x86::pack4(t, codes, out) };
         crate::pack::pack_into(&codes[done..], 4, &mut out[done / 2..]);
     }
     #[cfg(not(target_arch = "x86_64"))]
     crate::pack::pack_into(codes, 4, out);
 }
 
-/// Unpacks `out.len()` 4-bit codes (`pack::unpack_from` at 4 bits). Call only when [`enabled`].
-pub(crate) fn unpack4(bytes: &[u8], out: &mut [u8]) {
+/// Unpacks `out.len()` 4-bit codes (`pack::unpack_from` at 4 bits).
+pub(crate) fn unpack4(t: Avx512, bytes: &[u8], out: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: callers check `enabled()`.
-        let done = unsafe { x86::unpack4(bytes, out) };
+        // SAFETY: `t` proves AVX-512F and BW, the features the kernel enables.
+        let done = unsafe { x86::unpack4(t, bytes, out) };
         crate::pack::unpack_from(&bytes[done / 2..], 4, &mut out[done..]);
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -1100,8 +1106,8 @@ mod tests {
             // Distinct values (their bits name their position), every length of partial block.
             let src: Vec<f32> = (0..16 * len).map(|i| i as f32 + 0.5).collect();
             let mut got = vec![f32::NAN; 16 * len];
-            if enabled() {
-                transpose16(&src, len, &mut got);
+            if let Some(t) = Avx512::new() {
+                transpose16(t, &src, len, &mut got);
                 for k in 0..len {
                     for g in 0..16 {
                         prop_assert_eq!(got[16 * k + g].to_bits(), src[g * len + k].to_bits());
@@ -1112,14 +1118,14 @@ mod tests {
 
         #[test]
         fn min_max_matches_portable((xs, rs) in runs(), poison in prop::option::of((any::<prop::sample::Index>(), prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)]))) {
-            prop_assume!(enabled());
+            let Some(t) = Avx512::new() else { return Ok(()) };
             let mut xs = xs;
             if let Some((i, v)) = poison && !xs.is_empty() {
                 let i = i.index(xs.len());
                 xs[i] = v;
             }
             let mut got = Vec::new();
-            let ok = min_max_runs(&xs, rs.iter().cloned(), &mut got);
+            let ok = min_max_runs(t, &xs, rs.iter().cloned(), &mut got);
             let want: Vec<_> = rs.iter().map(|r| (!r.is_empty()).then(|| range::min_max(&xs[r.clone()]).ok()).flatten()).collect();
             let all = want.iter().all(Option::is_some);
             prop_assert_eq!(ok, all);
@@ -1132,7 +1138,7 @@ mod tests {
 
         #[test]
         fn fused_runs_match_portable((xs, rs) in runs(), (scheme, bits) in schemes(), divide in any::<bool>(), f16 in any::<bool>()) {
-            prop_assume!(enabled());
+            let Some(t) = Avx512::new() else { return Ok(()) };
             prop_assume!(rs.iter().all(|r| !r.is_empty()));
             let mode = if divide { ScaleMode::Divide } else { ScaleMode::Reciprocal };
             let dtype = if f16 { ParamDtype::F16 } else { ParamDtype::Native };
@@ -1140,7 +1146,7 @@ mod tests {
             let grid = Grid { scheme, bits, divide, f16 };
             let mut codes = vec![0u8; xs.len()];
             let mut params = Vec::new();
-            prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut codes, 0, |p| params.push(p)));
+            prop_assert!(fused_runs(t, &xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut codes, 0, |p| params.push(p)));
             let mut want = vec![0u8; xs.len()];
             for (r, got) in rs.iter().zip(&params) {
                 let (lo, hi) = range::min_max(&xs[r.clone()]).map_err(|_| TestCaseError::fail("finite input"))?;
@@ -1163,7 +1169,7 @@ mod tests {
             f16 in any::<bool>(),
             poison in prop::option::of((any::<prop::sample::Index>(), prop_oneof![Just(f32::NAN), Just(f32::INFINITY), Just(f32::NEG_INFINITY)])),
         ) {
-            prop_assume!(enabled());
+            let Some(t) = Avx512::new() else { return Ok(()) };
             // Runs first..first + n of `len` values; the data repeats `seed` with a stride
             // prime to its length, so every run differs.
             let mut xs: Vec<f32> = (0..(first + n) * len).map(|i| seed[(i * 7 + i / 64) % 64]).map(|x| if nonneg && x != 0.0 { x.abs() } else { x }).collect();
@@ -1178,7 +1184,7 @@ mod tests {
             let base = first * len;
             let mut codes = vec![0u8; n * len];
             let mut params = Vec::new();
-            let ok = fused_equal(&xs, first..first + n, len, &grid, Codes::Bytes, &mut codes, |p| params.push(p));
+            let ok = fused_equal(t, &xs, first..first + n, len, &grid, Codes::Bytes, &mut codes, |p| params.push(p));
             prop_assert_eq!(ok, poison.is_none());
             if !ok {
                 return Ok(());
@@ -1197,7 +1203,7 @@ mod tests {
             if bits == 4 {
                 let mut packed = vec![0u8; packed_len(n * len, 4)];
                 let mut again = Vec::new();
-                prop_assert!(fused_equal(&xs, first..first + n, len, &grid, Codes::Nibbles, &mut packed, |p| again.push(p)));
+                prop_assert!(fused_equal(t, &xs, first..first + n, len, &grid, Codes::Nibbles, &mut packed, |p| again.push(p)));
                 let mut want_packed = vec![0u8; packed.len()];
                 pack_into(&want, 4, &mut want_packed);
                 prop_assert_eq!(packed, want_packed);
@@ -1207,29 +1213,29 @@ mod tests {
 
         #[test]
         fn fused_runs_pack_nibbles_as_pack_into((xs, rs) in runs_of(2), scheme in prop_oneof![Just(Scheme::AsymmetricGrid), Just(Scheme::SymmetricNarrow)]) {
-            prop_assume!(enabled());
+            let Some(t) = Avx512::new() else { return Ok(()) };
             prop_assume!(rs.iter().all(|r| !r.is_empty()));
             let grid = Grid { scheme, bits: 4, divide: false, f16: false };
             let mut bytes = vec![0u8; xs.len()];
-            prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut bytes, 0, |_| ()));
+            prop_assert!(fused_runs(t, &xs, rs.iter().cloned(), &grid, Codes::Bytes, &mut bytes, 0, |_| ()));
             let mut want = vec![0u8; packed_len(xs.len(), 4)];
             pack_into(&bytes, 4, &mut want);
             let mut got = vec![0u8; want.len()];
             let mut params = Vec::new();
-            prop_assert!(fused_runs(&xs, rs.iter().cloned(), &grid, Codes::Nibbles, &mut got, 0, |p| params.push(p)));
+            prop_assert!(fused_runs(t, &xs, rs.iter().cloned(), &grid, Codes::Nibbles, &mut got, 0, |p| params.push(p)));
             prop_assert_eq!(&got, &want);
             // Dequantizing from the packed nibbles equals dequantizing the bytes.
             let runs = || rs.iter().cloned().zip(params.iter().copied());
             let (mut from_nibbles, mut from_bytes) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
-            dequantize_runs(&got, Codes::Nibbles, runs(), &mut from_nibbles);
-            dequantize_runs(&bytes, Codes::Bytes, runs(), &mut from_bytes);
+            dequantize_runs(t, &got, Codes::Nibbles, runs(), &mut from_nibbles);
+            dequantize_runs(t, &bytes, Codes::Bytes, runs(), &mut from_bytes);
             let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits_of(&from_nibbles), bits_of(&from_bytes));
         }
 
         #[test]
         fn dequantize_runs_match_portable((xs, rs) in runs(), (scheme, bits) in schemes(), dtype in prop_oneof![Just(ParamDtype::Native), Just(ParamDtype::F16), Just(ParamDtype::Bf16)]) {
-            prop_assume!(enabled());
+            let Some(t) = Avx512::new() else { return Ok(()) };
             prop_assume!(rs.iter().all(|r| !r.is_empty()));
             let spec = UniformSpec::builder().bits(bits).scheme(scheme).param_dtype(dtype).check().map_err(|e| TestCaseError::fail(e.to_string()))?;
             let mut params = Vec::new();
@@ -1244,7 +1250,7 @@ mod tests {
                 params.push(p);
             }
             let mut back = vec![0f32; xs.len()];
-            dequantize_runs(&codes, Codes::Bytes, rs.iter().cloned().zip(params.iter().copied()), &mut back);
+            dequantize_runs(t, &codes, Codes::Bytes, rs.iter().cloned().zip(params.iter().copied()), &mut back);
             let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits_of(&back), bits_of(&want));
         }
@@ -1257,7 +1263,7 @@ mod tests {
             extra in 0usize..128,
             (nibbles, stream, offset) in (any::<bool>(), any::<bool>(), 0usize..16),
         ) {
-            prop_assume!(enabled());
+            let Some(t) = Avx512::new() else { return Ok(()) };
             let extra = extra % len;
             // Steps of every size and sign of zero offset; zero points across the code range.
             let zmax = if nibbles { 16 } else { 256 };
@@ -1278,7 +1284,7 @@ mod tests {
             // A partial run at the end of `out` is left alone, and so is everything outside
             // it; `offset` moves `out` against 64-byte lines (the streaming stores' unit).
             let mut buf = vec![f32::NAN; offset + n + extra + 16];
-            dequantize_equal_runs(codes, layout, len, params.iter().copied(), &mut buf[offset..offset + n + extra], stream);
+            dequantize_equal_runs(t, codes, layout, len, params.iter().copied(), &mut buf[offset..offset + n + extra], stream);
             let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits_of(&buf[offset..offset + n]), bits_of(&want));
             prop_assert!(buf[..offset].iter().chain(&buf[offset + n..]).all(|x| x.is_nan()));
@@ -1286,14 +1292,14 @@ mod tests {
 
         #[test]
         fn pack4_and_unpack4_match_portable(codes in prop::collection::vec(0u8..16, 0..400)) {
-            prop_assume!(enabled());
+            let Some(t) = Avx512::new() else { return Ok(()) };
             let n = packed_len(codes.len(), 4);
             let (mut got, mut want) = (vec![0u8; n], vec![0u8; n]);
-            pack4(&codes, &mut got);
+            pack4(t, &codes, &mut got);
             pack_into(&codes, 4, &mut want);
             prop_assert_eq!(&got, &want);
             let (mut back, mut want_back) = (vec![0u8; codes.len()], vec![0u8; codes.len()]);
-            unpack4(&got, &mut back);
+            unpack4(t, &got, &mut back);
             unpack_from(&want, 4, &mut want_back);
             prop_assert_eq!(&back, &want_back);
             prop_assert_eq!(back, codes);
@@ -1302,9 +1308,7 @@ mod tests {
 
     #[test]
     fn params16_covers_extreme_ranges() {
-        if !enabled() {
-            return;
-        }
+        let Some(t) = Avx512::new() else { return };
         let edges = [0.0f32, -0.0, 1.0, -1.0, f32::MIN_POSITIVE, -1e-40, 1e-40, f32::MAX, -f32::MAX, 1e38, -3e38, 0.5, 7.0];
         let edges: Vec<f32> = edges.into_iter().chain([65504.0, -32752.5, 40000.0, 1e-5, 3e-8, -6e-8]).collect();
         for (scheme, bits, f16) in [Scheme::AsymmetricGrid, Scheme::AsymmetricExactZero, Scheme::SymmetricNarrow, Scheme::SymmetricFull]
@@ -1323,6 +1327,7 @@ mod tests {
                         let mut codes = [0u8; 4];
                         let one_run = [Range { start: 0, end: 4 }];
                         assert!(fused_runs(
+                            t,
                             &xs,
                             one_run.into_iter(),
                             &Grid { scheme, bits, divide: false, f16 },

@@ -198,8 +198,8 @@ fn fit_runs_portable<F: Float>(
         let xs = &data[k * len..(k + w) * len];
         let start = start.map(|s| &s[k..]);
         let finite = if w == LANES {
-            match (F::as_f32_slice(xs), F::as_f32_slice_mut(cols.as_flattened_mut())) {
-                (Some(src), Some(dst)) if crate::simd::enabled() => crate::simd::transpose16(src, len, dst),
+            match (crate::simd::Avx512::new(), F::as_f32_slice(xs), F::as_f32_slice_mut(cols.as_flattened_mut())) {
+                (Some(t), Some(src), Some(dst)) => crate::simd::transpose16(t, src, len, dst),
                 _ => {
                     for (k, row) in cols.iter_mut().enumerate() {
                         for (g, v) in row.iter_mut().enumerate() {

@@ -114,10 +114,10 @@ impl<F: Float> QuantizedTensor<F> {
         let Ok(layout) = self.params.layout_for(&self.shape) else { return };
         let bits = self.bits();
         let bytes = self.codes.as_bytes();
-        if simd::enabled()
+        if let Some(t) = simd::Avx512::new()
             && let Some(out) = F::as_f32_slice_mut(out)
         {
-            return self.dequantize_simd(&layout, bytes, out);
+            return self.dequantize_simd(t, &layout, bytes, out);
         }
         let kernels = self.params.kernels();
         let chunks: Vec<(usize, &mut [F])> = out.chunks_mut(BATCH).enumerate().collect();
@@ -140,7 +140,7 @@ const STREAM_FROM: usize = 1 << 22;
 
 impl<F: Float> QuantizedTensor<F> {
     /// [`Self::dequantize_slice`] with the AVX-512 kernels: the same values.
-    fn dequantize_simd(&self, layout: &Layout, bytes: &[u8], out: &mut [f32]) {
+    fn dequantize_simd(&self, t: simd::Avx512, layout: &Layout, bytes: &[u8], out: &mut [f32]) {
         let bits = self.bits();
         let slices = self.params.slices();
         let nibbles = layout.equal_runs().is_some_and(|len| len.is_multiple_of(2));
@@ -158,7 +158,7 @@ impl<F: Float> QuantizedTensor<F> {
                 _ => {
                     buf.resize(chunk.len(), 0);
                     if bits == 4 {
-                        simd::unpack4(from, &mut buf)
+                        simd::unpack4(t, from, &mut buf)
                     } else {
                         unpack_from(from, bits, &mut buf)
                     }
@@ -175,18 +175,18 @@ impl<F: Float> QuantizedTensor<F> {
                 // Chunks are whole runs when `len` divides BATCH.
                 if len.is_multiple_of(16) && BATCH.is_multiple_of(len) {
                     let params = slices[first..].iter().map(|p| p.to_f32());
-                    return simd::dequantize_equal_runs(codes, codes_layout, len, params, chunk, stream);
+                    return simd::dequantize_equal_runs(t, codes, codes_layout, len, params, chunk, stream);
                 }
                 let runs = (first..).map(|k| k * len..(k + 1) * len).zip(&slices[first..]).map_while(clip);
-                simd::dequantize_runs(codes, codes_layout, runs, chunk);
+                simd::dequantize_runs(t, codes, codes_layout, runs, chunk);
             } else if layout.contiguous_runs().is_some() {
                 let (first, _) = layout.segment(start, end);
                 let runs = layout.runs_from(first).zip(&slices[first..]).map_while(clip);
-                simd::dequantize_runs(codes, codes_layout, runs, chunk);
+                simd::dequantize_runs(t, codes, codes_layout, runs, chunk);
             } else {
                 let mut segs = Vec::new();
                 layout.for_each_segment(start..end, |p, seg| segs.push((seg.start - start..seg.end - start, slices[p].to_f32())));
-                simd::dequantize_runs(codes, codes_layout, segs.into_iter(), chunk);
+                simd::dequantize_runs(t, codes, codes_layout, segs.into_iter(), chunk);
             }
         });
     }

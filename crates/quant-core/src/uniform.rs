@@ -188,8 +188,10 @@ pub(crate) fn write_codes<T>(bits: u8, len: usize, out: &mut [u8], fill: impl Fn
     }
     let mut buf = vec![0u8; len];
     let result = fill(&mut buf);
-    if bits == 4 && simd::enabled() {
-        simd::pack4(&buf, out)
+    if bits == 4
+        && let Some(t) = simd::Avx512::new()
+    {
+        simd::pack4(t, &buf, out)
     } else {
         pack_into(&buf, bits, out)
     }
@@ -256,15 +258,16 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
     let params = par::split_lengths(&mut slices, batches.iter().map(|(rs, _)| rs.len()));
     // The AVX-512 pass covers f32 with min-max ranges, half-even rounding and f32 or f16
     // steps; everything else (bf16 steps included) takes the portable loop below.
-    let fast = simd::enabled()
-        && spec.rounding() == Rounding::HalfEven
-        && spec.range() == RangeEstimator::MinMax
-        && matches!(spec.param_dtype(), ParamDtype::Native | ParamDtype::F16);
+    let fast = simd::Avx512::new().filter(|_| {
+        spec.rounding() == Rounding::HalfEven
+            && spec.range() == RangeEstimator::MinMax
+            && matches!(spec.param_dtype(), ParamDtype::Native | ParamDtype::F16)
+    });
     let items: Vec<_> = batches.into_iter().zip(outs.into_iter().zip(params)).collect();
     let parts = par::map(items, |((rs, es), (out, params))| {
-        if let Some(xs) = F::as_f32_slice(data).filter(|_| fast) {
+        if let (Some(t), Some(xs)) = (fast, F::as_f32_slice(data)) {
             // A non-finite value sends the item down the portable path, which reports it.
-            if fused_item_simd(xs, layout, rs.start, es.clone(), spec, out, params) {
+            if fused_item_simd(t, xs, layout, rs.start, es.clone(), spec, out, params) {
                 return Ok(());
             }
         }
@@ -293,7 +296,9 @@ fn fused_quantize<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec, run
 /// rounding, f32 or f16 steps): the runs from `first` on, covering elements `es`, get the same parameters (in
 /// `params`) and codes as on the portable path. `false` when the item holds a non-finite
 /// value; the caller then redoes the item on the portable path, which reports it.
+#[allow(clippy::too_many_arguments)]
 fn fused_item_simd<F: Float>(
+    t: simd::Avx512,
     xs: &[f32],
     layout: &Layout,
     first: usize,
@@ -319,14 +324,14 @@ fn fused_item_simd<F: Float>(
             debug_assert_eq!(es.start, first * len);
             let runs = first..first + n;
             if spec.bits() == 4 && len.is_multiple_of(2) {
-                simd::fused_equal(xs, runs, len, &grid, simd::Codes::Nibbles, out, push)
+                simd::fused_equal(t, xs, runs, len, &grid, simd::Codes::Nibbles, out, push)
             } else {
-                write_codes(spec.bits(), es.len(), out, |codes| simd::fused_equal(xs, runs, len, &grid, simd::Codes::Bytes, codes, push))
+                write_codes(spec.bits(), es.len(), out, |codes| simd::fused_equal(t, xs, runs, len, &grid, simd::Codes::Bytes, codes, push))
             }
         }
         None => {
             let runs = layout.runs_from(first).take(n);
-            write_codes(spec.bits(), es.len(), out, |codes| simd::fused_runs(xs, runs, &grid, simd::Codes::Bytes, codes, es.start, push))
+            write_codes(spec.bits(), es.len(), out, |codes| simd::fused_runs(t, xs, runs, &grid, simd::Codes::Bytes, codes, es.start, push))
         }
     }
 }

@@ -20,16 +20,10 @@ const KC: usize = 256;
 /// Rows of `A` per kernel call.
 const MR: usize = 6;
 
-/// Whether this CPU runs the kernels.
-pub(crate) fn enabled() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+quant_core::cpu_token! {
+    /// AVX-512F, the only feature the dual product kernels enable; detected here and
+    /// nowhere else in this crate.
+    pub(crate) struct Avx512F = ["avx512f"];
 }
 
 /// The left operand: a dual matrix or a constant one, as a base pointer with strides in
@@ -64,10 +58,10 @@ pub(crate) trait Lanes: Copy + Default + 'static {
     /// `rows` (1 to [`MR`]) rows of `C` times one panel; see `x86::kernel_*`.
     ///
     /// # Safety
-    /// As the kernels: AVX-512F available, `a` addressing `rows × kc` elements, `panel`
+    /// As the kernels (AVX-512F is proven by `t`): `a` addressing `rows × kc` elements, `panel`
     /// holding `kc · 2·NR` values, `c` addressing `rows` rows of `cols` duals `ldc` apart.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn kernel(rows: usize, a: Left<Self>, kc: usize, panel: &[Self], c: *mut Self, ldc: usize, cols: usize, load: bool);
+    unsafe fn kernel(t: Avx512F, rows: usize, a: Left<Self>, kc: usize, panel: &[Self], c: *mut Self, ldc: usize, cols: usize, load: bool);
 }
 
 /// `out = a · b` (or `+=` when `accumulate`) for a dual `a`. `false` (nothing written) when
@@ -93,7 +87,8 @@ pub(crate) fn matmul_constant<T: Lanes>(
 }
 
 fn product<T: Lanes>(a: Left<T>, b: ArrayView2<'_, Dual<T>>, accumulate: bool, mut out: ArrayViewMut2<'_, Dual<T>>) -> bool {
-    if !enabled() || !out.is_standard_layout() || a.depth != b.nrows() || out.dim() != (a.rows, b.ncols()) {
+    let Some(t) = Avx512F::new() else { return false };
+    if !out.is_standard_layout() || a.depth != b.nrows() || out.dim() != (a.rows, b.ncols()) {
         return false;
     }
     let (m, n) = out.dim();
@@ -124,10 +119,10 @@ fn product<T: Lanes>(a: Left<T>, b: ArrayView2<'_, Dual<T>>, accumulate: bool, m
                 // (checked shapes); `c` points at `out`'s contiguous `m × n` duals (standard
                 // layout checked above), and the kernel reads and writes `rows` rows of
                 // `cols` duals starting at column `j0`, all inside it. The kernels need
-                // AVX-512F, which `enabled()` confirmed.
+                // AVX-512F, which the token `t` proves.
                 unsafe {
                     let a_at = Left { ptr: a.ptr.offset(i as isize * a.row_stride + k0 as isize * a.col_stride), ..a };
-                    T::kernel(MR.min(m - i), a_at, kc, panel, c.add(2 * (i * n + j0)), 2 * n, cols, load);
+                    T::kernel(t, MR.min(m - i), a_at, kc, panel, c.add(2 * (i * n + j0)), 2 * n, cols, load);
                 }
             }
         }
@@ -155,21 +150,31 @@ macro_rules! dual_kernel {
         impl Lanes for $t {
             const NR: usize = $nr;
 
-            unsafe fn kernel(rows: usize, a: Left<Self>, kc: usize, panel: &[Self], c: *mut Self, ldc: usize, cols: usize, load: bool) {
+            unsafe fn kernel(
+                t: Avx512F,
+                rows: usize,
+                a: Left<Self>,
+                kc: usize,
+                panel: &[Self],
+                c: *mut Self,
+                ldc: usize,
+                cols: usize,
+                load: bool,
+            ) {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: the caller's contract is the kernels'.
                 unsafe {
                     match rows {
-                        6 => Kernels::$kernel::<6>(a, kc, panel, c, ldc, cols, load),
-                        5 => Kernels::$kernel::<5>(a, kc, panel, c, ldc, cols, load),
-                        4 => Kernels::$kernel::<4>(a, kc, panel, c, ldc, cols, load),
-                        3 => Kernels::$kernel::<3>(a, kc, panel, c, ldc, cols, load),
-                        2 => Kernels::$kernel::<2>(a, kc, panel, c, ldc, cols, load),
-                        _ => Kernels::$kernel::<1>(a, kc, panel, c, ldc, cols, load),
+                        6 => Kernels::$kernel::<6>(t, a, kc, panel, c, ldc, cols, load),
+                        5 => Kernels::$kernel::<5>(t, a, kc, panel, c, ldc, cols, load),
+                        4 => Kernels::$kernel::<4>(t, a, kc, panel, c, ldc, cols, load),
+                        3 => Kernels::$kernel::<3>(t, a, kc, panel, c, ldc, cols, load),
+                        2 => Kernels::$kernel::<2>(t, a, kc, panel, c, ldc, cols, load),
+                        _ => Kernels::$kernel::<1>(t, a, kc, panel, c, ldc, cols, load),
                     }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                let _ = (rows, a, kc, panel, c, ldc, cols, load);
+                let _ = (t, rows, a, kc, panel, c, ldc, cols, load);
             }
         }
 
@@ -184,7 +189,16 @@ macro_rules! dual_kernel {
             /// of at least `cols` duals (`2·cols` values) each, `ldc` values apart.
             #[target_feature(enable = "avx512f")]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn $kernel<const R: usize>(a: Left<$t>, kc: usize, panel: &[$t], c: *mut $t, ldc: usize, cols: usize, load: bool) {
+            unsafe fn $kernel<const R: usize>(
+                _t: Avx512F,
+                a: Left<$t>,
+                kc: usize,
+                panel: &[$t],
+                c: *mut $t,
+                ldc: usize,
+                cols: usize,
+                load: bool,
+            ) {
                 use core::arch::x86_64::*;
                 const NR: usize = $nr;
                 // Lanes of the two dual-layout vectors (NR/2 duals each) that hold columns.
@@ -347,10 +361,16 @@ mod tests {
 
     #[test]
     fn dual_products_match_the_reference_for_every_shape_and_layout() {
-        if enabled() {
+        if Avx512F::new().is_some() {
             products_match::<f32>();
             products_match::<f64>();
         }
+    }
+
+    #[test]
+    fn every_kernel_enables_only_what_its_token_checked() {
+        let bad = quant_core::target_feature_violations(&[("dualmm.rs", include_str!("dualmm.rs"))], &[("Avx512F", Avx512F::FEATURES)]);
+        assert!(bad.is_empty(), "{bad:#?}");
     }
 
     #[test]

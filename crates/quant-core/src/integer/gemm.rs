@@ -7,6 +7,7 @@
 //! [`gemm_i8_reference`].
 
 use super::FixedMultiplier;
+use crate::cpu::{Avx2, Avx512Dq, Avx512Vnni};
 
 /// Elements of `k` per kernel step.
 const STEP: usize = 32;
@@ -102,19 +103,22 @@ fn gemm_with(choice: KernelChoice, x: &[i8], w: &PackedWeights, batch: usize, k:
     }
     #[cfg(target_arch = "x86_64")]
     {
-        if choice == KernelChoice::Best && std::is_x86_feature_detected!("avx512bw") && std::is_x86_feature_detected!("avx512vnni") {
-            // SAFETY: the CPU supports AVX-512BW and VNNI (checked just above), the only
-            // requirement of this safe function's `target_feature` attribute.
+        if choice == KernelChoice::Best
+            && let Some(t) = Avx512Vnni::new()
+        {
+            // SAFETY: `t` proves AVX-512F, BW and VNNI, the features the kernel enables.
             #[allow(unsafe_code)]
             unsafe {
-                return kernel_avx512(&x16, &w.data, batch, k_pad, out, acc);
+                return kernel_avx512(t, &x16, &w.data, batch, k_pad, out, acc);
             }
         }
-        if choice != KernelChoice::Portable && std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
+        if choice != KernelChoice::Portable
+            && let Some(t) = Avx2::new()
+        {
+            // SAFETY: `t` proves AVX2, the feature the kernel enables.
             #[allow(unsafe_code)]
             unsafe {
-                return kernel_avx2(&x16, &w.data, batch, k_pad, out, acc);
+                return kernel_avx2(t, &x16, &w.data, batch, k_pad, out, acc);
             }
         }
     }
@@ -124,7 +128,8 @@ fn gemm_with(choice: KernelChoice, x: &[i8], w: &PackedWeights, batch: usize, k:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512bw,avx512f,avx512vnni")]
-fn kernel_avx512(x: &[i16], w: &[i16], batch: usize, k_pad: usize, out: usize, acc: &mut [i32]) {
+#[allow(clippy::too_many_arguments)]
+fn kernel_avx512(_t: Avx512Vnni, x: &[i16], w: &[i16], batch: usize, k_pad: usize, out: usize, acc: &mut [i32]) {
     use core::arch::x86_64::{__m512i, _mm512_dpwssd_epi32, _mm512_loadu_si512, _mm512_reduce_add_epi32, _mm512_setzero_si512};
     /// 32 i16 values as one vector.
     #[inline(always)]
@@ -159,7 +164,8 @@ fn kernel_avx512(x: &[i16], w: &[i16], batch: usize, k_pad: usize, out: usize, a
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn kernel_avx2(x: &[i16], w: &[i16], batch: usize, k_pad: usize, out: usize, acc: &mut [i32]) {
+#[allow(clippy::too_many_arguments)]
+fn kernel_avx2(_t: Avx2, x: &[i16], w: &[i16], batch: usize, k_pad: usize, out: usize, acc: &mut [i32]) {
     kernel(x, w, batch, k_pad, out, acc);
 }
 
@@ -223,11 +229,13 @@ fn micro(x: [&[i16]; MR], w: [&[i16]; NR], k_pad: usize) -> [[i32; NR]; MR] {
 pub(crate) fn requantize(acc: &[i32], out: &mut [i8], m: &[FixedMultiplier], zy: i32, lo: i32) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512dq") {
-            // SAFETY: the CPU supports AVX-512F and DQ (checked just above).
+        // The kernel enables VL as well: the token checks all three (checking F and DQ alone
+        // reached it on a CPU without VL, which is undefined behaviour).
+        if let Some(t) = Avx512Dq::new() {
+            // SAFETY: `t` proves AVX-512F, DQ and VL, the features the kernel enables.
             #[allow(unsafe_code)]
             unsafe {
-                return requantize_avx512(acc, out, m, zy, lo);
+                return requantize_avx512(t, acc, out, m, zy, lo);
             }
         }
     }
@@ -236,7 +244,7 @@ pub(crate) fn requantize(acc: &[i32], out: &mut [i8], m: &[FixedMultiplier], zy:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-fn requantize_avx512(acc: &[i32], out: &mut [i8], m: &[FixedMultiplier], zy: i32, lo: i32) {
+fn requantize_avx512(_t: Avx512Dq, acc: &[i32], out: &mut [i8], m: &[FixedMultiplier], zy: i32, lo: i32) {
     requantize_body(acc, out, m, zy, lo);
 }
 
