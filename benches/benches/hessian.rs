@@ -4,8 +4,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array1;
-use quant::hessian::models::Activation;
 use quant::hessian::{Autodiff, Batch, Model, Real, finite_difference_hvp};
+use quant::models::Activation;
 use quant_benches::digits_mlp;
 
 fn bench<F: Real<Base = F>>(c: &mut Criterion, name: &str, activation: Activation) {

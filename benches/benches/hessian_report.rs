@@ -7,8 +7,8 @@
 use std::cell::RefCell;
 
 use ndarray::{ArrayView1, ArrayViewMut1};
-use quant::hessian::models::Activation;
 use quant::hessian::{Batch, FnOperator, HessianError, HessianOperator, Lanczos, LinearOperator, OperatorExt, PowerIteration};
+use quant::models::Activation;
 use quant_benches::digits_mlp;
 
 fn lanczos_top<O: LinearOperator<f64>>(op: &O, steps: usize, tol: f64) -> Result<f64, HessianError> {

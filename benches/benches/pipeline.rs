@@ -5,8 +5,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::Array1;
-use quant::hessian::models::{Encoder, EncoderConfig};
 use quant::hessian::{Autodiff, Batch, Model};
+use quant::models::{Encoder, EncoderConfig};
 use quant::pipeline::{Grouping, PipelineParams, QbertPipeline, Strategy};
 use quant::train::{TrainParams, train};
 

@@ -1,8 +1,8 @@
 //! Exact HVPs of the digits encoder on 64 samples in a loop, for a profiler.
 
 use ndarray::Array1;
-use quant::hessian::models::{Encoder, EncoderConfig};
 use quant::hessian::{Autodiff, Batch, Model};
+use quant::models::{Encoder, EncoderConfig};
 
 fn main() -> Result<(), quant::Error> {
     let d = quant::data::digits()?;

@@ -2,8 +2,8 @@
 //! `cargo build --release -p quant-benches --example hvp_profile && perf record target/release/examples/hvp_profile`.
 
 use ndarray::Array1;
-use quant::hessian::models::Activation;
 use quant::hessian::{Autodiff, Batch, Model};
+use quant::models::Activation;
 
 fn main() -> Result<(), quant::hessian::HessianError> {
     let (m, w) = quant_benches::digits_mlp::<f32>(Activation::Gelu);

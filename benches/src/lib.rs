@@ -30,10 +30,8 @@ pub fn heavy_tailed_weights(n: usize, seed: u64) -> Vec<f64> {
 
 /// The digits MLP of the Hessian benches (64-128-128-10 with the given activation, all 1797
 /// samples, pixels scaled to [0, 1]) in `F`, with seeded initial parameters.
-pub fn digits_mlp<F: quant::hessian::Real<Base = F>>(
-    activation: quant::hessian::models::Activation,
-) -> (quant::hessian::models::Mlp<F>, ndarray::Array1<F>) {
-    use quant::hessian::models::Mlp;
+pub fn digits_mlp<F: quant::hessian::Real<Base = F>>(activation: quant::models::Activation) -> (quant::models::Mlp<F>, ndarray::Array1<F>) {
+    use quant::models::Mlp;
     let d = quant::data::digits().unwrap_or_else(|e| panic!("embedded digits data: {e}"));
     let x = d.images.mapv(|p| F::cast(f64::from(p) / 16.0));
     let labels: Vec<usize> = d.labels.iter().map(|&l| usize::from(l)).collect();

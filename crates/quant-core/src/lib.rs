@@ -59,7 +59,7 @@ mod par;
 mod params;
 pub mod ptq;
 mod range;
-mod rng;
+pub mod rng;
 #[macro_use]
 mod simd;
 mod spec;

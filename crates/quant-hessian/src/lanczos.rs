@@ -9,7 +9,7 @@ use crate::error::{HessianError, Result, check_at_least, check_tol};
 use crate::linalg::{normalize, orthogonalize, solver_dim};
 use crate::operator::LinearOperator;
 use crate::power::{apply_checked, stack};
-use crate::rng;
+use quant_core::rng;
 
 /// A Krylov basis `Q` and the tridiagonal `T = Qᵀ A Q` (diagonal `alpha`, off-diagonal `beta`).
 pub(crate) struct Krylov<F> {

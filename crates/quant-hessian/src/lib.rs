@@ -13,16 +13,21 @@
 //! tangent `H v` (forward over reverse). Models that only have a gradient get a central
 //! finite difference ([`finite_difference_hvp`]).
 //!
+//! Reference models (a quadratic, an MLP, a small BERT-style encoder) live in the
+//! `quant-models` crate.
+//!
 //! ## Quick start
 //! ```
-//! use ndarray::array;
-//! use quant_hessian::models::Quadratic;
-//! use quant_hessian::{Batch, HessianOperator, Lanczos, OperatorExt, PowerIteration};
+//! use ndarray::{array, ArrayView1, ArrayViewMut1};
+//! use quant_hessian::{FnOperator, Lanczos, OperatorExt, PowerIteration};
 //!
+//! // Any symmetric operator: here a small matrix (in practice a model's Hessian,
+//! // `HessianOperator::full(&model, w, batch)?`).
 //! let a = array![[4.0, 1.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, -2.0]];
-//! let model = Quadratic::new(&a, &array![0.0, 0.0, 0.0])?;
-//! let w = array![0.5, -1.0, 2.0];
-//! let h = HessianOperator::full(&model, w.view(), Batch::All)?;
+//! let h = FnOperator::new(3, |x: ArrayView1<'_, f64>, mut out: ArrayViewMut1<'_, f64>| {
+//!     out.assign(&a.dot(&x));
+//!     Ok(())
+//! });
 //!
 //! let top = h.power_iteration(&PowerIteration::builder().tol(1e-10).max_iter(1000).check()?)?;
 //! assert!((top.values[0] - (3.5 + 5f64.sqrt() / 2.0)).abs() < 1e-8);
@@ -44,12 +49,10 @@ mod ext;
 mod lanczos;
 mod linalg;
 mod model;
-pub mod models;
 mod operator;
 mod power;
 mod qbert;
 mod real;
-mod rng;
 mod trace;
 
 pub use dual::Dual;

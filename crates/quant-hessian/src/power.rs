@@ -7,7 +7,7 @@ use crate::eigen::Eigenpairs;
 use crate::error::{HessianError, Result, check_at_least, check_finite, check_tol};
 use crate::linalg::{norm, normalize, orthogonalize, solver_dim};
 use crate::operator::LinearOperator;
-use crate::rng;
+use quant_core::rng;
 
 /// Validated parameters of power iteration.
 ///

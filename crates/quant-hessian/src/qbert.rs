@@ -9,7 +9,7 @@ use crate::lanczos::Lanczos;
 use crate::model::{Autodiff, Batch};
 use crate::operator::HessianOperator;
 use crate::power::PowerIteration;
-use crate::rng;
+use quant_core::rng;
 
 /// Splits `0..samples` into `subsets` disjoint subsets of near-equal size (sizes differ by
 /// at most one) after a seeded shuffle. Each subset is sorted.
@@ -93,7 +93,7 @@ impl QbertParams {
     /// The solver seed of the pair (block `block`, subset `subset`): a hash of the run's seed
     /// and the pair, so each pair's result is fixed before any thread runs.
     pub fn pair_seed(&self, block: usize, subset: usize) -> u64 {
-        self.seed ^ rng::unit_bits(self.seed, block as u64, subset as u64)
+        self.seed ^ rng::mix(self.seed, block as u64, subset as u64)
     }
 }
 

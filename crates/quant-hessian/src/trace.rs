@@ -7,7 +7,7 @@ use crate::error::{Result, check_at_least, check_tol};
 use crate::linalg::{orthogonalize, solver_dim};
 use crate::operator::LinearOperator;
 use crate::power::apply_checked;
-use crate::rng;
+use quant_core::rng;
 
 /// A stochastic trace estimate with its standard error.
 #[derive(Debug, Clone, Copy, PartialEq)]

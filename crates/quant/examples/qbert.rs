@@ -12,7 +12,7 @@
 use std::time::Instant;
 
 use quant::hessian::Batch;
-use quant::hessian::models::{Encoder, EncoderConfig};
+use quant::models::{Encoder, EncoderConfig};
 use quant::pipeline::{PipelineParams, QbertPipeline};
 use quant::train::{TrainParams, train};
 

@@ -16,17 +16,19 @@ pub enum Error {
     /// From `quant-mixed`.
     #[error(transparent)]
     Mixed(#[from] quant_mixed::MixedError),
-    /// A pipeline or training parameter out of range.
-    #[error("invalid {what}: {value}")]
-    InvalidParameter {
-        /// Which parameter.
-        what: &'static str,
-        /// Its value.
-        value: f64,
-    },
-    /// From the embedded data sets.
+    /// From the Q-BERT pipeline, training and the data sets (`quant-qbert`).
     #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    Qbert(#[from] quant_qbert::QbertError),
+    /// From the quantized safetensors checkpoints.
+    #[cfg(feature = "safetensors")]
+    #[error(transparent)]
+    Checkpoint(#[from] quant_safetensors::CheckpointError),
+}
+
+impl From<quant_qbert::data::DataError> for Error {
+    fn from(e: quant_qbert::data::DataError) -> Self {
+        Error::Qbert(e.into())
+    }
 }
 
 /// `Result` with the umbrella [`Error`].

@@ -7,11 +7,13 @@
 //! |---|---|---|
 //! | [`quantizers`] | `quant-core` | the method vocabulary (`Method`, `Quantized`), uniform, k-means, ternary and binary quantizers, bit-packed tensors, STE, LSQ, calibration |
 //! | [`hessian`] | `quant-hessian` | the `Autodiff` trait, exact HVPs, power iteration, Lanczos, traces, Q-BERT statistics |
+//! | [`models`] | `quant-models` | reference models: quadratic, MLP, a small BERT-style encoder |
 //! | [`mixed`] | `quant-mixed` | Omega and trace sensitivities, Q-BERT ranking, exact budget-constrained allocation, Pareto frontier |
 //! | [`group`] | `quant-group` | group-wise quantization with per-group tables (in progress) |
-//! | [`data`] | this crate | the embedded UCI digits data and a seeded train/test split |
-//! | [`train`] | this crate | Adam training and quantization-aware fine-tuning (STE) |
-//! | [`pipeline`] | this crate | the Q-BERT pipeline: sensitivity, allocation, group-wise quantization, report |
+//! | `checkpoint` | `quant-safetensors` | quantized safetensors checkpoints (feature `safetensors`) |
+//! | [`data`] | `quant-qbert` | the embedded UCI digits data and a seeded train/test split |
+//! | [`train`] | `quant-qbert` | Adam training and quantization-aware fine-tuning (STE) |
+//! | [`pipeline`] | `quant-qbert` | the Q-BERT pipeline: sensitivity, allocation, group-wise quantization, report |
 //!
 //! ## Quick start
 //! ```
@@ -27,16 +29,12 @@
 //! ## Features
 //! - `rayon` (default): parallel quantization and Q-BERT statistics; results are identical
 //!   without it.
-//! - `serde`: serialize allocations, layer specs and sensitivities.
+//! - `serde` (default): serialize specs, allocations, layer specs, sensitivities and pipeline
+//!   reports.
+//! - `digits` (default): the embedded UCI digits data (`data::digits`).
+//! - `safetensors`: quantized safetensors checkpoints (`checkpoint`).
 
-#[cfg(feature = "safetensors")]
-pub mod checkpoint;
 mod error;
-
-pub mod data;
-pub mod pipeline;
-mod plot;
-pub mod train;
 
 pub use error::{Error, Result};
 
@@ -53,10 +51,41 @@ pub mod hessian {
     pub use quant_hessian::*;
 }
 
+/// Reference models, differentiable exactly through the Hessian engine: a quadratic, an MLP
+/// and a small BERT-style encoder (the `quant-models` crate).
+pub mod models {
+    pub use quant_models::*;
+}
+
 /// Sensitivity metrics and bit allocation: Omega, HAWQ-V2 trace × perturbation, Q-BERT
 /// ranking, the exact budget optimum and the Pareto frontier (the `quant-mixed` crate).
 pub mod mixed {
     pub use quant_mixed::*;
+}
+
+/// The Q-BERT pipeline: sensitivity, allocation, group-wise quantization, fine-tuning and
+/// the report (the `quant-qbert` crate).
+pub mod pipeline {
+    pub use quant_qbert::pipeline::*;
+    pub use quant_qbert::{QbertError, Result};
+}
+
+/// Adam training and quantization-aware training with the STE (the `quant-qbert` crate).
+pub mod train {
+    pub use quant_qbert::train::*;
+}
+
+/// The embedded UCI digits data (feature `digits`) and a seeded train/test split (the
+/// `quant-qbert` crate).
+pub mod data {
+    pub use quant_qbert::data::*;
+}
+
+/// Quantized safetensors checkpoints: quantize, write, read back, dequantize and report (the
+/// `quant-safetensors` crate; feature `safetensors`).
+#[cfg(feature = "safetensors")]
+pub mod checkpoint {
+    pub use quant_safetensors::*;
 }
 
 /// Group-wise quantization (the `quant-group` crate).
@@ -67,12 +96,12 @@ pub mod group {
 /// The names most programs need: the traits (float, model, operator, solver and
 /// quantizable-model traits), the uniform specs and the quantize functions.
 pub mod prelude {
-    pub use crate::pipeline::QuantizableModel;
     pub use quant_core::{
         Float, Granularity, QuantParams, QuantizedTensor, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, calibrate,
         fake_quantize, quantize, ste_backward,
     };
     pub use quant_hessian::{Autodiff, Differentiable, LinearOperator, Model, OperatorExt, Real};
+    pub use quant_qbert::pipeline::QuantizableModel;
 }
 
 /// Re-export of `ndarray`, whose arrays and views appear in every signature.
@@ -82,8 +111,3 @@ pub use ndarray;
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
-
-/// The format specification's code blocks, compiled as doctests.
-#[cfg(all(doctest, feature = "safetensors"))]
-#[doc = include_str!("../../../docs/format.md")]
-struct FormatDoctests;

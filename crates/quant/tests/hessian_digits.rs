@@ -1,8 +1,8 @@
 //! The Hessian engine on the embedded digits data: Lanczos against power iteration (HVPs
 //! counted, not time), and the exact HVP against finite differences, on a digits MLP.
 
-use quant::hessian::models::{Activation, Mlp};
 use quant::hessian::{Batch, FnOperator, HessianError, HessianOperator, Lanczos, LinearOperator, OperatorExt, PowerIteration};
+use quant::models::{Activation, Mlp};
 use quant::ndarray::{Array1, ArrayView1, ArrayViewMut1};
 use std::cell::RefCell;
 

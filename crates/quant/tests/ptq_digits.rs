@@ -1,8 +1,8 @@
 //! The post-training methods on a ReLU MLP (64-32-32-10) trained on the embedded digits:
 //! each against its plain baseline at 4-bit weights, on held-out digits.
 
-use quant::hessian::models::{Activation, Mlp};
 use quant::hessian::{Batch, Model};
+use quant::models::{Activation, Mlp};
 use quant::ndarray::{Array1, Array2, Axis, s};
 use quant::quantizers::ptq::{AdaRound, EasyQuant, correct_bias_empirical, equalize_pair};
 use quant::quantizers::{Granularity, Scheme, UniformSpec, fake_quantize};

@@ -116,7 +116,7 @@ impl QuantizableModel<f64> for MyNet {
         w: ArrayView1<'_, f64>,
         batch: Batch<'_>,
         hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, f64>),
-    ) -> quant::Result<f64> {
+    ) -> quant::pipeline::Result<f64> {
         let rows: Vec<usize> = match batch {
             Batch::All => (0..self.y.len()).collect(),
             Batch::Indices(i) => i.to_vec(),

@@ -2,9 +2,11 @@
 
 use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayViewMut1, Axis, Data, Ix1, Ix2};
 
-use crate::error::{HessianError, Result, check_finite, check_len};
-use crate::model::{Batch, Block, Differentiable, Model};
-use crate::real::Real;
+use quant_hessian::{HessianError, Result};
+
+use crate::common::{check_finite, check_len};
+use quant_hessian::Real;
+use quant_hessian::{Batch, Block, Differentiable, Model};
 
 /// The quadratic `f(w) = ½ wᵀ A w − bᵀ w` with symmetric `A`: gradient `A w − b`, Hessian
 /// `A`. It has no data; it reports one sample, and every batch gives the same loss.

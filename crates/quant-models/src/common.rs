@@ -2,8 +2,8 @@
 
 use ndarray::{Array2, ArrayView1, ArrayViewMut2, CowArray, Ix2, s};
 
-use crate::model::Block;
-use crate::real::Real;
+use quant_hessian::Block;
+use quant_hessian::Real;
 
 /// Softmax cross-entropy averaged over rows: returns the loss and turns `logits` into its
 /// gradient `(softmax − onehot(label)) / rows`.
@@ -35,10 +35,10 @@ pub(crate) fn matrix<'w, T: Real>(w: ArrayView1<'w, T>, b: &Block, rows: usize, 
 }
 
 /// Which rows of the data set a batch uses, with their labels.
-pub(crate) fn rows_and_labels(batch: crate::model::Batch<'_>, labels: &[usize]) -> (Option<Vec<usize>>, Vec<usize>) {
+pub(crate) fn rows_and_labels(batch: quant_hessian::Batch<'_>, labels: &[usize]) -> (Option<Vec<usize>>, Vec<usize>) {
     match batch {
-        crate::model::Batch::All => (None, labels.to_vec()),
-        crate::model::Batch::Indices(idx) => (Some(idx.to_vec()), idx.iter().map(|&i| labels[i]).collect()),
+        quant_hessian::Batch::All => (None, labels.to_vec()),
+        quant_hessian::Batch::Indices(idx) => (Some(idx.to_vec()), idx.iter().map(|&i| labels[i]).collect()),
     }
 }
 
@@ -50,4 +50,17 @@ pub(crate) fn accuracy_of<F: Real>(logits: ndarray::ArrayView2<'_, F>, labels: &
         .filter(|&(row, &y)| row.iter().enumerate().fold((0, F::neg_infinity()), |b, (j, &v)| if v > b.1 { (j, v) } else { b }).0 == y)
         .count();
     hits as f64 / labels.len().max(1) as f64
+}
+
+/// The first non-finite value, as the engine's typed error.
+pub(crate) fn check_finite<'a, F: quant_core::Float>(values: impl IntoIterator<Item = &'a F>) -> quant_hessian::Result<()> {
+    match values.into_iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(quant_hessian::HessianError::NonFinite { index }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a vector length.
+pub(crate) fn check_len(expected: usize, got: usize) -> quant_hessian::Result<()> {
+    if expected == got { Ok(()) } else { Err(quant_hessian::HessianError::ShapeMismatch { expected: vec![expected], got: vec![got] }) }
 }

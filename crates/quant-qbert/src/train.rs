@@ -5,7 +5,7 @@ use ndarray::{Array1, ArrayView1};
 use quant_core::Float;
 use quant_hessian::{Autodiff, Batch};
 
-use crate::error::{Error, Result};
+use crate::error::{QbertError, Result};
 
 /// A weight projection for quantization-aware training (`w ↦ Q(w)`).
 pub type Projection<'a, F> = &'a dyn Fn(ArrayView1<'_, F>) -> Result<Array1<F>>;
@@ -43,16 +43,16 @@ impl TrainParams {
     /// Checks the table's ranges.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`].
+    /// [`QbertError::InvalidParameter`].
     pub fn check(self) -> Result<Self> {
         if self.epochs == 0 {
-            return Err(Error::InvalidParameter { what: "epochs", value: 0.0 });
+            return Err(QbertError::InvalidParameter { what: "epochs", value: 0.0 });
         }
         if self.batch_size == 0 {
-            return Err(Error::InvalidParameter { what: "batch_size", value: 0.0 });
+            return Err(QbertError::InvalidParameter { what: "batch_size", value: 0.0 });
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::InvalidParameter { what: "lr", value: self.lr });
+            return Err(QbertError::InvalidParameter { what: "lr", value: self.lr });
         }
         Ok(self)
     }
@@ -75,7 +75,7 @@ pub(crate) fn shuffle(items: &mut [usize], seed: u64) {
 /// every epoch. `progress(epoch, loss)` is called after each epoch.
 ///
 /// # Errors
-/// [`Error::InvalidParameter`] for bad parameters or no samples, and the model's errors.
+/// [`QbertError::InvalidParameter`] for bad parameters or no samples, and the model's errors.
 pub fn train<F, M>(
     model: &M,
     w: &mut Array1<F>,
@@ -126,7 +126,7 @@ where
 {
     let p = params.check()?;
     if samples.is_empty() {
-        return Err(Error::InvalidParameter { what: "samples", value: 0.0 });
+        return Err(QbertError::InvalidParameter { what: "samples", value: 0.0 });
     }
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let mut m = Array1::<f64>::zeros(w.len());

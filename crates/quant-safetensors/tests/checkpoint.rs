@@ -2,13 +2,11 @@
 //! (byte flips in the header and the data, truncations, lying lengths) never panic, and the
 //! unmutated file rebuilds every tensor.
 
-#![cfg(feature = "safetensors")]
-
-use quant::checkpoint::{QuantizeOptions, exercise_reader, quantize_checkpoint};
-use quant::quantizers::{GranularityRule, MethodKind, ParamDtype};
-use quant::quantizers::{RangeEstimator, Scheme};
-use safetensors::Dtype;
-use safetensors::tensor::TensorView;
+use quant_core::{GranularityRule, MethodKind, ParamDtype};
+use quant_core::{RangeEstimator, Scheme};
+use quant_safetensors::safetensors::Dtype;
+use quant_safetensors::safetensors::tensor::TensorView;
+use quant_safetensors::{QuantizeOptions, exercise_reader, quantize_checkpoint};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -18,7 +16,7 @@ fn quantized_files(tag: &str) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>
     let w: Vec<u8> = (0..24 * 40).flat_map(|i| ((i as f32 * 0.37).sin() * 0.05).to_le_bytes()).collect();
     let b: Vec<u8> = (0..24).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
     let ids: Vec<u8> = (0..6i32).flat_map(|i| i.to_le_bytes()).collect();
-    let input = safetensors::serialize(
+    let input = quant_safetensors::safetensors::serialize(
         [
             ("a.weight", TensorView::new(Dtype::F32, vec![24, 40], &w)?),
             ("a.bias", TensorView::new(Dtype::F32, vec![24], &b)?),
@@ -108,8 +106,8 @@ fn mutated_files_never_panic() -> TestResult {
 /// along axis 2, and a tensor without that axis is an error naming it.
 #[test]
 fn channel_axes_are_checked_per_tensor() -> TestResult {
-    use quant::checkpoint::{CheckpointError, QuantizedCheckpoint};
-    use quant::quantizers::{Granularity, QuantError};
+    use quant_core::{Granularity, QuantError};
+    use quant_safetensors::{CheckpointError, QuantizedCheckpoint};
     let w: Vec<u8> = (0..2 * 3 * 8).flat_map(|i| ((i as f32 * 0.91).cos() * 0.1).to_le_bytes()).collect();
     let b: Vec<u8> = (0..8).flat_map(|i| (i as f32 * 0.1).to_le_bytes()).collect();
     let conv = TensorView::new(Dtype::F32, vec![2, 3, 8], &w)?;
@@ -118,12 +116,13 @@ fn channel_axes_are_checked_per_tensor() -> TestResult {
     let out = dir.join("q.safetensors");
     let options = QuantizeOptions { bits: 4, granularity: GranularityRule::Channel { axis: 2 }, ..Default::default() };
     options.validate()?;
-    let input = safetensors::serialize([("conv.weight", conv.clone())], None)?;
+    let input = quant_safetensors::safetensors::serialize([("conv.weight", conv.clone())], None)?;
     let report = quantize_checkpoint(&input, &out, &options, |_| true, |_| {})?;
     assert_eq!(report.tensors[0].entry.granularity, Granularity::PerChannel { axis: 2 });
     let bytes = std::fs::read(&out)?;
     assert_eq!(QuantizedCheckpoint::parse(&bytes)?.dequantize("conv.weight")?.shape(), &[2, 3, 8]);
-    let input = safetensors::serialize([("conv.weight", conv), ("conv.bias", TensorView::new(Dtype::F32, vec![8], &b)?)], None)?;
+    let input =
+        quant_safetensors::safetensors::serialize([("conv.weight", conv), ("conv.bias", TensorView::new(Dtype::F32, vec![8], &b)?)], None)?;
     let err = quantize_checkpoint(&input, &out, &options, |_| true, |_| {});
     assert!(
         matches!(&err, Err(CheckpointError::Unsupported { name, source: QuantError::InvalidAxis { axis: 2, ndim: 1 } }) if name == "conv.bias"),

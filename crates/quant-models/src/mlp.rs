@@ -3,11 +3,13 @@
 
 use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, s};
 
-use super::common::{accuracy_of, matrix, softmax_cross_entropy};
-use crate::error::{HessianError, Result, check_finite, check_len};
-use crate::model::{Batch, Block, Differentiable, Model};
-use crate::real::Real;
-use crate::rng;
+use crate::common::{accuracy_of, matrix, softmax_cross_entropy};
+use quant_hessian::{HessianError, Result};
+
+use crate::common::{check_finite, check_len};
+use quant_core::rng;
+use quant_hessian::Real;
+use quant_hessian::{Batch, Block, Differentiable, Model};
 
 /// The hidden-layer nonlinearity of an [`Mlp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -78,7 +80,7 @@ impl Activation {
 /// Parameters are one flat vector, layer by layer: `W_l` (`fan_in × fan_out`, row-major)
 /// then `b_l`; each is its own [`Block`] named `fc{l}.weight` / `fc{l}.bias` (`l` from 1).
 /// The gradient is written once, generic over [`Real`], so the Hessian-vector products of
-/// the [`Autodiff`](crate::Autodiff) impl are exact.
+/// the [`Autodiff`](quant_hessian::Autodiff) impl are exact.
 #[derive(Debug, Clone)]
 pub struct Mlp<F> {
     x: Array2<F>,

@@ -6,8 +6,8 @@ mod common;
 use approx::assert_relative_eq;
 use common::{fd_hessian, toy_data};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, array};
-use quant_hessian::models::{Activation, Mlp, Quadratic};
 use quant_hessian::{Autodiff, Batch, Block, HessianError, HessianOperator, HvpKind, LinearOperator, Model, finite_difference_hvp};
+use quant_models::{Activation, Mlp, Quadratic};
 
 fn grad<M: Autodiff<f64>>(m: &M, w: &Array1<f64>, batch: Batch<'_>) -> (f64, Array1<f64>) {
     let mut g = Array1::zeros(m.dim());

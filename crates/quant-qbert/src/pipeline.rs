@@ -7,13 +7,13 @@ use core::fmt;
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut2, s};
 use quant_core::{Float, Granularity, KMeansSpec, MethodKind, MethodParams, RangeObserver, Scheme, UniformSpec};
 use quant_group::{Method, OutputGroupCodebook, quantize_output_groups};
-use quant_hessian::models::{Encoder, Mlp};
 use quant_hessian::{Autodiff, Batch, PowerIteration, QbertParams, Real, TopEigen, qbert_statistics_for};
 use quant_mixed::{LayerOption, LayerSpec, Problem, qbert_ranking};
+use quant_models::{Encoder, Mlp};
 
 pub use quant_mixed::Budget;
 
-use crate::error::{Error, Result};
+use crate::error::{QbertError, Result};
 use crate::train::{Adam, TrainParams, shuffle, train_qat};
 
 /// A model the pipeline can quantize: an [`Autodiff`] model that names its weight matrices
@@ -290,11 +290,11 @@ impl QbertPipeline {
     /// Validates the parameters.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for zero subsets, a tolerance that is not positive, widths
+    /// [`QbertError::InvalidParameter`] for zero subsets, a tolerance that is not positive, widths
     /// outside `1..=8`, a share outside `[0, 1]`, a momentum outside `[0, 1)`, or bad
     /// fine-tuning parameters.
     pub fn new(params: PipelineParams) -> Result<Self> {
-        let bad = |what, value: f64| Err(Error::InvalidParameter { what, value });
+        let bad = |what, value: f64| Err(QbertError::InvalidParameter { what, value });
         if params.subsets == 0 {
             return bad("subsets", 0.0);
         }
@@ -366,7 +366,7 @@ impl QbertPipeline {
     /// classifier as the parameters fix them.
     ///
     /// # Errors
-    /// As [`run`](Self::run), plus [`Error::InvalidParameter`] for widths outside `1..=8` or
+    /// As [`run`](Self::run), plus [`QbertError::InvalidParameter`] for widths outside `1..=8` or
     /// a share outside `[0, 1]`, and `quant-mixed`'s `Infeasible` when no assignment fits
     /// the budget.
     pub fn quantize<F: Float, M: QuantizableModel<F>>(
@@ -378,7 +378,7 @@ impl QbertPipeline {
         grouping: Grouping,
     ) -> Result<QuantizedModel<F>> {
         if train_set.is_empty() {
-            return Err(Error::InvalidParameter { what: "samples", value: 0.0 });
+            return Err(QbertError::InvalidParameter { what: "samples", value: 0.0 });
         }
         let widths: Vec<u8> = match strategy {
             Strategy::Uniform(b) => vec![*b],
@@ -386,11 +386,11 @@ impl QbertPipeline {
             Strategy::Budget { choices, .. } => choices.clone(),
         };
         if let Some(&b) = widths.iter().find(|b| !(1..=8).contains(*b)) {
-            return Err(Error::InvalidParameter { what: "bits", value: f64::from(b) });
+            return Err(QbertError::InvalidParameter { what: "bits", value: f64::from(b) });
         }
         let blocks = model.weight_blocks();
         if blocks.len() < 3 {
-            return Err(Error::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
+            return Err(QbertError::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
         }
         let stats = self.statistics(model, w, train_set)?;
         let free = self.free(blocks.len());
@@ -404,8 +404,8 @@ impl QbertPipeline {
                 let total = match *budget {
                     Budget::Bytes(b) => b,
                     Budget::CompressionRatio(r) if r.is_finite() && r >= 1.0 => (4.0 * w.len() as f64 / r).floor() as u64,
-                    Budget::CompressionRatio(r) => return Err(Error::InvalidParameter { what: "compression ratio", value: r }),
-                    Budget::Bops(_) => return Err(Error::InvalidParameter { what: "bit-operation budget", value: 0.0 }),
+                    Budget::CompressionRatio(r) => return Err(QbertError::InvalidParameter { what: "compression ratio", value: r }),
+                    Budget::Bops(_) => return Err(QbertError::InvalidParameter { what: "bit-operation budget", value: 0.0 }),
                 };
                 ctx.exact_plan(&free, &omegas, choices, total, grouping)?
             }
@@ -428,7 +428,7 @@ impl QbertPipeline {
     /// per stage.
     ///
     /// # Errors
-    /// [`Error::InvalidParameter`] for empty sample lists or a model with fewer than three
+    /// [`QbertError::InvalidParameter`] for empty sample lists or a model with fewer than three
     /// weight matrices, and the errors of the Hessian, grouping, allocation and training
     /// stages.
     pub fn run<F: Float, M: QuantizableModel<F>>(
@@ -441,11 +441,11 @@ impl QbertPipeline {
     ) -> Result<QbertReport> {
         let p = &self.params;
         if train_set.is_empty() || test_set.is_empty() {
-            return Err(Error::InvalidParameter { what: "samples", value: 0.0 });
+            return Err(QbertError::InvalidParameter { what: "samples", value: 0.0 });
         }
         let blocks = model.weight_blocks();
         if blocks.len() < 3 {
-            return Err(Error::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
+            return Err(QbertError::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
         }
         let heads = model.heads();
         let free = self.free(blocks.len());
@@ -619,7 +619,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         w.slice(s![self.model.blocks()[b].range()])
             .to_owned()
             .into_shape_with_order((fi, fo))
-            .map_err(|_| Error::InvalidParameter { what: "weight block shape", value: (fi * fo) as f64 })
+            .map_err(|_| QbertError::InvalidParameter { what: "weight block shape", value: (fi * fo) as f64 })
     }
 
     /// The plan applied to `w` (dequantized weights) and the model size in bytes.
@@ -678,7 +678,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                         .slice(s![range.clone()])
                         .to_owned()
                         .into_shape_with_order(*shape)
-                        .map_err(|_| Error::InvalidParameter { what: "block shape", value: 0.0 })?;
+                        .map_err(|_| QbertError::InvalidParameter { what: "block shape", value: 0.0 })?;
                     let cg = book.centroid_gradients(g.view())?;
                     let d: Vec<F> = state.step(cg.iter().map(|v| v.as_f64()), t.lr).into_iter().map(F::cast).collect();
                     book.apply_step(&d)?;
@@ -717,7 +717,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
             return self.model.accuracy_hooked(wq, Batch::Indices(self.test), &mut |_, _| {});
         }
         let mut observers: Vec<RangeObserver<F>> = Vec::new();
-        let mut failure: Option<Error> = None;
+        let mut failure: Option<QbertError> = None;
         for batch in self.train.chunks(256) {
             self.model.accuracy_hooked(wq, Batch::Indices(batch), &mut |site, x| {
                 while observers.len() <= site {
@@ -739,7 +739,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         }
         let spec = UniformSpec::builder().bits(self.p.activation_bits).scheme(Scheme::AsymmetricGrid).check()?;
         let params = observers.iter().map(|o| o.params(&spec)).collect::<core::result::Result<Vec<_>, _>>()?;
-        let mut failure: Option<Error> = None;
+        let mut failure: Option<QbertError> = None;
         let acc = self.model.accuracy_hooked(wq, Batch::Indices(self.test), &mut |site, mut x| {
             if let Some(q) = params.get(site) {
                 match q.fake_quantize(&x) {

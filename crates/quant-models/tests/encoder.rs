@@ -4,8 +4,8 @@ mod common;
 
 use common::toy_data;
 use ndarray::Array1;
-use quant_hessian::models::{Encoder, EncoderConfig};
 use quant_hessian::{Autodiff, Batch, HessianError, HvpKind, Model, finite_difference_hvp};
+use quant_models::{Encoder, EncoderConfig};
 
 fn small() -> (Encoder<f64>, Array1<f64>) {
     let cfg = EncoderConfig { tokens: 3, features: 4, d_model: 6, heads: 2, d_ff: 5, layers: 2, classes: 3 };

@@ -4,11 +4,11 @@ mod common;
 
 use common::{dense, jacobi_eigen, toy_data, with_spectrum};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1};
-use quant_hessian::models::{Activation, Mlp};
 use quant_hessian::{
     Batch, FnOperator, HessianError, HessianOperator, HutchPlusPlus, Hutchinson, Lanczos, LinearOperator, Model, OperatorExt,
     PowerIteration, Slq,
 };
+use quant_models::{Activation, Mlp};
 
 fn small_mlp() -> (Mlp<f64>, Array1<f64>) {
     let (x, y) = toy_data(60, 4, 3, 2);

@@ -4,11 +4,11 @@ mod common;
 
 use common::{dense, jacobi_eigen, toy_data};
 use ndarray::array;
-use quant_hessian::models::{Activation, Mlp, Quadratic};
 use quant_hessian::{
     Batch, BlockStats, HessianError, HessianOperator, Lanczos, Model, OperatorExt, PowerIteration, QbertParams, TopEigen, qbert_statistics,
     split_subsets,
 };
+use quant_models::{Activation, Mlp, Quadratic};
 
 #[test]
 fn subsets_partition_the_samples() {

@@ -3,6 +3,7 @@
 use ndarray::Array2;
 
 /// The gzip-compressed CSV, embedded at compile time (57 KiB).
+#[cfg(feature = "digits")]
 const DIGITS_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 
 /// Errors while decoding embedded or caller-supplied data sets.
@@ -47,13 +48,14 @@ pub struct Digits {
 /// Loads the embedded digits data.
 ///
 /// ```
-/// let d = quant::data::digits()?;
+/// let d = quant_qbert::data::digits()?;
 /// assert_eq!(d.images.dim(), (1797, 64));
-/// # Ok::<(), quant::data::DataError>(())
+/// # Ok::<(), quant_qbert::data::DataError>(())
 /// ```
 ///
 /// # Errors
 /// Only if the embedded file were corrupt ([`DataError`]); the tests check it is not.
+#[cfg(feature = "digits")]
 pub fn digits() -> Result<Digits, DataError> {
     use std::io::Read;
     let mut text = String::new();

@@ -1,26 +1,26 @@
 //! The Q-BERT pipeline on a reduced configuration of the digits encoder, asserting the
 //! findings the method exists for.
 
-use quant::hessian::models::{Encoder, EncoderConfig};
-use quant::pipeline::{Grouping, PipelineParams, QbertPipeline, QbertReport, StudyRow};
-use quant::train::{TrainParams, train};
+use quant_models::{Encoder, EncoderConfig};
+use quant_qbert::pipeline::{Grouping, PipelineParams, QbertPipeline, QbertReport, StudyRow};
+use quant_qbert::train::{TrainParams, train};
 
 /// Inputs, labels, training and test indices.
-type Data = (quant::ndarray::Array2<f64>, Vec<usize>, Vec<usize>, Vec<usize>);
+type Data = (ndarray::Array2<f64>, Vec<usize>, Vec<usize>, Vec<usize>);
 /// A model, its parameters, training and test indices.
-type Trained = (Encoder<f64>, quant::ndarray::Array1<f64>, Vec<usize>, Vec<usize>);
+type Trained = (Encoder<f64>, ndarray::Array1<f64>, Vec<usize>, Vec<usize>);
 
 /// Digits pixels scaled to [0, 1], labels, and a seeded train/test split.
-fn digits(seed: u64) -> Result<Data, quant::Error> {
-    let d = quant::data::digits()?;
+fn digits(seed: u64) -> Result<Data, quant_qbert::QbertError> {
+    let d = quant_qbert::data::digits()?;
     let x = d.images.mapv(|p| f64::from(p) / 16.0);
     let labels: Vec<usize> = d.labels.iter().map(|&l| usize::from(l)).collect();
-    let (train_set, test_set) = quant::data::split(labels.len(), 0.2, seed);
+    let (train_set, test_set) = quant_qbert::data::split(labels.len(), 0.2, seed);
     Ok((x, labels, train_set, test_set))
 }
 
 /// The reduced encoder (16 wide, 2 heads, 1 layer), trained for 15 epochs.
-fn trained_encoder() -> Result<Trained, quant::Error> {
+fn trained_encoder() -> Result<Trained, quant_qbert::QbertError> {
     let (x, labels, train_set, test_set) = digits(7)?;
     let cfg = EncoderConfig { tokens: 8, features: 8, d_model: 16, heads: 2, d_ff: 32, layers: 1, classes: 10 };
     let model = Encoder::new(&x, &labels, cfg)?;
@@ -29,7 +29,7 @@ fn trained_encoder() -> Result<Trained, quant::Error> {
     Ok((model, w, train_set, test_set))
 }
 
-fn run() -> Result<QbertReport, quant::Error> {
+fn run() -> Result<QbertReport, quant_qbert::QbertError> {
     let (model, w, train_set, test_set) = trained_encoder()?;
     let params = PipelineParams {
         subset_size: Some(32),
@@ -51,7 +51,7 @@ fn find<'a>(r: &'a QbertReport, method: &str, bits: &str, groups: &str) -> &'a S
 }
 
 #[test]
-fn the_findings_of_q_bert_hold_on_digits() -> Result<(), quant::Error> {
+fn the_findings_of_q_bert_hold_on_digits() -> Result<(), quant_qbert::QbertError> {
     let r = run()?;
     println!("{r}");
     let f32_acc = r.rows[0].accuracy;
@@ -78,11 +78,11 @@ fn the_findings_of_q_bert_hold_on_digits() -> Result<(), quant::Error> {
 }
 
 #[test]
-fn quantize_for_deployment_under_a_budget_and_on_the_mlp() -> Result<(), quant::Error> {
-    use quant::hessian::models::{Activation, Mlp};
-    use quant::hessian::{Batch, Model};
-    use quant::pipeline::{Budget, Strategy};
-    use quant::quantizers::MethodKind;
+fn quantize_for_deployment_under_a_budget_and_on_the_mlp() -> Result<(), quant_qbert::QbertError> {
+    use quant_core::MethodKind;
+    use quant_hessian::{Batch, Model};
+    use quant_models::{Activation, Mlp};
+    use quant_qbert::pipeline::{Budget, Strategy};
     let (x, labels, train_set, test_set) = digits(3)?;
     let model = Mlp::new(&x, &labels, &[32, 32], 10, Activation::Tanh)?;
     let mut w = model.init(2);
@@ -99,7 +99,7 @@ fn quantize_for_deployment_under_a_budget_and_on_the_mlp() -> Result<(), quant::
         &Strategy::Budget { choices: vec![2, 3, 4, 8], budget: Budget::CompressionRatio(6.0) },
         Grouping::PerTensor,
     );
-    assert!(matches!(infeasible, Err(quant::Error::Mixed(quant::mixed::MixedError::Infeasible { .. }))));
+    assert!(matches!(infeasible, Err(quant_qbert::QbertError::Mixed(quant_mixed::MixedError::Infeasible { .. }))));
     let q = pipeline.quantize(
         &model,
         w.view(),
@@ -129,7 +129,7 @@ fn quantize_for_deployment_under_a_budget_and_on_the_mlp() -> Result<(), quant::
     assert!(r.layers.last().is_some_and(|l| l.mixed_bits.is_none() && l.sqnr_db.is_none()));
     assert!(matches!(
         pipeline.quantize(&model, w.view(), &train_set, &Strategy::Uniform(9), Grouping::PerTensor),
-        Err(quant::Error::InvalidParameter { .. })
+        Err(quant_qbert::QbertError::InvalidParameter { .. })
     ));
     Ok(())
 }
@@ -145,13 +145,13 @@ fn bad_parameters_are_refused() {
         PipelineParams { groupings: vec![Grouping::Finer(0)], ..PipelineParams::default() },
         PipelineParams { finetune: Some(TrainParams { lr: -1.0, ..TrainParams::default() }), ..PipelineParams::default() },
     ] {
-        assert!(matches!(QbertPipeline::new(params), Err(quant::Error::InvalidParameter { .. })));
+        assert!(matches!(QbertPipeline::new(params), Err(quant_qbert::QbertError::InvalidParameter { .. })));
     }
 }
 
 #[test]
-fn codebook_fine_tuning_recovers_accuracy_at_2_bits() -> Result<(), quant::Error> {
-    use quant::quantizers::MethodKind;
+fn codebook_fine_tuning_recovers_accuracy_at_2_bits() -> Result<(), quant_qbert::QbertError> {
+    use quant_core::MethodKind;
     let (model, w, train_set, test_set) = trained_encoder()?;
     let params = PipelineParams {
         subsets: 2,

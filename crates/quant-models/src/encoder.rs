@@ -2,12 +2,14 @@
 
 use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Data, Ix2, s};
 
-use super::common::{accuracy_of, matrix, rows_and_labels, softmax_cross_entropy};
-use super::mlp::Activation;
-use crate::error::{HessianError, Result, check_finite, check_len};
-use crate::model::{Batch, Block, Differentiable, Model};
-use crate::real::Real;
-use crate::rng;
+use crate::common::{accuracy_of, matrix, rows_and_labels, softmax_cross_entropy};
+use crate::mlp::Activation;
+use quant_hessian::{HessianError, Result};
+
+use crate::common::{check_finite, check_len};
+use quant_core::rng;
+use quant_hessian::Real;
+use quant_hessian::{Batch, Block, Differentiable, Model};
 
 /// The shape of an [`Encoder`].
 ///
@@ -81,7 +83,7 @@ struct LayerBlocks {
 /// `encoder.i.ffn.norm.{gain,bias}`, and `classifier.{weight,bias}`. Weights are stored
 /// `fan_in × fan_out` (row-major), so head `h` of a Q, K or V projection owns the columns
 /// `h·d_h..(h+1)·d_h`. The backward pass is written by hand, generic over [`Real`], so the
-/// Hessian-vector products of the [`Autodiff`](crate::Autodiff) impl are exact.
+/// Hessian-vector products of the [`Autodiff`](quant_hessian::Autodiff) impl are exact.
 #[derive(Debug, Clone)]
 pub struct Encoder<F> {
     x: Array2<F>,

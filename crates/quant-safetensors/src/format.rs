@@ -1,0 +1,217 @@
+//! The stored format: metadata keys, part names, the per-tensor description and reports,
+//! and the conversions between safetensors dtypes and f32 shared by the reader and the writer.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use quant_core::half::{bf16, f16};
+use quant_core::{Granularity, MethodKind, ParamDtype, RangeEstimator, Scheme, TableFit};
+use safetensors::Dtype;
+use safetensors::tensor::{SafeTensors, TensorView, View};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Header metadata key holding the format version ([`FORMAT_VERSION`]).
+pub const FORMAT_KEY: &str = "quant.format";
+/// The format version this module writes and reads.
+pub const FORMAT_VERSION: &str = "1";
+/// Header metadata key holding the JSON object `{name: TensorEntry}` of quantized tensors.
+pub const TENSORS_KEY: &str = "quant.tensors";
+
+/// The description of one quantized tensor, stored in the header metadata and reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    /// The original shape.
+    pub shape: Vec<usize>,
+    /// The original dtype (`F32`, `F16`, `BF16`, `F64`).
+    pub dtype: String,
+    /// The quantizer.
+    pub method: MethodKind,
+    /// Code width in bits.
+    pub bits: u8,
+    /// Uniform scheme: `asymmetric`, `asymmetric-exact-zero`, `symmetric`, `symmetric-full`
+    /// (absent for the table methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<Scheme>,
+    /// The resolved granularity.
+    pub granularity: Granularity,
+    /// Table storage: `f32`, `f16`, `bf16` or `qN`.
+    pub table_dtype: String,
+    /// Slices per super-group for `qN` tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub super_group: Option<u32>,
+    /// The range estimator used (informational): `minmax`, `percentile:P`, `mse`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<RangeEstimator>,
+    /// How `qN` tables were fitted (informational; reading does not need it): `cover` or
+    /// `least-squares:N` (N refits). Absent for other tables and in files written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_fit: Option<TableFit>,
+    /// Storage bits per element, every table byte included.
+    pub bits_per_weight: f64,
+    /// `10·log10(Σx² / Σ(x − x̂)²)`; `null` when the reconstruction is exact.
+    pub sqnr_db: Option<f64>,
+    /// Largest `|x − x̂|`.
+    pub max_abs_err: f64,
+    /// Bytes of the original tensor data.
+    pub original_bytes: usize,
+    /// Bytes of every stored part (codes and tables).
+    pub quantized_bytes: usize,
+}
+
+/// One row of a [`Report`]: a quantized tensor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorReport {
+    /// The tensor's name.
+    pub name: String,
+    /// Its description.
+    #[serde(flatten)]
+    pub entry: TensorEntry,
+}
+
+/// A tensor copied unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassThrough {
+    /// The tensor's name.
+    pub name: String,
+    /// Its dtype.
+    pub dtype: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Bytes of data.
+    pub bytes: usize,
+}
+
+/// What a quantization did, or what a file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Quantized tensors, by name.
+    pub tensors: Vec<TensorReport>,
+    /// Tensors stored unchanged, by name.
+    pub passthrough: Vec<PassThrough>,
+    /// Bytes of tensor data before quantization (headers not counted).
+    pub original_bytes: usize,
+    /// Bytes of tensor data after (pass-through tensors included on both sides).
+    pub quantized_bytes: usize,
+    /// `original_bytes / quantized_bytes`.
+    pub compression_ratio: f64,
+}
+
+impl Report {
+    pub(crate) fn new(tensors: Vec<TensorReport>, passthrough: Vec<PassThrough>) -> Self {
+        let pass: usize = passthrough.iter().map(|p| p.bytes).sum();
+        let original_bytes = pass + tensors.iter().map(|t| t.entry.original_bytes).sum::<usize>();
+        let quantized_bytes = pass + tensors.iter().map(|t| t.entry.quantized_bytes).sum::<usize>();
+        let compression_ratio = if quantized_bytes == 0 { 1.0 } else { original_bytes as f64 / quantized_bytes as f64 };
+        Self { tensors, passthrough, original_bytes, quantized_bytes, compression_ratio }
+    }
+}
+
+/// Progress of a long operation: tensor `index` of `total` is being processed.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress<'a> {
+    /// 0-based index of the tensor.
+    pub index: usize,
+    /// Number of tensors.
+    pub total: usize,
+    /// Its name.
+    pub name: &'a str,
+}
+
+/// The stored `table_dtype` name: `f32`, `f16`, `bf16` or `qN` (the super-group is stored
+/// beside it). Tensors are quantized as f32, so native parameters are f32.
+pub(crate) fn table_dtype_name(d: ParamDtype) -> String {
+    match d {
+        ParamDtype::Native => "f32".into(),
+        ParamDtype::Quantized { bits, .. } => format!("q{bits}"),
+        other => other.to_string(),
+    }
+}
+
+/// Every suffix a quantized tensor's parts are stored under (`NAME.suffix`).
+pub const PART_SUFFIXES: [&str; 10] = [
+    "qcodes",
+    "qscales",
+    "qoffsets",
+    "qzero_points",
+    "qscale_codes",
+    "qsuper_scales",
+    "qoffset_codes",
+    "qsuper_offsets",
+    "qalphas",
+    "qlut",
+];
+
+/// A stored part of the output file.
+pub(crate) struct Part<'a> {
+    pub(crate) dtype: Dtype,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Cow<'a, [u8]>,
+}
+
+impl View for &Part<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+pub(crate) fn u8_part(bytes: Vec<u8>) -> Part<'static> {
+    Part { dtype: Dtype::U8, shape: vec![bytes.len()], data: Cow::Owned(bytes) }
+}
+
+pub(crate) fn f32_part(values: &[f32], shape: Vec<usize>) -> Part<'static> {
+    Part { dtype: Dtype::F32, shape, data: Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()) }
+}
+
+pub(crate) fn f16_part(values: &[f16]) -> Part<'static> {
+    Part { dtype: Dtype::F16, shape: vec![values.len()], data: Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect()) }
+}
+
+/// Per-slice values stored at the table dtype (exact: they were rounded to it).
+pub(crate) fn table_part(values: &[f32], dtype: ParamDtype) -> Part<'static> {
+    match dtype {
+        ParamDtype::F16 => f16_part(&values.iter().map(|&v| f16::from_f32(v)).collect::<Vec<_>>()),
+        ParamDtype::Bf16 => Part {
+            dtype: Dtype::BF16,
+            shape: vec![values.len()],
+            data: Cow::Owned(values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect()),
+        },
+        _ => f32_part(values, vec![values.len()]),
+    }
+}
+
+/// Whether a dtype is quantized by this module.
+pub(crate) fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64)
+}
+
+/// The elements of a floating-point tensor view as f32.
+pub(crate) fn to_f32(view: &TensorView<'_>) -> Vec<f32> {
+    let d = view.data();
+    match view.dtype() {
+        Dtype::F16 => d.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::BF16 => d.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32).collect(),
+        _ => d.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+    }
+}
+
+pub(crate) fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+/// The header metadata (`__metadata__`) of a safetensors buffer.
+pub(crate) fn header_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}

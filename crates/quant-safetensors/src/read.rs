@@ -1,0 +1,371 @@
+//! Reading a quantized checkpoint back: parsing, rebuilding tensors, dequantizing, reports.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use ndarray::ArrayD;
+use quant_core::half::f16;
+use quant_core::{
+    Granularity, LutKind, LutTensor, Method, MethodKind, MethodParams, PackedCodes, ParamDtype, QuantParams, Quantized, QuantizedTables,
+    QuantizedTensor, Scheme, SliceParams, TableDtype,
+};
+use safetensors::Dtype;
+use safetensors::tensor::{SafeTensors, TensorView, View};
+
+use crate::error::{CheckpointError, Result};
+use crate::format::{
+    FORMAT_KEY, FORMAT_VERSION, PART_SUFFIXES, PassThrough, Progress, Report, TENSORS_KEY, TensorEntry, TensorReport, dtype_name,
+    header_metadata, to_f32,
+};
+
+/// A quantized checkpoint read from safetensors bytes (a file's contents or a memory map).
+#[derive(Debug)]
+pub struct QuantizedCheckpoint<'a> {
+    st: SafeTensors<'a>,
+    entries: BTreeMap<String, TensorEntry>,
+    metadata: HashMap<String, String>,
+}
+
+impl<'a> QuantizedCheckpoint<'a> {
+    /// Parses the header and the quantization metadata. Tensors are rebuilt on demand
+    /// ([`tensor`](Self::tensor)).
+    ///
+    /// # Errors
+    /// [`CheckpointError::Format`] for bytes that are not a valid safetensors file;
+    /// [`CheckpointError::Metadata`] when the quantization metadata is missing, of another
+    /// version or malformed.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes)?;
+        let metadata = header_metadata(bytes)?;
+        match metadata.get(FORMAT_KEY).map(String::as_str) {
+            Some(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(CheckpointError::Metadata(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})")));
+            }
+            None => return Err(CheckpointError::Metadata("not a quantized checkpoint (no quant.format in the header)".into())),
+        }
+        let json = metadata.get(TENSORS_KEY).ok_or_else(|| CheckpointError::Metadata(format!("no {TENSORS_KEY} in the header")))?;
+        let entries: BTreeMap<String, TensorEntry> =
+            serde_json::from_str(json).map_err(|e| CheckpointError::Metadata(format!("{TENSORS_KEY}: {e}")))?;
+        Ok(Self { st, entries, metadata })
+    }
+
+    /// Whether `bytes` look like a quantized checkpoint (a valid header with the format key).
+    pub fn is_quantized(bytes: &[u8]) -> bool {
+        header_metadata(bytes).is_ok_and(|m| m.contains_key(FORMAT_KEY))
+    }
+
+    /// The quantized tensors and their descriptions, by name.
+    pub fn entries(&self) -> &BTreeMap<String, TensorEntry> {
+        &self.entries
+    }
+
+    /// The header metadata other than the quantization keys (the original checkpoint's).
+    pub fn user_metadata(&self) -> HashMap<String, String> {
+        self.metadata
+            .iter()
+            .filter(|(k, _)| k.as_str() != FORMAT_KEY && k.as_str() != TENSORS_KEY)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Names of the tensors stored unchanged (everything that is not a part of a quantized tensor).
+    pub fn passthrough_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.st.names().into_iter().filter(|n| self.owner_of(n).is_none()).map(String::from).collect();
+        names.sort();
+        names
+    }
+
+    /// The quantized tensor a stored name is a part of.
+    fn owner_of<'s>(&self, stored: &'s str) -> Option<&'s str> {
+        let (base, suffix) = stored.rsplit_once('.')?;
+        (PART_SUFFIXES.contains(&suffix) && self.entries.contains_key(base)).then_some(base)
+    }
+
+    /// A stored pass-through tensor, as safetensors sees it.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Format`] when there is no such tensor.
+    pub fn raw(&self, name: &str) -> Result<TensorView<'a>> {
+        Ok(self.st.tensor(name)?)
+    }
+
+    fn part(&self, name: &str, suffix: &str, dtypes: &[Dtype], len: Option<usize>) -> Result<TensorView<'a>> {
+        let full = format!("{name}.{suffix}");
+        let v = self.st.tensor(&full).map_err(|_| CheckpointError::Metadata(format!("tensor '{name}': part {full} is missing")))?;
+        if !dtypes.contains(&v.dtype()) {
+            return Err(CheckpointError::Metadata(format!("tensor '{name}': part {full} has dtype {:?}", v.dtype())));
+        }
+        let n: usize = v.shape().iter().product();
+        if len.is_some_and(|l| l != n) {
+            return Err(CheckpointError::Metadata(format!("tensor '{name}': part {full} has {n} elements, expected {}", len.unwrap_or(0))));
+        }
+        Ok(v)
+    }
+
+    fn codes(&self, name: &str, n: usize, bits: u8) -> Result<PackedCodes> {
+        let v = self.part(name, "qcodes", &[Dtype::U8], None)?;
+        PackedCodes::from_bytes(v.data().to_vec(), n, bits).map_err(|source| CheckpointError::Tensor { name: name.into(), source })
+    }
+
+    /// Rebuilds quantized tensor `name` from its stored parts, checking every part.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Metadata`] for an unknown name or a missing or mis-shaped part;
+    /// [`CheckpointError::Tensor`] when the parts do not form a valid tensor (for example a
+    /// code past its table, or a zero step).
+    pub fn tensor(&self, name: &str) -> Result<Quantized<f32>> {
+        let e = self.entries.get(name).ok_or_else(|| CheckpointError::Metadata(format!("no quantized tensor '{name}'")))?;
+        let n = e
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or_else(|| CheckpointError::Metadata(format!("tensor '{name}': shape overflows")))?;
+        let err = |source| CheckpointError::Tensor { name: name.into(), source };
+        let g = e.granularity;
+        let tables = match e.table_dtype.as_str() {
+            q if q.starts_with('q') => match (q.parse::<ParamDtype>(), e.super_group) {
+                (Ok(ParamDtype::Quantized { bits, .. }), Some(super_group)) => ParamDtype::Quantized { bits, super_group },
+                _ => return Err(CheckpointError::Metadata(format!("tensor '{name}': table dtype '{q}' without a super-group"))),
+            },
+            d => d.parse::<ParamDtype>().map_err(|x| CheckpointError::Metadata(format!("tensor '{name}': {x}")))?,
+        };
+        let scheme = match (e.method, e.scheme) {
+            (MethodKind::Uniform, None) => return Err(CheckpointError::Metadata(format!("tensor '{name}': no scheme"))),
+            (_, s) => s.unwrap_or_default(),
+        };
+        let params = MethodParams { kind: e.method, bits: e.bits, scheme, granularity: g, param_dtype: tables, ..MethodParams::default() };
+        let method = params.check().map_err(|x| CheckpointError::Metadata(format!("tensor '{name}': {x}")))?;
+        match method {
+            Method::Uniform(spec) => {
+                let codes = self.codes(name, n, e.bits)?;
+                let params = if let ParamDtype::Quantized { bits, super_group } = tables {
+                    let sg = super_group as usize;
+                    let slices = self.part(name, "qscale_codes", &[Dtype::U8], None)?;
+                    let supers = self.part(name, "qsuper_scales", &[Dtype::F16], None)?;
+                    let nsl = supers.data().len() / 2 * sg;
+                    // The slice count follows from the granularity; the super-groups bound it.
+                    let count = slice_count(&e.shape, g)
+                        .ok_or_else(|| CheckpointError::Metadata(format!("tensor '{name}': granularity does not fit")))?;
+                    if count > nsl || count + sg <= nsl {
+                        return Err(CheckpointError::Metadata(format!("tensor '{name}': super-scales do not match {count} slices")));
+                    }
+                    let f16s = |v: &TensorView<'_>| v.data().chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect::<Vec<_>>();
+                    let scale_codes = PackedCodes::from_bytes(slices.data().to_vec(), count, bits).map_err(err)?;
+                    let offsets = if scheme == Scheme::AsymmetricGrid {
+                        let oc = self.part(name, "qoffset_codes", &[Dtype::U8], None)?;
+                        let so = self.part(name, "qsuper_offsets", &[Dtype::F16], None)?;
+                        Some((f16s(&so), PackedCodes::from_bytes(oc.data().to_vec(), count, bits).map_err(err)?))
+                    } else {
+                        None
+                    };
+                    let t = QuantizedTables::from_parts(sg, f16s(&supers), scale_codes, offsets).map_err(err)?;
+                    QuantParams::from_tables(&spec, t).map_err(err)?
+                } else {
+                    let float_types = [Dtype::F32, Dtype::F16, Dtype::BF16];
+                    let scales = to_f32(&self.part(name, "qscales", &float_types, None)?);
+                    let offsets = match scheme {
+                        Scheme::AsymmetricGrid => Some(to_f32(&self.part(name, "qoffsets", &float_types, Some(scales.len()))?)),
+                        _ => None,
+                    };
+                    let zps = match scheme {
+                        Scheme::AsymmetricExactZero => {
+                            Some(self.part(name, "qzero_points", &[Dtype::U8], Some(scales.len()))?.data().to_vec())
+                        }
+                        _ => None,
+                    };
+                    let zp0 = scheme.signed_offset(e.bits);
+                    let slices = (0..scales.len())
+                        .map(|i| SliceParams {
+                            scale: scales[i],
+                            zero_point: zps.as_ref().map_or(zp0, |z| i32::from(z[i])),
+                            offset: offsets.as_ref().map_or(0.0, |o| o[i]),
+                        })
+                        .collect();
+                    QuantParams::from_slices(&spec, slices).map_err(err)?
+                };
+                Ok(Quantized::Uniform(QuantizedTensor::from_parts(e.shape.clone(), params, codes).map_err(err)?))
+            }
+            Method::Ternary(_) | Method::Binary(_) => {
+                let alphas = to_f32(&self.part(name, "qalphas", &[Dtype::F32], None)?);
+                let ternary = e.method == MethodKind::Ternary;
+                let tables: Vec<f32> = alphas.iter().flat_map(|&a| if ternary { vec![-a, 0.0, a] } else { vec![-a, a] }).collect();
+                let kind = if ternary { LutKind::Ternary } else { LutKind::Binary };
+                let codes = self.codes(name, n, if ternary { 2 } else { 1 })?;
+                Ok(Quantized::Table(LutTensor::from_parts(e.shape.clone(), g, kind, tables, codes).map_err(err)?))
+            }
+            Method::KMeans(_) => {
+                let lut = self.part(name, "qlut", &[Dtype::F32, Dtype::F16], None)?;
+                let kind = LutKind::Codebook(if lut.dtype() == Dtype::F16 { TableDtype::F16 } else { TableDtype::F32 });
+                let codes = self.codes(name, n, e.bits)?;
+                Ok(Quantized::Table(LutTensor::from_parts(e.shape.clone(), g, kind, to_f32(&lut), codes).map_err(err)?))
+            }
+            // `Method` is non-exhaustive; this build writes no other method.
+            other => Err(CheckpointError::Metadata(format!("tensor '{name}': method {} has no stored form", other.kind()))),
+        }
+    }
+
+    /// Rebuilds and dequantizes tensor `name` (f32, original shape).
+    ///
+    /// # Errors
+    /// As [`tensor`](Self::tensor).
+    pub fn dequantize(&self, name: &str) -> Result<ArrayD<f32>> {
+        Ok(self.tensor(name)?.dequantize())
+    }
+
+    /// The report of what the file holds: every quantized tensor's stored description, with
+    /// its stored bytes recounted from the parts (and checked against the description), and
+    /// the pass-through tensors. Every quantized tensor is rebuilt, so a corrupt part is
+    /// reported here.
+    ///
+    /// # Errors
+    /// As [`tensor`](Self::tensor); [`CheckpointError::Metadata`] when the stored bytes differ
+    /// from the description.
+    pub fn report(&self) -> Result<Report> {
+        let mut tensors = Vec::new();
+        for (name, entry) in &self.entries {
+            let q = self.tensor(name)?;
+            let stored: usize = self
+                .st
+                .names()
+                .into_iter()
+                .filter(|s| self.owner_of(s) == Some(name.as_str()))
+                .map(|s| self.st.tensor(s).map_or(0, |v| v.data().len()))
+                .sum();
+            if stored != entry.quantized_bytes || stored != q.storage_bytes() {
+                return Err(CheckpointError::Metadata(format!(
+                    "tensor '{name}': {stored} bytes stored, {} described, {} accounted",
+                    entry.quantized_bytes,
+                    q.storage_bytes()
+                )));
+            }
+            tensors.push(TensorReport { name: name.clone(), entry: entry.clone() });
+        }
+        let mut passthrough = Vec::new();
+        for name in self.passthrough_names() {
+            let v = self.st.tensor(&name)?;
+            passthrough.push(PassThrough { name, dtype: dtype_name(v.dtype()), shape: v.shape().to_vec(), bytes: v.data().len() });
+        }
+        Ok(Report::new(tensors, passthrough))
+    }
+}
+
+/// Number of parameter slices of a tensor of `shape` under `g` (`None` when it does not fit).
+fn slice_count(shape: &[usize], g: Granularity) -> Option<usize> {
+    match g {
+        Granularity::PerTensor => Some(1),
+        Granularity::PerChannel { axis } => shape.get(axis).copied(),
+        Granularity::PerGroup { axis, size } => {
+            let len = *shape.get(axis)?;
+            if size == 0 {
+                return None;
+            }
+            let others = shape.iter().enumerate().filter(|&(i, _)| i != axis).try_fold(1usize, |a, (_, &d)| a.checked_mul(d))?;
+            others.checked_mul(len.div_ceil(size))
+        }
+    }
+}
+
+/// A tensor of the dequantized output, dequantized only when written.
+struct Dequantized {
+    weight: Quantized<f32>,
+    shape: Vec<usize>,
+}
+
+/// One tensor of the dequantized output.
+enum OutTensor<'a> {
+    Dequantized(Box<Dequantized>),
+    Raw(TensorView<'a>),
+}
+
+impl View for &OutTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            OutTensor::Dequantized(_) => Dtype::F32,
+            OutTensor::Raw(v) => v.dtype(),
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            OutTensor::Dequantized(d) => &d.shape,
+            OutTensor::Raw(v) => v.shape(),
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            OutTensor::Dequantized(d) => Cow::Owned(d.weight.dequantize().iter().flat_map(|v| v.to_le_bytes()).collect()),
+            OutTensor::Raw(v) => Cow::Borrowed(v.data()),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            OutTensor::Dequantized(d) => 4 * d.shape.iter().product::<usize>(),
+            OutTensor::Raw(v) => v.data().len(),
+        }
+    }
+}
+
+/// Dequantizes a quantized checkpoint back to f32 tensors under their original names and
+/// writes it to `output` (atomically). Pass-through tensors are copied byte for byte and the
+/// original header metadata is restored. Every tensor is rebuilt and checked before anything
+/// is written; each is dequantized only when it is written.
+///
+/// Returns the number of tensors dequantized.
+///
+/// # Errors
+/// As [`QuantizedCheckpoint::parse`] and [`QuantizedCheckpoint::tensor`];
+/// [`CheckpointError::Io`] when writing fails.
+pub fn dequantize_checkpoint(input: &[u8], output: &Path, mut progress: impl FnMut(Progress<'_>)) -> Result<usize> {
+    let ckpt = QuantizedCheckpoint::parse(input)?;
+    let mut out: BTreeMap<String, OutTensor<'_>> = BTreeMap::new();
+    let total = ckpt.entries.len();
+    for (index, (name, e)) in ckpt.entries.iter().enumerate() {
+        progress(Progress { index, total, name });
+        out.insert(name.clone(), OutTensor::Dequantized(Box::new(Dequantized { weight: ckpt.tensor(name)?, shape: e.shape.clone() })));
+    }
+    for name in ckpt.passthrough_names() {
+        if out.contains_key(&name) {
+            return Err(CheckpointError::Metadata(format!("tensor '{name}' is both quantized and stored raw")));
+        }
+        let v = ckpt.raw(&name)?;
+        out.insert(name, OutTensor::Raw(v));
+    }
+    let meta = ckpt.user_metadata();
+    safetensors::serialize_to_file(out.iter().map(|(k, v)| (k.as_str(), v)), if meta.is_empty() { None } else { Some(meta) }, output)?;
+    Ok(total)
+}
+
+/// What a safetensors file holds: for a quantized checkpoint its [`QuantizedCheckpoint::report`],
+/// otherwise every tensor as pass-through.
+///
+/// # Errors
+/// As [`QuantizedCheckpoint::report`]; [`CheckpointError::Format`] for an invalid file.
+pub fn inspect(bytes: &[u8]) -> Result<Report> {
+    if QuantizedCheckpoint::is_quantized(bytes) {
+        return QuantizedCheckpoint::parse(bytes)?.report();
+    }
+    let st = SafeTensors::deserialize(bytes)?;
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    let mut passthrough = Vec::new();
+    for name in names {
+        let v = st.tensor(name)?;
+        passthrough.push(PassThrough { name: name.into(), dtype: dtype_name(v.dtype()), shape: v.shape().to_vec(), bytes: v.data().len() });
+    }
+    Ok(Report::new(Vec::new(), passthrough))
+}
+
+/// Runs every reading entry point on arbitrary bytes (the body of the `checkpoint` fuzz target,
+/// also run by the test suite): [`inspect`], [`QuantizedCheckpoint::parse`], and for every
+/// described tensor [`QuantizedCheckpoint::tensor`] and its dequantization. Never panics;
+/// returns how many tensors were rebuilt.
+#[doc(hidden)]
+pub fn exercise_reader(bytes: &[u8]) -> usize {
+    let _ = inspect(bytes);
+    let Ok(ckpt) = QuantizedCheckpoint::parse(bytes) else { return 0 };
+    let _ = ckpt.passthrough_names();
+    let _ = ckpt.report();
+    let names: Vec<String> = ckpt.entries().keys().cloned().collect();
+    names.iter().filter_map(|n| ckpt.tensor(n).ok()).map(|q| q.dequantize().len().min(1)).sum()
+}

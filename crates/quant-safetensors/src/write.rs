@@ -1,0 +1,291 @@
+//! Quantizing a checkpoint and writing the result.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ndarray::{ArrayViewD, IxDyn};
+use quant_core::half::f16;
+use quant_core::{
+    Granularity, GranularityRule, LutKind, Method, MethodKind, MethodParams, ParamDtype, QuantError, Quantized, RangeEstimator, Scheme,
+    TableDtype, TableFit,
+};
+use safetensors::Dtype;
+use safetensors::tensor::SafeTensors;
+
+use crate::error::{CheckpointError, Result};
+use crate::format::{
+    FORMAT_KEY, FORMAT_VERSION, PART_SUFFIXES, Part, PassThrough, Progress, Report, TENSORS_KEY, TensorEntry, TensorReport, dtype_name,
+    f16_part, f32_part, header_metadata, is_float, table_dtype_name, table_part, to_f32, u8_part,
+};
+
+/// What to do with each selected floating-point tensor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantizeOptions {
+    /// The quantizer. Default uniform.
+    pub method: MethodKind,
+    /// Code width for uniform (`1..=8`, `2..=8` symmetric) and k-means (`2^bits` centroids);
+    /// ternary always uses 2 and binary 1. Default 8.
+    pub bits: u8,
+    /// The uniform scheme. Default [`Scheme::AsymmetricGrid`] (Q-BERT's).
+    pub scheme: Scheme,
+    /// Which elements share parameters, resolved per tensor from its shape. Default per
+    /// channel along axis 0.
+    pub granularity: GranularityRule,
+    /// Range estimation for uniform quantization. Default min-max.
+    pub range: RangeEstimator,
+    /// Table storage: [`ParamDtype::Native`] (f32, the default), f16, bf16 (uniform only) or
+    /// two-level tables (uniform only). K-means tables take f32 or f16; ternary and binary
+    /// store their α at f32.
+    pub tables: ParamDtype,
+    /// How two-level tables ([`ParamDtype::Quantized`]) are fitted. Default
+    /// [`TableFit::Cover`]; [`TableFit::LeastSquares`] needs two-level tables.
+    pub table_fit: TableFit,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        Self {
+            method: MethodKind::Uniform,
+            bits: 8,
+            scheme: Scheme::AsymmetricGrid,
+            granularity: GranularityRule::Channel { axis: 0 },
+            range: RangeEstimator::MinMax,
+            tables: ParamDtype::Native,
+            table_fit: TableFit::Cover,
+        }
+    }
+}
+
+impl QuantizeOptions {
+    /// The method settings for a tensor of granularity `g`.
+    fn params(&self, granularity: Granularity) -> MethodParams {
+        MethodParams {
+            kind: self.method,
+            bits: self.bits,
+            scheme: self.scheme,
+            granularity,
+            range: self.range,
+            param_dtype: self.tables,
+            table_fit: self.table_fit,
+        }
+    }
+
+    /// Checks the options that do not depend on a tensor.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Options`] for bits out of range for the method and scheme, a group
+    /// size of 0, a table format or fit the method cannot use, or an invalid range estimator.
+    pub fn validate(&self) -> Result<()> {
+        if let GranularityRule::Group { size: 0 } = self.granularity {
+            return Err(CheckpointError::Options(QuantError::InvalidGroupSize { size: 0 }));
+        }
+        self.params(Granularity::PerTensor).check().map(|_| ()).map_err(CheckpointError::Options)
+    }
+
+    /// The method for a tensor of `shape`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Unsupported`] when the granularity does not fit the shape;
+    /// [`CheckpointError::Options`] as [`validate`](Self::validate).
+    pub fn method_for(&self, name: &str, shape: &[usize]) -> Result<Method> {
+        let g = self.granularity.resolve(shape).map_err(|source| CheckpointError::Unsupported { name: name.into(), source })?;
+        self.params(g).check().map_err(CheckpointError::Options)
+    }
+}
+
+/// The stored parts of one quantized tensor, under their suffixes.
+fn parts_of(q: &Quantized<f32>) -> Vec<(&'static str, Part<'static>)> {
+    match q {
+        Quantized::Uniform(t) => {
+            let p = t.params();
+            let spec = p.spec();
+            let mut parts = vec![("qcodes", u8_part(t.codes().as_bytes().to_vec()))];
+            if let Some(tab) = p.tables() {
+                parts.push(("qscale_codes", u8_part(tab.scale_codes().as_bytes().to_vec())));
+                parts.push(("qsuper_scales", f16_part(tab.super_scales())));
+                if let Some(oc) = tab.offset_codes() {
+                    parts.push(("qoffset_codes", u8_part(oc.as_bytes().to_vec())));
+                    parts.push(("qsuper_offsets", f16_part(tab.super_offsets())));
+                }
+            } else {
+                let scales: Vec<f32> = p.slices().iter().map(|s| s.scale).collect();
+                parts.push(("qscales", table_part(&scales, spec.param_dtype())));
+                match spec.scheme() {
+                    Scheme::AsymmetricGrid => {
+                        let offsets: Vec<f32> = p.slices().iter().map(|s| s.offset).collect();
+                        parts.push(("qoffsets", table_part(&offsets, spec.param_dtype())));
+                    }
+                    Scheme::AsymmetricExactZero => {
+                        // Zero points lie in 0..=255 by construction.
+                        parts.push(("qzero_points", u8_part(p.slices().iter().map(|s| s.zero_point.clamp(0, 255) as u8).collect())));
+                    }
+                    _ => {}
+                }
+            }
+            parts
+        }
+        Quantized::Table(t) => {
+            let codes = ("qcodes", u8_part(t.codes().as_bytes().to_vec()));
+            let tables = t.tables();
+            match t.kind() {
+                LutKind::Ternary | LutKind::Binary => {
+                    let alphas: Vec<f32> = tables.chunks(t.levels()).map(|c| c[c.len() - 1]).collect();
+                    vec![codes, ("qalphas", f32_part(&alphas, vec![t.num_slices()]))]
+                }
+                kind => {
+                    let shape = vec![t.num_slices(), t.levels()];
+                    let lut = if kind == LutKind::Codebook(TableDtype::F16) {
+                        Part {
+                            dtype: Dtype::F16,
+                            shape,
+                            data: Cow::Owned(tables.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect()),
+                        }
+                    } else {
+                        f32_part(tables, shape)
+                    };
+                    vec![codes, ("qlut", lut)]
+                }
+            }
+        }
+    }
+}
+
+/// Quantizes one tensor (values `x`, row-major) as the options say; returns the result and
+/// the method it was quantized with.
+///
+/// # Errors
+/// [`CheckpointError::Options`] / [`CheckpointError::Unsupported`] / [`CheckpointError::Tensor`]
+/// when the options do not fit the tensor or the values are not finite.
+pub fn quantize_tensor(name: &str, x: ArrayViewD<'_, f32>, options: &QuantizeOptions) -> Result<(Quantized<f32>, Method)> {
+    let method = options.method_for(name, x.shape())?;
+    let q = method.quantize(&x).map_err(|source| CheckpointError::Tensor { name: name.into(), source })?;
+    Ok((q, method))
+}
+
+/// SQNR in dB (`None` when the error is exactly 0) and the largest absolute error.
+fn sqnr_and_max_error(x: &[f32], y: &[f32]) -> (Option<f64>, f64) {
+    let (mut sig, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f64);
+    for (&a, &b) in x.iter().zip(y) {
+        let e = f64::from(a) - f64::from(b);
+        sig += f64::from(a) * f64::from(a);
+        noise += e * e;
+        max = max.max(e.abs());
+    }
+    let sqnr = if noise > 0.0 { Some(10.0 * (sig / noise).log10()).filter(|v| v.is_finite()) } else { None };
+    (sqnr, max)
+}
+
+/// Quantizes every floating-point tensor of the safetensors file `input` for which `select`
+/// returns true and writes the result to `output` (atomically: a temporary file in the same
+/// directory, renamed only on success). Other tensors are copied byte for byte; the input's
+/// own header metadata is kept. `progress` is called before each tensor.
+///
+/// Memory: `input` may be a memory map; only one tensor is converted to f32 at a time, but
+/// the quantized output (a fraction of the input) is held until it is written.
+///
+/// # Errors
+/// [`CheckpointError::Format`] for an invalid input file; [`CheckpointError::Metadata`] for an
+/// input that is already quantized or whose tensor names collide with the stored part names;
+/// the per-tensor errors of [`quantize_tensor`]; [`CheckpointError::Io`] when writing fails.
+pub fn quantize_checkpoint(
+    input: &[u8],
+    output: &Path,
+    options: &QuantizeOptions,
+    select: impl Fn(&str) -> bool,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<Report> {
+    options.validate()?;
+    let st = SafeTensors::deserialize(input)?;
+    let mut metadata = header_metadata(input)?;
+    if metadata.contains_key(TENSORS_KEY) {
+        return Err(CheckpointError::Metadata("the input is already quantized (dequantize it first)".into()));
+    }
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let total = names.len();
+    let mut parts: BTreeMap<String, Part<'_>> = BTreeMap::new();
+    let (mut reports, mut passthrough) = (Vec::new(), Vec::new());
+    for (index, name) in names.iter().enumerate() {
+        progress(Progress { index, total, name });
+        let view = st.tensor(name)?;
+        let shape = view.shape().to_vec();
+        let n: usize = shape.iter().product();
+        if !(is_float(view.dtype()) && n > 0 && select(name)) {
+            passthrough.push(PassThrough {
+                name: name.clone(),
+                dtype: dtype_name(view.dtype()),
+                shape: shape.clone(),
+                bytes: view.data().len(),
+            });
+            insert_part(&mut parts, name.clone(), Part { dtype: view.dtype(), shape, data: Cow::Borrowed(view.data()) })?;
+            continue;
+        }
+        let values = to_f32(&view);
+        let x = ArrayViewD::from_shape(IxDyn(&shape), &values).map_err(|e| CheckpointError::Format(format!("tensor '{name}': {e}")))?;
+        let (q, method) = quantize_tensor(name, x, options)?;
+        let back = q.dequantize();
+        let (sqnr_db, max_abs_err) = sqnr_and_max_error(&values, back.as_slice().unwrap_or(&[]));
+        let mut quantized_bytes = 0;
+        for (suffix, part) in parts_of(&q) {
+            quantized_bytes += part.data.len();
+            insert_part(&mut parts, format!("{name}.{suffix}"), part)?;
+        }
+        if quantized_bytes != q.storage_bytes() {
+            return Err(CheckpointError::Metadata(format!(
+                "tensor '{name}': stored {quantized_bytes} bytes but accounted {}",
+                q.storage_bytes()
+            )));
+        }
+        let uniform = matches!(method, Method::Uniform(_));
+        let (scheme, range) = if uniform { (Some(options.scheme), Some(options.range)) } else { (None, None) };
+        let (super_group, table_fit) = match options.tables {
+            ParamDtype::Quantized { super_group, .. } => (Some(super_group), uniform.then_some(options.table_fit)),
+            _ => (None, None),
+        };
+        let entry = TensorEntry {
+            shape,
+            dtype: dtype_name(view.dtype()),
+            method: options.method,
+            bits: q.bits(),
+            scheme,
+            granularity: method.granularity(),
+            table_dtype: table_dtype_name(options.tables),
+            super_group,
+            range,
+            table_fit,
+            bits_per_weight: q.bits_per_weight(),
+            sqnr_db,
+            max_abs_err,
+            original_bytes: view.data().len(),
+            quantized_bytes,
+        };
+        reports.push(TensorReport { name: name.clone(), entry });
+    }
+    // A tensor kept as is must not read back as a part of a quantized one.
+    for p in &passthrough {
+        if let Some((base, suffix)) = p.name.rsplit_once('.')
+            && PART_SUFFIXES.contains(&suffix)
+            && reports.iter().any(|r| r.name == base)
+        {
+            return Err(CheckpointError::Metadata(format!(
+                "tensor '{}' would read back as a part of '{base}'; --skip '{base}' or rename it",
+                p.name
+            )));
+        }
+    }
+    let entries: BTreeMap<&str, &TensorEntry> = reports.iter().map(|r| (r.name.as_str(), &r.entry)).collect();
+    let json = serde_json::to_string(&entries).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
+    metadata.insert(FORMAT_KEY.into(), FORMAT_VERSION.into());
+    metadata.insert(TENSORS_KEY.into(), json);
+    safetensors::serialize_to_file(parts.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata), output)?;
+    Ok(Report::new(reports, passthrough))
+}
+
+fn insert_part<'a>(parts: &mut BTreeMap<String, Part<'a>>, name: String, part: Part<'a>) -> Result<()> {
+    if parts.contains_key(&name) {
+        return Err(CheckpointError::Metadata(format!("tensor '{name}' collides with a stored part name")));
+    }
+    parts.insert(name, part);
+    Ok(())
+}
