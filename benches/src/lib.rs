@@ -12,11 +12,11 @@ pub fn gaussian_weights(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
     Array2::from_shape_simple_fn((rows, cols), || normal.sample(&mut rng))
 }
 
-/// Signal-to-quantization-noise ratio in dB, accumulated in f64.
+/// Signal-to-quantization-noise ratio in dB, accumulated in f64 (`quant_core::ErrorStats`; an
+/// exact reconstruction gives a large finite value).
 pub fn sqnr_db(x: &[f32], y: &[f32]) -> f64 {
-    let signal: f64 = x.iter().map(|&v| f64::from(v).powi(2)).sum();
-    let noise: f64 = x.iter().zip(y).map(|(&a, &b)| f64::from(a - b).powi(2)).sum();
-    10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
+    let e = quant_core::ErrorStats::of(x.iter().copied(), y.iter().copied());
+    10.0 * (e.signal / e.squared_error.max(f64::MIN_POSITIVE)).log10()
 }
 
 /// `n` weights like a real layer's: N(0, 0.02²) with 1% drawn from N(0, 0.2²) (a heavy tail), seeded.

@@ -395,8 +395,7 @@ impl AdaRound {
             let p = ((scaled[[o, k]] - floor[[o, k]]) + 0.1) / 1.2;
             (p / (1.0 - p)).ln()
         });
-        let (mut m1, mut m2) = (Array2::<f64>::zeros((out, inp)), Array2::<f64>::zeros((out, inp)));
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let mut adam = crate::optim::Adam::new(out * inp);
         let warm = (self.warm_start * self.iterations as f64) as usize;
         for it in 0..self.iterations {
             let h = v.mapv(|vv| (1.2 * sigmoid(vv) - 0.1).clamp(0.0, 1.0));
@@ -435,11 +434,13 @@ impl AdaRound {
                 }
                 g * dh_dv
             });
-            let t = (it + 1) as i32;
-            m1.zip_mut_with(&grad, |m, &g| *m = b1 * *m + (1.0 - b1) * g);
-            m2.zip_mut_with(&grad, |m, &g| *m = b2 * *m + (1.0 - b2) * g * g);
-            let (c1, c2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
-            ndarray::Zip::from(&mut v).and(&m1).and(&m2).for_each(|vv, &a, &b| *vv -= self.lr * (a / c1) / ((b / c2).sqrt() + eps));
+            // Both in row-major order: the i-th update is the i-th element of `v`.
+            let mut vs = v.iter_mut();
+            adam.step(grad.iter().copied(), self.lr, |_, d| {
+                if let Some(x) = vs.next() {
+                    *x -= d;
+                }
+            });
         }
         let codes =
             Array2::from_shape_fn((out, inp), |(o, k)| (floor[[o, k]] + if v[[o, k]] >= 0.0 { 1.0 } else { 0.0 }).clamp(-qmax, qmax));

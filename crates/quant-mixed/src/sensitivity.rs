@@ -2,7 +2,7 @@
 //! trace × perturbation for each candidate quantizer.
 
 use ndarray::{ArrayBase, Data, Dimension};
-use quant_core::{Float, Method};
+use quant_core::{ErrorStats, Float, Method};
 
 use crate::allocate::{LayerOption, LayerSpec};
 use crate::error::{MixedError, Result};
@@ -101,7 +101,7 @@ pub struct Perturbation {
 }
 
 fn squared_error<F: Float, S: Data<Elem = F>, D: Dimension>(w: &ArrayBase<S, D>, q: &ndarray::ArrayD<F>) -> f64 {
-    w.iter().zip(q.iter()).map(|(&a, &b)| (a.as_f64() - b.as_f64()).powi(2)).sum()
+    ErrorStats::of(w.iter().copied(), q.iter().copied()).squared_error
 }
 
 fn group_of(g: quant_core::Granularity) -> Option<usize> {

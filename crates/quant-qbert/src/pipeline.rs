@@ -5,7 +5,7 @@
 use core::fmt;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut2, s};
-use quant_core::{Float, Granularity, KMeansSpec, MethodKind, MethodParams, RangeObserver, Scheme, UniformSpec};
+use quant_core::{ErrorStats, Float, Granularity, KMeansSpec, MethodKind, MethodParams, RangeObserver, Scheme, UniformSpec};
 use quant_group::{Method, OutputGroupCodebook, quantize_output_groups};
 use quant_hessian::{Autodiff, Batch, PowerIteration, QbertParams, Real, TopEigen, qbert_statistics_for};
 use quant_mixed::{LayerOption, LayerSpec, Problem, qbert_ranking};
@@ -671,8 +671,12 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
             for batch in order.chunks(t.batch_size) {
                 let wq = with_books(&base, &books);
                 self.model.loss_grad_into(wq.view(), Batch::Indices(batch), grad.view_mut())?;
-                let step = adam.step(grad.iter().zip(&quantized).map(|(g, &q)| if q { 0.0 } else { g.as_f64() }), t.lr);
-                base.iter_mut().zip(&step).for_each(|(w, &d)| *w -= F::cast(d));
+                let mut params = base.iter_mut();
+                adam.step(grad.iter().zip(&quantized).map(|(g, &q)| if q { 0.0 } else { g.as_f64() }), t.lr, |_, d| {
+                    if let Some(w) = params.next() {
+                        *w -= F::cast(d);
+                    }
+                });
                 for (range, shape, book, state) in &mut books {
                     let g = grad
                         .slice(s![range.clone()])
@@ -680,7 +684,8 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                         .into_shape_with_order(*shape)
                         .map_err(|_| QbertError::InvalidParameter { what: "block shape", value: 0.0 })?;
                     let cg = book.centroid_gradients(g.view())?;
-                    let d: Vec<F> = state.step(cg.iter().map(|v| v.as_f64()), t.lr).into_iter().map(F::cast).collect();
+                    let mut d: Vec<F> = Vec::with_capacity(cg.len());
+                    state.step(cg.iter().map(|v| v.as_f64()), t.lr, |_, x| d.push(F::cast(x)));
                     book.apply_step(&d)?;
                 }
             }
@@ -697,9 +702,8 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                 None => out.push((1, 4 * (fi * fo) as u64, None)),
                 Some(bits) => {
                     let q = quantize_output_groups(m.view(), plan.groups[k], &self.method(bits)?)?;
-                    let signal: f64 = m.iter().map(|v| v.as_f64().powi(2)).sum();
-                    let noise: f64 = m.iter().zip(q.weights.iter()).map(|(a, b)| (a.as_f64() - b.as_f64()).powi(2)).sum();
-                    out.push((plan.groups[k], q.bytes as u64, Some(10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10())));
+                    let e = ErrorStats::of(m.iter().copied(), q.weights.iter().copied());
+                    out.push((plan.groups[k], q.bytes as u64, Some(10.0 * (e.signal / e.squared_error.max(f64::MIN_POSITIVE)).log10())));
                 }
             }
         }

@@ -3,6 +3,7 @@
 
 use ndarray::{Array1, ArrayView1};
 use quant_core::Float;
+pub(crate) use quant_core::optim::Adam;
 use quant_hessian::{Autodiff, Batch};
 
 use crate::error::{QbertError, Result};
@@ -128,12 +129,9 @@ where
     if samples.is_empty() {
         return Err(QbertError::InvalidParameter { what: "samples", value: 0.0 });
     }
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-    let mut m = Array1::<f64>::zeros(w.len());
-    let mut v = Array1::<f64>::zeros(w.len());
+    let mut adam = Adam::new(w.len());
     let mut g = Array1::<F>::zeros(w.len());
     let mut order = samples.to_vec();
-    let mut step = 0i32;
     let mut losses = Vec::with_capacity(p.epochs);
     for epoch in 0..p.epochs {
         shuffle(&mut order, p.seed.wrapping_add(epoch as u64));
@@ -147,49 +145,16 @@ where
                 None => model.loss_grad_into(w.view(), Batch::Indices(batch), g.view_mut())?,
             };
             total += loss.as_f64() * batch.len() as f64;
-            step += 1;
-            let (c1, c2) = (1.0 - b1.powi(step), 1.0 - b2.powi(step));
-            for (((wi, &gi), mi), vi) in w.iter_mut().zip(&g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let gi = gi.as_f64();
-                *mi = b1 * *mi + (1.0 - b1) * gi;
-                *vi = b2 * *vi + (1.0 - b2) * gi * gi;
-                *wi -= F::cast(p.lr * (*mi / c1) / ((*vi / c2).sqrt() + eps));
-            }
+            let mut ws = w.iter_mut();
+            adam.step(g.iter().map(|v| v.as_f64()), p.lr, |_, d| {
+                if let Some(wi) = ws.next() {
+                    *wi -= F::cast(d);
+                }
+            });
         }
         let mean = total / samples.len() as f64;
         losses.push(mean);
         progress(epoch, mean);
     }
     Ok(losses)
-}
-
-/// Adam's moment estimates for a vector of parameters.
-#[derive(Debug, Clone)]
-pub(crate) struct Adam {
-    m: Vec<f64>,
-    v: Vec<f64>,
-    t: i32,
-}
-
-impl Adam {
-    pub(crate) fn new(n: usize) -> Self {
-        Self { m: vec![0.0; n], v: vec![0.0; n], t: 0 }
-    }
-
-    /// The update `lr · m̂ / (√v̂ + ε)` for gradient `g` (to subtract from the parameters).
-    pub(crate) fn step(&mut self, g: impl Iterator<Item = f64>, lr: f64) -> Vec<f64> {
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-        self.t += 1;
-        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
-        self.m
-            .iter_mut()
-            .zip(self.v.iter_mut())
-            .zip(g)
-            .map(|((m, v), g)| {
-                *m = b1 * *m + (1.0 - b1) * g;
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                lr * (*m / c1) / ((*v / c2).sqrt() + eps)
-            })
-            .collect()
-    }
 }

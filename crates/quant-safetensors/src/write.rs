@@ -7,8 +7,8 @@ use std::path::Path;
 use ndarray::{ArrayViewD, IxDyn};
 use quant_core::half::f16;
 use quant_core::{
-    Granularity, GranularityRule, LutKind, Method, MethodKind, MethodParams, ParamDtype, QuantError, Quantized, RangeEstimator, Scheme,
-    TableDtype, TableFit,
+    ErrorStats, Granularity, GranularityRule, LutKind, Method, MethodKind, MethodParams, ParamDtype, QuantError, Quantized, RangeEstimator,
+    Scheme, TableDtype, TableFit,
 };
 use safetensors::Dtype;
 use safetensors::tensor::SafeTensors;
@@ -163,19 +163,6 @@ pub fn quantize_tensor(name: &str, x: ArrayViewD<'_, f32>, options: &QuantizeOpt
     Ok((q, method))
 }
 
-/// SQNR in dB (`None` when the error is exactly 0) and the largest absolute error.
-fn sqnr_and_max_error(x: &[f32], y: &[f32]) -> (Option<f64>, f64) {
-    let (mut sig, mut noise, mut max) = (0.0f64, 0.0f64, 0.0f64);
-    for (&a, &b) in x.iter().zip(y) {
-        let e = f64::from(a) - f64::from(b);
-        sig += f64::from(a) * f64::from(a);
-        noise += e * e;
-        max = max.max(e.abs());
-    }
-    let sqnr = if noise > 0.0 { Some(10.0 * (sig / noise).log10()).filter(|v| v.is_finite()) } else { None };
-    (sqnr, max)
-}
-
 /// Quantizes every floating-point tensor of the safetensors file `input` for which `select`
 /// returns true and writes the result to `output` (atomically: a temporary file in the same
 /// directory, renamed only on success). Other tensors are copied byte for byte; the input's
@@ -225,7 +212,8 @@ pub fn quantize_checkpoint(
         let x = ArrayViewD::from_shape(IxDyn(&shape), &values).map_err(|e| CheckpointError::Format(format!("tensor '{name}': {e}")))?;
         let (q, method) = quantize_tensor(name, x, options)?;
         let back = q.dequantize();
-        let (sqnr_db, max_abs_err) = sqnr_and_max_error(&values, back.as_slice().unwrap_or(&[]));
+        let stats = ErrorStats::of(values.iter().copied(), back.iter().copied());
+        let (sqnr_db, max_abs_err) = (stats.sqnr_db(), stats.max_abs);
         let mut quantized_bytes = 0;
         for (suffix, part) in parts_of(&q) {
             quantized_bytes += part.data.len();

@@ -1,0 +1,45 @@
+//! Error statistics of a reconstruction: the family's one squared-error and SQNR helper.
+
+use crate::float::Float;
+
+/// How far a reconstruction `y` is from `x`, accumulated in f64.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ErrorStats {
+    /// `Σ x²`.
+    pub signal: f64,
+    /// `Σ (x − y)²`.
+    pub squared_error: f64,
+    /// `max |x − y|`.
+    pub max_abs: f64,
+    /// Pairs compared.
+    pub count: usize,
+}
+
+impl ErrorStats {
+    /// The statistics of `y` against `x`, pair by pair (the shorter sequence decides the count).
+    ///
+    /// ```
+    /// use quant_core::ErrorStats;
+    /// let s = ErrorStats::of([1.0f32, 2.0], [1.0f32, 1.5]);
+    /// assert_eq!((s.signal, s.squared_error, s.max_abs, s.count), (5.0, 0.25, 0.5, 2));
+    /// assert!((s.sqnr_db().unwrap_or(0.0) - 10.0 * 20f64.log10()).abs() < 1e-12);
+    /// ```
+    pub fn of<F: Float>(x: impl IntoIterator<Item = F>, y: impl IntoIterator<Item = F>) -> Self {
+        let mut s = Self::default();
+        for (a, b) in x.into_iter().zip(y) {
+            let (a, b) = (a.as_f64(), b.as_f64());
+            let e = a - b;
+            s.signal += a * a;
+            s.squared_error += e * e;
+            s.max_abs = s.max_abs.max(e.abs());
+            s.count += 1;
+        }
+        s
+    }
+
+    /// `10·log10(Σx² / Σ(x − y)²)` in dB; `None` when the reconstruction is exact (or the
+    /// ratio is not finite).
+    pub fn sqnr_db(&self) -> Option<f64> {
+        if self.squared_error > 0.0 { Some(10.0 * (self.signal / self.squared_error).log10()).filter(|v| v.is_finite()) } else { None }
+    }
+}
