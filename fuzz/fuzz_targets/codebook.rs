@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() > 4096 {
         return;
     }
-    if let Err(v) = quant_core::check::exercise_codebook(data) {
+    if let Err(v) = quant_core::fuzz::exercise_codebook(data) {
         panic!("invariant broken: {v}");
     }
 });

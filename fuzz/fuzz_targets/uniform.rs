@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() > 4096 {
         return;
     }
-    if let Err(v) = quant_core::check::exercise(data) {
+    if let Err(v) = quant_core::fuzz::exercise(data) {
         panic!("invariant broken: {v}");
     }
 });

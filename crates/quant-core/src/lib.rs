@@ -5,8 +5,7 @@
 //! bit-packed storage for every width from 1 to 8 bits, fake quantization with the
 //! straight-through estimator, LSQ gradients, and range calibration (min-max, percentile,
 //! MSE-optimal clipping, running min-max and EMA observers), two-level (k-quant style)
-//! parameter tables, post-training methods ([`ptq`]: batch-norm folding, DFQ equalization
-//! and bias correction, AdaRound, EasyQuant) and integer-only linear layers with fixed-point
+//! parameter tables, and integer-only linear layers with fixed-point
 //! requantization ([`integer`]).
 //!
 //! The numeric contract (scale direction, rounding, ranges and what each option matches in
@@ -47,8 +46,6 @@ mod float;
 pub mod integer;
 mod kernel;
 mod kmeans;
-mod kmeans_dp;
-mod kmeans_penalty;
 mod layout;
 mod lut;
 mod method;
@@ -58,7 +55,6 @@ pub mod optim;
 mod pack;
 mod par;
 mod params;
-pub mod ptq;
 mod range;
 pub mod rng;
 #[macro_use]
@@ -73,6 +69,8 @@ mod ternary;
 mod uniform;
 
 pub mod check;
+#[doc(hidden)]
+pub mod fuzz;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 

@@ -1,8 +1,8 @@
-//! The fuzz target's body (`check::exercise`) over random bytes in the ordinary test run, plus
+//! The fuzz target's body (`fuzz::exercise`) over random bytes in the ordinary test run, plus
 //! inputs that once broke something, so CI checks "never panics" without a fuzzer.
 
 use proptest::prelude::*;
-use quant_core::check;
+use quant_core::fuzz;
 
 /// Extreme `f32` values: uniform random bytes almost never produce a lone huge value, which
 /// is how the fuzzer's first crash slipped past the plain byte property below.
@@ -26,7 +26,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
-        prop_assert_eq!(check::exercise(&bytes), Ok(()));
+        prop_assert_eq!(fuzz::exercise(&bytes), Ok(()));
     }
 
 }
@@ -48,7 +48,7 @@ proptest! {
         bytes.push(shape.len() as u8);
         bytes.extend(&shape);
         bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        prop_assert_eq!(check::exercise(&bytes), Ok(()));
+        prop_assert_eq!(fuzz::exercise(&bytes), Ok(()));
     }
 }
 
@@ -64,16 +64,16 @@ fn hostile_inputs() {
     for vals in [[nan; 10], [inf; 10], [max; 10], [tiny; 10]] {
         let mut bytes = header.to_vec();
         bytes.extend(vals.iter().flatten());
-        assert_eq!(check::exercise(&bytes), Ok(()));
+        assert_eq!(fuzz::exercise(&bytes), Ok(()));
     }
     let mut mixed = header.to_vec();
     for (i, v) in [max, tiny, nan, inf].iter().cycle().take(10).enumerate() {
         let _ = i;
         mixed.extend(v);
     }
-    assert_eq!(check::exercise(&mixed), Ok(()));
-    assert_eq!(check::exercise(&[]), Ok(()));
-    assert_eq!(check::exercise(&[0xff; 64]), Ok(()));
+    assert_eq!(fuzz::exercise(&mixed), Ok(()));
+    assert_eq!(fuzz::exercise(&[]), Ok(()));
+    assert_eq!(fuzz::exercise(&[0xff; 64]), Ok(()));
 }
 
 /// Inputs long enough for the fast kernels' blocks of sixteen groups (groups of 16 to 128
@@ -92,7 +92,7 @@ fn sixteen_group_blocks() {
         for values in seeds {
             let mut bytes = header.to_vec();
             bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-            assert_eq!(check::exercise(&bytes), Ok(()), "bits {bits} scheme {scheme} size {size}");
+            assert_eq!(fuzz::exercise(&bytes), Ok(()), "bits {bits} scheme {scheme} size {size}");
         }
     }
 }
@@ -106,7 +106,7 @@ fn regression_grid_top_code_overflow() {
     values[10] = 0x7F00_0000;
     values[31] = 0xFF00_0000;
     bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    assert_eq!(check::exercise(&bytes), Ok(()));
+    assert_eq!(fuzz::exercise(&bytes), Ok(()));
 }
 
 /// Found by `cargo fuzz run uniform`: a single element at -3.1e38 under `SymmetricFull` and
@@ -116,7 +116,7 @@ fn regression_grid_top_code_overflow() {
 #[test]
 fn regression_fuzz_symmetric_full_single_huge_value() {
     let bytes = [0xc0u8, 0xff, 0x6c, 0x3a, 0xff, 0xff, 0xff, 0xff, 0x6c, 0x6c, 0x6c, 0x6c, 0xff, 0x1a];
-    assert_eq!(check::exercise(&bytes), Ok(()));
+    assert_eq!(fuzz::exercise(&bytes), Ok(()));
 }
 
 /// Found by `cargo fuzz run uniform` once tensors could be long: 2-bit symmetric-full per
@@ -129,14 +129,14 @@ fn regression_fuzz_lsq_gradient_overflow() {
         192u8, 255, 255, 255, 255, 156, 254, 250, 192, 91, 154, 154, 30, 0, 0, 0, 90, 198, 255, 244, 165, 54, 255, 250, 154, 154, 154, 154,
         154, 1, 159, 250, 32, 10,
     ];
-    assert_eq!(check::exercise(&bytes), Ok(()));
+    assert_eq!(fuzz::exercise(&bytes), Ok(()));
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
     #[test]
     fn codebook_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        prop_assert_eq!(check::exercise_codebook(&bytes), Ok(()));
+        prop_assert_eq!(fuzz::exercise_codebook(&bytes), Ok(()));
     }
 
     #[test]
@@ -146,6 +146,6 @@ proptest! {
         bytes.push(shape.len() as u8 - 1);
         bytes.extend(&shape);
         bytes.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        prop_assert_eq!(check::exercise_codebook(&bytes), Ok(()));
+        prop_assert_eq!(fuzz::exercise_codebook(&bytes), Ok(()));
     }
 }

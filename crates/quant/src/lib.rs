@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`quantizers`] | `quant-core` | the method vocabulary (`Method`, `Quantized`), uniform, k-means, ternary and binary quantizers, bit-packed tensors, STE, LSQ, calibration |
 //! | [`hessian`] | `quant-hessian` | the `Autodiff` trait, exact HVPs, power iteration, Lanczos, traces, Q-BERT statistics |
+//! | [`ptq`] | `quant-ptq` | post-training methods: batch-norm folding, DFQ, bias correction, AdaRound, EasyQuant |
 //! | [`models`] | `quant-models` | reference models: quadratic, MLP, a small BERT-style encoder |
 //! | [`mixed`] | `quant-mixed` | Omega and trace sensitivities, Q-BERT ranking, exact budget-constrained allocation, Pareto frontier |
 //! | [`group`] | `quant-group` | group-wise quantization with per-group tables (in progress) |
@@ -49,6 +50,12 @@ pub mod quantizers {
 /// iteration, Lanczos, trace estimators and Q-BERT statistics (the `quant-hessian` crate).
 pub mod hessian {
     pub use quant_hessian::*;
+}
+
+/// Post-training methods: batch-norm folding, DFQ equalization and bias correction,
+/// AdaRound, EasyQuant (the `quant-ptq` crate).
+pub mod ptq {
+    pub use quant_ptq::*;
 }
 
 /// Reference models, differentiable exactly through the Hessian engine: a quadratic, an MLP
@@ -94,11 +101,12 @@ pub mod group {
 }
 
 /// The names most programs need: the traits (float, model, operator, solver and
-/// quantizable-model traits), the uniform specs and the quantize functions.
+/// quantizable-model traits), the method vocabulary, the uniform specs and the quantize
+/// functions.
 pub mod prelude {
     pub use quant_core::{
-        Float, Granularity, QuantParams, QuantizedTensor, RangeEstimator, Rounding, ScaleMode, Scheme, UniformSpec, calibrate,
-        fake_quantize, quantize, ste_backward,
+        Float, Granularity, Method, MethodKind, MethodParams, QuantParams, Quantized, QuantizedTensor, RangeEstimator, Rounding, ScaleMode,
+        Scheme, UniformSpec, calibrate, fake_quantize, quantize, ste_backward,
     };
     pub use quant_hessian::{Autodiff, Differentiable, LinearOperator, Model, OperatorExt, Real};
     pub use quant_qbert::pipeline::QuantizableModel;

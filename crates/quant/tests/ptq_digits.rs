@@ -4,7 +4,7 @@
 use quant::hessian::{Batch, Model};
 use quant::models::{Activation, Mlp};
 use quant::ndarray::{Array1, Array2, Axis, s};
-use quant::quantizers::ptq::{AdaRound, EasyQuant, correct_bias_empirical, equalize_pair};
+use quant::ptq::{AdaRound, EasyQuant, correct_bias_empirical, equalize_pair};
 use quant::quantizers::{Granularity, Scheme, UniformSpec, fake_quantize};
 use quant::train::{TrainParams, train};
 

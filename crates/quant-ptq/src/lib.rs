@@ -1,4 +1,7 @@
-//! Data-free and calibration-light post-training methods on plain weight matrices: batch-norm
+//! # quant-ptq
+//!
+//! Post-training methods of the `quant` family, on plain weight matrices. Data-free and
+//! calibration-light methods: batch-norm
 //! folding, DFQ's cross-layer equalization (pairs and depthwise-separable triples) and
 //! high-bias absorption, and bias correction (analytical from batch-norm statistics, or
 //! empirical from calibration data).
@@ -8,10 +11,14 @@
 //! range of the next layer is then over all its kernel positions: pass its columns grouped by
 //! channel with [`equalize_pair_grouped`]). Formulas: docs/numerics.md, "Post-training methods".
 
+//!
+//! Errors are the core's ([`QuantError`]): these methods check what the quantizers check
+//! (shapes, non-finite values, bit widths, tolerances).
+
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 
-use crate::error::{QuantError, Result};
-use crate::float::Float;
+use quant_core::Float;
+use quant_core::{QuantError, Result};
 
 fn shape_err(expected: &[usize], got: &[usize]) -> QuantError {
     QuantError::ShapeMismatch { expected: expected.to_vec(), got: got.to_vec() }
@@ -395,7 +402,7 @@ impl AdaRound {
             let p = ((scaled[[o, k]] - floor[[o, k]]) + 0.1) / 1.2;
             (p / (1.0 - p)).ln()
         });
-        let mut adam = crate::optim::Adam::new(out * inp);
+        let mut adam = quant_core::optim::Adam::new(out * inp);
         let warm = (self.warm_start * self.iterations as f64) as usize;
         for it in 0..self.iterations {
             let h = v.mapv(|vv| (1.2 * sigmoid(vv) - 0.1).clamp(0.0, 1.0));
@@ -408,7 +415,7 @@ impl AdaRound {
                 r.t().dot(&x) * (2.0 / x.nrows() as f64)
             } else {
                 let rows: Vec<usize> =
-                    (0..self.batch_size).map(|j| crate::rng::index(self.seed, (it * self.batch_size + j) as u64, x.nrows())).collect();
+                    (0..self.batch_size).map(|j| quant_core::rng::index(self.seed, (it * self.batch_size + j) as u64, x.nrows())).collect();
                 let xb = x.select(Axis(0), &rows);
                 let r = xb.dot(&wq.t()) - &target.select(Axis(0), &rows);
                 r.t().dot(&xb) * (2.0 / rows.len() as f64)

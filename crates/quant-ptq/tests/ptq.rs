@@ -3,11 +3,11 @@
 
 use ndarray::{Array1, Array2, Axis, s};
 use proptest::prelude::*;
-use quant_core::ptq::{
+use quant_core::{QuantError, Scheme, UniformSpec, fake_quantize};
+use quant_ptq::{
     AdaRound, BatchNorm, EasyQuant, absorb_high_bias, correct_bias, correct_bias_empirical, equalize_pair, equalize_pair_grouped,
     equalize_triple, fold_batch_norm, normal_cdf, relu_expectation, relu6_expectation,
 };
-use quant_core::{QuantError, Scheme, UniformSpec, fake_quantize};
 
 fn relu(a: Array2<f64>) -> Array2<f64> {
     a.mapv(|v| v.max(0.0))

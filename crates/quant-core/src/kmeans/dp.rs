@@ -62,7 +62,7 @@ impl Prefix<'_> {
 /// exactly `k` clusters, else layer by layer.
 pub(crate) fn optimal_ends(p: Prefix<'_>, k: usize) -> Vec<usize> {
     if k > LAYERED_UP_TO
-        && let Some(ends) = crate::kmeans_penalty::solve(p, k)
+        && let Some(ends) = crate::kmeans::penalty::solve(p, k)
     {
         return ends;
     }

@@ -22,7 +22,7 @@
 //! Ties between candidates go to the earlier start everywhere, so a price gives one
 //! partition on every machine.
 
-use crate::kmeans_dp::Prefix;
+use crate::kmeans::dp::Prefix;
 
 /// Prices tried before giving up on a cluster count.
 const MAX_PRICES: usize = 60;
@@ -199,11 +199,11 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use crate::kmeans_dp::support::{checked_cost, prefix, reference_cost};
+    use crate::kmeans::dp::support::{checked_cost, prefix, reference_cost};
 
     /// Ascending distinct values with a heavy-tailed spread, some repeated.
     fn data() -> impl Strategy<Value = Vec<(f64, u32)>> {
-        crate::kmeans_dp::support::ascending(3000, 3..160, |x| x.powi(3) / 1e9)
+        crate::kmeans::dp::support::ascending(3000, 3..160, |x| x.powi(3) / 1e9)
     }
 
     proptest! {
@@ -231,7 +231,7 @@ mod tests {
         let p = s.view();
         for k in [4, 5, 16, 64, 255] {
             let Some(ends) = solve(p, k) else { panic!("no price gave {k} clusters") };
-            let want = checked_cost(p, k, &crate::kmeans_dp::layered_ends(p, k));
+            let want = checked_cost(p, k, &crate::kmeans::dp::layered_ends(p, k));
             let got = checked_cost(p, k, &ends);
             assert!((got - want).abs() <= 1e-9 * (1.0 + want), "k = {k}: got {got}, optimum {want}");
         }
@@ -245,7 +245,7 @@ mod tests {
         let s = prefix(&v);
         let p = s.view();
         assert_eq!(solve(p, 3), None);
-        let ends = crate::kmeans_dp::optimal_ends(p, 3);
+        let ends = crate::kmeans::dp::optimal_ends(p, 3);
         let (got, want) = (checked_cost(p, 3, &ends), reference_cost(p, 3));
         assert!((got - want).abs() <= 1e-9 * want, "got {got}, optimum {want}");
     }

@@ -1,11 +1,13 @@
 //! K-means codebook quantization for 1-D data (weights): Lloyd in O(k log n) per iteration on
 //! sorted data, and the exact optimum by dynamic programming over contiguous clusters.
 
+mod dp;
+mod penalty;
+
 use ndarray::{ArrayBase, Data, Dimension};
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
-use crate::kmeans_dp;
 use crate::lut::{LutKind, LutTensor, TableDtype};
 use crate::par;
 use crate::rng;
@@ -264,8 +266,8 @@ impl Sorted {
         self.values.len()
     }
 
-    fn prefix(&self) -> kmeans_dp::Prefix<'_> {
-        kmeans_dp::Prefix { s0: &self.s0, s1: &self.s1, s2: &self.s2 }
+    fn prefix(&self) -> dp::Prefix<'_> {
+        dp::Prefix { s0: &self.s0, s1: &self.s1, s2: &self.s2 }
     }
 
     /// Sum of squared deviations from the mean of distinct values `j..i` (0 when empty).
@@ -403,7 +405,7 @@ fn exact(s: &Sorted, k: usize) -> Clustering {
         c.resize(k, last);
         return Clustering { centroids: c, inertia: 0.0, iterations: 0, inertia_history: Vec::new(), converged: true };
     }
-    let ends = kmeans_dp::optimal_ends(s.prefix(), k);
+    let ends = dp::optimal_ends(s.prefix(), k);
     // Each cluster's mean and its cost from the prefix sums.
     let starts = core::iter::once(0).chain(ends.iter().copied());
     let (centroids, costs): (Vec<f64>, Vec<f64>) = starts
