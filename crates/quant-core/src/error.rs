@@ -175,6 +175,15 @@ pub enum QuantError {
     /// A running observer was asked for parameters before it saw any data.
     #[error("the observer has not observed any data yet")]
     NothingObserved,
+    /// A numeric setting out of its documented range (a learning rate, a regulariser, a
+    /// search range: not a tolerance).
+    #[error("{name} = {value} is out of range")]
+    InvalidSetting {
+        /// The setting, as its field is named.
+        name: &'static str,
+        /// Its value.
+        value: f64,
+    },
     /// A name (as a command line or a file spells it) that names no value of the type.
     #[error("'{input}' is not a valid {what} (expected {expected})")]
     InvalidName {

@@ -9,6 +9,35 @@ use crate::dual::Dual;
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::real::Real;
 
+/// A parameter block that is a weight matrix: its index among the model's blocks and its
+/// shape as the model stores it, `fan_in × fan_out` (`y = x W`). The family's convention is
+/// `out × in`; code that takes matrices out of a model with this layout transposes them at
+/// that boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MatrixBlock {
+    /// Index of the block in the model's blocks.
+    pub block: usize,
+    /// Rows as stored (inputs).
+    pub fan_in: usize,
+    /// Columns as stored (outputs).
+    pub fan_out: usize,
+}
+
+impl MatrixBlock {
+    /// Block `block`, stored `fan_in × fan_out`.
+    pub const fn new(block: usize, fan_in: usize, fan_out: usize) -> Self {
+        Self { block, fan_in, fan_out }
+    }
+    /// Number of weights.
+    pub const fn len(&self) -> usize {
+        self.fan_in * self.fan_out
+    }
+    /// Whether the matrix has no weights.
+    pub const fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// A named contiguous block (layer) of a model's flat parameter vector.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Block {

@@ -9,7 +9,7 @@ use quant_hessian::{HessianError, Result};
 use crate::common::{check_finite, check_len};
 use quant_core::rng;
 use quant_hessian::Real;
-use quant_hessian::{Batch, Block, Differentiable, Model};
+use quant_hessian::{Batch, Block, Differentiable, MatrixBlock, Model};
 
 /// The shape of an [`Encoder`].
 ///
@@ -223,21 +223,21 @@ impl<F: Real<Base = F>> Encoder<F> {
 
     /// Indices of the blocks that are weight matrices (embedding, Q, K, V, attention output,
     /// feed-forward in and out, classifier), the blocks quantization usually targets, with
-    /// their `(fan_in, fan_out)` shapes.
-    pub fn weight_blocks(&self) -> Vec<(usize, (usize, usize))> {
+    /// their `fan_in × fan_out` shapes.
+    pub fn weight_blocks(&self) -> Vec<MatrixBlock> {
         let (d, ff) = (self.cfg.d_model, self.cfg.d_ff);
-        let mut out = vec![(self.embedding.0, (self.cfg.features, d))];
+        let mut out = vec![MatrixBlock::new(self.embedding.0, self.cfg.features, d)];
         for lb in &self.layer_blocks {
             out.extend([
-                (lb.q.0, (d, d)),
-                (lb.k.0, (d, d)),
-                (lb.v.0, (d, d)),
-                (lb.out.0, (d, d)),
-                (lb.ffn_in.0, (d, ff)),
-                (lb.ffn_out.0, (ff, d)),
+                MatrixBlock::new(lb.q.0, d, d),
+                MatrixBlock::new(lb.k.0, d, d),
+                MatrixBlock::new(lb.v.0, d, d),
+                MatrixBlock::new(lb.out.0, d, d),
+                MatrixBlock::new(lb.ffn_in.0, d, ff),
+                MatrixBlock::new(lb.ffn_out.0, ff, d),
             ]);
         }
-        out.push((self.classifier.0, (d, self.cfg.classes)));
+        out.push(MatrixBlock::new(self.classifier.0, d, self.cfg.classes));
         out
     }
 
@@ -245,9 +245,9 @@ impl<F: Real<Base = F>> Encoder<F> {
     /// positions zero (positions small normal), layer-norm gains 1.
     pub fn init(&self, seed: u64) -> Array1<F> {
         let mut w = Array1::zeros(self.dim());
-        for (stream, &(b, (fi, _))) in self.weight_blocks().iter().enumerate() {
-            let r = self.blocks[b].range();
-            let std = F::cast((1.0 / fi as f64).sqrt());
+        for (stream, m) in self.weight_blocks().iter().enumerate() {
+            let r = self.blocks[m.block].range();
+            let std = F::cast((1.0 / m.fan_in as f64).sqrt());
             w.slice_mut(s![r.clone()]).assign(&rng::normal::<F>(r.len(), seed, stream as u64).mapv(|v| v * std));
         }
         let pos = self.blocks[self.embedding.2].range();

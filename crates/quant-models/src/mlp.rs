@@ -9,7 +9,7 @@ use quant_hessian::{HessianError, Result};
 use crate::common::{check_finite, check_len};
 use quant_core::rng;
 use quant_hessian::Real;
-use quant_hessian::{Batch, Block, Differentiable, Model};
+use quant_hessian::{Batch, Block, Differentiable, MatrixBlock, Model};
 
 /// The hidden-layer nonlinearity of an [`Mlp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -184,9 +184,9 @@ impl<F: Real<Base = F>> Mlp<F> {
         Ok(logits)
     }
 
-    /// Indices of the weight-matrix blocks with their `(fan_in, fan_out)` shapes.
-    pub fn weight_blocks(&self) -> Vec<(usize, (usize, usize))> {
-        self.widths.windows(2).enumerate().map(|(l, p)| (2 * l, (p[0], p[1]))).collect()
+    /// The weight-matrix blocks with their `fan_in × fan_out` shapes.
+    pub fn weight_blocks(&self) -> Vec<MatrixBlock> {
+        self.widths.windows(2).enumerate().map(|(l, p)| MatrixBlock::new(2 * l, p[0], p[1])).collect()
     }
 
     /// Class scores with `hook(site, input)` called on the input of every layer (site `l`

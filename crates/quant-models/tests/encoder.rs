@@ -93,7 +93,7 @@ fn blocks_are_named_like_bert() {
     // Weight blocks: embedding, 6 per layer, classifier.
     let wb = m.weight_blocks();
     assert_eq!(wb.len(), 1 + 6 * 2 + 1);
-    for (b, (fi, fo)) in wb {
+    for quant_hessian::MatrixBlock { block: b, fan_in: fi, fan_out: fo } in wb {
         assert_eq!(m.blocks()[b].len(), fi * fo);
     }
 }

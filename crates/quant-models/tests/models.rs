@@ -6,7 +6,9 @@ mod common;
 use approx::assert_relative_eq;
 use common::{fd_hessian, toy_data};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, array};
-use quant_hessian::{Autodiff, Batch, Block, HessianError, HessianOperator, HvpKind, LinearOperator, Model, finite_difference_hvp};
+use quant_hessian::{
+    Autodiff, Batch, Block, HessianError, HessianOperator, HvpKind, LinearOperator, MatrixBlock, Model, finite_difference_hvp,
+};
 use quant_models::{Activation, Mlp, Quadratic};
 
 fn grad<M: Autodiff<f64>>(m: &M, w: &Array1<f64>, batch: Batch<'_>) -> (f64, Array1<f64>) {
@@ -210,7 +212,7 @@ fn mlp_layout_and_accuracy() {
     let plain = m.logits(w.view(), x.view()).expect("valid");
     assert!((&hooked - &plain).iter().all(|d| d.abs() < 1e-12));
     assert_eq!(sites, [0, 1, 2]);
-    assert_eq!(m.weight_blocks(), [(0, (5, 6)), (2, (6, 4)), (4, (4, 3))]);
+    assert_eq!(m.weight_blocks(), [MatrixBlock::new(0, 5, 6), MatrixBlock::new(2, 6, 4), MatrixBlock::new(4, 4, 3)]);
     // Same seed, same bits.
     assert_eq!(m.init(1), w);
     assert_ne!(m.init(2), w);

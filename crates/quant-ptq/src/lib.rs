@@ -363,7 +363,7 @@ impl AdaRound {
     ///
     /// # Errors
     /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`],
-    /// [`QuantError::InvalidTolerance`] (for `lr`, `lambda`, `beta` or `warm_start` out of range),
+    /// [`QuantError::InvalidSetting`] (for `lr`, `lambda`, `beta` or `warm_start` out of range),
     /// [`QuantError::ShapeMismatch`], [`QuantError::Empty`], [`QuantError::NonFinite`].
     pub fn round<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<AdaRoundResult> {
         if !(2..=8).contains(&self.bits) {
@@ -372,13 +372,16 @@ impl AdaRound {
         if self.iterations == 0 {
             return Err(QuantError::InvalidIterations);
         }
-        for v in [self.lr, self.beta.0, self.beta.1] {
+        for (name, v) in [("lr", self.lr), ("beta.0", self.beta.0), ("beta.1", self.beta.1)] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(QuantError::InvalidTolerance { tol: v });
+                return Err(QuantError::InvalidSetting { name, value: v });
             }
         }
-        if !(self.lambda.is_finite() && self.lambda >= 0.0 && (0.0..1.0).contains(&self.warm_start)) {
-            return Err(QuantError::InvalidTolerance { tol: if self.lambda.is_finite() { self.warm_start } else { self.lambda } });
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return Err(QuantError::InvalidSetting { name: "lambda", value: self.lambda });
+        }
+        if !(0.0..1.0).contains(&self.warm_start) {
+            return Err(QuantError::InvalidSetting { name: "warm_start", value: self.warm_start });
         }
         let (w, x) = layer_and_inputs(w, x)?;
         let (out, inp) = w.dim();
@@ -564,7 +567,7 @@ impl EasyQuant {
     ///
     /// # Errors
     /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`] (zero candidates or
-    /// rounds), [`QuantError::InvalidTolerance`] (bad range), [`QuantError::ShapeMismatch`],
+    /// rounds), [`QuantError::InvalidSetting`] (bad range), [`QuantError::ShapeMismatch`],
     /// [`QuantError::Empty`], [`QuantError::NonFinite`].
     pub fn search<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<EasyQuantResult> {
         for bits in [self.weight_bits, self.activation_bits] {
@@ -576,8 +579,11 @@ impl EasyQuant {
             return Err(QuantError::InvalidIterations);
         }
         let (lo, hi) = self.range;
-        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= 1.0 && hi >= 1.0) {
-            return Err(QuantError::InvalidTolerance { tol: lo });
+        if !(lo.is_finite() && lo > 0.0 && lo <= 1.0) {
+            return Err(QuantError::InvalidSetting { name: "range.0", value: lo });
+        }
+        if !(hi.is_finite() && hi >= 1.0) {
+            return Err(QuantError::InvalidSetting { name: "range.1", value: hi });
         }
         let (w, x) = layer_and_inputs(w, x)?;
         let (out, inp) = w.dim();

@@ -246,6 +246,14 @@ fn adaround_settings_are_checked() {
     ] {
         assert!(bad.round(w.view(), x.view()).is_err(), "{bad:?}");
     }
+    // Learning rates and regularisers are settings, not tolerances.
+    for (bad, name) in [
+        (AdaRound { lr: f64::NAN, ..AdaRound::default() }, "lr"),
+        (AdaRound { warm_start: 1.0, ..AdaRound::default() }, "warm_start"),
+        (AdaRound { lambda: -1.0, ..AdaRound::default() }, "lambda"),
+    ] {
+        assert!(matches!(bad.round(w.view(), x.view()), Err(QuantError::InvalidSetting { name: n, .. }) if n == name), "{bad:?}");
+    }
     assert!(AdaRound::default().round(w.view(), mat(4, 2, 2, false).view()).is_err());
 }
 

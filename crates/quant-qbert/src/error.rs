@@ -24,6 +24,19 @@ pub enum QbertError {
         /// Its value.
         value: f64,
     },
+    /// A budget the pipeline does not allocate under (it allocates bytes and compression
+    /// ratios; bit-operation budgets need per-layer MAC counts, which `quant-mixed` takes).
+    #[error("the pipeline does not allocate under a {budget} budget")]
+    UnsupportedBudget {
+        /// The budget's kind.
+        budget: &'static str,
+    },
+    /// A required input was empty.
+    #[error("no {what} given")]
+    Empty {
+        /// What was empty (`"samples"`, ...).
+        what: &'static str,
+    },
     /// From the data sets.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

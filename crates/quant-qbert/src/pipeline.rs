@@ -7,7 +7,7 @@ use core::fmt;
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut2, s};
 use quant_core::{ErrorStats, Float, Granularity, KMeansSpec, MethodKind, MethodParams, RangeObserver, Scheme, UniformSpec};
 use quant_group::{Method, OutputGroupCodebook, quantize_output_groups};
-use quant_hessian::{Autodiff, Batch, PowerIteration, QbertParams, Real, TopEigen, qbert_statistics_for};
+use quant_hessian::{Autodiff, Batch, MatrixBlock, PowerIteration, QbertParams, Real, TopEigen, qbert_statistics_for};
 use quant_mixed::{LayerOption, LayerSpec, Problem, qbert_ranking};
 use quant_models::{Encoder, Mlp};
 
@@ -19,9 +19,10 @@ use crate::train::{Adam, TrainParams, shuffle, train_qat};
 /// A model the pipeline can quantize: an [`Autodiff`] model that names its weight matrices
 /// and evaluates accuracy with an activation hook.
 pub trait QuantizableModel<F: Float>: Autodiff<F> + Sync {
-    /// Indices of the weight-matrix blocks with their `(fan_in, fan_out)` shapes, in forward
-    /// order (the first is treated as the embedding, the last as the classifier).
-    fn weight_blocks(&self) -> Vec<(usize, (usize, usize))>;
+    /// The weight-matrix blocks with their `fan_in × fan_out` shapes as stored, in forward
+    /// order (the first is treated as the embedding, the last as the classifier). The
+    /// pipeline hands the group quantizers their transposes (`out × in`).
+    fn weight_blocks(&self) -> Vec<MatrixBlock>;
     /// Attention heads per projection (1 for models without attention).
     fn heads(&self) -> usize {
         1
@@ -34,7 +35,7 @@ pub trait QuantizableModel<F: Float>: Autodiff<F> + Sync {
 }
 
 impl<F: Real<Base = F>> QuantizableModel<F> for Encoder<F> {
-    fn weight_blocks(&self) -> Vec<(usize, (usize, usize))> {
+    fn weight_blocks(&self) -> Vec<MatrixBlock> {
         Encoder::weight_blocks(self)
     }
     fn heads(&self) -> usize {
@@ -46,7 +47,7 @@ impl<F: Real<Base = F>> QuantizableModel<F> for Encoder<F> {
 }
 
 impl<F: Real<Base = F>> QuantizableModel<F> for Mlp<F> {
-    fn weight_blocks(&self) -> Vec<(usize, (usize, usize))> {
+    fn weight_blocks(&self) -> Vec<MatrixBlock> {
         Mlp::weight_blocks(self)
     }
     fn accuracy_hooked(&self, w: ArrayView1<'_, F>, batch: Batch<'_>, hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>)) -> Result<f64> {
@@ -346,7 +347,7 @@ impl QbertPipeline {
         let p = &self.params;
         let power = PowerIteration::builder().tol(p.power_tol).max_iter(p.power_max_iter).check()?;
         let qp = QbertParams::new(p.subsets, p.seed, TopEigen::Power(power));
-        let block_ids: Vec<usize> = model.weight_blocks().iter().map(|&(b, _)| b).collect();
+        let block_ids: Vec<usize> = model.weight_blocks().iter().map(|m| m.block).collect();
         let mut pool = train_set.to_vec();
         if let Some(size) = p.subset_size {
             shuffle(&mut pool, p.seed ^ 0x51AB);
@@ -378,7 +379,7 @@ impl QbertPipeline {
         grouping: Grouping,
     ) -> Result<QuantizedModel<F>> {
         if train_set.is_empty() {
-            return Err(QbertError::InvalidParameter { what: "samples", value: 0.0 });
+            return Err(QbertError::Empty { what: "samples" });
         }
         let widths: Vec<u8> = match strategy {
             Strategy::Uniform(b) => vec![*b],
@@ -405,7 +406,7 @@ impl QbertPipeline {
                     Budget::Bytes(b) => b,
                     Budget::CompressionRatio(r) if r.is_finite() && r >= 1.0 => (4.0 * w.len() as f64 / r).floor() as u64,
                     Budget::CompressionRatio(r) => return Err(QbertError::InvalidParameter { what: "compression ratio", value: r }),
-                    Budget::Bops(_) => return Err(QbertError::InvalidParameter { what: "bit-operation budget", value: 0.0 }),
+                    Budget::Bops(_) => return Err(QbertError::UnsupportedBudget { budget: "bit-operation" }),
                 };
                 ctx.exact_plan(&free, &omegas, choices, total, grouping)?
             }
@@ -441,7 +442,7 @@ impl QbertPipeline {
     ) -> Result<QbertReport> {
         let p = &self.params;
         if train_set.is_empty() || test_set.is_empty() {
-            return Err(QbertError::InvalidParameter { what: "samples", value: 0.0 });
+            return Err(QbertError::Empty { what: "samples" });
         }
         let blocks = model.weight_blocks();
         if blocks.len() < 3 {
@@ -542,7 +543,7 @@ impl QbertPipeline {
 
 fn layer_reports<F: Float, M: QuantizableModel<F> + ?Sized>(
     model: &M,
-    blocks: &[(usize, (usize, usize))],
+    blocks: &[MatrixBlock],
     stats: &[quant_hessian::BlockStats],
     plan: &Plan,
     details: &[(usize, u64, Option<f64>)],
@@ -551,7 +552,7 @@ fn layer_reports<F: Float, M: QuantizableModel<F> + ?Sized>(
         .iter()
         .enumerate()
         .map(|(i, st)| LayerReport {
-            name: model.blocks()[blocks[i].0].name().to_string(),
+            name: model.blocks()[blocks[i].block].name().to_string(),
             params: st.params,
             eigenvalues: st.eigenvalues.clone(),
             mean: st.mean,
@@ -574,7 +575,7 @@ type Book<F> = (core::ops::Range<usize>, (usize, usize), OutputGroupCodebook<F>,
 struct Ctx<'a, F, M: ?Sized> {
     model: &'a M,
     w: ArrayView1<'a, F>,
-    blocks: &'a [(usize, (usize, usize))],
+    blocks: &'a [MatrixBlock],
     heads: usize,
     p: &'a PipelineParams,
     train: &'a [usize],
@@ -601,7 +602,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         let mut plan = Plan { bits: vec![None; self.blocks.len()], groups: vec![1; self.blocks.len()] };
         for (&i, &b) in free.iter().zip(widths) {
             plan.bits[i] = Some(b);
-            plan.groups[i] = g.groups(self.heads, self.blocks[i].1.1);
+            plan.groups[i] = g.groups(self.heads, self.blocks[i].fan_out);
         }
         self.fixed(&mut plan);
         plan
@@ -613,9 +614,11 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         Ok(MethodParams { kind: self.p.method, bits, ..MethodParams::default() }.check()?)
     }
 
-    /// Weight matrix `k` of `w` (`fan_in × fan_out`).
+    /// Weight matrix `k` of `w` as the model stores it (`fan_in × fan_out`); the group
+    /// quantizers take `out × in`, so the calls below pass its transpose and read results
+    /// back transposed.
     fn matrix(&self, w: ArrayView1<'_, F>, k: usize) -> Result<Array2<F>> {
-        let (b, (fi, fo)) = self.blocks[k];
+        let MatrixBlock { block: b, fan_in: fi, fan_out: fo } = self.blocks[k];
         w.slice(s![self.model.blocks()[b].range()])
             .to_owned()
             .into_shape_with_order((fi, fo))
@@ -626,12 +629,12 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     fn apply_to(&self, w: ArrayView1<'_, F>, plan: &Plan) -> Result<(Array1<F>, u64)> {
         let mut out = w.to_owned();
         let mut bytes = 4 * w.len() as u64;
-        for (k, &(b, (fi, fo))) in self.blocks.iter().enumerate() {
+        for (k, &MatrixBlock { block: b, fan_in: fi, fan_out: fo }) in self.blocks.iter().enumerate() {
             if let Some(bits) = plan.bits[k] {
                 let range = self.model.blocks()[b].range();
                 let m = self.matrix(w, k)?;
-                let q = quantize_output_groups(m.view(), plan.groups[k], &self.method(bits)?)?;
-                out.slice_mut(s![range]).iter_mut().zip(q.weights.iter()).for_each(|(o, &v)| *o = v);
+                let q = quantize_output_groups(m.t(), plan.groups[k], &self.method(bits)?)?;
+                out.slice_mut(s![range]).iter_mut().zip(q.weights.t().iter()).for_each(|(o, &v)| *o = v);
                 bytes = bytes - 4 * (fi * fo) as u64 + q.bytes as u64;
             }
         }
@@ -646,20 +649,20 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         let mut base = self.w.to_owned();
         let mut books = Vec::new();
         let mut quantized = vec![false; base.len()];
-        for (k, &(b, (fi, fo))) in self.blocks.iter().enumerate() {
+        for (k, &MatrixBlock { block: b, fan_in: fi, fan_out: fo }) in self.blocks.iter().enumerate() {
             if let Some(bits) = plan.bits[k] {
                 let range = self.model.blocks()[b].range();
                 quantized[range.clone()].iter_mut().for_each(|q| *q = true);
                 let m = self.matrix(self.w, k)?;
-                let book = OutputGroupCodebook::new(m.view(), plan.groups[k], &KMeansSpec::builder().bits(bits).check()?)?;
-                let n = book.centroid_gradients(m.view())?.len();
+                let book = OutputGroupCodebook::new(m.t(), plan.groups[k], &KMeansSpec::builder().bits(bits).check()?)?;
+                let n = book.centroid_gradients(m.t())?.len();
                 books.push((range, (fi, fo), book, Adam::new(n)));
             }
         }
         let with_books = |base: &Array1<F>, books: &[Book<F>]| {
             let mut wq = base.clone();
             for (range, _, book, _) in books {
-                wq.slice_mut(s![range.clone()]).iter_mut().zip(book.weights().iter()).for_each(|(o, &v)| *o = v);
+                wq.slice_mut(s![range.clone()]).iter_mut().zip(book.weights().t().iter()).for_each(|(o, &v)| *o = v);
             }
             wq
         };
@@ -678,12 +681,10 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                     }
                 });
                 for (range, shape, book, state) in &mut books {
-                    let g = grad
-                        .slice(s![range.clone()])
-                        .to_owned()
-                        .into_shape_with_order(*shape)
-                        .map_err(|_| QbertError::InvalidParameter { what: "block shape", value: 0.0 })?;
-                    let cg = book.centroid_gradients(g.view())?;
+                    let g = grad.slice(s![range.clone()]).to_owned().into_shape_with_order(*shape).map_err(|_| {
+                        QbertError::Core(quant_core::QuantError::ShapeMismatch { expected: vec![shape.0, shape.1], got: vec![range.len()] })
+                    })?;
+                    let cg = book.centroid_gradients(g.t())?;
                     let mut d: Vec<F> = Vec::with_capacity(cg.len());
                     state.step(cg.iter().map(|v| v.as_f64()), t.lr, |_, x| d.push(F::cast(x)));
                     book.apply_step(&d)?;
@@ -696,13 +697,13 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     /// Per matrix under `plan`: groups, bytes and SQNR (dB; `None` in f32).
     fn details(&self, plan: &Plan) -> Result<Vec<(usize, u64, Option<f64>)>> {
         let mut out = Vec::with_capacity(self.blocks.len());
-        for (k, &(_, (fi, fo))) in self.blocks.iter().enumerate() {
+        for (k, &MatrixBlock { fan_in: fi, fan_out: fo, .. }) in self.blocks.iter().enumerate() {
             let m = self.matrix(self.w, k)?;
             match plan.bits[k] {
                 None => out.push((1, 4 * (fi * fo) as u64, None)),
                 Some(bits) => {
-                    let q = quantize_output_groups(m.view(), plan.groups[k], &self.method(bits)?)?;
-                    let e = ErrorStats::of(m.iter().copied(), q.weights.iter().copied());
+                    let q = quantize_output_groups(m.t(), plan.groups[k], &self.method(bits)?)?;
+                    let e = ErrorStats::of(m.iter().copied(), q.weights.t().iter().copied());
                     out.push((plan.groups[k], q.bytes as u64, Some(10.0 * (e.signal / e.squared_error.max(f64::MIN_POSITIVE)).log10())));
                 }
             }
@@ -790,13 +791,13 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     fn exact_plan(&self, free: &[usize], omegas: &[f64], choices: &[u8], budget: u64, grouping: Grouping) -> Result<Vec<u8>> {
         let mut layers = Vec::new();
         for (k, &i) in free.iter().enumerate() {
-            let (b, (fi, fo)) = self.blocks[i];
+            let MatrixBlock { block: b, fan_in: fi, fan_out: fo } = self.blocks[i];
             let m = self.matrix(self.w, i)?;
             let g = grouping.groups(self.heads, fo);
             let mut options = Vec::new();
             for &bits in choices {
-                let q = quantize_output_groups(m.view(), g, &self.method(bits)?)?;
-                let err: f64 = q.weights.iter().zip(m.iter()).map(|(&a, &b)| (a.as_f64() - b.as_f64()).powi(2)).sum();
+                let q = quantize_output_groups(m.t(), g, &self.method(bits)?)?;
+                let err = ErrorStats::of(q.weights.t().iter().copied(), m.iter().copied()).squared_error;
                 options.push(LayerOption { bits, group_size: Some(fo / g), bytes: q.bytes as u64, bops: 0, sensitivity: omegas[k] * err });
             }
             layers.push(LayerSpec::new(self.model.blocks()[b].name(), (fi * fo) as u64, options));
@@ -806,7 +807,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         let mut fixed_only = Plan { bits: vec![None; self.blocks.len()], groups: vec![1; self.blocks.len()] };
         self.fixed(&mut fixed_only);
         let (_, with_free_f32) = self.apply(&fixed_only)?;
-        let free_f32: u64 = free.iter().map(|&i| 4 * (self.blocks[i].1.0 * self.blocks[i].1.1) as u64).sum();
+        let free_f32: u64 = free.iter().map(|&i| 4 * self.blocks[i].len() as u64).sum();
         let available = budget.saturating_sub(with_free_f32 - free_f32);
         let allocation = Problem::new(layers)?.solve(Budget::Bytes(available))?;
         Ok(allocation.layers.iter().map(|l| l.bits).collect())

@@ -127,7 +127,7 @@ where
 {
     let p = params.check()?;
     if samples.is_empty() {
-        return Err(QbertError::InvalidParameter { what: "samples", value: 0.0 });
+        return Err(QbertError::Empty { what: "samples" });
     }
     let mut adam = Adam::new(w.len());
     let mut g = Array1::<F>::zeros(w.len());

@@ -1,7 +1,7 @@
 //! The code of `docs/tutorial.md`, compiled and run: a model written outside the crate
 //! family, plugged into the Q-BERT pipeline.
 
-use quant::hessian::{Autodiff, Batch, Block, Model};
+use quant::hessian::{Autodiff, Batch, Block, MatrixBlock, Model};
 use quant::ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use quant::pipeline::{Budget, Grouping, PipelineParams, QbertPipeline, QuantizableModel, Strategy};
 
@@ -108,8 +108,8 @@ impl Autodiff<f64> for MyNet {
 }
 
 impl QuantizableModel<f64> for MyNet {
-    fn weight_blocks(&self) -> Vec<(usize, (usize, usize))> {
-        (0..3).map(|i| (i, SHAPES[i])).collect()
+    fn weight_blocks(&self) -> Vec<MatrixBlock> {
+        (0..3).map(|i| MatrixBlock::new(i, SHAPES[i].0, SHAPES[i].1)).collect()
     }
     fn accuracy_hooked(
         &self,
