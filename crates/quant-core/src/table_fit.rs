@@ -193,12 +193,15 @@ fn fit_runs_portable<F: Float>(
     let mut cols: Vec<[F; LANES]> = vec![[F::zero(); LANES]; len];
     let mut bad = None;
     let mut k = 0;
+    // Detected once, outside the loop: the check is an opaque call that would otherwise make
+    // the loop reload what it keeps in registers.
+    let token = crate::simd::Avx512::new();
     while k < out.len() {
         let w = if out.len() - k >= LANES { LANES } else { 1 };
         let xs = &data[k * len..(k + w) * len];
         let start = start.map(|s| &s[k..]);
         let finite = if w == LANES {
-            match (crate::simd::Avx512::new(), F::as_f32_slice(xs), F::as_f32_slice_mut(cols.as_flattened_mut())) {
+            match (token, F::as_f32_slice(xs), F::as_f32_slice_mut(cols.as_flattened_mut())) {
                 (Some(t), Some(src), Some(dst)) => crate::simd::transpose16(t, src, len, dst),
                 _ => {
                     for (k, row) in cols.iter_mut().enumerate() {

@@ -123,6 +123,8 @@ macro_rules! impl_real {
             fn dual_matmul_into(a: ArrayView2<'_, Dual<$t>>, b: ArrayView2<'_, Dual<$t>>, accumulate: bool, out: ArrayViewMut2<'_, Dual<$t>>) -> bool {
                 <$t as DualKernel>::matmul(a, b, accumulate, out)
             }
+            // Called per element from models in other crates: inline across the crate boundary.
+            #[inline]
             fn tanh_fast(self) -> $t {
                 <$t as DualKernel>::tanh(self)
             }
@@ -147,6 +149,7 @@ trait DualKernel: Sized {
 }
 
 impl DualKernel for f32 {
+    #[inline]
     fn tanh(self) -> f32 {
         tanh_f32(self)
     }
@@ -159,6 +162,7 @@ impl DualKernel for f32 {
 }
 
 impl DualKernel for f64 {
+    #[inline]
     fn tanh(self) -> f64 {
         self.tanh()
     }
@@ -176,6 +180,7 @@ impl DualKernel for f64 {
 /// polynomial through `z^15` (truncation below 1e-8 relative there); above it
 /// `(1 − e)/(1 + e)` with `e = exp(−2|z|) ≤ e^−1`, free of cancellation; the sign of `z`
 /// (zeros included) is kept, and NaN stays NaN.
+#[inline]
 pub(crate) fn tanh_f32(z: f32) -> f32 {
     let a = z.abs();
     if a < 0.5 {
