@@ -59,6 +59,8 @@ mod range;
 pub mod rng;
 #[macro_use]
 mod simd;
+#[cfg(feature = "serde")]
+mod serde_specs;
 mod spec;
 mod stats;
 mod ste;

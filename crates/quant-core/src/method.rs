@@ -93,7 +93,12 @@ impl core::str::FromStr for MethodKind {
 /// A validated quantization method: the quantizer and all its settings, granularity
 /// included. Every layer of the family (groups, allocation, pipelines, file formats, the
 /// command line) names methods with this type and quantizes through [`Method::quantize`].
+///
+/// With the `serde` feature it serializes as `{"uniform": {...spec fields...}}` (likewise
+/// `kmeans`, `ternary`, `binary`); missing fields take the spec's defaults, and the spec is
+/// validated as it is read.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "lowercase"))]
 #[non_exhaustive]
 pub enum Method {
     /// Uniform quantization.

@@ -231,6 +231,11 @@ impl ParamDtype {
 /// | `param_dtype` | [`ParamDtype::Native`] | precision the steps and offsets are stored at | any |
 /// | `table_fit` | [`TableFit::Cover`] | how two-level table codes are fitted | `LeastSquares` needs `Quantized` and ≥ 1 iteration |
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(into = "crate::serde_specs::UniformFields", try_from = "crate::serde_specs::UniformFields")
+)]
 pub struct UniformSpec {
     bits: u8,
     scheme: Scheme,

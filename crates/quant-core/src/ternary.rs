@@ -18,6 +18,11 @@ use crate::uniform::{layout_of_granularity, row_major};
 /// | `threshold` | 0.7 | TWN: `Δ = threshold · mean|w|` | finite, > 0 |
 /// | `clip` | none | clip to `[−c, c]` first (TernaryBERT: 2.5); the STE zeroes the gradient outside | finite, > 0 |
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(into = "crate::serde_specs::TernaryFields", try_from = "crate::serde_specs::TernaryFields")
+)]
 pub struct TernarySpec {
     granularity: Granularity,
     threshold: f64,

@@ -197,3 +197,41 @@ fn default_method_per_kind() {
     assert_eq!(MethodKind::KMeans.default_method().bits(), 4);
     assert_eq!(MethodParams::default().bits, 8);
 }
+
+#[test]
+fn specs_and_methods_round_trip_through_serde_and_are_checked_on_the_way_in() -> Result<(), serde_json::Error> {
+    let uniform = UniformSpec::builder()
+        .bits(3)
+        .scheme(Scheme::SymmetricNarrow)
+        .per_group(1, 32)
+        .range(RangeEstimator::Mse { steps: 20 })
+        .param_dtype(ParamDtype::Quantized { bits: 6, super_group: 4 })
+        .table_fit(TableFit::LeastSquares { iterations: 2 })
+        .check()
+        .map_err(serde::de::Error::custom)?;
+    let kmeans = KMeansSpec::builder().k(5).exact().per_channel(0).table(TableDtype::F16).check().map_err(serde::de::Error::custom)?;
+    let ternary = TernarySpec::builder().threshold(0.5).clip(2.5).check().map_err(serde::de::Error::custom)?;
+    for m in [Method::Uniform(uniform), Method::KMeans(kmeans), Method::Ternary(ternary), Method::Binary(TernarySpec::default())] {
+        let json = serde_json::to_string(&m)?;
+        assert_eq!(serde_json::from_str::<Method>(&json)?, m, "{json}");
+    }
+    let json = serde_json::to_string(&Method::Uniform(uniform))?;
+    assert!(
+        json.starts_with(r#"{"uniform":{"bits":3,"scheme":"symmetric","granularity":{"kind":"group","axis":1,"size":32},"range":"mse:20""#),
+        "{json}"
+    );
+    // Missing fields take the defaults; invalid ones are refused with the builder's reason.
+    assert_eq!(
+        serde_json::from_str::<UniformSpec>(r#"{"bits":4}"#)?,
+        UniformSpec::builder().bits(4).check().map_err(serde::de::Error::custom)?
+    );
+    assert_eq!(serde_json::from_str::<Method>(r#"{"ternary":{}}"#)?, Method::Ternary(TernarySpec::default()));
+    for bad in [r#"{"bits":9}"#, r#"{"scheme":"symmetric","bits":1}"#, r#"{"table_fit":"least-squares"}"#, r#"{"bitz":4}"#] {
+        let err = serde_json::from_str::<UniformSpec>(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!err.is_empty(), "{bad} was accepted");
+    }
+    assert!(serde_json::from_str::<KMeansSpec>(r#"{"k":0}"#).is_err());
+    assert!(serde_json::from_str::<TernarySpec>(r#"{"clip":-1.0}"#).is_err());
+    assert!(serde_json::from_str::<Method>(r#"{"lloyd":{}}"#).is_err());
+    Ok(())
+}

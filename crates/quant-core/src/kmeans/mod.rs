@@ -16,6 +16,7 @@ use crate::uniform::{layout_of_granularity, row_major};
 
 /// How the centroids start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum KMeansInit {
     /// Evenly spaced over `[min, max]` of the non-zero values (Deep Compression). The default.
@@ -32,6 +33,7 @@ pub enum KMeansInit {
 
 /// Which clustering algorithm runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 #[non_exhaustive]
 pub enum KMeansAlgorithm {
     /// Lloyd's iterations from the initial centroids, until no label changes, the largest
@@ -63,6 +65,11 @@ impl Default for KMeansAlgorithm {
 /// | `algorithm` | Lloyd, 300 iterations, tol 0 | clustering | `max_iter ≥ 1`, `tol ≥ 0` |
 /// | `table` | [`TableDtype::F32`] | table storage precision | any |
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(into = "crate::serde_specs::KMeansFields", try_from = "crate::serde_specs::KMeansFields")
+)]
 pub struct KMeansSpec {
     k: usize,
     granularity: Granularity,
