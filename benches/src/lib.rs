@@ -15,8 +15,7 @@ pub fn gaussian_weights(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
 /// Signal-to-quantization-noise ratio in dB, accumulated in f64 (`quant_core::ErrorStats`; an
 /// exact reconstruction gives a large finite value).
 pub fn sqnr_db(x: &[f32], y: &[f32]) -> f64 {
-    let e = quant_core::ErrorStats::of(x.iter().copied(), y.iter().copied());
-    10.0 * (e.signal / e.squared_error.max(f64::MIN_POSITIVE)).log10()
+    quant_core::ErrorStats::of(x.iter().copied(), y.iter().copied()).sqnr_db_floored()
 }
 
 /// `n` weights like a real layer's: N(0, 0.02²) with 1% drawn from N(0, 0.2²) (a heavy tail), seeded.

@@ -704,7 +704,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                 Some(bits) => {
                     let q = quantize_output_groups(m.t(), plan.groups[k], &self.method(bits)?)?;
                     let e = ErrorStats::of(m.iter().copied(), q.weights.t().iter().copied());
-                    out.push((plan.groups[k], q.bytes as u64, Some(10.0 * (e.signal / e.squared_error.max(f64::MIN_POSITIVE)).log10())));
+                    out.push((plan.groups[k], q.bytes as u64, Some(e.sqnr_db_floored())));
                 }
             }
         }
