@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("matvec_4096");
     g.throughput(Throughput::Elements((n * n) as u64));
     g.sample_size(20);
-    g.bench_function("packed_4bit_g32", |b| b.iter(|| quant_group::matvec(&q, x.view(), y.view_mut())));
+    g.bench_function("packed_4bit_g32", |b| b.iter(|| quant_core::matvec(&q, x.view(), y.view_mut())));
     g.bench_function("dequantize_then_dot", |b| b.iter(|| q.dequantize().into_dimensionality::<ndarray::Ix2>().map(|d| d.dot(&x))));
     g.bench_function("f32_dot", |b| b.iter(|| w.dot(&x)));
     g.finish();

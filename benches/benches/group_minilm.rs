@@ -92,7 +92,7 @@ fn ours(ms: &Matrices, spec: &UniformSpec) -> Result<Tally, Box<dyn std::error::
         let x = Array1::from(input(w.ncols()));
         let mut y = Array1::zeros(w.nrows());
         let start = Instant::now();
-        quant_group::matvec(&q, x.view(), y.view_mut())?;
+        quant_core::matvec(&q, x.view(), y.view_mut())?;
         t.matvec += start.elapsed().as_secs_f64();
         t.add_error(w.as_slice().unwrap_or(&[]), back.as_slice().unwrap_or(&[]));
         t.bytes += q.storage_bytes();

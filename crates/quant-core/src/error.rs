@@ -75,6 +75,17 @@ pub enum QuantError {
         /// How many the parameters hold.
         got: usize,
     },
+    /// A matrix-vector product whose operands do not fit: the matrix must be 2-D,
+    /// `x` as long as its columns and `y` as its rows.
+    #[error("cannot multiply a {matrix:?} matrix by a vector of {x} into one of {y}")]
+    MatvecShape {
+        /// The matrix's shape.
+        matrix: Vec<usize>,
+        /// `x`'s length.
+        x: usize,
+        /// `y`'s length.
+        y: usize,
+    },
     /// A code does not fit the bit width (when packing caller-supplied codes).
     #[error("code {code} at index {index} does not fit in {bits} bits")]
     CodeOutOfRange {

@@ -48,6 +48,7 @@ mod kernel;
 mod kmeans;
 mod layout;
 mod lut;
+mod matvec;
 mod method;
 mod names;
 mod observer;
@@ -84,6 +85,7 @@ pub use kmeans::{
     kmeans_quantize,
 };
 pub use lut::{LutKind, LutTensor, TableDtype};
+pub use matvec::matvec;
 pub use method::{Method, MethodKind, MethodParams, Quantized};
 pub use names::{DEFAULT_SUPER_GROUP, GranularityRule};
 pub use observer::RangeObserver;

@@ -12,7 +12,7 @@ pub enum GroupError {
     InvalidGroups {
         /// Groups asked for.
         groups: usize,
-        /// Output units (columns of a `fan_in × fan_out` matrix).
+        /// Output units (rows of an `out × in` matrix).
         units: usize,
     },
     /// A group layout that does not fit the matrix (see [`GroupLayout`](crate::GroupLayout)).
@@ -24,17 +24,6 @@ pub enum GroupError {
         shape: (usize, usize),
         /// Why.
         reason: &'static str,
-    },
-    /// A matrix-vector product whose operands do not fit: the matrix must be 2-D,
-    /// `x` as long as its columns and `y` as its rows.
-    #[error("cannot multiply a {matrix:?} matrix by a vector of {x} into one of {y}")]
-    Shape {
-        /// The matrix's shape.
-        matrix: Vec<usize>,
-        /// `x`'s length.
-        x: usize,
-        /// `y`'s length.
-        y: usize,
     },
 }
 

@@ -155,7 +155,9 @@ pub fn quantize_groups<F: Float>(w: ArrayView2<'_, F>, layout: &GroupLayout, met
             result[e] = v;
         }
     }
-    let weights = Array2::from_shape_vec((out, inp), result).map_err(|_| GroupError::Shape { matrix: vec![out, inp], x: 0, y: 0 })?;
+    let got = vec![result.len()];
+    let weights =
+        Array2::from_shape_vec((out, inp), result).map_err(|_| quant_core::QuantError::ShapeMismatch { expected: vec![out, inp], got })?;
     Ok(GroupQuantized { bits_per_weight: 8.0 * bytes as f64 / (out * inp) as f64, weights, bytes })
 }
 

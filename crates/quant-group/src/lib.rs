@@ -7,8 +7,8 @@
 //! head, finer splits, or per unit) with any `quant-core` quantizer per group
 //! ([`quantize_output_groups`]), codebook fine-tuning ([`OutputGroupCodebook`]), explicit
 //! layouts of an `out × in` matrix ([`GroupLayout`]: output rows, input blocks, 2-D tiles and
-//! fused-QKV heads, quantized by [`quantize_groups`]), and a matrix-vector product straight
-//! from packed codes ([`matvec`]). `quant-core` itself quantizes GGML-style blocks of
+//! fused-QKV heads, quantized by [`quantize_groups`]). The matrix-vector product straight
+//! from packed codes is `quant_core::matvec`. `quant-core` itself quantizes GGML-style blocks of
 //! contiguous elements along any axis ([`Granularity::PerGroup`]) with fused kernels, and
 //! stores per-group steps at f32, f16, bf16 or as two-level k-quant style tables
 //! (`ParamDtype::Quantized`, fitted by covering and search or, faster, by least squares:
@@ -29,11 +29,9 @@
 
 mod error;
 mod layout;
-mod matvec;
 mod rows;
 
 pub use error::{GroupError, Result};
 pub use layout::{GroupLayout, QkvOrder, quantize_groups};
-pub use matvec::matvec;
 pub use quant_core::{Granularity, Method};
 pub use rows::{GroupQuantized, OutputGroupCodebook, quantize_output_groups};

@@ -2,8 +2,7 @@
 
 use ndarray::{Array1, Array2};
 use proptest::prelude::*;
-use quant_core::{Granularity, ParamDtype, Scheme, UniformSpec, quantize};
-use quant_group::{GroupError, matvec};
+use quant_core::{Granularity, ParamDtype, QuantError, Scheme, UniformSpec, matvec, quantize};
 
 fn granularity() -> impl Strategy<Value = Granularity> {
     prop_oneof![
@@ -51,10 +50,10 @@ fn mismatched_operands_are_refused() -> Result<(), Box<dyn std::error::Error>> {
     let w = Array2::<f32>::from_elem((3, 4), 0.5);
     let q = quantize(&w, &UniformSpec::default())?;
     let mut y = Array1::zeros(3);
-    assert!(matches!(matvec(&q, Array1::zeros(5).view(), y.view_mut()), Err(GroupError::Shape { .. })));
-    assert!(matches!(matvec(&q, Array1::zeros(4).view(), Array1::zeros(2).view_mut()), Err(GroupError::Shape { .. })));
+    assert!(matches!(matvec(&q, Array1::zeros(5).view(), y.view_mut()), Err(QuantError::MatvecShape { .. })));
+    assert!(matches!(matvec(&q, Array1::zeros(4).view(), Array1::zeros(2).view_mut()), Err(QuantError::MatvecShape { .. })));
     let q3 = quantize(&ndarray::Array3::<f32>::zeros((2, 2, 2)), &UniformSpec::default())?;
-    assert!(matches!(matvec(&q3, Array1::zeros(2).view(), y.view_mut()), Err(GroupError::Shape { .. })));
+    assert!(matches!(matvec(&q3, Array1::zeros(2).view(), y.view_mut()), Err(QuantError::MatvecShape { .. })));
     matvec(&q, Array1::from_elem(4, 1.0f32).view(), y.view_mut())?;
     assert!(y.iter().all(|&v| (v - 2.0).abs() < 1e-6));
     Ok(())

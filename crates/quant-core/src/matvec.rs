@@ -1,9 +1,9 @@
-//! Matrix-vector products straight from packed codes.
+//! Matrix-vector products straight from packed codes (inference without dequantizing; the
+//! integer-only layers are in [`crate::integer`]).
 
+use crate::error::{QuantError, Result};
+use crate::{Float, Granularity, QuantizedTensor};
 use ndarray::{ArrayView1, ArrayViewMut1};
-use quant_core::{Float, Granularity, QuantizedTensor};
-
-use crate::error::{GroupError, Result};
 
 /// `y = Ŵ x` for a quantized `rows × cols` matrix `Ŵ`, without materialising `Ŵ`: the codes
 /// are unpacked once, and each run of codes sharing one step `S`, zero point `Z` and offset
@@ -13,12 +13,12 @@ use crate::error::{GroupError, Result};
 /// row blocks (groups along axis 1, GGML's layout), or single elements otherwise.
 ///
 /// # Errors
-/// [`GroupError::Shape`] unless the tensor is 2-D with `x.len() == cols` and
+/// [`QuantError::MatvecShape`] unless the tensor is 2-D with `x.len() == cols` and
 /// `y.len() == rows`.
 pub fn matvec<F: Float>(q: &QuantizedTensor<F>, x: ArrayView1<'_, F>, mut y: ArrayViewMut1<'_, F>) -> Result<()> {
     let shape = q.shape();
     if shape.len() != 2 || x.len() != shape[1] || y.len() != shape[0] {
-        return Err(GroupError::Shape { matrix: shape.to_vec(), x: x.len(), y: y.len() });
+        return Err(QuantError::MatvecShape { matrix: shape.to_vec(), x: x.len(), y: y.len() });
     }
     let (rows, cols) = (shape[0], shape[1]);
     let codes = q.codes().unpack();
@@ -46,7 +46,7 @@ pub fn matvec<F: Float>(q: &QuantizedTensor<F>, x: ArrayView1<'_, F>, mut y: Arr
         while j < cols {
             let (p, len) = locate(i, j);
             let Some(sp) = slices.get(p) else {
-                return Err(GroupError::Shape { matrix: shape.to_vec(), x: x.len(), y: rows });
+                return Err(QuantError::MatvecShape { matrix: shape.to_vec(), x: x.len(), y: rows });
             };
             let (mut dot, mut sum) = (F::zero(), F::zero());
             for (&u, &xv) in row[j..j + len].iter().zip(&x[j..j + len]) {
