@@ -276,7 +276,7 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let options = QuantizeOptions { method, bits, scheme, granularity, range, tables, table_fit };
             // Options are checked before the input is opened.
-            options.validate().map_err(fail)?;
+            options.check().map_err(fail)?;
             let data = Input::open(&input)?;
             let select = |name: &str| only.as_ref().is_none_or(|r| r.is_match(name)) && !skip.as_ref().is_some_and(|r| r.is_match(name));
             let bar = Bar::new(quiet, "quantizing", data.bytes().len());

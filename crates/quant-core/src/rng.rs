@@ -9,14 +9,44 @@ use ndarray::Array1;
 
 use crate::float::Float;
 
-/// 64 uniform bits for `(seed, stream, index)`.
+/// SplitMix64's increment (the golden-ratio gamma).
+const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// SplitMix64's output function.
 #[inline]
-pub fn mix(seed: u64, stream: u64, index: u64) -> u64 {
-    let mut z = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+fn finalize(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// 64 uniform bits for `(seed, stream, index)`.
+#[inline]
+pub fn mix(seed: u64, stream: u64, index: u64) -> u64 {
+    let z = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(GAMMA);
+    finalize(z.wrapping_add(GAMMA))
+}
+
+/// SplitMix64 as a sequential stream: the state advances by the gamma and each draw is the
+/// output function of the new state (Steele, Lea and Flood's generator). The counter form
+/// [`mix`] is what new code should use; this one keeps the training shuffles' draws.
+#[derive(Debug, Clone)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    /// A stream starting from `state`.
+    pub fn new(state: u64) -> Self {
+        Self { state }
+    }
+
+    /// The next 64 bits.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(GAMMA);
+        finalize(self.state)
+    }
 }
 
 /// A uniform number in `[0, 1)` with 53 random bits (stream 0).

@@ -52,7 +52,8 @@ impl Default for TopEigen {
     }
 }
 
-/// Validated parameters of [`qbert_statistics`].
+/// Parameters of [`qbert_statistics`] (a record: the subset count is checked against the
+/// model's samples when run, the solver by its own builder).
 ///
 /// | Name | Default | Purpose | Range |
 /// |---|---|---|---|
@@ -65,9 +66,12 @@ impl Default for TopEigen {
 /// the thread the pairs run on.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QbertParams {
-    subsets: usize,
-    seed: u64,
-    solver: TopEigen,
+    /// Data subsets.
+    pub subsets: usize,
+    /// Seed of the split and of every solver start.
+    pub seed: u64,
+    /// The top-eigenvalue solver.
+    pub solver: TopEigen,
 }
 
 impl Default for QbertParams {
@@ -77,19 +81,6 @@ impl Default for QbertParams {
 }
 
 impl QbertParams {
-    /// Parameters with `subsets` subsets, the given seed and solver (already validated by
-    /// its builder; the subset count is checked against the model's samples when run).
-    pub fn new(subsets: usize, seed: u64, solver: TopEigen) -> Self {
-        Self { subsets, seed, solver }
-    }
-    /// The number of subsets.
-    pub fn subsets(&self) -> usize {
-        self.subsets
-    }
-    /// The solver.
-    pub fn solver(&self) -> TopEigen {
-        self.solver
-    }
     /// The solver seed of the pair (block `block`, subset `subset`): a hash of the run's seed
     /// and the pair, so each pair's result is fixed before any thread runs.
     pub fn pair_seed(&self, block: usize, subset: usize) -> u64 {

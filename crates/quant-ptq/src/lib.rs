@@ -351,21 +351,12 @@ fn sigmoid(v: f64) -> f64 {
 }
 
 impl AdaRound {
-    /// Learns the rounding of one layer `W` (`out × in`) on its calibration inputs `x`
-    /// (`batch × in`; with earlier layers already quantized, their quantized outputs), with
-    /// symmetric per-output-channel steps `S_o = max|W[o,:]| / (2^(b−1) − 1)`. Memory: `x`, `W`
-    /// and a few `out × in` buffers; no activations of other layers.
-    ///
-    /// `h(V) = clamp(1.2 σ(V) − 0.1, 0, 1)`, `W̃ = S clamp(⌊W/S⌋ + h(V), qmin, qmax)`, loss
-    /// `mean_batch ‖W̃ x − W x‖² + λ Σ (1 − |2h − 1|^β)`, `V` initialised so `h(V) = frac(W/S)`,
-    /// Adam on `V` over the full batch or seeded mini-batches (`batch_size`); the rounding is
-    /// hard (`V ≥ 0` rounds up) at the end. Cost per step: two `rows × in × out` products.
+    /// Checks the table's ranges and returns the settings.
     ///
     /// # Errors
     /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`],
-    /// [`QuantError::InvalidSetting`] (for `lr`, `lambda`, `beta` or `warm_start` out of range),
-    /// [`QuantError::ShapeMismatch`], [`QuantError::Empty`], [`QuantError::NonFinite`].
-    pub fn round<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<AdaRoundResult> {
+    /// [`QuantError::InvalidSetting`] (for `lr`, `lambda`, `beta` or `warm_start` out of range).
+    pub fn check(self) -> Result<Self> {
         if !(2..=8).contains(&self.bits) {
             return Err(QuantError::InvalidBits { bits: self.bits, min: 2, max: 8 });
         }
@@ -383,6 +374,25 @@ impl AdaRound {
         if !(0.0..1.0).contains(&self.warm_start) {
             return Err(QuantError::InvalidSetting { name: "warm_start", value: self.warm_start });
         }
+        Ok(self)
+    }
+
+    /// Learns the rounding of one layer `W` (`out × in`) on its calibration inputs `x`
+    /// (`batch × in`; with earlier layers already quantized, their quantized outputs), with
+    /// symmetric per-output-channel steps `S_o = max|W[o,:]| / (2^(b−1) − 1)`. Memory: `x`, `W`
+    /// and a few `out × in` buffers; no activations of other layers.
+    ///
+    /// `h(V) = clamp(1.2 σ(V) − 0.1, 0, 1)`, `W̃ = S clamp(⌊W/S⌋ + h(V), qmin, qmax)`, loss
+    /// `mean_batch ‖W̃ x − W x‖² + λ Σ (1 − |2h − 1|^β)`, `V` initialised so `h(V) = frac(W/S)`,
+    /// Adam on `V` over the full batch or seeded mini-batches (`batch_size`); the rounding is
+    /// hard (`V ≥ 0` rounds up) at the end. Cost per step: two `rows × in × out` products.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`],
+    /// [`QuantError::InvalidSetting`] (for `lr`, `lambda`, `beta` or `warm_start` out of range),
+    /// [`QuantError::ShapeMismatch`], [`QuantError::Empty`], [`QuantError::NonFinite`].
+    pub fn round<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<AdaRoundResult> {
+        self.check()?;
         let (w, x) = layer_and_inputs(w, x)?;
         let (out, inp) = w.dim();
         let qmax = f64::from((1i32 << (self.bits - 1)) - 1);
@@ -556,20 +566,12 @@ fn cosine(a: impl Iterator<Item = (f64, f64)>) -> f64 {
 }
 
 impl EasyQuant {
-    /// Searches the scales of one linear layer `W` (`out × in`) for the calibration inputs `x`
-    /// (`batch × in`) that maximise the cosine similarity between the float output `x Wᵀ` and
-    /// the quantized one: each round first searches every output channel's weight step (that
-    /// channel's output column's cosine, activations fixed), then the activation step (the
-    /// whole output's cosine, weights fixed). The best whole-output cosine seen (the initial
-    /// scales included) is returned, so it is never below the initial one.
-    ///
-    /// Cost: `rounds · candidates · 2 · batch · in · out` multiply-adds.
+    /// Checks the table's ranges and returns the settings.
     ///
     /// # Errors
     /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`] (zero candidates or
-    /// rounds), [`QuantError::InvalidSetting`] (bad range), [`QuantError::ShapeMismatch`],
-    /// [`QuantError::Empty`], [`QuantError::NonFinite`].
-    pub fn search<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<EasyQuantResult> {
+    /// rounds), [`QuantError::InvalidSetting`] (bad range).
+    pub fn check(self) -> Result<Self> {
         for bits in [self.weight_bits, self.activation_bits] {
             if !(2..=8).contains(&bits) {
                 return Err(QuantError::InvalidBits { bits, min: 2, max: 8 });
@@ -585,6 +587,25 @@ impl EasyQuant {
         if !(hi.is_finite() && hi >= 1.0) {
             return Err(QuantError::InvalidSetting { name: "range.1", value: hi });
         }
+        Ok(self)
+    }
+
+    /// Searches the scales of one linear layer `W` (`out × in`) for the calibration inputs `x`
+    /// (`batch × in`) that maximise the cosine similarity between the float output `x Wᵀ` and
+    /// the quantized one: each round first searches every output channel's weight step (that
+    /// channel's output column's cosine, activations fixed), then the activation step (the
+    /// whole output's cosine, weights fixed). The best whole-output cosine seen (the initial
+    /// scales included) is returned, so it is never below the initial one.
+    ///
+    /// Cost: `rounds · candidates · 2 · batch · in · out` multiply-adds.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidBits`], [`QuantError::InvalidIterations`] (zero candidates or
+    /// rounds), [`QuantError::InvalidSetting`] (bad range), [`QuantError::ShapeMismatch`],
+    /// [`QuantError::Empty`], [`QuantError::NonFinite`].
+    pub fn search<F: Float>(&self, w: ArrayView2<'_, F>, x: ArrayView2<'_, F>) -> Result<EasyQuantResult> {
+        self.check()?;
+        let (lo, hi) = self.range;
         let (w, x) = layer_and_inputs(w, x)?;
         let (out, inp) = w.dim();
         let (qw, qa) = (f64::from((1i32 << (self.weight_bits - 1)) - 1), f64::from((1i32 << (self.activation_bits - 1)) - 1));

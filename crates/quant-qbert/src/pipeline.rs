@@ -167,6 +167,51 @@ impl Default for PipelineParams {
     }
 }
 
+impl PipelineParams {
+    /// Checks the table's ranges and returns the parameters.
+    ///
+    /// # Errors
+    /// [`QbertError::InvalidParameter`] for zero subsets, a tolerance that is not positive, widths
+    /// outside `1..=8`, a share outside `[0, 1]`, a momentum outside `[0, 1)`, or bad
+    /// fine-tuning parameters.
+    pub fn check(self) -> Result<Self> {
+        let bad = |what, value: f64| Err(QbertError::InvalidParameter { what, value });
+        if self.subsets == 0 {
+            return bad("subsets", 0.0);
+        }
+        if self.subset_size == Some(0) {
+            return bad("subset_size", 0.0);
+        }
+        if !(self.power_tol.is_finite() && self.power_tol > 0.0) {
+            return bad("power_tol", self.power_tol);
+        }
+        let widths = self
+            .direct_bits
+            .iter()
+            .chain(self.mixed.iter().flat_map(|(a, b)| [a, b]))
+            .chain(self.embedding_bits.iter())
+            .chain([&self.activation_bits]);
+        for &b in widths {
+            if !(1..=8).contains(&b) {
+                return bad("bits", f64::from(b));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.share) {
+            return bad("share", self.share);
+        }
+        if !(0.0..1.0).contains(&self.ema_momentum) {
+            return bad("ema_momentum", self.ema_momentum);
+        }
+        if self.groupings.iter().any(|g| matches!(g, Grouping::Finer(0))) {
+            return bad("groups per head", 0.0);
+        }
+        if let Some(t) = self.finetune {
+            t.check()?;
+        }
+        Ok(self)
+    }
+}
+
 /// The Q-BERT pipeline with validated parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QbertPipeline {
@@ -288,47 +333,12 @@ struct Plan {
 }
 
 impl QbertPipeline {
-    /// Validates the parameters.
+    /// A pipeline with these parameters ([`PipelineParams::check`]ed).
     ///
     /// # Errors
-    /// [`QbertError::InvalidParameter`] for zero subsets, a tolerance that is not positive, widths
-    /// outside `1..=8`, a share outside `[0, 1]`, a momentum outside `[0, 1)`, or bad
-    /// fine-tuning parameters.
+    /// As [`PipelineParams::check`].
     pub fn new(params: PipelineParams) -> Result<Self> {
-        let bad = |what, value: f64| Err(QbertError::InvalidParameter { what, value });
-        if params.subsets == 0 {
-            return bad("subsets", 0.0);
-        }
-        if params.subset_size == Some(0) {
-            return bad("subset_size", 0.0);
-        }
-        if !(params.power_tol.is_finite() && params.power_tol > 0.0) {
-            return bad("power_tol", params.power_tol);
-        }
-        let widths = params
-            .direct_bits
-            .iter()
-            .chain(params.mixed.iter().flat_map(|(a, b)| [a, b]))
-            .chain(params.embedding_bits.iter())
-            .chain([&params.activation_bits]);
-        for &b in widths {
-            if !(1..=8).contains(&b) {
-                return bad("bits", f64::from(b));
-            }
-        }
-        if !(0.0..=1.0).contains(&params.share) {
-            return bad("share", params.share);
-        }
-        if !(0.0..1.0).contains(&params.ema_momentum) {
-            return bad("ema_momentum", params.ema_momentum);
-        }
-        if params.groupings.iter().any(|g| matches!(g, Grouping::Finer(0))) {
-            return bad("groups per head", 0.0);
-        }
-        if let Some(t) = params.finetune {
-            t.check()?;
-        }
-        Ok(Self { params })
+        Ok(Self { params: params.check()? })
     }
 
     /// The parameters.
@@ -346,7 +356,7 @@ impl QbertPipeline {
     ) -> Result<Vec<quant_hessian::BlockStats>> {
         let p = &self.params;
         let power = PowerIteration::builder().tol(p.power_tol).max_iter(p.power_max_iter).check()?;
-        let qp = QbertParams::new(p.subsets, p.seed, TopEigen::Power(power));
+        let qp = QbertParams { subsets: p.subsets, seed: p.seed, solver: TopEigen::Power(power) };
         let block_ids: Vec<usize> = model.weight_blocks().iter().map(|m| m.block).collect();
         let mut pool = train_set.to_vec();
         if let Some(size) = p.subset_size {
@@ -546,7 +556,7 @@ fn layer_reports<F: Float, M: QuantizableModel<F> + ?Sized>(
     blocks: &[MatrixBlock],
     stats: &[quant_hessian::BlockStats],
     plan: &Plan,
-    details: &[(usize, u64, Option<f64>)],
+    details: &[MatrixDetail],
 ) -> Vec<LayerReport> {
     stats
         .iter()
@@ -560,16 +570,34 @@ fn layer_reports<F: Float, M: QuantizableModel<F> + ?Sized>(
             omega: st.omega,
             negative: st.negative_curvature(),
             mixed_bits: plan.bits[i],
-            groups: details[i].0,
-            bytes: details[i].1,
-            sqnr_db: details[i].2,
+            groups: details[i].groups,
+            bytes: details[i].bytes,
+            sqnr_db: details[i].sqnr_db,
         })
         .collect()
 }
 
-/// A quantized matrix under codebook fine-tuning: its parameter range, shape, codebook and
-/// the Adam state of its centroids.
-type Book<F> = (core::ops::Range<usize>, (usize, usize), OutputGroupCodebook<F>, Adam);
+/// A quantized matrix under codebook fine-tuning.
+struct Book<F> {
+    /// Its parameters in the flat vector.
+    range: core::ops::Range<usize>,
+    /// Its `fan_in × fan_out` shape (the model's layout).
+    block: MatrixBlock,
+    /// The codebook (over the `out × in` transpose).
+    book: OutputGroupCodebook<F>,
+    /// The Adam state of the centroids.
+    adam: Adam,
+}
+
+/// One matrix's row of the layer report.
+struct MatrixDetail {
+    /// Output-unit groups (1 in f32).
+    groups: usize,
+    /// Stored bytes.
+    bytes: u64,
+    /// SQNR in dB, floored; `None` in f32.
+    sqnr_db: Option<f64>,
+}
 
 /// Everything a study row needs.
 struct Ctx<'a, F, M: ?Sized> {
@@ -649,19 +677,19 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
         let mut base = self.w.to_owned();
         let mut books = Vec::new();
         let mut quantized = vec![false; base.len()];
-        for (k, &MatrixBlock { block: b, fan_in: fi, fan_out: fo }) in self.blocks.iter().enumerate() {
+        for (k, &block) in self.blocks.iter().enumerate() {
             if let Some(bits) = plan.bits[k] {
-                let range = self.model.blocks()[b].range();
+                let range = self.model.blocks()[block.block].range();
                 quantized[range.clone()].iter_mut().for_each(|q| *q = true);
                 let m = self.matrix(self.w, k)?;
                 let book = OutputGroupCodebook::new(m.t(), plan.groups[k], &KMeansSpec::builder().bits(bits).check()?)?;
                 let n = book.centroid_gradients(m.t())?.len();
-                books.push((range, (fi, fo), book, Adam::new(n)));
+                books.push(Book { range, block, book, adam: Adam::new(n) });
             }
         }
         let with_books = |base: &Array1<F>, books: &[Book<F>]| {
             let mut wq = base.clone();
-            for (range, _, book, _) in books {
+            for Book { range, book, .. } in books {
                 wq.slice_mut(s![range.clone()]).iter_mut().zip(book.weights().t().iter()).for_each(|(o, &v)| *o = v);
             }
             wq
@@ -680,8 +708,9 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
                         *w -= F::cast(d);
                     }
                 });
-                for (range, shape, book, state) in &mut books {
-                    let g = grad.slice(s![range.clone()]).to_owned().into_shape_with_order(*shape).map_err(|_| {
+                for Book { range, block, book, adam: state } in &mut books {
+                    let shape = (block.fan_in, block.fan_out);
+                    let g = grad.slice(s![range.clone()]).to_owned().into_shape_with_order(shape).map_err(|_| {
                         QbertError::Core(quant_core::QuantError::ShapeMismatch { expected: vec![shape.0, shape.1], got: vec![range.len()] })
                     })?;
                     let cg = book.centroid_gradients(g.t())?;
@@ -695,16 +724,16 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     }
 
     /// Per matrix under `plan`: groups, bytes and SQNR (dB; `None` in f32).
-    fn details(&self, plan: &Plan) -> Result<Vec<(usize, u64, Option<f64>)>> {
+    fn details(&self, plan: &Plan) -> Result<Vec<MatrixDetail>> {
         let mut out = Vec::with_capacity(self.blocks.len());
         for (k, &MatrixBlock { fan_in: fi, fan_out: fo, .. }) in self.blocks.iter().enumerate() {
             let m = self.matrix(self.w, k)?;
             match plan.bits[k] {
-                None => out.push((1, 4 * (fi * fo) as u64, None)),
+                None => out.push(MatrixDetail { groups: 1, bytes: 4 * (fi * fo) as u64, sqnr_db: None }),
                 Some(bits) => {
                     let q = quantize_output_groups(m.t(), plan.groups[k], &self.method(bits)?)?;
                     let e = ErrorStats::of(m.iter().copied(), q.weights.t().iter().copied());
-                    out.push((plan.groups[k], q.bytes as u64, Some(e.sqnr_db_floored())));
+                    out.push(MatrixDetail { groups: plan.groups[k], bytes: q.bytes as u64, sqnr_db: Some(e.sqnr_db_floored()) });
                 }
             }
         }

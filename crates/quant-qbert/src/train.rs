@@ -61,14 +61,9 @@ impl TrainParams {
 
 /// A seeded permutation of `0..n` (SplitMix64 draws, Fisher–Yates).
 pub(crate) fn shuffle(items: &mut [usize], seed: u64) {
-    let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+    let mut draws = quant_core::rng::SplitMix64::new(seed ^ 0x5DEE_CE66_D1CE_4E5B);
     for i in (1..items.len()).rev() {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        items.swap(i, (z % (i as u64 + 1)) as usize);
+        items.swap(i, (draws.next_u64() % (i as u64 + 1)) as usize);
     }
 }
 

@@ -71,23 +71,24 @@ impl QuantizeOptions {
         }
     }
 
-    /// Checks the options that do not depend on a tensor.
+    /// Checks the options that do not depend on a tensor and returns them.
     ///
     /// # Errors
     /// [`CheckpointError::Options`] for bits out of range for the method and scheme, a group
     /// size of 0, a table format or fit the method cannot use, or an invalid range estimator.
-    pub fn validate(&self) -> Result<()> {
+    pub fn check(self) -> Result<Self> {
         if let GranularityRule::Group { size: 0 } = self.granularity {
             return Err(CheckpointError::Options(QuantError::InvalidGroupSize { size: 0 }));
         }
-        self.params(Granularity::PerTensor).check().map(|_| ()).map_err(CheckpointError::Options)
+        self.params(Granularity::PerTensor).check().map_err(CheckpointError::Options)?;
+        Ok(self)
     }
 
     /// The method for a tensor of `shape`.
     ///
     /// # Errors
     /// [`CheckpointError::Unsupported`] when the granularity does not fit the shape;
-    /// [`CheckpointError::Options`] as [`validate`](Self::validate).
+    /// [`CheckpointError::Options`] as [`check`](Self::check).
     pub fn method_for(&self, name: &str, shape: &[usize]) -> Result<Method> {
         let g = self.granularity.resolve(shape).map_err(|source| CheckpointError::Unsupported { name: name.into(), source })?;
         self.params(g).check().map_err(CheckpointError::Options)
@@ -182,7 +183,7 @@ pub fn quantize_checkpoint(
     select: impl Fn(&str) -> bool,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Report> {
-    options.validate()?;
+    options.check()?;
     let st = SafeTensors::deserialize(input)?;
     let mut metadata = header_metadata(input)?;
     if metadata.contains_key(TENSORS_KEY) {

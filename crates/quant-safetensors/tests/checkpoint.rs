@@ -115,7 +115,7 @@ fn channel_axes_are_checked_per_tensor() -> TestResult {
     std::fs::create_dir_all(&dir)?;
     let out = dir.join("q.safetensors");
     let options = QuantizeOptions { bits: 4, granularity: GranularityRule::Channel { axis: 2 }, ..Default::default() };
-    options.validate()?;
+    options.check()?;
     let input = quant_safetensors::safetensors::serialize([("conv.weight", conv.clone())], None)?;
     let report = quantize_checkpoint(&input, &out, &options, |_| true, |_| {})?;
     assert_eq!(report.tensors[0].entry.granularity, Granularity::PerChannel { axis: 2 });
