@@ -9,6 +9,7 @@
 //! | [`Quadratic`] | `½ wᵀA w − bᵀw`, a known Hessian for solver tests |
 //! | [`Mlp`] | a multilayer perceptron (softmax regression with no hidden layer) |
 //! | [`Encoder`] | a small BERT-style encoder (attention, layer norm, GELU FFN) for classification |
+//! | [`bert::Bert`] | a real BERT-family checkpoint from a Hugging Face directory (feature `bert`, default) |
 //!
 //! Errors are the Hessian engine's ([`HessianError`](quant_hessian::HessianError)): the
 //! models are what its traits are implemented by.
@@ -37,6 +38,8 @@
 //! # Ok::<(), quant_hessian::HessianError>(())
 //! ```
 
+#[cfg(feature = "bert")]
+pub mod bert;
 mod common;
 mod encoder;
 mod mlp;

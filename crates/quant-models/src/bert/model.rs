@@ -1,0 +1,438 @@
+//! The BERT-family encoder: parameters in one flat vector under the checkpoint's names, and
+//! the forward pass written once over [`Real`].
+
+use std::path::Path;
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
+use quant_core::rng;
+use quant_hessian::{Block, Real};
+
+use super::config::{BertConfig, HiddenAct, Pooling, PoolingMode};
+use super::error::{BertError, Result};
+use super::tokenize::TokenBatch;
+
+/// Block indices of one encoder layer: `(weight, bias)` pairs and `(gain, bias)` norms.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerIdx {
+    pub(crate) q: (usize, usize),
+    pub(crate) k: (usize, usize),
+    pub(crate) v: (usize, usize),
+    pub(crate) out: (usize, usize),
+    pub(crate) norm1: (usize, usize),
+    pub(crate) ffn_in: (usize, usize),
+    pub(crate) ffn_out: (usize, usize),
+    pub(crate) norm2: (usize, usize),
+}
+
+/// Where each tensor lives in the flat parameter vector.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) word: usize,
+    pub(crate) position: usize,
+    pub(crate) token_type: usize,
+    pub(crate) norm: (usize, usize),
+    pub(crate) layers: Vec<LayerIdx>,
+}
+
+/// The tensors of a BERT encoder in parameter order, by their names without prefix, with the
+/// shapes `config` implies (`out × in` for every linear weight, as stored).
+pub(crate) fn tensor_names(c: &BertConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, ff) = (c.hidden_size, c.intermediate_size);
+    let mut t = vec![
+        ("embeddings.word_embeddings.weight".to_string(), vec![c.vocab_size, d]),
+        ("embeddings.position_embeddings.weight".to_string(), vec![c.max_position_embeddings, d]),
+        ("embeddings.token_type_embeddings.weight".to_string(), vec![c.type_vocab_size, d]),
+        ("embeddings.LayerNorm.weight".to_string(), vec![d]),
+        ("embeddings.LayerNorm.bias".to_string(), vec![d]),
+    ];
+    for l in 0..c.num_hidden_layers {
+        let p = format!("encoder.layer.{l}");
+        for (name, shape) in [
+            ("attention.self.query.weight", vec![d, d]),
+            ("attention.self.query.bias", vec![d]),
+            ("attention.self.key.weight", vec![d, d]),
+            ("attention.self.key.bias", vec![d]),
+            ("attention.self.value.weight", vec![d, d]),
+            ("attention.self.value.bias", vec![d]),
+            ("attention.output.dense.weight", vec![d, d]),
+            ("attention.output.dense.bias", vec![d]),
+            ("attention.output.LayerNorm.weight", vec![d]),
+            ("attention.output.LayerNorm.bias", vec![d]),
+            ("intermediate.dense.weight", vec![ff, d]),
+            ("intermediate.dense.bias", vec![ff]),
+            ("output.dense.weight", vec![d, ff]),
+            ("output.dense.bias", vec![d]),
+            ("output.LayerNorm.weight", vec![d]),
+            ("output.LayerNorm.bias", vec![d]),
+        ] {
+            t.push((format!("{p}.{name}"), shape));
+        }
+    }
+    t
+}
+
+fn layout(c: &BertConfig) -> Layout {
+    let layers = (0..c.num_hidden_layers)
+        .map(|l| {
+            let b = 5 + 16 * l;
+            LayerIdx {
+                q: (b, b + 1),
+                k: (b + 2, b + 3),
+                v: (b + 4, b + 5),
+                out: (b + 6, b + 7),
+                norm1: (b + 8, b + 9),
+                ffn_in: (b + 10, b + 11),
+                ffn_out: (b + 12, b + 13),
+                norm2: (b + 14, b + 15),
+            }
+        })
+        .collect();
+    Layout { word: 0, position: 1, token_type: 2, norm: (3, 4), layers }
+}
+
+/// A BERT-family encoder with its sentence-embedding head.
+///
+/// The parameters are one flat vector (the loaded ones are [`weights`](Self::weights)) split
+/// into [`Block`]s named as in the checkpoint (with its `bert.` prefix when it had one);
+/// every linear weight is `out × in` as stored. The forward pass is written once, generic
+/// over [`Real`], so it runs in `f32`, `f64` and dual numbers alike.
+#[derive(Debug, Clone)]
+pub struct Bert<F> {
+    config: BertConfig,
+    pooling: Pooling,
+    blocks: Vec<Block>,
+    layout: Layout,
+    weights: Array1<F>,
+    prefix: String,
+}
+
+impl<F: Real<Base = F>> Bert<F> {
+    /// Builds a model from `config`, asking `tensor(name, shape)` for each tensor (`name`
+    /// without prefix; the values row-major, as many as `shape` holds).
+    ///
+    /// # Errors
+    /// Whatever `tensor` returns; [`BertError::NonFinite`] for a NaN or infinite weight.
+    pub fn from_tensors(
+        config: BertConfig,
+        pooling: Pooling,
+        prefix: &str,
+        mut tensor: impl FnMut(&str, &[usize]) -> Result<Vec<F>>,
+    ) -> Result<Self> {
+        let config = config.check()?;
+        let names = tensor_names(&config);
+        let total: usize = names.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let mut weights = Vec::with_capacity(total);
+        let mut blocks = Vec::with_capacity(names.len());
+        for (name, shape) in &names {
+            let values = tensor(name, shape)?;
+            let len: usize = shape.iter().product();
+            let full = format!("{prefix}{name}");
+            if values.len() != len {
+                return Err(BertError::TensorShape { name: full, expected: shape.clone(), got: vec![values.len()] });
+            }
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(BertError::NonFinite { name: full, index });
+            }
+            blocks.push(Block::new(full, weights.len(), len));
+            weights.extend(values);
+        }
+        Ok(Self { layout: layout(&config), config, pooling, blocks, weights: Array1::from(weights), prefix: prefix.to_string() })
+    }
+
+    /// A model with seeded random weights (normal with standard deviation 0.02, as BERT
+    /// initialises; norms at gain 1 and bias 0), for tests and benches.
+    ///
+    /// # Errors
+    /// [`BertError::InvalidConfig`].
+    pub fn random(config: BertConfig, pooling: Pooling, seed: u64) -> Result<Self> {
+        let mut stream = 0u64;
+        Self::from_tensors(config, pooling, "", |name, shape| {
+            stream += 1;
+            let len: usize = shape.iter().product();
+            Ok(if name.ends_with("LayerNorm.weight") {
+                vec![F::one(); len]
+            } else if name.ends_with(".bias") && name.contains("LayerNorm") {
+                vec![F::zero(); len]
+            } else {
+                rng::normal::<F>(len, seed, stream).mapv(|v| v * F::cast(0.02)).to_vec()
+            })
+        })
+    }
+
+    /// Loads `config.json`, `model.safetensors` (memory-mapped; F32, F16 or BF16; names with
+    /// or without the `bert.` prefix) and the pooling head ([`Pooling::from_dir`]) of a
+    /// Hugging Face model directory.
+    ///
+    /// # Errors
+    /// [`BertError::Io`], [`BertError::Config`], [`BertError::Unsupported`],
+    /// [`BertError::InvalidConfig`], [`BertError::Safetensors`], [`BertError::MissingTensor`],
+    /// [`BertError::TensorShape`], [`BertError::TensorDtype`], [`BertError::NonFinite`].
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        let pooling = Pooling::from_dir(dir)?;
+        let path = dir.join("model.safetensors");
+        let map = super::weights::map(&path)?;
+        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| BertError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+        let prefix = super::weights::prefix_of(&st);
+        Self::from_tensors(config, pooling, prefix, |name, shape| super::weights::read(&st, prefix, name, shape))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The sentence-embedding head.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// The loaded parameters, one flat vector in block order.
+    pub fn weights(&self) -> ArrayView1<'_, F> {
+        self.weights.view()
+    }
+
+    /// The prefix the checkpoint's tensor names carry (`""` or `"bert."`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The parameter blocks, one per tensor, named as in the checkpoint.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The indices (into [`blocks`](Self::blocks)) of the weight matrices Q-BERT measures:
+    /// per layer query, key, value, attention output, FFN in and FFN out (`out × in`).
+    pub fn weight_matrices(&self) -> Vec<usize> {
+        self.layout.layers.iter().flat_map(|l| [l.q.0, l.k.0, l.v.0, l.out.0, l.ffn_in.0, l.ffn_out.0]).collect()
+    }
+
+    /// The indices of the embedding tables (word, position, token type).
+    pub fn embedding_tables(&self) -> Vec<usize> {
+        vec![self.layout.word, self.layout.position, self.layout.token_type]
+    }
+
+    /// Block `b` of `w` as a vector.
+    fn vector<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize) -> ArrayView1<'w, T> {
+        w.slice_move(s![self.blocks[b].range()])
+    }
+
+    /// Block `b` of `w` as a `rows × cols` matrix.
+    fn matrix<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize, rows: usize, cols: usize) -> ArrayView2<'w, T> {
+        self.vector(w, b).into_shape_with_order((rows, cols)).unwrap_or_else(|_| unreachable!("blocks hold rows × cols values"))
+    }
+
+    /// `x Wᵀ + b` for the `(weight, bias)` pair, `W` being `out × in`.
+    fn linear<T: Real>(&self, w: ArrayView1<'_, T>, x: &Array2<T>, (wb, bb): (usize, usize)) -> Array2<T> {
+        let out = self.blocks[bb].len();
+        let inp = self.blocks[wb].len() / out;
+        let mut y = T::matmul(x.view(), self.matrix(w, wb, out, inp).t());
+        y += &self.vector(w, bb);
+        y
+    }
+
+    /// Checks `w`'s length and every token against the tables.
+    pub(crate) fn check_inputs<T>(&self, w: ArrayView1<'_, T>, batch: &TokenBatch) -> Result<()> {
+        if w.len() != self.weights.len() {
+            return Err(BertError::ParameterCount { expected: self.weights.len(), got: w.len() });
+        }
+        let c = &self.config;
+        for (i, s) in batch.sentences().iter().enumerate() {
+            if s.ids.is_empty() {
+                return Err(BertError::EmptySentence { sentence: i });
+            }
+            if s.ids.len() > c.max_position_embeddings {
+                return Err(BertError::TokenOutOfRange {
+                    sentence: i,
+                    token: c.max_position_embeddings,
+                    id: c.max_position_embeddings as u32,
+                    size: c.max_position_embeddings,
+                });
+            }
+            for (t, (&id, &ty)) in s.ids.iter().zip(&s.type_ids).enumerate() {
+                if id as usize >= c.vocab_size {
+                    return Err(BertError::TokenOutOfRange { sentence: i, token: t, id, size: c.vocab_size });
+                }
+                if ty as usize >= c.type_vocab_size {
+                    return Err(BertError::TokenOutOfRange { sentence: i, token: t, id: ty, size: c.type_vocab_size });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sentence embeddings (`sentences × hidden_size`) with parameters `w`.
+    ///
+    /// Sentences are packed, not padded: every linear layer runs once over all real tokens of
+    /// the batch, attention runs within each sentence, so padding can change nothing.
+    ///
+    /// # Errors
+    /// [`BertError::ParameterCount`], [`BertError::EmptySentence`],
+    /// [`BertError::TokenOutOfRange`].
+    pub fn embed_with<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: &TokenBatch) -> Result<Array2<T>> {
+        self.check_inputs(w, batch)?;
+        let hidden = self.encode(w, batch);
+        Ok(self.pool(&hidden, batch))
+    }
+
+    /// [`embed_with`](Self::embed_with) at the loaded weights.
+    ///
+    /// # Errors
+    /// As [`embed_with`](Self::embed_with).
+    pub fn embed(&self, batch: &TokenBatch) -> Result<Array2<F>> {
+        self.embed_with(self.weights.view(), batch)
+    }
+
+    /// The last layer's token vectors, packed (`tokens × hidden_size`, sentence after
+    /// sentence).
+    fn encode<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: &TokenBatch) -> Array2<T> {
+        let c = &self.config;
+        let d = c.hidden_size;
+        let rows = batch.tokens();
+        let (word, pos, ty) = (
+            self.matrix(w, self.layout.word, c.vocab_size, d),
+            self.matrix(w, self.layout.position, c.max_position_embeddings, d),
+            self.matrix(w, self.layout.token_type, c.type_vocab_size, d),
+        );
+        let mut e = Array2::<T>::zeros((rows, d));
+        let mut r = 0;
+        for s in batch.sentences() {
+            for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
+                let mut row = e.row_mut(r);
+                row.assign(&word.row(id as usize));
+                row += &pos.row(t);
+                row += &ty.row(tt as usize);
+                r += 1;
+            }
+        }
+        let mut x = self.layer_norm(w, &e, self.layout.norm);
+        for l in &self.layout.layers {
+            let q = self.linear(w, &x, l.q);
+            let k = self.linear(w, &x, l.k);
+            let v = self.linear(w, &x, l.v);
+            let context = self.attention(&q, &k, &v, batch);
+            let mut r1 = self.linear(w, &context, l.out);
+            r1 += &x;
+            let n1 = self.layer_norm(w, &r1, l.norm1);
+            let mut h = self.linear(w, &n1, l.ffn_in);
+            let mut dh = Array2::zeros(h.raw_dim());
+            let act = c.hidden_act;
+            T::map_with_derivative(h.view_mut(), dh.view_mut(), |z| activation(act, z));
+            let mut r2 = self.linear(w, &h, l.ffn_out);
+            r2 += &n1;
+            x = self.layer_norm(w, &r2, l.norm2);
+        }
+        x
+    }
+
+    /// Multi-head self-attention within each sentence of the packed rows.
+    fn attention<T: Real>(&self, q: &Array2<T>, k: &Array2<T>, v: &Array2<T>, batch: &TokenBatch) -> Array2<T> {
+        let c = &self.config;
+        let (d, heads, dh) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+        let scale = T::cast(1.0 / (dh as f64).sqrt());
+        let mut ctx = Array2::<T>::zeros(q.raw_dim());
+        let mut start = 0;
+        for s in batch.sentences() {
+            let len = s.ids.len();
+            for h in 0..heads {
+                let cols = s![start..start + len, h * dh..(h + 1) * dh];
+                let (qh, kh, vh) = (q.slice(cols), k.slice(cols), v.slice(cols));
+                let mut p = T::matmul(qh, kh.t());
+                for mut row in p.outer_iter_mut() {
+                    let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b * scale));
+                    let mut sum = T::zero();
+                    row.mapv_inplace(|a| {
+                        let e = (a * scale - m).exp();
+                        sum += e;
+                        e
+                    });
+                    row.mapv_inplace(|e| e / sum);
+                }
+                ctx.slice_mut(cols).assign(&T::matmul(p.view(), vh));
+            }
+            start += len;
+        }
+        debug_assert_eq!(start, ctx.nrows());
+        let _ = d;
+        ctx
+    }
+
+    /// Layer norm over rows with the `(gain, bias)` pair and the configured ε.
+    fn layer_norm<T: Real>(&self, w: ArrayView1<'_, T>, x: &Array2<T>, (g, b): (usize, usize)) -> Array2<T> {
+        let d = T::cast(x.ncols() as f64);
+        let eps = T::cast(self.config.layer_norm_eps);
+        let (gain, bias) = (self.vector(w, g), self.vector(w, b));
+        let mut y = x.clone();
+        for mut row in y.outer_iter_mut() {
+            let mean = row.sum() / d;
+            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / d;
+            let r = (var + eps).sqrt().recip();
+            row.mapv_inplace(|v| (v - mean) * r);
+            row *= &gain;
+            row += &bias;
+        }
+        y
+    }
+
+    /// Pools each sentence's rows of `hidden` and normalises as the head says.
+    fn pool<T: Real>(&self, hidden: &Array2<T>, batch: &TokenBatch) -> Array2<T> {
+        let d = self.config.hidden_size;
+        let mut out = Array2::<T>::zeros((batch.len(), d));
+        let mut start = 0;
+        for (i, s) in batch.sentences().iter().enumerate() {
+            let len = s.ids.len();
+            let rows = hidden.slice(s![start..start + len, ..]);
+            let mut o = out.row_mut(i);
+            match self.pooling.mode {
+                PoolingMode::Mean => o.assign(&(rows.sum_axis(Axis(0)) / T::cast(len as f64))),
+                PoolingMode::Cls => o.assign(&rows.row(0)),
+                PoolingMode::Max => {
+                    o.assign(&rows.row(0));
+                    for r in rows.outer_iter().skip(1) {
+                        o.zip_mut_with(&r, |a, &b| *a = a.max(b));
+                    }
+                }
+            }
+            if self.pooling.normalize {
+                // sentence-transformers divides by max(‖o‖, 1e-12).
+                let norm = o.iter().map(|&v| v * v).sum::<T>().sqrt().max(T::cast(1e-12));
+                o.mapv_inplace(|v| v / norm);
+            }
+            start += len;
+        }
+        out
+    }
+}
+
+/// The activation with its first two derivatives.
+fn activation<P: Real>(act: HiddenAct, z: P) -> (P, P, P) {
+    let (zero, one, half) = (P::zero(), P::one(), P::cast(0.5));
+    match act {
+        HiddenAct::Relu => {
+            if z > zero {
+                (z, one, zero)
+            } else {
+                (zero, zero, zero)
+            }
+        }
+        HiddenAct::Gelu => {
+            // σ = z Φ(z), σ' = Φ(z) + z φ(z), σ'' = φ(z)(2 − z²).
+            let cdf = P::cast(0.5 * (1.0 + libm::erf(z.as_f64() * core::f64::consts::FRAC_1_SQRT_2)));
+            let pdf = (-(z * z) * half).exp() * P::cast(1.0 / (2.0 * core::f64::consts::PI).sqrt());
+            (z * cdf, cdf + z * pdf, pdf * (P::cast(2.0) - z * z))
+        }
+        HiddenAct::GeluNew => {
+            // σ = ½z(1 + t), t = tanh u, u = c(z + a z³).
+            let (c, a) = (P::cast((2.0 / core::f64::consts::PI).sqrt()), P::cast(0.044_715));
+            let z2 = z * z;
+            let t = (c * (z + a * z2 * z)).tanh();
+            let u1 = c * (one + P::cast(3.0) * a * z2);
+            let u2 = c * P::cast(6.0) * a * z;
+            let s = one - t * t;
+            let f1 = half * (one + t) + half * z * s * u1;
+            let f2 = s * u1 + half * z * (-P::cast(2.0) * t * s * u1 * u1 + s * u2);
+            (half * z * (one + t), f1, f2)
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The BERT-family loader, tokenizer and forward pass against torch / transformers
+//! (tests/data/bert/make_golden.py made the checkpoints and golden.json).
+#![cfg(feature = "bert")]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use quant_models::bert::{Bert, BertConfig, BertError, BertTokenizer, HiddenAct, Pooling, PoolingMode, Sentence, SentenceEncoder, TokenBatch};
+
+fn data(dir: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bert").join(dir)
+}
+
+struct Golden {
+    sentences: Vec<String>,
+    ids: Vec<Vec<u32>>,
+    type_ids: Vec<Vec<u32>>,
+    truncated: usize,
+    embeddings: Array2<f64>,
+}
+
+fn golden(dir: &str) -> Golden {
+    let text = std::fs::read_to_string(data("golden.json")).expect("golden.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let g = &v[dir];
+    let rows: Vec<Vec<f64>> = serde_json::from_value(g["embeddings"].clone()).expect("embeddings");
+    let (n, d) = (rows.len(), rows[0].len());
+    Golden {
+        sentences: serde_json::from_value(v["sentences"].clone()).expect("sentences"),
+        ids: serde_json::from_value(g["ids"].clone()).expect("ids"),
+        type_ids: serde_json::from_value(g["type_ids"].clone()).expect("type ids"),
+        truncated: serde_json::from_value(g["truncated"].clone()).expect("truncated"),
+        embeddings: Array2::from_shape_vec((n, d), rows.concat()).expect("rectangular"),
+    }
+}
+
+#[test]
+fn tokens_match_the_python_tokenizer() -> Result<(), BertError> {
+    for dir in ["plain", "prefixed", "cls"] {
+        let g = golden(dir);
+        let tok = BertTokenizer::from_dir(&data(dir), 16)?;
+        let batch = tok.encode(&g.sentences)?;
+        let ids: Vec<Vec<u32>> = batch.sentences().iter().map(|s| s.ids.clone()).collect();
+        let types: Vec<Vec<u32>> = batch.sentences().iter().map(|s| s.type_ids.clone()).collect();
+        assert_eq!(ids, g.ids, "{dir}");
+        assert_eq!(types, g.type_ids, "{dir}");
+        assert_eq!(batch.truncated(), g.truncated, "{dir}");
+        assert!(g.truncated >= 1, "the golden set has a sentence beyond 16 tokens");
+    }
+    Ok(())
+}
+
+#[test]
+fn the_loader_reads_each_naming_scheme_dtype_and_head() -> Result<(), BertError> {
+    let plain = Bert::<f32>::load(&data("plain"))?;
+    assert_eq!(plain.prefix(), "");
+    assert_eq!(plain.pooling(), Pooling { mode: PoolingMode::Mean, normalize: true });
+    assert_eq!(plain.config().hidden_act, HiddenAct::Gelu);
+    let prefixed = Bert::<f32>::load(&data("prefixed"))?;
+    assert_eq!(prefixed.prefix(), "bert.");
+    assert_eq!(prefixed.pooling(), Pooling { mode: PoolingMode::Mean, normalize: false });
+    assert_eq!(prefixed.config().hidden_act, HiddenAct::GeluNew);
+    assert!(prefixed.blocks()[0].name().starts_with("bert.embeddings."));
+    let cls = Bert::<f32>::load(&data("cls"))?;
+    assert_eq!(cls.pooling(), Pooling { mode: PoolingMode::Cls, normalize: false });
+    assert_eq!(cls.config().hidden_act, HiddenAct::Relu);
+    // 2 layers × 6 matrices, and the three embedding tables.
+    assert_eq!(plain.weight_matrices().len(), 12);
+    assert_eq!(plain.blocks()[plain.weight_matrices()[0]].name(), "encoder.layer.0.attention.self.query.weight");
+    assert_eq!(plain.blocks()[plain.weight_matrices()[11]].name(), "encoder.layer.1.output.dense.weight");
+    assert_eq!(plain.embedding_tables().len(), 3);
+    Ok(())
+}
+
+/// Largest absolute difference.
+fn max_diff(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
+    assert_eq!(a.dim(), b.dim());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn embeddings_match_torch_in_f64_and_f32() -> Result<(), BertError> {
+    for dir in ["plain", "prefixed", "cls"] {
+        let g = golden(dir);
+        let tok = BertTokenizer::from_dir(&data(dir), 16)?;
+        let batch = tok.encode(&g.sentences)?;
+        let e64 = Bert::<f64>::load(&data(dir))?.embed(&batch)?;
+        let d64 = max_diff(&e64, &g.embeddings);
+        assert!(d64 < 1e-12, "{dir}: f64 differs from torch by {d64:e}");
+        let e32 = Bert::<f32>::load(&data(dir))?.embed(&batch)?.mapv(f64::from);
+        let d32 = max_diff(&e32, &g.embeddings);
+        assert!(d32 < 1e-5, "{dir}: f32 differs from torch by {d32:e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn padding_and_batch_company_change_nothing() -> Result<(), BertError> {
+    let enc = SentenceEncoder::load(&data("plain"))?;
+    let g = golden("plain");
+    let all = enc.embed(&g.sentences)?;
+    for (i, s) in g.sentences.iter().enumerate() {
+        let alone = enc.embed(&[s])?;
+        assert_eq!(alone.row(0), all.row(i), "sentence {i} alone vs in the batch");
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_directories_and_inputs_are_typed_errors() -> Result<(), Box<dyn std::error::Error>> {
+    let tmp = std::env::temp_dir().join(format!("quant-bert-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    // No config.json.
+    assert!(matches!(Bert::<f32>::load(&tmp), Err(BertError::Io { .. })));
+    // Malformed config.json.
+    std::fs::write(tmp.join("config.json"), "{ not json")?;
+    assert!(matches!(Bert::<f32>::load(&tmp), Err(BertError::Config { .. })));
+    // Another architecture.
+    std::fs::write(tmp.join("config.json"), r#"{"model_type": "gpt2", "hidden_size": 32}"#)?;
+    assert!(matches!(Bert::<f32>::load(&tmp), Err(BertError::Unsupported { .. })));
+    // A config that disagrees with the tensors: the error names the tensor and both shapes.
+    let cfg = std::fs::read_to_string(data("plain").join("config.json"))?.replace("\"intermediate_size\": 64", "\"intermediate_size\": 48");
+    std::fs::write(tmp.join("config.json"), cfg)?;
+    std::fs::copy(data("plain").join("model.safetensors"), tmp.join("model.safetensors"))?;
+    match Bert::<f32>::load(&tmp) {
+        Err(BertError::TensorShape { name, expected, got }) => {
+            assert_eq!(name, "encoder.layer.0.intermediate.dense.weight");
+            assert_eq!(expected, vec![48, 32]);
+            assert_eq!(got, vec![64, 32]);
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    // hidden_size not a multiple of the heads.
+    let cfg = std::fs::read_to_string(data("plain").join("config.json"))?.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
+    std::fs::write(tmp.join("config.json"), cfg)?;
+    assert!(matches!(Bert::<f32>::load(&tmp), Err(BertError::InvalidConfig { field: "hidden_size", .. })));
+    // A truncated safetensors file.
+    std::fs::copy(data("plain").join("config.json"), tmp.join("config.json"))?;
+    let bytes = std::fs::read(data("plain").join("model.safetensors"))?;
+    std::fs::write(tmp.join("model.safetensors"), &bytes[..bytes.len() / 2])?;
+    assert!(matches!(Bert::<f32>::load(&tmp), Err(BertError::Safetensors { .. })));
+    // Missing tokenizer; vocab.txt alone gets a clear refusal.
+    assert!(matches!(BertTokenizer::from_dir(&tmp, 16), Err(BertError::MissingTokenizer { .. })));
+    std::fs::write(tmp.join("vocab.txt"), "[PAD]\n[UNK]\n")?;
+    match BertTokenizer::from_dir(&tmp, 16) {
+        Err(BertError::Tokenizer { reason }) => assert!(reason.contains("tokenizer.json"), "{reason}"),
+        other => panic!("expected a tokenizer error, got {other:?}"),
+    }
+    std::fs::write(tmp.join("tokenizer.json"), "{}")?;
+    assert!(matches!(BertTokenizer::from_dir(&tmp, 16), Err(BertError::Tokenizer { .. })));
+    std::fs::remove_dir_all(&tmp)?;
+
+    // Inputs the model cannot take.
+    let model = Bert::<f32>::load(&data("plain"))?;
+    let bad_id = TokenBatch::new(vec![Sentence { ids: vec![2, 10_000, 3], type_ids: vec![0; 3] }])?;
+    assert!(matches!(model.embed(&bad_id), Err(BertError::TokenOutOfRange { id: 10_000, .. })));
+    let bad_type = TokenBatch::new(vec![Sentence { ids: vec![2, 3], type_ids: vec![0, 2] }])?;
+    assert!(matches!(model.embed(&bad_type), Err(BertError::TokenOutOfRange { id: 2, .. })));
+    let too_long = TokenBatch::new(vec![Sentence { ids: vec![5; 17], type_ids: vec![0; 17] }])?;
+    assert!(matches!(model.embed(&too_long), Err(BertError::TokenOutOfRange { .. })));
+    let empty = TokenBatch::new(vec![Sentence { ids: vec![], type_ids: vec![] }])?;
+    assert!(matches!(model.embed(&empty), Err(BertError::EmptySentence { sentence: 0 })));
+    assert!(TokenBatch::new(vec![Sentence { ids: vec![1, 2], type_ids: vec![0] }]).is_err());
+    let short = ndarray::Array1::<f32>::zeros(3);
+    let ok = TokenBatch::new(vec![Sentence { ids: vec![2, 3], type_ids: vec![0, 0] }])?;
+    assert!(matches!(model.embed_with(short.view(), &ok), Err(BertError::ParameterCount { .. })));
+    // No sentences: an empty result, not an error.
+    assert_eq!(model.embed(&TokenBatch::default())?.dim(), (0, 32));
+    Ok(())
+}
+
+#[test]
+fn a_bert_base_shaped_model_loads_and_runs() -> Result<(), BertError> {
+    let model = Bert::<f32>::random(BertConfig::base(), Pooling { mode: PoolingMode::Mean, normalize: true }, 7)?;
+    // bert-base-uncased's 109,482,240 parameters less its pooler (768 × 768 + 768).
+    assert_eq!(model.weights().len(), 109_482_240 - 768 * 768 - 768);
+    assert_eq!(model.weight_matrices().len(), 72);
+    let batch = TokenBatch::new(vec![
+        Sentence { ids: vec![101, 2023, 2003, 1037, 3231, 102], type_ids: vec![0; 6] },
+        Sentence { ids: vec![101, 7592, 102], type_ids: vec![0; 3] },
+    ])?;
+    let e = model.embed(&batch)?;
+    assert_eq!(e.dim(), (2, 768));
+    for row in e.outer_iter() {
+        let norm: f32 = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+    }
+    Ok(())
+}
