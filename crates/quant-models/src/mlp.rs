@@ -35,6 +35,9 @@ const GELU_CUTOFF: f64 = 40.0;
 
 impl Activation {
     /// `(σ(z), σ'(z), σ''(z))`.
+    // Called per element inside `Real::map_with_derivative`: without the hint it stays a call
+    // (the f32 GELU gradient was 10-20% slower when the models moved to this crate).
+    #[inline]
     pub(crate) fn eval<T: Real>(self, z: T) -> (T, T, T) {
         let (zero, one, two) = (T::zero(), T::one(), T::cast(2.0));
         match self {
