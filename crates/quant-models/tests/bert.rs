@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
-use quant_models::bert::{Bert, BertConfig, BertError, BertTokenizer, HiddenAct, Pooling, PoolingMode, Sentence, SentenceEncoder, TokenBatch};
+use quant_models::bert::{
+    Bert, BertConfig, BertError, BertTokenizer, HiddenAct, Pooling, PoolingMode, Sentence, SentenceEncoder, TokenBatch,
+};
 
 fn data(dir: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bert").join(dir)
@@ -131,7 +133,8 @@ fn bad_directories_and_inputs_are_typed_errors() -> Result<(), Box<dyn std::erro
         other => panic!("expected a shape error, got {other:?}"),
     }
     // hidden_size not a multiple of the heads.
-    let cfg = std::fs::read_to_string(data("plain").join("config.json"))?.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
+    let cfg =
+        std::fs::read_to_string(data("plain").join("config.json"))?.replace("\"num_attention_heads\": 4", "\"num_attention_heads\": 5");
     std::fs::write(tmp.join("config.json"), cfg)?;
     assert!(matches!(Bert::<f32>::load(&tmp), Err(BertError::InvalidConfig { field: "hidden_size", .. })));
     // A truncated safetensors file.

@@ -170,7 +170,11 @@ impl BertConfig {
             });
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(BertError::InvalidConfig { field: "layer_norm_eps", value: self.layer_norm_eps.to_string(), reason: "must be finite and positive" });
+            return Err(BertError::InvalidConfig {
+                field: "layer_norm_eps",
+                value: self.layer_norm_eps.to_string(),
+                reason: "must be finite and positive",
+            });
         }
         Ok(self)
     }
@@ -256,7 +260,8 @@ impl Pooling {
                 let path = dir.join(&m.path).join("config.json");
                 if path.exists() {
                     let text = std::fs::read_to_string(&path).map_err(|source| BertError::Io { path: path.clone(), source })?;
-                    let raw: RawPooling = serde_json::from_str(&text).map_err(|e| BertError::Config { path: path.clone(), reason: e.to_string() })?;
+                    let raw: RawPooling =
+                        serde_json::from_str(&text).map_err(|e| BertError::Config { path: path.clone(), reason: e.to_string() })?;
                     pooling.mode = Self::mode_of(&raw)?;
                 }
             }

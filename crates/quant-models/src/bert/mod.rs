@@ -14,6 +14,7 @@
 mod config;
 mod error;
 mod model;
+mod text;
 mod tokenize;
 mod weights;
 
@@ -24,6 +25,7 @@ use ndarray::Array2;
 pub use config::{BertConfig, HiddenAct, Pooling, PoolingMode};
 pub use error::{BertError, Result};
 pub use model::Bert;
+pub use text::TextLines;
 pub use tokenize::{BertTokenizer, Sentence, TokenBatch};
 
 /// A model directory loaded once, embedding sentences on demand.
@@ -74,7 +76,53 @@ impl SentenceEncoder {
     /// # Errors
     /// [`BertError::Tokenizer`]; [`BertError::TokenOutOfRange`] when the tokenizer's
     /// vocabulary is larger than the model's.
-    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Array2<f32>> {
-        self.model.embed(&self.tokenizer.encode(texts)?)
+    pub fn embed<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Array2<f32>> {
+        Ok(self.embed_counted(texts)?.embeddings)
     }
+
+    /// [`embed`](Self::embed) with the token counts. Sentences go through the model in chunks
+    /// of [`CHUNK`] (in parallel with the `rayon` feature); a sentence's embedding does not
+    /// depend on the chunk it shares, so the bits are the same with or without threads.
+    ///
+    /// # Errors
+    /// As [`embed`](Self::embed).
+    pub fn embed_counted<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Embedded> {
+        let d = self.model.config().hidden_size;
+        let run = |chunk: &[S]| -> Result<(Array2<f32>, usize, usize)> {
+            let batch = self.tokenizer.encode(chunk)?;
+            Ok((self.model.embed(&batch)?, batch.tokens(), batch.truncated()))
+        };
+        let chunks: Vec<&[S]> = texts.chunks(CHUNK).collect();
+        #[cfg(feature = "rayon")]
+        let parts: Vec<Result<(Array2<f32>, usize, usize)>> = {
+            use rayon::prelude::*;
+            chunks.par_iter().map(|c| run(c)).collect()
+        };
+        #[cfg(not(feature = "rayon"))]
+        let parts: Vec<Result<(Array2<f32>, usize, usize)>> = chunks.iter().map(|c| run(c)).collect();
+        let mut out = Embedded { embeddings: Array2::zeros((texts.len(), d)), tokens: 0, truncated: 0 };
+        let mut row = 0;
+        for part in parts {
+            let (e, tokens, truncated) = part?;
+            out.embeddings.slice_mut(ndarray::s![row..row + e.nrows(), ..]).assign(&e);
+            row += e.nrows();
+            out.tokens += tokens;
+            out.truncated += truncated;
+        }
+        Ok(out)
+    }
+}
+
+/// Sentences per chunk in [`SentenceEncoder::embed_counted`].
+pub const CHUNK: usize = 64;
+
+/// Embeddings with their token counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    /// `sentences × hidden_size`.
+    pub embeddings: Array2<f32>,
+    /// Real tokens (special tokens included) over all sentences.
+    pub tokens: usize,
+    /// Sentences cut to the model's maximum length.
+    pub truncated: usize,
 }

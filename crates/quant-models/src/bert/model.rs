@@ -172,9 +172,31 @@ impl<F: Real<Base = F>> Bert<F> {
         let pooling = Pooling::from_dir(dir)?;
         let path = dir.join("model.safetensors");
         let map = super::weights::map(&path)?;
-        let st = safetensors::SafeTensors::deserialize(&map).map_err(|e| BertError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+        let st = safetensors::SafeTensors::deserialize(&map)
+            .map_err(|e| BertError::Safetensors { path: path.clone(), reason: e.to_string() })?;
         let prefix = super::weights::prefix_of(&st);
         Self::from_tensors(config, pooling, prefix, |name, shape| super::weights::read(&st, prefix, name, shape))
+    }
+
+    /// Replaces the tensor named `name` (as in [`blocks`](Self::blocks)) in the loaded
+    /// weights, for example with its dequantized version; returns whether the model has such
+    /// a tensor.
+    ///
+    /// # Errors
+    /// [`BertError::TensorShape`] when `values` has another length than the tensor;
+    /// [`BertError::NonFinite`].
+    pub fn set_tensor(&mut self, name: &str, values: &[F]) -> Result<bool> {
+        let Some(b) = self.blocks.iter().find(|b| b.name() == name) else {
+            return Ok(false);
+        };
+        if values.len() != b.len() {
+            return Err(BertError::TensorShape { name: name.into(), expected: vec![b.len()], got: vec![values.len()] });
+        }
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(BertError::NonFinite { name: name.into(), index });
+        }
+        self.weights.slice_mut(s![b.range()]).iter_mut().zip(values).for_each(|(w, &v)| *w = v);
+        Ok(true)
     }
 
     /// The configuration.

@@ -27,7 +27,9 @@ impl TokenBatch {
     /// [`BertError::Tokenizer`] when a sentence's two id lists differ in length.
     pub fn new(sentences: Vec<Sentence>) -> Result<Self> {
         if let Some(i) = sentences.iter().position(|s| s.ids.len() != s.type_ids.len()) {
-            return Err(BertError::Tokenizer { reason: format!("sentence {i}: {} ids but {} type ids", sentences[i].ids.len(), sentences[i].type_ids.len()) });
+            return Err(BertError::Tokenizer {
+                reason: format!("sentence {i}: {} ids but {} type ids", sentences[i].ids.len(), sentences[i].type_ids.len()),
+            });
         }
         Ok(Self { sentences, truncated: 0 })
     }
@@ -107,7 +109,8 @@ impl BertTokenizer {
             }
             return Err(BertError::MissingTokenizer { dir: dir.into() });
         }
-        let mut inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| BertError::Tokenizer { reason: format!("{}: {e}", path.display()) })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| BertError::Tokenizer { reason: format!("{}: {e}", path.display()) })?;
         inner.with_padding(None);
         inner
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_len, ..Default::default() }))
