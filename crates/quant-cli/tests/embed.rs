@@ -87,7 +87,8 @@ fn quantized_weights_change_the_embeddings_a_little() -> TestResult {
         assert!(cos > 0.99, "8-bit weights keep the embedding: cosine {cos}");
     }
     // A checkpoint that is not quantized is refused.
-    let o = quant(&["embed", s(&model("plain")), "--text", s(&text), "-o", s(&fq), "--weights", s(&model("plain").join("model.safetensors"))]);
+    let o =
+        quant(&["embed", s(&model("plain")), "--text", s(&text), "-o", s(&fq), "--weights", s(&model("plain").join("model.safetensors"))]);
     assert!(!o.status.success());
     std::fs::remove_dir_all(&d)?;
     Ok(())

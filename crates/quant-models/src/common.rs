@@ -1,6 +1,6 @@
 //! Pieces the reference models share.
 
-use ndarray::{Array2, ArrayView1, ArrayViewMut2, CowArray, Ix2, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut2, Axis, CowArray, Ix2, s};
 
 use quant_hessian::Block;
 use quant_hessian::Real;
@@ -63,4 +63,46 @@ pub(crate) fn check_finite<'a, F: quant_core::Float>(values: impl IntoIterator<I
 /// Checks a vector length.
 pub(crate) fn check_len(expected: usize, got: usize) -> quant_hessian::Result<()> {
     if expected == got { Ok(()) } else { Err(quant_hessian::HessianError::ShapeMismatch { expected: vec![expected], got: vec![got] }) }
+}
+
+/// Layer norm over rows with ε `eps`: `(y, x̂, 1/σ)`.
+pub(crate) fn layer_norm<T: Real>(
+    x: &Array2<T>,
+    gain: ArrayView1<'_, T>,
+    bias: ArrayView1<'_, T>,
+    eps: f64,
+) -> (Array2<T>, Array2<T>, Vec<T>) {
+    let d = T::cast(x.ncols() as f64);
+    let eps = T::cast(eps);
+    let mut xhat = x.clone();
+    let mut inv = Vec::with_capacity(x.nrows());
+    for mut row in xhat.outer_iter_mut() {
+        let mean = row.sum() / d;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / d;
+        let r = (var + eps).sqrt().recip();
+        row.mapv_inplace(|v| (v - mean) * r);
+        inv.push(r);
+    }
+    let mut y = &xhat * &gain;
+    y += &bias;
+    (y, xhat, inv)
+}
+
+/// Layer-norm backward: `dx`, and accumulates `dgain`, `dbias`.
+pub(crate) fn layer_norm_back<T: Real>(
+    dy: &Array2<T>,
+    xhat: &Array2<T>,
+    inv: &[T],
+    gain: ArrayView1<'_, T>,
+) -> (Array2<T>, Array1<T>, Array1<T>) {
+    let d = T::cast(dy.ncols() as f64);
+    let dgain = (dy * xhat).sum_axis(Axis(0));
+    let dbias = dy.sum_axis(Axis(0));
+    let mut dx = dy * &gain;
+    for ((mut row, xr), &r) in dx.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
+        let m1 = row.sum() / d;
+        let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<T>() / d;
+        row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
+    }
+    (dx, dgain, dbias)
 }

@@ -2,7 +2,7 @@
 
 use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, Data, Ix2, s};
 
-use crate::common::{accuracy_of, matrix, rows_and_labels, softmax_cross_entropy};
+use crate::common::{accuracy_of, layer_norm, layer_norm_back, matrix, rows_and_labels, softmax_cross_entropy};
 use crate::mlp::Activation;
 use quant_hessian::{HessianError, Result};
 
@@ -127,38 +127,6 @@ fn flat<T: Real>(a: &Array2<T>) -> std::borrow::Cow<'_, [T]> {
 #[inline]
 fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y)
-}
-
-/// Layer norm over rows: `(y, x̂, 1/σ)`.
-fn layer_norm<T: Real>(x: &Array2<T>, gain: ArrayView1<'_, T>, bias: ArrayView1<'_, T>) -> (Array2<T>, Array2<T>, Vec<T>) {
-    let d = T::cast(x.ncols() as f64);
-    let eps = T::cast(LN_EPS);
-    let mut xhat = x.clone();
-    let mut inv = Vec::with_capacity(x.nrows());
-    for mut row in xhat.outer_iter_mut() {
-        let mean = row.sum() / d;
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / d;
-        let r = (var + eps).sqrt().recip();
-        row.mapv_inplace(|v| (v - mean) * r);
-        inv.push(r);
-    }
-    let mut y = &xhat * &gain;
-    y += &bias;
-    (y, xhat, inv)
-}
-
-/// Layer-norm backward: `dx`, and accumulates `dgain`, `dbias`.
-fn layer_norm_back<T: Real>(dy: &Array2<T>, xhat: &Array2<T>, inv: &[T], gain: ArrayView1<'_, T>) -> (Array2<T>, Array1<T>, Array1<T>) {
-    let d = T::cast(dy.ncols() as f64);
-    let dgain = (dy * xhat).sum_axis(Axis(0));
-    let dbias = dy.sum_axis(Axis(0));
-    let mut dx = dy * &gain;
-    for ((mut row, xr), &r) in dx.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
-        let m1 = row.sum() / d;
-        let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<T>() / d;
-        row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
-    }
-    (dx, dgain, dbias)
 }
 
 impl<F: Real<Base = F>> Encoder<F> {
@@ -396,7 +364,7 @@ impl<F: Real<Base = F>> Encoder<F> {
             let ctx_in = self.hooked(&context, site, hook);
             let mut r1 = self.linear(w, &ctx_in, lb.out, d, d);
             r1 += &e;
-            let (n1, xhat1, inv_std1) = layer_norm(&r1, self.vector(w, lb.norm1.0), self.vector(w, lb.norm1.1));
+            let (n1, xhat1, inv_std1) = layer_norm(&r1, self.vector(w, lb.norm1.0), self.vector(w, lb.norm1.1), LN_EPS);
             site += 1;
             let n1_in = self.hooked(&n1, site, hook);
             let mut hidden = self.linear(w, &n1_in, lb.ffn_in, d, c.d_ff);
@@ -406,7 +374,7 @@ impl<F: Real<Base = F>> Encoder<F> {
             let hidden_in = self.hooked(&hidden, site, hook);
             let mut r2 = self.linear(w, &hidden_in, lb.ffn_out, c.d_ff, d);
             r2 += &n1;
-            let (n2, xhat2, inv_std2) = layer_norm(&r2, self.vector(w, lb.norm2.0), self.vector(w, lb.norm2.1));
+            let (n2, xhat2, inv_std2) = layer_norm(&r2, self.vector(w, lb.norm2.0), self.vector(w, lb.norm2.1), LN_EPS);
             caches.push(LayerCache {
                 input,
                 q,

@@ -12,6 +12,7 @@
 //! no work is spent on padding and padding cannot change an embedding.
 
 mod config;
+mod distill;
 mod error;
 mod model;
 mod text;
@@ -23,6 +24,7 @@ use std::path::Path;
 use ndarray::Array2;
 
 pub use config::{BertConfig, HiddenAct, Pooling, PoolingMode};
+pub use distill::SelfDistillation;
 pub use error::{BertError, Result};
 pub use model::Bert;
 pub use text::TextLines;

@@ -3,9 +3,11 @@
 
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, s};
 use quant_core::rng;
 use quant_hessian::{Block, Real};
+
+use crate::common::{layer_norm, layer_norm_back};
 
 use super::config::{BertConfig, HiddenAct, Pooling, PoolingMode};
 use super::error::{BertError, Result};
@@ -294,7 +296,7 @@ impl<F: Real<Base = F>> Bert<F> {
     /// [`BertError::TokenOutOfRange`].
     pub fn embed_with<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: &TokenBatch) -> Result<Array2<T>> {
         self.check_inputs(w, batch)?;
-        let hidden = self.encode(w, batch);
+        let hidden = self.encode(w, batch, None);
         Ok(self.pool(&hidden, batch))
     }
 
@@ -307,8 +309,13 @@ impl<F: Real<Base = F>> Bert<F> {
     }
 
     /// The last layer's token vectors, packed (`tokens × hidden_size`, sentence after
-    /// sentence).
-    fn encode<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: &TokenBatch) -> Array2<T> {
+    /// sentence); with `caches`, what the backward pass needs.
+    pub(crate) fn encode<T: Real<Base = F>>(
+        &self,
+        w: ArrayView1<'_, T>,
+        batch: &TokenBatch,
+        mut caches: Option<&mut Caches<T>>,
+    ) -> Array2<T> {
         let c = &self.config;
         let d = c.hidden_size;
         let rows = batch.tokens();
@@ -328,30 +335,49 @@ impl<F: Real<Base = F>> Bert<F> {
                 r += 1;
             }
         }
-        let mut x = self.layer_norm(w, &e, self.layout.norm);
+        let eps = c.layer_norm_eps;
+        let norm = |x: &Array2<T>, (g, b): (usize, usize)| layer_norm(x, self.vector(w, g), self.vector(w, b), eps);
+        let (mut x, xhat, inv) = norm(&e, self.layout.norm);
+        if let Some(cs) = caches.as_deref_mut() {
+            cs.embedding = Some((xhat, inv));
+        }
         for l in &self.layout.layers {
             let q = self.linear(w, &x, l.q);
             let k = self.linear(w, &x, l.k);
             let v = self.linear(w, &x, l.v);
-            let context = self.attention(&q, &k, &v, batch);
+            let mut probs = caches.is_some().then(Vec::new);
+            let context = self.attention(&q, &k, &v, batch, probs.as_mut());
             let mut r1 = self.linear(w, &context, l.out);
             r1 += &x;
-            let n1 = self.layer_norm(w, &r1, l.norm1);
+            let (n1, xhat1, inv1) = norm(&r1, l.norm1);
             let mut h = self.linear(w, &n1, l.ffn_in);
             let mut dh = Array2::zeros(h.raw_dim());
             let act = c.hidden_act;
             T::map_with_derivative(h.view_mut(), dh.view_mut(), |z| activation(act, z));
             let mut r2 = self.linear(w, &h, l.ffn_out);
             r2 += &n1;
-            x = self.layer_norm(w, &r2, l.norm2);
+            let (n2, xhat2, inv2) = norm(&r2, l.norm2);
+            if let Some(cs) = caches.as_deref_mut() {
+                let probs = probs.unwrap_or_default();
+                cs.layers.push(LayerCache { input: x, q, k, v, probs, context, n1, xhat1, inv1, hidden: h, dhidden: dh, xhat2, inv2 });
+            }
+            x = n2;
         }
         x
     }
 
-    /// Multi-head self-attention within each sentence of the packed rows.
-    fn attention<T: Real>(&self, q: &Array2<T>, k: &Array2<T>, v: &Array2<T>, batch: &TokenBatch) -> Array2<T> {
+    /// Multi-head self-attention within each sentence of the packed rows; with `keep`, each
+    /// (sentence, head)'s probabilities in that order.
+    fn attention<T: Real>(
+        &self,
+        q: &Array2<T>,
+        k: &Array2<T>,
+        v: &Array2<T>,
+        batch: &TokenBatch,
+        mut keep: Option<&mut Vec<Array2<T>>>,
+    ) -> Array2<T> {
         let c = &self.config;
-        let (d, heads, dh) = (c.hidden_size, c.num_attention_heads, c.head_dim());
+        let (heads, dh) = (c.num_attention_heads, c.head_dim());
         let scale = T::cast(1.0 / (dh as f64).sqrt());
         let mut ctx = Array2::<T>::zeros(q.raw_dim());
         let mut start = 0;
@@ -372,58 +398,225 @@ impl<F: Real<Base = F>> Bert<F> {
                     row.mapv_inplace(|e| e / sum);
                 }
                 ctx.slice_mut(cols).assign(&T::matmul(p.view(), vh));
+                if let Some(k) = keep.as_deref_mut() {
+                    k.push(p);
+                }
             }
             start += len;
         }
-        debug_assert_eq!(start, ctx.nrows());
-        let _ = d;
         ctx
     }
 
-    /// Layer norm over rows with the `(gain, bias)` pair and the configured ε.
-    fn layer_norm<T: Real>(&self, w: ArrayView1<'_, T>, x: &Array2<T>, (g, b): (usize, usize)) -> Array2<T> {
-        let d = T::cast(x.ncols() as f64);
-        let eps = T::cast(self.config.layer_norm_eps);
-        let (gain, bias) = (self.vector(w, g), self.vector(w, b));
-        let mut y = x.clone();
-        for mut row in y.outer_iter_mut() {
-            let mean = row.sum() / d;
-            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<T>() / d;
-            let r = (var + eps).sqrt().recip();
-            row.mapv_inplace(|v| (v - mean) * r);
-            row *= &gain;
-            row += &bias;
+    /// Backward through [`attention`](Self::attention): `(dq, dk, dv)` from `dctx`.
+    fn attention_back<T: Real>(&self, cache: &LayerCache<T>, dctx: &Array2<T>, batch: &TokenBatch) -> (Array2<T>, Array2<T>, Array2<T>) {
+        let c = &self.config;
+        let (heads, dh) = (c.num_attention_heads, c.head_dim());
+        let scale = T::cast(1.0 / (dh as f64).sqrt());
+        let (mut dq, mut dk, mut dv) = (Array2::zeros(dctx.raw_dim()), Array2::zeros(dctx.raw_dim()), Array2::zeros(dctx.raw_dim()));
+        let mut start = 0;
+        let mut probs = cache.probs.iter();
+        for s in batch.sentences() {
+            let len = s.ids.len();
+            for h in 0..heads {
+                let Some(p) = probs.next() else { unreachable!("one probability matrix per sentence and head") };
+                let cols = s![start..start + len, h * dh..(h + 1) * dh];
+                let (qh, kh, vh, dc) = (cache.q.slice(cols), cache.k.slice(cols), cache.v.slice(cols), dctx.slice(cols));
+                dv.slice_mut(cols).assign(&T::matmul(p.t(), dc));
+                // Softmax backward: dS = P ⊙ (dP − rowsum(P ⊙ dP)), then the scale.
+                let mut ds = T::matmul(dc, vh.t());
+                for (mut row, prow) in ds.outer_iter_mut().zip(p.outer_iter()) {
+                    let inner = row.iter().zip(prow).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+                    row.zip_mut_with(&prow, |g, &pj| *g = pj * (*g - inner) * scale);
+                }
+                dq.slice_mut(cols).assign(&T::matmul(ds.view(), kh));
+                dk.slice_mut(cols).assign(&T::matmul(ds.t(), qh));
+            }
+            start += len;
         }
-        y
+        (dq, dk, dv)
     }
 
-    /// Pools each sentence's rows of `hidden` and normalises as the head says.
-    fn pool<T: Real>(&self, hidden: &Array2<T>, batch: &TokenBatch) -> Array2<T> {
-        let d = self.config.hidden_size;
-        let mut out = Array2::<T>::zeros((batch.len(), d));
+    /// Adds `x Wᵀ + b`'s parameter gradients (`dW = dyᵀ x`, `db = Σ dy`) into `grad` and
+    /// returns `dx = dy W`.
+    fn linear_back<T: Real>(
+        &self,
+        w: ArrayView1<'_, T>,
+        grad: &mut ArrayViewMut1<'_, T>,
+        x: &Array2<T>,
+        dy: &Array2<T>,
+        (wb, bb): (usize, usize),
+    ) -> Array2<T> {
+        let out = self.blocks[bb].len();
+        let inp = self.blocks[wb].len() / out;
+        let dw = T::matmul(dy.t(), x.view());
+        self.add(grad, wb, dw.iter().copied());
+        self.add(grad, bb, dy.sum_axis(Axis(0)));
+        T::matmul(dy.view(), self.matrix(w, wb, out, inp))
+    }
+
+    /// Adds `values` into block `b` of `grad`.
+    fn add<T: Real>(&self, grad: &mut ArrayViewMut1<'_, T>, b: usize, values: impl IntoIterator<Item = T>) {
+        grad.slice_mut(s![self.blocks[b].range()]).iter_mut().zip(values).for_each(|(g, v)| *g += v);
+    }
+
+    /// The gradient of `Σ_i ⟨dE_i, e_i⟩` (`de`: `sentences × hidden_size`, the loss's
+    /// gradient with respect to the embeddings) with respect to every parameter, written into
+    /// `grad` (overwritten), from a forward pass that kept its caches.
+    pub(crate) fn backward<T: Real<Base = F>>(
+        &self,
+        w: ArrayView1<'_, T>,
+        batch: &TokenBatch,
+        hidden: &Array2<T>,
+        caches: &Caches<T>,
+        de: &Array2<T>,
+        grad: &mut ArrayViewMut1<'_, T>,
+    ) {
+        grad.fill(T::zero());
+        let c = &self.config;
+        let d = c.hidden_size;
+        let mut dx = self.pool_back(hidden, batch, de);
+        for (l, cache) in self.layout.layers.iter().zip(&caches.layers).rev() {
+            // N2 = LN(N1 + FFN(N1)).
+            let (dr2, dg2, db2) = layer_norm_back(&dx, &cache.xhat2, &cache.inv2, self.vector(w, l.norm2.0));
+            self.add(grad, l.norm2.0, dg2);
+            self.add(grad, l.norm2.1, db2);
+            let mut dh = self.linear_back(w, grad, &cache.hidden, &dr2, l.ffn_out);
+            dh *= &cache.dhidden;
+            let mut dn1 = self.linear_back(w, grad, &cache.n1, &dh, l.ffn_in);
+            dn1 += &dr2;
+            // N1 = LN(X + Attention(X)).
+            let (dr1, dg1, db1) = layer_norm_back(&dn1, &cache.xhat1, &cache.inv1, self.vector(w, l.norm1.0));
+            self.add(grad, l.norm1.0, dg1);
+            self.add(grad, l.norm1.1, db1);
+            let dctx = self.linear_back(w, grad, &cache.context, &dr1, l.out);
+            let (dq, dk, dv) = self.attention_back(cache, &dctx, batch);
+            let mut dinput = self.linear_back(w, grad, &cache.input, &dq, l.q);
+            dinput += &self.linear_back(w, grad, &cache.input, &dk, l.k);
+            dinput += &self.linear_back(w, grad, &cache.input, &dv, l.v);
+            dinput += &dr1;
+            dx = dinput;
+        }
+        let Some((xhat, inv)) = &caches.embedding else { unreachable!("the forward pass kept the embedding norm") };
+        let (de0, dg, db) = layer_norm_back(&dx, xhat, inv, self.vector(w, self.layout.norm.0));
+        self.add(grad, self.layout.norm.0, dg);
+        self.add(grad, self.layout.norm.1, db);
+        // Scatter the rows into the three tables (the word table in place: it is large).
+        let mut r = 0;
+        for s in batch.sentences() {
+            for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
+                let g = de0.row(r);
+                for (table, row) in [(self.layout.word, id as usize), (self.layout.position, t), (self.layout.token_type, tt as usize)] {
+                    let at = self.blocks[table].range().start + row * d;
+                    grad.slice_mut(s![at..at + d]).zip_mut_with(&g, |a, &b| *a += b);
+                }
+                r += 1;
+            }
+        }
+    }
+
+    /// Backward through [`pool`](Self::pool): the token rows' gradient from the embeddings'.
+    fn pool_back<T: Real>(&self, hidden: &Array2<T>, batch: &TokenBatch, de: &Array2<T>) -> Array2<T> {
+        let mut dh = Array2::<T>::zeros(hidden.raw_dim());
         let mut start = 0;
         for (i, s) in batch.sentences().iter().enumerate() {
             let len = s.ids.len();
             let rows = hidden.slice(s![start..start + len, ..]);
-            let mut o = out.row_mut(i);
+            let pooled = self.pool_one(rows);
+            let mut g = de.row(i).to_owned();
+            if self.pooling.normalize {
+                // y = o / max(‖o‖, 1e-12): dO = (dY − y ⟨y, dY⟩) / ‖o‖ above the floor, dY / 1e-12 below.
+                let norm = pooled.iter().map(|&v| v * v).sum::<T>().sqrt();
+                if norm > T::cast(1e-12) {
+                    let y = pooled.mapv(|v| v / norm);
+                    let inner = y.iter().zip(&g).fold(T::zero(), |a, (&p, &q)| a + p * q);
+                    g.zip_mut_with(&y, |gi, &yi| *gi = (*gi - yi * inner) / norm);
+                } else {
+                    g.mapv_inplace(|v| v / T::cast(1e-12));
+                }
+            }
+            let mut block = dh.slice_mut(s![start..start + len, ..]);
             match self.pooling.mode {
-                PoolingMode::Mean => o.assign(&(rows.sum_axis(Axis(0)) / T::cast(len as f64))),
-                PoolingMode::Cls => o.assign(&rows.row(0)),
+                PoolingMode::Mean => {
+                    let inv = T::cast(1.0 / len as f64);
+                    for mut row in block.outer_iter_mut() {
+                        row.zip_mut_with(&g, |a, &b| *a = b * inv);
+                    }
+                }
+                PoolingMode::Cls => block.row_mut(0).assign(&g),
                 PoolingMode::Max => {
-                    o.assign(&rows.row(0));
-                    for r in rows.outer_iter().skip(1) {
-                        o.zip_mut_with(&r, |a, &b| *a = a.max(b));
+                    // The gradient goes to the first row holding each component's maximum
+                    // (as the forward fold keeps the first of equal values).
+                    for j in 0..g.len() {
+                        let col = rows.column(j);
+                        let arg = col.iter().enumerate().fold(0, |best, (t, &v)| if v > col[best] { t } else { best });
+                        block[[arg, j]] = g[j];
                     }
                 }
             }
+            start += len;
+        }
+        dh
+    }
+
+    /// One sentence's rows pooled (before normalisation).
+    fn pool_one<T: Real>(&self, rows: ArrayView2<'_, T>) -> Array1<T> {
+        match self.pooling.mode {
+            PoolingMode::Mean => rows.sum_axis(Axis(0)) / T::cast(rows.nrows() as f64),
+            PoolingMode::Cls => rows.row(0).to_owned(),
+            PoolingMode::Max => rows.outer_iter().skip(1).fold(rows.row(0).to_owned(), |mut m, r| {
+                m.zip_mut_with(&r, |a, &b| *a = a.max(b));
+                m
+            }),
+        }
+    }
+
+    /// Pools each sentence's rows of `hidden` and normalises as the head says.
+    pub(crate) fn pool<T: Real>(&self, hidden: &Array2<T>, batch: &TokenBatch) -> Array2<T> {
+        let mut out = Array2::<T>::zeros((batch.len(), self.config.hidden_size));
+        let mut start = 0;
+        for (i, s) in batch.sentences().iter().enumerate() {
+            let len = s.ids.len();
+            let mut o = self.pool_one(hidden.slice(s![start..start + len, ..]));
             if self.pooling.normalize {
                 // sentence-transformers divides by max(‖o‖, 1e-12).
                 let norm = o.iter().map(|&v| v * v).sum::<T>().sqrt().max(T::cast(1e-12));
                 o.mapv_inplace(|v| v / norm);
             }
+            out.row_mut(i).assign(&o);
             start += len;
         }
         out
+    }
+}
+
+/// What the backward pass needs from one encoder layer.
+pub(crate) struct LayerCache<T> {
+    input: Array2<T>,
+    q: Array2<T>,
+    k: Array2<T>,
+    v: Array2<T>,
+    /// Attention probabilities per (sentence, head).
+    probs: Vec<Array2<T>>,
+    context: Array2<T>,
+    n1: Array2<T>,
+    xhat1: Array2<T>,
+    inv1: Vec<T>,
+    /// The FFN's activations and their derivatives.
+    hidden: Array2<T>,
+    dhidden: Array2<T>,
+    xhat2: Array2<T>,
+    inv2: Vec<T>,
+}
+
+/// The forward pass's caches: the embedding norm's and each layer's.
+pub(crate) struct Caches<T> {
+    embedding: Option<(Array2<T>, Vec<T>)>,
+    layers: Vec<LayerCache<T>>,
+}
+
+impl<T> Default for Caches<T> {
+    fn default() -> Self {
+        Self { embedding: None, layers: Vec::new() }
     }
 }
 

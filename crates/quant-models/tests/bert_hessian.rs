@@ -1,0 +1,156 @@
+//! The BERT-family model's gradient and exact Hessian-vector products: against finite
+//! differences in f64, and the Lanczos top eigenvalue of a block against its dense Hessian.
+#![cfg(feature = "bert")]
+
+mod common;
+
+use std::path::Path;
+
+use common::{dense, jacobi_eigen};
+use ndarray::Array1;
+use quant_core::rng;
+use quant_hessian::{Autodiff, Batch, HessianOperator, Lanczos, Model, OperatorExt};
+use quant_models::bert::{Bert, BertConfig, BertTokenizer, HiddenAct, Pooling, PoolingMode, SelfDistillation, Sentence, TokenBatch};
+
+fn data(dir: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/bert").join(dir)
+}
+
+const SENTENCES: [&str; 5] =
+    ["Hello world", "the cat sat on the mat.", "?!", "MiXeD CaSe 123", "the dog ran with the cat and it must be cut"];
+
+/// The self-distillation loss of a golden tiny checkpoint (f64) on five sentences.
+fn loss_of(dir: &str) -> SelfDistillation<f64> {
+    let model = Bert::<f64>::load(&data(dir)).expect("loads");
+    let tok = BertTokenizer::from_dir(&data(dir), 16).expect("tokenizer");
+    SelfDistillation::new(model, tok.encode(&SENTENCES).expect("encodes")).expect("valid")
+}
+
+/// `W₀` moved by a seeded perturbation, so the gradient is not zero.
+fn moved(m: &SelfDistillation<f64>, scale: f64, seed: u64) -> Array1<f64> {
+    &m.weights() + &rng::normal::<f64>(m.dim(), seed, 1).mapv(|v| v * scale)
+}
+
+/// Coordinates to check: a few from every block (the word table's from rows the sentences use).
+fn coordinates(m: &SelfDistillation<f64>) -> Vec<usize> {
+    let used: Vec<usize> = m.sentences().sentences().iter().flat_map(|s| s.ids.iter().map(|&i| i as usize)).collect();
+    let mut out = Vec::new();
+    for (b, block) in m.blocks().iter().enumerate() {
+        let r = block.range();
+        if b == 0 {
+            let d = m.model().config().hidden_size;
+            out.extend([used[1] * d + 3, used[2] * d + 17, used[5] * d + 31].map(|i| r.start + i));
+        } else {
+            out.extend([r.start, r.start + r.len() / 2 + 1, r.end - 1]);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_gradient_matches_central_differences() {
+    for dir in ["plain", "prefixed", "cls"] {
+        let m = loss_of(dir);
+        let w = moved(&m, 0.02, 3);
+        let mut g = Array1::zeros(m.dim());
+        let loss = m.loss_grad_into(w.view(), Batch::All, g.view_mut()).expect("gradient");
+        assert!(loss > 0.0);
+        let h = 1e-6;
+        for i in coordinates(&m) {
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp[i] += h;
+            wm[i] -= h;
+            let mut scratch = Array1::zeros(m.dim());
+            let lp = m.loss_grad_into(wp.view(), Batch::All, scratch.view_mut()).expect("loss");
+            let lm = m.loss_grad_into(wm.view(), Batch::All, scratch.view_mut()).expect("loss");
+            let fd = (lp - lm) / (2.0 * h);
+            assert!((g[i] - fd).abs() <= 1e-6 * (g[i].abs() + fd.abs()) + 1e-9, "{dir} [{i}] {}: {} vs {fd}", block_name(&m, i), g[i]);
+        }
+    }
+}
+
+fn block_name(m: &SelfDistillation<f64>, i: usize) -> &str {
+    m.blocks().iter().find(|b| b.range().contains(&i)).map_or("?", |b| b.name())
+}
+
+#[test]
+fn at_the_loaded_weights_loss_and_gradient_vanish() {
+    let m = loss_of("plain");
+    let mut g = Array1::zeros(m.dim());
+    let loss = m.loss_grad_into(m.weights(), Batch::All, g.view_mut()).expect("gradient");
+    assert_eq!(loss, 0.0);
+    assert!(g.iter().all(|v| v.abs() < 1e-12));
+    // A batch of some sentences is the loss over those.
+    let mut gi = Array1::zeros(m.dim());
+    let w = moved(&m, 0.02, 4);
+    let li = m.loss_grad_into(w.view(), Batch::Indices(&[1, 3]), gi.view_mut()).expect("gradient");
+    let sub = SelfDistillation::new(
+        m.model().clone(),
+        TokenBatch::new(vec![m.sentences().sentences()[1].clone(), m.sentences().sentences()[3].clone()]).expect("valid"),
+    )
+    .expect("valid");
+    let mut gs = Array1::zeros(m.dim());
+    let ls = sub.loss_grad_into(w.view(), Batch::All, gs.view_mut()).expect("gradient");
+    assert_eq!(li, ls);
+    assert_eq!(gi, gs);
+}
+
+#[test]
+fn exact_hvps_match_differences_of_the_gradient() {
+    for dir in ["plain", "prefixed"] {
+        let m = loss_of(dir);
+        let w = moved(&m, 0.02, 5);
+        let v = rng::normal::<f64>(m.dim(), 6, 2);
+        let mut hv = Array1::zeros(m.dim());
+        m.hvp_into(w.view(), v.view(), Batch::All, hv.view_mut()).expect("hvp");
+        let h = 1e-5;
+        let (mut gp, mut gm) = (Array1::zeros(m.dim()), Array1::zeros(m.dim()));
+        m.loss_grad_into((&w + &(&v * h)).view(), Batch::All, gp.view_mut()).expect("gradient");
+        m.loss_grad_into((&w - &(&v * h)).view(), Batch::All, gm.view_mut()).expect("gradient");
+        let fd = (gp - gm) / (2.0 * h);
+        let scale = fd.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        for i in coordinates(&m) {
+            assert!((hv[i] - fd[i]).abs() <= 1e-6 * scale, "{dir} [{i}] {}: {} vs {}", block_name(&m, i), hv[i], fd[i]);
+        }
+    }
+}
+
+#[test]
+fn lanczos_finds_a_blocks_top_eigenvalue_of_the_gauss_newton_hessian() {
+    // A model small enough for a dense block Hessian: 8 wide, 2 heads, 2 layers.
+    let cfg = BertConfig {
+        hidden_size: 8,
+        num_attention_heads: 2,
+        num_hidden_layers: 2,
+        intermediate_size: 16,
+        vocab_size: 20,
+        max_position_embeddings: 12,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        hidden_act: HiddenAct::Gelu,
+    };
+    for pooling in [Pooling { mode: PoolingMode::Mean, normalize: true }, Pooling { mode: PoolingMode::Max, normalize: false }] {
+        let model = Bert::<f64>::random(cfg, pooling, 11).expect("valid");
+        let sentences = (0..6)
+            .map(|s| {
+                let len = 3 + s;
+                Sentence {
+                    ids: (0..len).map(|t| ((s * 7 + t * 3) % 20) as u32).collect(),
+                    type_ids: (0..len).map(|t| (t % 2) as u32).collect(),
+                }
+            })
+            .collect();
+        let m = SelfDistillation::new(model, TokenBatch::new(sentences).expect("valid")).expect("valid");
+        let value = m.blocks().iter().position(|b| b.name() == "encoder.layer.1.attention.self.value.weight").expect("block");
+        let op = HessianOperator::block(&m, m.weights(), Batch::All, value).expect("valid");
+        let h = dense(&op);
+        // Symmetric (exact HVPs of a smooth loss) and positive semi-definite at W₀.
+        let asym = (&h - &h.t()).iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        let (eigs, _) = jacobi_eigen(&h);
+        let top = eigs[eigs.len() - 1];
+        assert!(asym <= 1e-10 * top, "asymmetry {asym} vs top {top}");
+        assert!(eigs[0] >= -1e-10 * top, "smallest {} of a Gauss-Newton matrix", eigs[0]);
+        let ex = op.lanczos(&Lanczos::builder().k(1).tol(1e-12).check().expect("valid")).expect("converges");
+        assert!((ex.top.values[0] - top).abs() <= 1e-8 * top, "{pooling:?}: lanczos {} vs dense {top}", ex.top.values[0]);
+    }
+}
