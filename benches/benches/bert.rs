@@ -29,7 +29,8 @@ fn model_dir() -> Option<PathBuf> {
 
 fn sentences() -> Vec<String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/wordnet");
-    let mut out: Vec<String> = std::fs::read_to_string(root.join("calibration.txt")).unwrap_or_default().lines().map(String::from).collect();
+    let mut out: Vec<String> =
+        std::fs::read_to_string(root.join("calibration.txt")).unwrap_or_default().lines().map(String::from).collect();
     for line in std::fs::read_to_string(root.join("pairs.tsv")).unwrap_or_default().lines() {
         out.extend(line.split('\t').map(String::from));
     }
@@ -69,7 +70,11 @@ fn benches(c: &mut Criterion) {
     }
     for n in [8, 32] {
         let batch = encode(&texts[..n]);
-        eprintln!("{what}: {n} sentences, {} tokens (longest {})", batch.tokens(), batch.sentences().iter().map(|s| s.ids.len()).max().unwrap_or(0));
+        eprintln!(
+            "{what}: {n} sentences, {} tokens (longest {})",
+            batch.tokens(),
+            batch.sentences().iter().map(|s| s.ids.len()).max().unwrap_or(0)
+        );
         let loss = SelfDistillation::new(model.clone(), batch.clone()).unwrap_or_else(|e| panic!("{e}"));
         let w = loss.weights().to_owned();
         let v = quant::quantizers::rng::normal::<f32>(w.len(), 1, 0);

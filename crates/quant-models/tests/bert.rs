@@ -190,3 +190,34 @@ fn a_bert_base_shaped_model_loads_and_runs() -> Result<(), BertError> {
     }
     Ok(())
 }
+
+#[test]
+fn the_loader_survives_truncated_and_mutated_files() -> Result<(), Box<dyn std::error::Error>> {
+    use quant_models::bert::exercise_loader;
+    let config = std::fs::read(data("plain").join("config.json"))?;
+    let model = std::fs::read(data("plain").join("model.safetensors"))?;
+    let mut input = (config.len() as u16).to_le_bytes().to_vec();
+    input.extend(&config);
+    input.extend(&model);
+    assert_eq!(exercise_loader(&input), 2, "the intact input loads and embeds");
+    // Truncations, and bytes flipped across the header and the data: never a panic.
+    for cut in (0..input.len()).step_by(997) {
+        let _ = exercise_loader(&input[..cut]);
+    }
+    let mut state = 1u64;
+    for _ in 0..300 {
+        let mut m = input.clone();
+        for _ in 0..4 {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let at = (state >> 33) as usize % m.len();
+            m[at] = (state >> 17) as u8;
+        }
+        let _ = exercise_loader(&m);
+    }
+    // Configs with extreme sizes are refused before anything is allocated.
+    let huge = br#"{"hidden_size": 16777216, "num_attention_heads": 1, "num_hidden_layers": 16777216, "intermediate_size": 16777216, "vocab_size": 16777216, "max_position_embeddings": 16777216}"#;
+    let mut input = (huge.len() as u16).to_le_bytes().to_vec();
+    input.extend(huge);
+    assert_eq!(exercise_loader(&input), 0);
+    Ok(())
+}

@@ -162,6 +162,17 @@ impl BertConfig {
                 return Err(BertError::InvalidConfig { field, value: v.to_string(), reason: "larger than 2^24" });
             }
         }
+        let d = self.hidden_size;
+        let per_layer = (4 * d).checked_mul(d).and_then(|a| (2 * d).checked_mul(self.intermediate_size).and_then(|b| a.checked_add(b)));
+        let tables = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size).checked_mul(d);
+        let total = per_layer.and_then(|l| l.checked_mul(self.num_hidden_layers)).and_then(|l| tables.and_then(|t| t.checked_add(l)));
+        if total.is_none_or(|t| t > 1 << 36) {
+            return Err(BertError::InvalidConfig {
+                field: "hidden_size",
+                value: d.to_string(),
+                reason: "the model would hold more than 2^36 parameters",
+            });
+        }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(BertError::InvalidConfig {
                 field: "hidden_size",
@@ -267,6 +278,18 @@ impl Pooling {
             }
         }
         Ok(pooling)
+    }
+
+    /// The pooling mode of a sentence-transformers `1_Pooling/config.json`'s text (a config
+    /// with no mode set pools by the mean).
+    ///
+    /// # Errors
+    /// [`BertError::Config`] for malformed JSON, [`BertError::Unsupported`] for several modes
+    /// or `mean_sqrt_len`.
+    pub fn mode_from_json(text: &str) -> Result<PoolingMode> {
+        let raw: RawPooling =
+            serde_json::from_str(text).map_err(|e| BertError::Config { path: "1_Pooling/config.json".into(), reason: e.to_string() })?;
+        Self::mode_of(&raw)
     }
 
     fn mode_of(raw: &RawPooling) -> Result<PoolingMode> {

@@ -128,3 +128,29 @@ pub struct Embedded {
     /// Sentences cut to the model's maximum length.
     pub truncated: usize,
 }
+
+/// Fuzzing entry point (not part of the API): the first two bytes (little-endian) give the
+/// length of a `config.json` text that follows, the rest is a `model.safetensors`; both go
+/// through the loader and, if that succeeds, two sentences with ids from the input through
+/// the forward pass; the whole input also goes through the text-file splitter and the pooling
+/// config parser. Never panics; returns how many embeddings were computed.
+#[doc(hidden)]
+pub fn exercise_loader(data: &[u8]) -> usize {
+    let _ = TextLines::parse(data, Path::new("fuzz.txt"));
+    let _ = Pooling::mode_from_json(&String::from_utf8_lossy(data));
+    let Some((len, rest)) = data.split_first_chunk::<2>() else { return 0 };
+    let len = usize::from(u16::from_le_bytes(*len)).min(rest.len());
+    let (config, model) = rest.split_at(len);
+    let Ok(config) = BertConfig::from_json(&String::from_utf8_lossy(config)) else { return 0 };
+    let Ok(model) = Bert::<f32>::from_safetensors(config, Pooling { mode: PoolingMode::Mean, normalize: true }, model) else { return 0 };
+    let c = model.config();
+    let ids = |seed: usize, n: usize| -> Sentence {
+        let n = n.clamp(1, c.max_position_embeddings);
+        Sentence {
+            ids: (0..n).map(|i| (data.get(i + seed).copied().unwrap_or(0) as usize % c.vocab_size) as u32).collect(),
+            type_ids: (0..n).map(|i| (i % c.type_vocab_size) as u32).collect(),
+        }
+    };
+    let Ok(batch) = TokenBatch::new(vec![ids(0, 3), ids(5, 1)]) else { return 0 };
+    model.embed(&batch).map_or(0, |e| e.nrows())
+}

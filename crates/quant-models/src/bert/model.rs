@@ -122,8 +122,8 @@ impl<F: Real<Base = F>> Bert<F> {
     ) -> Result<Self> {
         let config = config.check()?;
         let names = tensor_names(&config);
-        let total: usize = names.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
-        let mut weights = Vec::with_capacity(total);
+        // No allocation up front: the tensors arrive one by one (from a file that bounds them).
+        let mut weights = Vec::new();
         let mut blocks = Vec::with_capacity(names.len());
         for (name, shape) in &names {
             let values = tensor(name, shape)?;
@@ -174,8 +174,22 @@ impl<F: Real<Base = F>> Bert<F> {
         let pooling = Pooling::from_dir(dir)?;
         let path = dir.join("model.safetensors");
         let map = super::weights::map(&path)?;
-        let st = safetensors::SafeTensors::deserialize(&map)
-            .map_err(|e| BertError::Safetensors { path: path.clone(), reason: e.to_string() })?;
+        Self::from_safetensors(config, pooling, &map).map_err(|e| match e {
+            BertError::Safetensors { reason, .. } => BertError::Safetensors { path, reason },
+            other => other,
+        })
+    }
+
+    /// A model from the bytes of a `model.safetensors` (F32, F16 or BF16; names with or
+    /// without the `bert.` prefix), checked against `config`.
+    ///
+    /// # Errors
+    /// [`BertError::Safetensors`] (with the path `model.safetensors`),
+    /// [`BertError::MissingTensor`], [`BertError::TensorShape`], [`BertError::TensorDtype`],
+    /// [`BertError::NonFinite`], [`BertError::InvalidConfig`].
+    pub fn from_safetensors(config: BertConfig, pooling: Pooling, bytes: &[u8]) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| BertError::Safetensors { path: "model.safetensors".into(), reason: e.to_string() })?;
         let prefix = super::weights::prefix_of(&st);
         Self::from_tensors(config, pooling, prefix, |name, shape| super::weights::read(&st, prefix, name, shape))
     }

@@ -1,0 +1,9 @@
+//! Arbitrary bytes through the BERT-family loader (config.json, model.safetensors, the
+//! pooling config, the text-file splitter) and a forward pass: never panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    quant::models::bert::exercise_loader(data);
+});
