@@ -38,7 +38,10 @@ fn sentences() -> Vec<String> {
 }
 
 /// The model and a function from texts to token batches.
-fn setup() -> (Bert<f32>, Box<dyn Fn(&[String]) -> TokenBatch + Send + Sync>, &'static str) {
+/// Texts to token batches (the tokenizer, or synthetic ids of realistic lengths).
+type Encode = Box<dyn Fn(&[String]) -> TokenBatch + Send + Sync>;
+
+fn setup() -> (Bert<f32>, Encode, &'static str) {
     if let Some(dir) = model_dir()
         && let (Ok(model), Ok(tok)) = (Bert::<f32>::load(&dir), BertTokenizer::from_dir(&dir, 512))
     {
