@@ -22,6 +22,9 @@ struct EmbedReport {
     output: String,
 }
 
+/// Sentences between progress lines.
+const PROGRESS_EVERY: usize = 2048;
+
 fn bert_error(e: BertError) -> String {
     e.to_string()
 }
@@ -73,8 +76,23 @@ pub(crate) fn run(a: EmbedArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>)
             lines.skipped_empty
         );
     }
-    let out = encoder.embed_counted(&lines.sentences).map_err(bert_error)?;
-    let (n, d) = out.embeddings.dim();
+    // In slices, so long inputs show progress; a sentence's embedding does not depend on the
+    // slice it is in.
+    let total = lines.sentences.len();
+    let d = encoder.model().config().hidden_size;
+    let mut out = quant::models::bert::Embedded { embeddings: quant::ndarray::Array2::zeros((total, d)), tokens: 0, truncated: 0 };
+    let mut done = 0;
+    for slice in lines.sentences.chunks(PROGRESS_EVERY) {
+        let part = encoder.embed_counted(slice).map_err(bert_error)?;
+        out.embeddings.slice_mut(quant::ndarray::s![done..done + slice.len(), ..]).assign(&part.embeddings);
+        out.tokens += part.tokens;
+        out.truncated += part.truncated;
+        done += slice.len();
+        if !a.quiet && total > PROGRESS_EVERY {
+            eprintln!("embedded {done}/{total} sentences ({:.1} s)", start.elapsed().as_secs_f64());
+        }
+    }
+    let n = total;
     let bytes: Vec<u8> = out.embeddings.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = quant::checkpoint::safetensors::tensor::TensorView::new(quant::checkpoint::safetensors::Dtype::F32, vec![n, d], &bytes)
         .map_err(|e| e.to_string())?;

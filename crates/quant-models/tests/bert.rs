@@ -38,7 +38,7 @@ fn golden(dir: &str) -> Golden {
 
 #[test]
 fn tokens_match_the_python_tokenizer() -> Result<(), BertError> {
-    for dir in ["plain", "prefixed", "cls"] {
+    for dir in ["plain", "prefixed", "cls", "max"] {
         let g = golden(dir);
         let tok = BertTokenizer::from_dir(&data(dir), 16)?;
         let batch = tok.encode(&g.sentences)?;
@@ -66,6 +66,8 @@ fn the_loader_reads_each_naming_scheme_dtype_and_head() -> Result<(), BertError>
     let cls = Bert::<f32>::load(&data("cls"))?;
     assert_eq!(cls.pooling(), Pooling { mode: PoolingMode::Cls, normalize: false });
     assert_eq!(cls.config().hidden_act, HiddenAct::Relu);
+    let max = Bert::<f32>::load(&data("max"))?;
+    assert_eq!(max.pooling(), Pooling { mode: PoolingMode::Max, normalize: true });
     // 2 layers × 6 matrices, and the three embedding tables.
     assert_eq!(plain.weight_matrices().len(), 12);
     assert_eq!(plain.blocks()[plain.weight_matrices()[0]].name(), "encoder.layer.0.attention.self.query.weight");
@@ -82,7 +84,7 @@ fn max_diff(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
 
 #[test]
 fn embeddings_match_torch_in_f64_and_f32() -> Result<(), BertError> {
-    for dir in ["plain", "prefixed", "cls"] {
+    for dir in ["plain", "prefixed", "cls", "max"] {
         let g = golden(dir);
         let tok = BertTokenizer::from_dir(&data(dir), 16)?;
         let batch = tok.encode(&g.sentences)?;

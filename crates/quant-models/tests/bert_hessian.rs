@@ -49,7 +49,7 @@ fn coordinates(m: &SelfDistillation<f64>) -> Vec<usize> {
 
 #[test]
 fn the_gradient_matches_central_differences() {
-    for dir in ["plain", "prefixed", "cls"] {
+    for dir in ["plain", "prefixed", "cls", "max"] {
         let m = loss_of(dir);
         let w = moved(&m, 0.02, 3);
         let mut g = Array1::zeros(m.dim());

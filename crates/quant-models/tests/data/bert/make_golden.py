@@ -2,11 +2,12 @@
 
 Run from this directory with torch, transformers and tokenizers installed:
     python3 make_golden.py
-It writes three model directories (random weights, a 90-token WordPiece vocabulary):
+It writes four model directories (random weights, a 90-token WordPiece vocabulary):
   plain/     names without prefix, F32, gelu, mean pooling + normalisation (modules.json)
   prefixed/  names with the `bert.` prefix (and a pooler the loader ignores), F16, gelu_new,
              no modules.json (so mean pooling, not normalised)
   cls/       no prefix, BF16, relu, CLS pooling without normalisation
+  max/       no prefix, F32, gelu, max pooling + normalisation
 and golden.json: for each directory the sentences' token ids and torch's embeddings computed
 in float64 from the stored (rounded) weights, as a padded batch with an attention mask.
 """
@@ -123,6 +124,7 @@ def main():
         ("plain", 1, "gelu", torch.float32, "", "mean", True),
         ("prefixed", 2, "gelu_new", torch.float16, "bert.", None, False),
         ("cls", 3, "relu", torch.bfloat16, "", "cls", False),
+        ("max", 4, "gelu", torch.float32, "", "max", True),
     ]:
         ref = build(name, seed, act, dtype, prefix, pooling, normalize, len(v))
         tok.save(f"{name}/tokenizer.json")
