@@ -193,8 +193,7 @@ impl<F: Real<Base = F>, M: Differentiable<F>> Autodiff<F> for M {
 
     /// Forward over reverse: the gradient at `w + v ε`.
     fn hvp_into(&self, w: ArrayView1<'_, F>, v: ArrayView1<'_, F>, batch: Batch<'_>, mut out: ArrayViewMut1<'_, F>) -> Result<()> {
-        let mut wd = Array1::from_elem(w.len(), Dual::constant(F::zero()));
-        Zip::from(&mut wd).and(&w).and(&v).for_each(|d, &a, &b| *d = Dual::new(a, b));
+        let wd = Zip::from(&w).and(&v).map_collect(|&a, &b| Dual::new(a, b));
         let mut g = Array1::from_elem(w.len(), Dual::constant(F::zero()));
         self.loss_grad::<Dual<F>>(wd.view(), batch, g.view_mut())?;
         Zip::from(&mut out).and(&g).for_each(|o, d| *o = d.tangent);
