@@ -1,7 +1,8 @@
 //! The BERT-family model on all-MiniLM-L6-v2's shape, one thread: forward (sentence
 //! embeddings), the gradient of the self-distillation loss and its exact Hessian-vector
-//! product (dual numbers), for the first 8 and 32 sentences of data/wordnet/calibration.txt;
-//! then embedding 4,000 sentences with every core.
+//! product (dual numbers), over every tensor and over the 36 encoder weight matrices, for the
+//! first 8 and 32 sentences of data/wordnet/calibration.txt; then embedding 4,000 sentences
+//! with every core.
 //!
 //! With the real checkpoint (`QUANT_MINILM=/path/to/model.safetensors`, or the copy in
 //! target/minilm that `cargo test --release -p quant-cli --test minilm -- --ignored`
@@ -87,6 +88,15 @@ fn benches(c: &mut Criterion) {
         group.bench_function("forward", |b| b.iter(|| model.embed(&batch)));
         group.bench_function("gradient", |b| b.iter(|| loss.loss_grad_into(w.view(), Batch::All, g.view_mut())));
         group.bench_function("hvp_exact", |b| b.iter(|| loss.hvp_into(w.view(), v.view(), Batch::All, g.view_mut())));
+        // Over the 36 encoder weight matrices only (the rest held at the loaded weights), as
+        // the torch peer differentiates.
+        let mats =
+            SelfDistillation::with_variables(model.clone(), batch.clone(), &model.weight_matrices()).unwrap_or_else(|e| panic!("{e}"));
+        let wm = mats.weights().to_owned();
+        let vm = quant::quantizers::rng::normal::<f32>(wm.len(), 1, 0);
+        let mut gm = Array1::zeros(wm.len());
+        group.bench_function("gradient_matrices", |b| b.iter(|| mats.loss_grad_into(wm.view(), Batch::All, gm.view_mut())));
+        group.bench_function("hvp_exact_matrices", |b| b.iter(|| mats.hvp_into(wm.view(), vm.view(), Batch::All, gm.view_mut())));
         group.finish();
     }
     // Throughput: 4,000 sentences with every core (tokenizing included for the real model);

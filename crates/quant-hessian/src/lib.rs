@@ -60,7 +60,7 @@ pub use eigen::Eigenpairs;
 pub use error::{HessianError, Result};
 pub use ext::OperatorExt;
 pub use lanczos::{Extremes, Lanczos, LanczosBuilder};
-pub use model::{Autodiff, Batch, Block, Differentiable, HvpKind, MatrixBlock, Model, finite_difference_hvp};
+pub use model::{Autodiff, Batch, Block, Differentiable, HvpKind, MatrixBlock, Model, finite_difference_hvp, release_hvp_buffers};
 pub use operator::{FnOperator, HessianOperator, LinearOperator};
 pub use power::{PowerIteration, PowerIterationBuilder};
 pub use qbert::{BlockStats, QbertParams, TopEigen, qbert_statistics, qbert_statistics_for, split_subsets};

@@ -155,3 +155,42 @@ fn lanczos_finds_a_blocks_top_eigenvalue_of_the_gauss_newton_hessian() {
         assert!((ex.top.values[0] - top).abs() <= 1e-8 * top, "{pooling:?}: lanczos {} vs dense {top}", ex.top.values[0]);
     }
 }
+
+#[test]
+fn a_loss_over_some_tensors_is_the_full_loss_restricted_to_them() {
+    let full = loss_of("plain");
+    let model = full.model().clone();
+    let vars = model.weight_matrices();
+    let part = SelfDistillation::with_variables(model.clone(), full.sentences().clone(), &vars).expect("valid");
+    assert_eq!(part.blocks().len(), vars.len());
+    assert_eq!(part.dim(), vars.iter().map(|&b| model.blocks()[b].len()).sum::<usize>());
+    // A point that moves only the variables, in both parameterisations.
+    let wp = moved(&part, 0.02, 7);
+    let mut wf = full.weights().to_owned();
+    for (pb, &b) in part.blocks().iter().zip(&vars) {
+        assert_eq!(pb.name(), model.blocks()[b].name());
+        wf.slice_mut(ndarray::s![model.blocks()[b].range()]).assign(&wp.slice(ndarray::s![pb.range()]));
+    }
+    let (mut gp, mut gf) = (Array1::zeros(part.dim()), Array1::zeros(full.dim()));
+    let lp = part.loss_grad_into(wp.view(), Batch::All, gp.view_mut()).expect("gradient");
+    let lf = full.loss_grad_into(wf.view(), Batch::All, gf.view_mut()).expect("gradient");
+    assert_eq!(lp, lf);
+    let vp = rng::normal::<f64>(part.dim(), 8, 3);
+    let mut vf = Array1::zeros(full.dim());
+    let (mut hp, mut hf) = (Array1::zeros(part.dim()), Array1::zeros(full.dim()));
+    for (pb, &b) in part.blocks().iter().zip(&vars) {
+        vf.slice_mut(ndarray::s![model.blocks()[b].range()]).assign(&vp.slice(ndarray::s![pb.range()]));
+    }
+    part.hvp_into(wp.view(), vp.view(), Batch::All, hp.view_mut()).expect("hvp");
+    full.hvp_into(wf.view(), vf.view(), Batch::All, hf.view_mut()).expect("hvp");
+    for (pb, &b) in part.blocks().iter().zip(&vars) {
+        let r = model.blocks()[b].range();
+        for (i, j) in pb.range().zip(r) {
+            assert!((gp[i] - gf[j]).abs() <= 1e-12 * gf[j].abs().max(1e-6), "gradient {}", pb.name());
+            assert!((hp[i] - hf[j]).abs() <= 1e-12 * hf[j].abs().max(1e-6), "hvp {}", pb.name());
+        }
+    }
+    // Bad selections are refused.
+    assert!(SelfDistillation::with_variables(model.clone(), full.sentences().clone(), &[]).is_err());
+    assert!(SelfDistillation::with_variables(model, full.sentences().clone(), &[10_000]).is_err());
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Ix1, Ix2, s};
 use quant_core::rng;
 use quant_hessian::{Block, Real};
 
@@ -251,22 +251,57 @@ impl<F: Real<Base = F>> Bert<F> {
         vec![self.layout.word, self.layout.position, self.layout.token_type]
     }
 
-    /// Block `b` of `w` as a vector.
-    fn vector<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize) -> ArrayView1<'w, T> {
-        w.slice_move(s![self.blocks[b].range()])
+    /// Where each block starts in a full parameter vector.
+    pub(crate) fn full_layout(&self) -> Vec<Option<usize>> {
+        self.blocks.iter().map(|b| Some(b.range().start)).collect()
     }
 
-    /// Block `b` of `w` as a `rows × cols` matrix.
-    fn matrix<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize, rows: usize, cols: usize) -> ArrayView2<'w, T> {
-        self.vector(w, b).into_shape_with_order((rows, cols)).unwrap_or_else(|_| unreachable!("blocks hold rows × cols values"))
+    /// Block `b` as a vector: a view of the variables, or the loaded weights as constants.
+    fn vector<'a, T: Real<Base = F>>(&self, p: &Params<'a, T, F>, b: usize) -> CowArray<'a, T, Ix1> {
+        let len = self.blocks[b].len();
+        match p.at[b] {
+            Some(start) => p.w.slice_move(s![start..start + len]).into(),
+            None => p.w0.slice_move(s![self.blocks[b].range()]).mapv(T::from_base).into(),
+        }
+    }
+
+    /// Block `b` as a `rows × cols` matrix.
+    fn matrix<'a, T: Real<Base = F>>(&self, p: &Params<'a, T, F>, b: usize, rows: usize, cols: usize) -> CowArray<'a, T, Ix2> {
+        let len = self.blocks[b].len();
+        match p.at[b] {
+            Some(start) => {
+                p.w.slice_move(s![start..start + len])
+                    .into_shape_with_order((rows, cols))
+                    .unwrap_or_else(|_| unreachable!("rows × cols"))
+                    .into()
+            }
+            None => {
+                p.w0.slice_move(s![self.blocks[b].range()])
+                    .into_shape_with_order((rows, cols))
+                    .unwrap_or_else(|_| unreachable!("rows × cols"))
+                    .mapv(T::from_base)
+                    .into()
+            }
+        }
+    }
+
+    /// Row `r` (of width `d`) of table `b`.
+    fn row<'a, T: Real<Base = F>>(&self, p: &Params<'a, T, F>, b: usize, r: usize, d: usize) -> CowArray<'a, T, Ix1> {
+        match p.at[b] {
+            Some(start) => p.w.slice_move(s![start + r * d..start + (r + 1) * d]).into(),
+            None => {
+                let at = self.blocks[b].range().start + r * d;
+                p.w0.slice_move(s![at..at + d]).mapv(T::from_base).into()
+            }
+        }
     }
 
     /// `x Wᵀ + b` for the `(weight, bias)` pair, `W` being `out × in`.
-    fn linear<T: Real>(&self, w: ArrayView1<'_, T>, x: &Array2<T>, (wb, bb): (usize, usize)) -> Array2<T> {
+    fn linear<T: Real<Base = F>>(&self, p: &Params<'_, T, F>, x: &Array2<T>, (wb, bb): (usize, usize)) -> Array2<T> {
         let out = self.blocks[bb].len();
         let inp = self.blocks[wb].len() / out;
-        let mut y = T::matmul(x.view(), self.matrix(w, wb, out, inp).t());
-        y += &self.vector(w, bb);
+        let mut y = T::matmul(x.view(), self.matrix(p, wb, out, inp).t());
+        y += &self.vector(p, bb);
         y
     }
 
@@ -275,6 +310,11 @@ impl<F: Real<Base = F>> Bert<F> {
         if w.len() != self.weights.len() {
             return Err(BertError::ParameterCount { expected: self.weights.len(), got: w.len() });
         }
+        self.check_batch(batch)
+    }
+
+    /// Checks every token against the tables.
+    pub(crate) fn check_batch(&self, batch: &TokenBatch) -> Result<()> {
         let c = &self.config;
         for (i, s) in batch.sentences().iter().enumerate() {
             if s.ids.is_empty() {
@@ -310,7 +350,9 @@ impl<F: Real<Base = F>> Bert<F> {
     /// [`BertError::TokenOutOfRange`].
     pub fn embed_with<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: &TokenBatch) -> Result<Array2<T>> {
         self.check_inputs(w, batch)?;
-        let hidden = self.encode(w, batch, None);
+        let at = self.full_layout();
+        let p = Params { w, w0: self.weights.view(), at: &at };
+        let hidden = self.encode(&p, batch, None);
         Ok(self.pool(&hidden, batch))
     }
 
@@ -326,49 +368,44 @@ impl<F: Real<Base = F>> Bert<F> {
     /// sentence); with `caches`, what the backward pass needs.
     pub(crate) fn encode<T: Real<Base = F>>(
         &self,
-        w: ArrayView1<'_, T>,
+        p: &Params<'_, T, F>,
         batch: &TokenBatch,
         mut caches: Option<&mut Caches<T>>,
     ) -> Array2<T> {
         let c = &self.config;
         let d = c.hidden_size;
         let rows = batch.tokens();
-        let (word, pos, ty) = (
-            self.matrix(w, self.layout.word, c.vocab_size, d),
-            self.matrix(w, self.layout.position, c.max_position_embeddings, d),
-            self.matrix(w, self.layout.token_type, c.type_vocab_size, d),
-        );
         let mut e = Array2::<T>::zeros((rows, d));
         let mut r = 0;
         for s in batch.sentences() {
             for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
                 let mut row = e.row_mut(r);
-                row.assign(&word.row(id as usize));
-                row += &pos.row(t);
-                row += &ty.row(tt as usize);
+                row.assign(&self.row(p, self.layout.word, id as usize, d));
+                row += &self.row(p, self.layout.position, t, d);
+                row += &self.row(p, self.layout.token_type, tt as usize, d);
                 r += 1;
             }
         }
         let eps = c.layer_norm_eps;
-        let norm = |x: &Array2<T>, (g, b): (usize, usize)| layer_norm(x, self.vector(w, g), self.vector(w, b), eps);
+        let norm = |x: &Array2<T>, (g, b): (usize, usize)| layer_norm(x, self.vector(p, g).view(), self.vector(p, b).view(), eps);
         let (mut x, xhat, inv) = norm(&e, self.layout.norm);
         if let Some(cs) = caches.as_deref_mut() {
             cs.embedding = Some((xhat, inv));
         }
         for l in &self.layout.layers {
-            let q = self.linear(w, &x, l.q);
-            let k = self.linear(w, &x, l.k);
-            let v = self.linear(w, &x, l.v);
+            let q = self.linear(p, &x, l.q);
+            let k = self.linear(p, &x, l.k);
+            let v = self.linear(p, &x, l.v);
             let mut probs = caches.is_some().then(Vec::new);
             let context = self.attention(&q, &k, &v, batch, probs.as_mut());
-            let mut r1 = self.linear(w, &context, l.out);
+            let mut r1 = self.linear(p, &context, l.out);
             r1 += &x;
             let (n1, xhat1, inv1) = norm(&r1, l.norm1);
-            let mut h = self.linear(w, &n1, l.ffn_in);
+            let mut h = self.linear(p, &n1, l.ffn_in);
             let mut dh = Array2::zeros(h.raw_dim());
             let act = c.hidden_act;
             T::map_with_derivative(h.view_mut(), dh.view_mut(), |z| activation(act, z));
-            let mut r2 = self.linear(w, &h, l.ffn_out);
+            let mut r2 = self.linear(p, &h, l.ffn_out);
             r2 += &n1;
             let (n2, xhat2, inv2) = norm(&r2, l.norm2);
             if let Some(cs) = caches.as_deref_mut() {
@@ -452,9 +489,9 @@ impl<F: Real<Base = F>> Bert<F> {
 
     /// Writes `x Wᵀ + b`'s parameter gradients (`dW = dyᵀ x`, `db = Σ dy`) into `grad` and
     /// returns `dx = dy W`.
-    fn linear_back<T: Real>(
+    fn linear_back<T: Real<Base = F>>(
         &self,
-        w: ArrayView1<'_, T>,
+        p: &Params<'_, T, F>,
         grad: &mut ArrayViewMut1<'_, T>,
         x: &Array2<T>,
         dy: &Array2<T>,
@@ -462,15 +499,23 @@ impl<F: Real<Base = F>> Bert<F> {
     ) -> Array2<T> {
         let out = self.blocks[bb].len();
         let inp = self.blocks[wb].len() / out;
-        let dw = T::matmul(dy.t(), x.view());
-        self.put(grad, wb, dw.iter().copied());
-        self.put(grad, bb, dy.sum_axis(Axis(0)));
-        T::matmul(dy.view(), self.matrix(w, wb, out, inp))
+        // Only the variables' gradients are computed (a constant weight skips its product).
+        if p.at[wb].is_some() {
+            let dw = T::matmul(dy.t(), x.view());
+            self.put(p, grad, wb, dw.iter().copied());
+        }
+        if p.at[bb].is_some() {
+            self.put(p, grad, bb, dy.sum_axis(Axis(0)));
+        }
+        T::matmul(dy.view(), self.matrix(p, wb, out, inp).view())
     }
 
     /// Writes `values` into block `b` of `grad` (each block but the tables is written once).
-    fn put<T: Real>(&self, grad: &mut ArrayViewMut1<'_, T>, b: usize, values: impl IntoIterator<Item = T>) {
-        grad.slice_mut(s![self.blocks[b].range()]).iter_mut().zip(values).for_each(|(g, v)| *g = v);
+    fn put<T: Real>(&self, p: &Params<'_, T, F>, grad: &mut ArrayViewMut1<'_, T>, b: usize, values: impl IntoIterator<Item = T>) {
+        if let Some(start) = p.at[b] {
+            let len = self.blocks[b].len();
+            grad.slice_mut(s![start..start + len]).iter_mut().zip(values).for_each(|(g, v)| *g = v);
+        }
     }
 
     /// The gradient of `Σ_i ⟨dE_i, e_i⟩` (`de`: `sentences × hidden_size`, the loss's
@@ -478,7 +523,7 @@ impl<F: Real<Base = F>> Bert<F> {
     /// `grad` (overwritten), from a forward pass that kept its caches.
     pub(crate) fn backward<T: Real<Base = F>>(
         &self,
-        w: ArrayView1<'_, T>,
+        p: &Params<'_, T, F>,
         batch: &TokenBatch,
         hidden: &Array2<T>,
         caches: &Caches<T>,
@@ -488,43 +533,46 @@ impl<F: Real<Base = F>> Bert<F> {
         // Every block but the three embedding tables is written exactly once below; the tables
         // (half of a real model's parameters) are zeroed and get their used rows added.
         for table in [self.layout.word, self.layout.position, self.layout.token_type] {
-            grad.slice_mut(s![self.blocks[table].range()]).fill(T::zero());
+            if let Some(start) = p.at[table] {
+                grad.slice_mut(s![start..start + self.blocks[table].len()]).fill(T::zero());
+            }
         }
         let c = &self.config;
         let d = c.hidden_size;
         let mut dx = self.pool_back(hidden, batch, de);
         for (l, cache) in self.layout.layers.iter().zip(&caches.layers).rev() {
             // N2 = LN(N1 + FFN(N1)).
-            let (dr2, dg2, db2) = layer_norm_back(&dx, &cache.xhat2, &cache.inv2, self.vector(w, l.norm2.0));
-            self.put(grad, l.norm2.0, dg2);
-            self.put(grad, l.norm2.1, db2);
-            let mut dh = self.linear_back(w, grad, &cache.hidden, &dr2, l.ffn_out);
+            let (dr2, dg2, db2) = layer_norm_back(&dx, &cache.xhat2, &cache.inv2, self.vector(p, l.norm2.0).view());
+            self.put(p, grad, l.norm2.0, dg2);
+            self.put(p, grad, l.norm2.1, db2);
+            let mut dh = self.linear_back(p, grad, &cache.hidden, &dr2, l.ffn_out);
             dh *= &cache.dhidden;
-            let mut dn1 = self.linear_back(w, grad, &cache.n1, &dh, l.ffn_in);
+            let mut dn1 = self.linear_back(p, grad, &cache.n1, &dh, l.ffn_in);
             dn1 += &dr2;
             // N1 = LN(X + Attention(X)).
-            let (dr1, dg1, db1) = layer_norm_back(&dn1, &cache.xhat1, &cache.inv1, self.vector(w, l.norm1.0));
-            self.put(grad, l.norm1.0, dg1);
-            self.put(grad, l.norm1.1, db1);
-            let dctx = self.linear_back(w, grad, &cache.context, &dr1, l.out);
+            let (dr1, dg1, db1) = layer_norm_back(&dn1, &cache.xhat1, &cache.inv1, self.vector(p, l.norm1.0).view());
+            self.put(p, grad, l.norm1.0, dg1);
+            self.put(p, grad, l.norm1.1, db1);
+            let dctx = self.linear_back(p, grad, &cache.context, &dr1, l.out);
             let (dq, dk, dv) = self.attention_back(cache, &dctx, batch);
-            let mut dinput = self.linear_back(w, grad, &cache.input, &dq, l.q);
-            dinput += &self.linear_back(w, grad, &cache.input, &dk, l.k);
-            dinput += &self.linear_back(w, grad, &cache.input, &dv, l.v);
+            let mut dinput = self.linear_back(p, grad, &cache.input, &dq, l.q);
+            dinput += &self.linear_back(p, grad, &cache.input, &dk, l.k);
+            dinput += &self.linear_back(p, grad, &cache.input, &dv, l.v);
             dinput += &dr1;
             dx = dinput;
         }
         let Some((xhat, inv)) = &caches.embedding else { unreachable!("the forward pass kept the embedding norm") };
-        let (de0, dg, db) = layer_norm_back(&dx, xhat, inv, self.vector(w, self.layout.norm.0));
-        self.put(grad, self.layout.norm.0, dg);
-        self.put(grad, self.layout.norm.1, db);
+        let (de0, dg, db) = layer_norm_back(&dx, xhat, inv, self.vector(p, self.layout.norm.0).view());
+        self.put(p, grad, self.layout.norm.0, dg);
+        self.put(p, grad, self.layout.norm.1, db);
         // Scatter the rows into the three tables (the word table in place: it is large).
         let mut r = 0;
         for s in batch.sentences() {
             for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
                 let g = de0.row(r);
                 for (table, row) in [(self.layout.word, id as usize), (self.layout.position, t), (self.layout.token_type, tt as usize)] {
-                    let at = self.blocks[table].range().start + row * d;
+                    let Some(start) = p.at[table] else { continue };
+                    let at = start + row * d;
                     grad.slice_mut(s![at..at + d]).zip_mut_with(&g, |a, &b| *a += b);
                 }
                 r += 1;
@@ -605,6 +653,14 @@ impl<F: Real<Base = F>> Bert<F> {
         }
         out
     }
+}
+
+/// The parameters a pass reads: the variables from `w` (block `b` starts at `at[b]`), and the
+/// blocks that are not variables (`at[b]` is `None`) from the loaded weights `w0`, as constants.
+pub(crate) struct Params<'a, T, F> {
+    pub(crate) w: ArrayView1<'a, T>,
+    pub(crate) w0: ArrayView1<'a, F>,
+    pub(crate) at: &'a [Option<usize>],
 }
 
 /// What the backward pass needs from one encoder layer.
