@@ -14,7 +14,7 @@ fn setup(cfg: EncoderConfig) -> (Encoder<f64>, Array1<f64>, Vec<usize>, Vec<usiz
     let d = quant::data::digits().unwrap_or_else(|e| panic!("{e}"));
     let x = d.images.mapv(|p| f64::from(p) / 16.0);
     let labels: Vec<usize> = d.labels.iter().map(|&l| usize::from(l)).collect();
-    let (tr, te) = quant::data::split(labels.len(), 0.2, 7);
+    let (tr, te) = quant::data::split(labels.len(), 0.2, 7).unwrap_or_else(|e| panic!("{e}"));
     let m = Encoder::new(&x, &labels, cfg).unwrap_or_else(|e| panic!("{e}"));
     let mut w = m.init(1);
     train(&m, &mut w, &tr, &TrainParams { epochs: 3, batch_size: 32, lr: 2e-3, seed: 1 }, |_, _| {}).unwrap_or_else(|e| panic!("{e}"));

@@ -7,7 +7,7 @@ use ndarray::Array2;
 const DIGITS_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
 
 /// Errors while decoding embedded or caller-supplied data sets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DataError {
     /// The gzip stream is corrupt.
@@ -22,6 +22,12 @@ pub enum DataError {
         expected: usize,
         /// Fields present.
         found: usize,
+    },
+    /// A test fraction outside `(0, 1)`: one of the two sets would be empty.
+    #[error("the test fraction must lie strictly between 0 and 1, got {fraction}")]
+    InvalidFraction {
+        /// The fraction given.
+        fraction: f64,
     },
     /// A field is not a number in range.
     #[error("line {line}, field {field}: not a valid value")]
@@ -92,14 +98,20 @@ pub fn parse_digits_csv(text: &str) -> Result<Digits, DataError> {
 
 /// A seeded split of `0..n` into training and test indices, `test_fraction` of them (rounded)
 /// for testing; both lists sorted.
-pub fn split(n: usize, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+///
+/// # Errors
+/// [`DataError::InvalidFraction`] unless `0 < test_fraction < 1`.
+pub fn split(n: usize, test_fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+    if !(test_fraction > 0.0 && test_fraction < 1.0) {
+        return Err(DataError::InvalidFraction { fraction: test_fraction });
+    }
     let mut order: Vec<usize> = (0..n).collect();
     crate::train::shuffle(&mut order, seed);
-    let test_len = ((n as f64 * test_fraction.clamp(0.0, 1.0)).round() as usize).min(n);
+    let test_len = ((n as f64 * test_fraction).round() as usize).min(n);
     let (mut test, mut train) = (order[..test_len].to_vec(), order[test_len..].to_vec());
     test.sort_unstable();
     train.sort_unstable();
-    (train, test)
+    Ok((train, test))
 }
 
 #[cfg(test)]

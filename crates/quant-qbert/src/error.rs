@@ -37,6 +37,12 @@ pub enum QbertError {
         /// What was empty (`"samples"`, ...).
         what: &'static str,
     },
+    /// Training met a NaN or infinite loss (a learning rate too large, or bad data).
+    #[error("the training loss became NaN or infinite in epoch {epoch}")]
+    NonFiniteLoss {
+        /// The 0-based epoch.
+        epoch: usize,
+    },
     /// From the data sets.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),

@@ -17,7 +17,7 @@
 //! use quant_qbert::pipeline::{PipelineParams, QbertPipeline};
 //!
 //! let d = quant_qbert::data::digits()?;
-//! let (train, test) = quant_qbert::data::split(d.labels.len(), 0.2, 0);
+//! let (train, test) = quant_qbert::data::split(d.labels.len(), 0.2, 0)?;
 //! assert_eq!(train.len() + test.len(), 1797);
 //! // Validated once; `run` then takes a trained model (see the `qbert` example of `quant`).
 //! let pipeline = QbertPipeline::new(PipelineParams { direct_bits: vec![4, 2], ..PipelineParams::default() })?;

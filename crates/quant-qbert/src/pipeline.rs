@@ -202,6 +202,9 @@ impl PipelineParams {
         if !(0.0..1.0).contains(&self.ema_momentum) {
             return bad("ema_momentum", self.ema_momentum);
         }
+        if let Some(&(_, hi)) = self.mixed.iter().find(|(lo, hi)| hi <= lo) {
+            return bad("mixed widths (high not above low)", f64::from(hi));
+        }
         if self.groupings.iter().any(|g| matches!(g, Grouping::Finer(0))) {
             return bad("groups per head", 0.0);
         }
@@ -388,8 +391,11 @@ impl QbertPipeline {
         strategy: &Strategy,
         grouping: Grouping,
     ) -> Result<QuantizedModel<F>> {
-        if train_set.is_empty() {
-            return Err(QbertError::Empty { what: "samples" });
+        let blocks = check_inputs(model, w, &[train_set])?;
+        if let Strategy::Ranking { low, high, .. } = strategy
+            && low >= high
+        {
+            return Err(QbertError::InvalidParameter { what: "ranking widths (high not above low)", value: f64::from(*high) });
         }
         let widths: Vec<u8> = match strategy {
             Strategy::Uniform(b) => vec![*b],
@@ -398,10 +404,6 @@ impl QbertPipeline {
         };
         if let Some(&b) = widths.iter().find(|b| !(1..=8).contains(*b)) {
             return Err(QbertError::InvalidParameter { what: "bits", value: f64::from(b) });
-        }
-        let blocks = model.weight_blocks();
-        if blocks.len() < 3 {
-            return Err(QbertError::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
         }
         let stats = self.statistics(model, w, train_set)?;
         let free = self.free(blocks.len());
@@ -451,13 +453,7 @@ impl QbertPipeline {
         mut progress: impl FnMut(&str),
     ) -> Result<QbertReport> {
         let p = &self.params;
-        if train_set.is_empty() || test_set.is_empty() {
-            return Err(QbertError::Empty { what: "samples" });
-        }
-        let blocks = model.weight_blocks();
-        if blocks.len() < 3 {
-            return Err(QbertError::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
-        }
+        let blocks = check_inputs(model, w, &[train_set, test_set])?;
         let heads = model.heads();
         let free = self.free(blocks.len());
         progress(&format!("Hessian statistics: top eigenvalue of {} weight matrices on {} subsets", blocks.len(), p.subsets));
@@ -575,6 +571,36 @@ fn layer_reports<F: Float, M: QuantizableModel<F> + ?Sized>(
             sqnr_db: details[i].sqnr_db,
         })
         .collect()
+}
+
+/// Checks what [`QbertPipeline::run`] and [`QbertPipeline::quantize`] are given before any of
+/// it reaches the model: non-empty sample lists whose indices are the model's samples, `w` of
+/// the model's dimension, and at least three weight matrices, each a distinct block of the
+/// model holding `fan_in · fan_out` parameters. Returns the weight matrices.
+fn check_inputs<F: Float, M: QuantizableModel<F>>(model: &M, w: ArrayView1<'_, F>, sets: &[&[usize]]) -> Result<Vec<MatrixBlock>> {
+    for set in sets {
+        if set.is_empty() {
+            return Err(QbertError::Empty { what: "samples" });
+        }
+        Batch::Indices(set).check(model.samples())?;
+    }
+    if w.len() != model.dim() {
+        return Err(QbertError::Hessian(quant_hessian::HessianError::ShapeMismatch { expected: vec![model.dim()], got: vec![w.len()] }));
+    }
+    let blocks = model.weight_blocks();
+    if blocks.len() < 3 {
+        return Err(QbertError::InvalidParameter { what: "weight matrices", value: blocks.len() as f64 });
+    }
+    for (i, m) in blocks.iter().enumerate() {
+        if blocks[..i].iter().any(|o| o.block == m.block) {
+            return Err(QbertError::InvalidParameter { what: "duplicate weight block", value: m.block as f64 });
+        }
+        match model.blocks().get(m.block) {
+            Some(b) if b.len() == m.fan_in * m.fan_out && m.fan_in > 0 && m.fan_out > 0 => {}
+            _ => return Err(QbertError::InvalidParameter { what: "weight block shape", value: m.block as f64 }),
+        }
+    }
+    Ok(blocks)
 }
 
 /// A quantized matrix under codebook fine-tuning.

@@ -71,7 +71,10 @@ pub(crate) fn shuffle(items: &mut [usize], seed: u64) {
 /// every epoch. `progress(epoch, loss)` is called after each epoch.
 ///
 /// # Errors
-/// [`QbertError::InvalidParameter`] for bad parameters or no samples, and the model's errors.
+/// [`QbertError::InvalidParameter`] for bad parameters, [`QbertError::Empty`] for no samples,
+/// `HessianError::SampleOutOfRange` (as [`QbertError::Hessian`]) for an index past the
+/// model's samples (checked before the model sees any), [`QbertError::NonFiniteLoss`] when a
+/// step's loss is NaN or infinite (training stops there), and the model's errors.
 pub fn train<F, M>(
     model: &M,
     w: &mut Array1<F>,
@@ -124,6 +127,7 @@ where
     if samples.is_empty() {
         return Err(QbertError::Empty { what: "samples" });
     }
+    Batch::Indices(samples).check(model.samples())?;
     let mut adam = Adam::new(w.len());
     let mut g = Array1::<F>::zeros(w.len());
     let mut order = samples.to_vec();
@@ -139,6 +143,9 @@ where
                 }
                 None => model.loss_grad_into(w.view(), Batch::Indices(batch), g.view_mut())?,
             };
+            if !loss.is_finite() {
+                return Err(QbertError::NonFiniteLoss { epoch });
+            }
             total += loss.as_f64() * batch.len() as f64;
             let mut ws = w.iter_mut();
             adam.step(g.iter().map(|v| v.as_f64()), p.lr, |_, d| {

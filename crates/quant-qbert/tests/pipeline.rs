@@ -15,7 +15,7 @@ fn digits(seed: u64) -> Result<Data, quant_qbert::QbertError> {
     let d = quant_qbert::data::digits()?;
     let x = d.images.mapv(|p| f64::from(p) / 16.0);
     let labels: Vec<usize> = d.labels.iter().map(|&l| usize::from(l)).collect();
-    let (train_set, test_set) = quant_qbert::data::split(labels.len(), 0.2, seed);
+    let (train_set, test_set) = quant_qbert::data::split(labels.len(), 0.2, seed)?;
     Ok((x, labels, train_set, test_set))
 }
 

@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let digits = quant::data::digits()?;
     let x = digits.images.mapv(|p| f64::from(p) / 16.0);
     let labels: Vec<usize> = digits.labels.iter().map(|&l| usize::from(l)).collect();
-    let (train_set, test_set) = quant::data::split(labels.len(), 0.2, 7);
+    let (train_set, test_set) = quant::data::split(labels.len(), 0.2, 7)?;
     let cfg = EncoderConfig { tokens: 8, features: 8, d_model: 32, heads: 4, d_ff: 64, layers: 2, classes: 10 };
     let model = Encoder::new(&x, &labels, cfg)?;
     let mut w = model.init(1);

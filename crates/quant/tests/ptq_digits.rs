@@ -22,7 +22,7 @@ fn trained() -> Result<Net, Box<dyn std::error::Error>> {
     let d = quant::data::digits()?;
     let x = d.images.mapv(|p| f64::from(p) / 16.0);
     let labels: Vec<usize> = d.labels.iter().map(|&l| usize::from(l)).collect();
-    let (train_set, test_set) = quant::data::split(labels.len(), 0.25, 3);
+    let (train_set, test_set) = quant::data::split(labels.len(), 0.25, 3)?;
     let model = Mlp::new(&x, &labels, &[32, 32], 10, Activation::Relu)?;
     let mut w = model.init(1);
     train(&model, &mut w, &train_set, &TrainParams { epochs: 25, batch_size: 32, lr: 3e-3, seed: 1 }, |_, _| {})?;

@@ -138,7 +138,7 @@ fn tutorial() -> Result<(), quant::Error> {
     let d = quant::data::digits()?;
     let x = d.images.mapv(|p| f64::from(p) / 16.0);
     let y: Vec<usize> = d.labels.iter().map(|&l| usize::from(l)).collect();
-    let (train_set, test_set) = quant::data::split(y.len(), 0.2, 0);
+    let (train_set, test_set) = quant::data::split(y.len(), 0.2, 0)?;
     let net = MyNet::new(x, y);
 
     // 1. Check the gradient against finite differences before trusting any curvature.
