@@ -17,27 +17,45 @@ fn mlp() -> (Mlp<f64>, Array1<f64>) {
     (m, w)
 }
 
-/// A model that panics if the pipeline ever hands it an index past its samples.
-struct Strict(Mlp<f64>, Vec<MatrixBlock>);
+/// A model that panics if the library ever hands it an index past its samples, and whose
+/// loss turns NaN from evaluation `nan_from` on (when set).
+struct Strict {
+    inner: Mlp<f64>,
+    blocks: Vec<MatrixBlock>,
+    nan_from: Option<usize>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Strict {
+    fn new(inner: Mlp<f64>, blocks: Vec<MatrixBlock>) -> Self {
+        Self { inner, blocks, nan_from: None, calls: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    fn check(&self, batch: Batch<'_>) {
+        if let Batch::Indices(i) = batch {
+            assert!(i.iter().all(|&i| i < self.samples()), "an index past the samples reached the model");
+        }
+    }
+}
 
 impl Model for Strict {
     fn dim(&self) -> usize {
-        self.0.dim()
+        self.inner.dim()
     }
     fn blocks(&self) -> &[Block] {
-        self.0.blocks()
+        self.inner.blocks()
     }
     fn samples(&self) -> usize {
-        self.0.samples()
+        self.inner.samples()
     }
 }
 
 impl Autodiff<f64> for Strict {
     fn loss_grad_into(&self, w: ArrayView1<'_, f64>, batch: Batch<'_>, grad: ArrayViewMut1<'_, f64>) -> quant_hessian::Result<f64> {
-        if let Batch::Indices(i) = batch {
-            assert!(i.iter().all(|&i| i < self.samples()), "an index past the samples reached the model");
-        }
-        self.0.loss_grad_into(w, batch, grad)
+        self.check(batch);
+        let loss = self.inner.loss_grad_into(w, batch, grad)?;
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(if self.nan_from.is_some_and(|n| call >= n) { f64::NAN } else { loss })
     }
     fn hvp_into(
         &self,
@@ -46,16 +64,14 @@ impl Autodiff<f64> for Strict {
         batch: Batch<'_>,
         out: ArrayViewMut1<'_, f64>,
     ) -> quant_hessian::Result<()> {
-        if let Batch::Indices(i) = batch {
-            assert!(i.iter().all(|&i| i < self.samples()), "an index past the samples reached the model");
-        }
-        self.0.hvp_into(w, v, batch, out)
+        self.check(batch);
+        self.inner.hvp_into(w, v, batch, out)
     }
 }
 
 impl QuantizableModel<f64> for Strict {
     fn weight_blocks(&self) -> Vec<MatrixBlock> {
-        self.1.clone()
+        self.blocks.clone()
     }
     fn accuracy_hooked(
         &self,
@@ -63,14 +79,14 @@ impl QuantizableModel<f64> for Strict {
         batch: Batch<'_>,
         hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, f64>),
     ) -> quant_qbert::Result<f64> {
-        self.0.accuracy_hooked(w, batch, hook)
+        self.inner.accuracy_hooked(w, batch, hook)
     }
 }
 
 #[test]
 fn training_checks_indices_and_stops_on_a_non_finite_loss() {
     let (m, w) = mlp();
-    let strict = Strict(m, Vec::new());
+    let strict = Strict::new(m, Vec::new());
     let p = TrainParams { epochs: 2, batch_size: 8, lr: 1e-2, seed: 0 };
     let mut w1 = w.clone();
     match train(&strict, &mut w1, &[0, 5, 40], &p, |_, _| {}) {
@@ -79,43 +95,12 @@ fn training_checks_indices_and_stops_on_a_non_finite_loss() {
     }
     assert_eq!(w1, w, "nothing was trained");
     // A loss that turns NaN in the second epoch: an error naming it, not Ok([.., NaN]).
-    let nan = NanAfter(strict.0, std::sync::atomic::AtomicUsize::new(0));
+    let nan = Strict { nan_from: Some(1), ..Strict::new(strict.inner, Vec::new()) };
     let mut w2 = w.clone();
     let all: Vec<usize> = (0..40).collect();
     match train(&nan, &mut w2, &all, &TrainParams { epochs: 3, batch_size: 40, lr: 1e-2, seed: 0 }, |_, _| {}) {
         Err(QbertError::NonFiniteLoss { epoch: 1 }) => {}
         other => panic!("expected a non-finite loss in epoch 1, got {other:?}"),
-    }
-}
-
-/// A model whose loss is NaN from its second evaluation on.
-struct NanAfter(Mlp<f64>, std::sync::atomic::AtomicUsize);
-
-impl Model for NanAfter {
-    fn dim(&self) -> usize {
-        self.0.dim()
-    }
-    fn blocks(&self) -> &[Block] {
-        self.0.blocks()
-    }
-    fn samples(&self) -> usize {
-        self.0.samples()
-    }
-}
-
-impl Autodiff<f64> for NanAfter {
-    fn loss_grad_into(&self, w: ArrayView1<'_, f64>, batch: Batch<'_>, grad: ArrayViewMut1<'_, f64>) -> quant_hessian::Result<f64> {
-        let loss = self.0.loss_grad_into(w, batch, grad)?;
-        Ok(if self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= 1 { f64::NAN } else { loss })
-    }
-    fn hvp_into(
-        &self,
-        w: ArrayView1<'_, f64>,
-        v: ArrayView1<'_, f64>,
-        batch: Batch<'_>,
-        out: ArrayViewMut1<'_, f64>,
-    ) -> quant_hessian::Result<()> {
-        self.0.hvp_into(w, v, batch, out)
     }
 }
 
@@ -127,7 +112,7 @@ fn the_pipeline_checks_samples_blocks_and_widths_first() {
     let test: Vec<usize> = (30..40).collect();
     let pipe = QbertPipeline::new(PipelineParams { subsets: 2, subset_size: Some(8), ..Default::default() }).expect("valid");
     // An index past the samples, in the training or the test list.
-    let strict = Strict(m.clone(), blocks.clone());
+    let strict = Strict::new(m.clone(), blocks.clone());
     for (train_set, test_set) in [(vec![0, 1, 99], test.clone()), (good.clone(), vec![30, 41])] {
         assert!(matches!(
             pipe.run(&strict, w.view(), &train_set, &test_set, |_| {}),
@@ -139,20 +124,20 @@ fn the_pipeline_checks_samples_blocks_and_widths_first() {
         Err(QbertError::Hessian(HessianError::SampleOutOfRange { .. }))
     ));
     // Duplicate weight blocks, and a block whose shape does not match its parameters.
-    let dup = Strict(m.clone(), vec![blocks[0], blocks[1], blocks[1]]);
+    let dup = Strict::new(m.clone(), vec![blocks[0], blocks[1], blocks[1]]);
     assert!(matches!(
         pipe.run(&dup, w.view(), &good, &test, |_| {}),
         Err(QbertError::InvalidParameter { what: "duplicate weight block", .. })
     ));
     let mut bad_shape = blocks.clone();
     bad_shape[1].fan_out += 1;
-    let shape = Strict(m.clone(), bad_shape);
+    let shape = Strict::new(m.clone(), bad_shape);
     assert!(matches!(
         pipe.run(&shape, w.view(), &good, &test, |_| {}),
         Err(QbertError::InvalidParameter { what: "weight block shape", .. })
     ));
     // Parameters of the wrong length.
-    let strict = Strict(m, blocks);
+    let strict = Strict::new(m, blocks);
     let short = Array1::<f64>::zeros(3);
     assert!(matches!(pipe.run(&strict, short.view(), &good, &test, |_| {}), Err(QbertError::Hessian(HessianError::ShapeMismatch { .. }))));
     // Mixed widths given high below low, in the parameters and in a ranking strategy.
