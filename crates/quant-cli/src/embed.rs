@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use quant::checkpoint::QuantizedCheckpoint;
-use quant::models::bert::{Bert, BertError, BertTokenizer, SentenceEncoder, TextLines};
+use quant::models::bert::{Bert, BertError, BertTokenizer, PROGRESS_EVERY, SentenceEncoder, TextLines};
 use serde::Serialize;
 
 /// What `--json` prints.
@@ -21,9 +21,6 @@ struct EmbedReport {
     seconds: f64,
     output: String,
 }
-
-/// Sentences between progress lines.
-const PROGRESS_EVERY: usize = 2048;
 
 fn bert_error(e: BertError) -> String {
     e.to_string()
@@ -76,23 +73,15 @@ pub(crate) fn run(a: EmbedArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>)
             lines.skipped_empty
         );
     }
-    // In slices, so long inputs show progress; a sentence's embedding does not depend on the
-    // slice it is in.
     let total = lines.sentences.len();
-    let d = encoder.model().config().hidden_size;
-    let mut out = quant::models::bert::Embedded { embeddings: quant::ndarray::Array2::zeros((total, d)), tokens: 0, truncated: 0 };
-    let mut done = 0;
-    for slice in lines.sentences.chunks(PROGRESS_EVERY) {
-        let part = encoder.embed_counted(slice).map_err(bert_error)?;
-        out.embeddings.slice_mut(quant::ndarray::s![done..done + slice.len(), ..]).assign(&part.embeddings);
-        out.tokens += part.tokens;
-        out.truncated += part.truncated;
-        done += slice.len();
-        if !a.quiet && total > PROGRESS_EVERY {
-            eprintln!("embedded {done}/{total} sentences ({:.1} s)", start.elapsed().as_secs_f64());
-        }
-    }
-    let n = total;
+    let out = encoder
+        .embed_with_progress(&lines.sentences, |done| {
+            if !a.quiet && total > PROGRESS_EVERY {
+                eprintln!("embedded {done}/{total} sentences ({:.1} s)", start.elapsed().as_secs_f64());
+            }
+        })
+        .map_err(bert_error)?;
+    let (n, d) = out.embeddings.dim();
     let bytes: Vec<u8> = out.embeddings.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = quant::checkpoint::safetensors::tensor::TensorView::new(quant::checkpoint::safetensors::Dtype::F32, vec![n, d], &bytes)
         .map_err(|e| e.to_string())?;

@@ -89,31 +89,46 @@ impl SentenceEncoder {
     /// # Errors
     /// As [`embed`](Self::embed).
     pub fn embed_counted<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Embedded> {
+        self.embed_with_progress(texts, |_| {})
+    }
+
+    /// [`embed_counted`](Self::embed_counted), calling `progress(done)` after every
+    /// [`PROGRESS_EVERY`] sentences and at the end (the same bits).
+    ///
+    /// # Errors
+    /// As [`embed`](Self::embed).
+    pub fn embed_with_progress<S: AsRef<str> + Sync>(&self, texts: &[S], mut progress: impl FnMut(usize)) -> Result<Embedded> {
         let d = self.model.config().hidden_size;
         let run = |chunk: &[S]| -> Result<(Array2<f32>, usize, usize)> {
             let batch = self.tokenizer.encode(chunk)?;
             Ok((self.model.embed(&batch)?, batch.tokens(), batch.truncated()))
         };
-        let chunks: Vec<&[S]> = texts.chunks(CHUNK).collect();
-        #[cfg(feature = "rayon")]
-        let parts: Vec<Result<(Array2<f32>, usize, usize)>> = {
-            use rayon::prelude::*;
-            chunks.par_iter().map(|c| run(c)).collect()
-        };
-        #[cfg(not(feature = "rayon"))]
-        let parts: Vec<Result<(Array2<f32>, usize, usize)>> = chunks.iter().map(|c| run(c)).collect();
         let mut out = Embedded { embeddings: Array2::zeros((texts.len(), d)), tokens: 0, truncated: 0 };
         let mut row = 0;
-        for part in parts {
-            let (e, tokens, truncated) = part?;
-            out.embeddings.slice_mut(ndarray::s![row..row + e.nrows(), ..]).assign(&e);
-            row += e.nrows();
-            out.tokens += tokens;
-            out.truncated += truncated;
+        for slice in texts.chunks(PROGRESS_EVERY) {
+            let chunks: Vec<&[S]> = slice.chunks(CHUNK).collect();
+            #[cfg(feature = "rayon")]
+            let parts: Vec<Result<(Array2<f32>, usize, usize)>> = {
+                use rayon::prelude::*;
+                chunks.par_iter().map(|c| run(c)).collect()
+            };
+            #[cfg(not(feature = "rayon"))]
+            let parts: Vec<Result<(Array2<f32>, usize, usize)>> = chunks.iter().map(|c| run(c)).collect();
+            for part in parts {
+                let (e, tokens, truncated) = part?;
+                out.embeddings.slice_mut(ndarray::s![row..row + e.nrows(), ..]).assign(&e);
+                row += e.nrows();
+                out.tokens += tokens;
+                out.truncated += truncated;
+            }
+            progress(row);
         }
         Ok(out)
     }
 }
+
+/// Sentences between progress calls in [`SentenceEncoder::embed_with_progress`].
+pub const PROGRESS_EVERY: usize = 2048;
 
 /// Sentences per chunk in [`SentenceEncoder::embed_counted`].
 pub const CHUNK: usize = 64;
