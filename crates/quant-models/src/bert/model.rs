@@ -9,6 +9,8 @@ use quant_hessian::{Block, Real};
 
 use crate::common::{layer_norm, layer_norm_back};
 
+use crate::mlp::Activation;
+
 use super::config::{BertConfig, HiddenAct, Pooling, PoolingMode};
 use super::error::{BertError, Result};
 use super::tokenize::TokenBatch;
@@ -696,15 +698,11 @@ impl<T> Default for Caches<T> {
 
 /// The activation with its first two derivatives.
 fn activation<P: Real>(act: HiddenAct, z: P) -> (P, P, P) {
-    let (zero, one, half) = (P::zero(), P::one(), P::cast(0.5));
+    let half = P::cast(0.5);
     match act {
-        HiddenAct::Relu => {
-            if z > zero {
-                (z, one, zero)
-            } else {
-                (zero, zero, zero)
-            }
-        }
+        // The reference MLP already has both: ReLU, and GELU in its tanh form (`gelu_new`).
+        HiddenAct::Relu => Activation::Relu.eval(z),
+        HiddenAct::GeluNew => Activation::Gelu.eval(z),
         HiddenAct::Gelu => {
             // σ = z Φ(z), σ' = Φ(z) + z φ(z), σ'' = φ(z)(2 − z²).
             // Φ in the primal's own precision: erff for f32 (as torch's f32 GELU; a third of
@@ -716,18 +714,6 @@ fn activation<P: Real>(act: HiddenAct, z: P) -> (P, P, P) {
             };
             let pdf = (-(z * z) * half).exp() * P::cast(1.0 / (2.0 * core::f64::consts::PI).sqrt());
             (z * cdf, cdf + z * pdf, pdf * (P::cast(2.0) - z * z))
-        }
-        HiddenAct::GeluNew => {
-            // σ = ½z(1 + t), t = tanh u, u = c(z + a z³).
-            let (c, a) = (P::cast((2.0 / core::f64::consts::PI).sqrt()), P::cast(0.044_715));
-            let z2 = z * z;
-            let t = (c * (z + a * z2 * z)).tanh();
-            let u1 = c * (one + P::cast(3.0) * a * z2);
-            let u2 = c * P::cast(6.0) * a * z;
-            let s = one - t * t;
-            let f1 = half * (one + t) + half * z * s * u1;
-            let f2 = s * u1 + half * z * (-P::cast(2.0) * t * s * u1 * u1 + s * u2);
-            (half * z * (one + t), f1, f2)
         }
     }
 }
