@@ -125,6 +125,13 @@ pub enum HessianError {
         /// What was computed before the cap.
         partial: Box<Eigenpairs<f64>>,
     },
+    /// The model does not offer this product (for example a Gauss-Newton product from a
+    /// model whose loss is not written as a function of its outputs).
+    #[error("the model does not offer {what}")]
+    Unsupported {
+        /// The product asked for.
+        what: &'static str,
+    },
     /// An error raised by a user's model.
     #[error("model error: {0}")]
     Model(#[source] Box<dyn std::error::Error + Send + Sync>),

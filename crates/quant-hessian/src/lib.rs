@@ -41,6 +41,7 @@
 //! - `rayon` (default): [`qbert_statistics`] runs (block, subset) pairs in parallel, with
 //!   results identical to the sequential run.
 
+mod curvature;
 mod dual;
 mod dualmm;
 mod eigen;
@@ -55,6 +56,7 @@ mod qbert;
 mod real;
 mod trace;
 
+pub use curvature::{BlockOperator, Curvature, PaddedCurvature, Product, check_block_product, check_curvature_inputs};
 pub use dual::Dual;
 pub use eigen::Eigenpairs;
 pub use error::{HessianError, Result};

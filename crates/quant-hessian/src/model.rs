@@ -5,6 +5,7 @@ use core::ops::Range;
 use ndarray::{Array1, ArrayView1, ArrayViewMut1, Zip};
 use quant_core::Float;
 
+use crate::curvature::{Curvature, PaddedCurvature};
 use crate::dual::Dual;
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::real::Real;
@@ -161,6 +162,21 @@ pub trait Autodiff<F: Float>: Model {
     fn hvp_kind(&self) -> HvpKind {
         HvpKind::FiniteDifference
     }
+
+    /// The loss at `w` on `batch` prepared for many block products ([`Curvature`]). The
+    /// default, [`PaddedCurvature`], runs a whole-model [`hvp_into`](Autodiff::hvp_into) per
+    /// product; a model that knows its layers keeps its forward pass and restricts each
+    /// product to the layers its block touches.
+    ///
+    /// # Errors
+    /// [`HessianError::ShapeMismatch`] for a `w` of the wrong length, the batch's errors, and
+    /// what the model reports while preparing.
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    where
+        Self: Sync,
+    {
+        Ok(Box::new(PaddedCurvature::new(self, w, batch)?))
+    }
 }
 
 /// How a model computes Hessian-vector products.
@@ -184,6 +200,19 @@ pub trait Differentiable<F: Real<Base = F>>: Model {
     /// # Errors
     /// Whatever the model reports.
     fn loss_grad<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: Batch<'_>, grad: ArrayViewMut1<'_, T>) -> Result<T>;
+
+    /// The loss at `w` on `batch` prepared for block products; see [`Autodiff::curvature`]
+    /// (which forwards here). The default runs the exact whole-model product per block
+    /// product.
+    ///
+    /// # Errors
+    /// As [`Autodiff::curvature`].
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    where
+        Self: Sized + Sync,
+    {
+        Ok(Box::new(PaddedCurvature::new(self, w, batch)?))
+    }
 }
 
 impl<F: Real<Base = F>, M: Differentiable<F>> Autodiff<F> for M {
@@ -214,6 +243,13 @@ impl<F: Real<Base = F>, M: Differentiable<F>> Autodiff<F> for M {
 
     fn hvp_kind(&self) -> HvpKind {
         HvpKind::Exact
+    }
+
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    where
+        Self: Sync,
+    {
+        Differentiable::curvature(self, w, batch)
     }
 }
 

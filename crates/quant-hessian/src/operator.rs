@@ -1,10 +1,12 @@
 //! Linear operators: the interface the eigen and trace solvers work on.
 
 use core::marker::PhantomData;
+use std::sync::Arc;
 
 use ndarray::{Array1, ArrayBase, ArrayView1, ArrayViewMut1, Data, Ix2};
 use quant_core::Float;
 
+use crate::curvature::{Curvature, Product};
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::model::{Autodiff, Batch};
 
@@ -95,12 +97,28 @@ where
 /// The Hessian of a model's loss at fixed parameters on a fixed batch, as an operator: the
 /// full Hessian `H`, or the block-diagonal part `H_ii` of one block (the Hessian with
 /// respect to that block's parameters alone, the curvature Q-BERT ranks layers by).
-#[derive(Debug, Clone)]
+///
+/// A block operator is built on the model's prepared [`Curvature`]
+/// ([`Autodiff::curvature`]), so a model that restricts its products to the block's layers
+/// is fast here without further work; [`BlockOperator`](crate::BlockOperator) applies one
+/// block of a curvature prepared once and shared between blocks, and offers the
+/// Gauss-Newton matrix too.
+#[derive(Clone)]
 pub struct HessianOperator<'a, F, M: ?Sized> {
     model: &'a M,
     w: ArrayView1<'a, F>,
     batch: Batch<'a>,
-    block: Option<core::ops::Range<usize>>,
+    block: Option<(usize, usize, Arc<dyn Curvature<F> + 'a>)>,
+}
+
+impl<F: core::fmt::Debug, M: ?Sized> core::fmt::Debug for HessianOperator<'_, F, M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HessianOperator")
+            .field("w", &self.w)
+            .field("batch", &self.batch)
+            .field("block", &self.block.as_ref().map(|(b, _, _)| *b))
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a, F: Float, M: Autodiff<F> + ?Sized> HessianOperator<'a, F, M> {
@@ -123,18 +141,22 @@ impl<'a, F: Float, M: Autodiff<F> + ?Sized> HessianOperator<'a, F, M> {
     ///
     /// # Errors
     /// As [`full`](Self::full), plus [`HessianError::InvalidBlock`] and
-    /// [`HessianError::BlockOutOfRange`].
-    pub fn block(model: &'a M, w: ArrayView1<'a, F>, batch: Batch<'a>, index: usize) -> Result<Self> {
-        let range = model.block(index)?.range();
+    /// [`HessianError::BlockOutOfRange`], and what the model reports while preparing its
+    /// curvature.
+    pub fn block(model: &'a M, w: ArrayView1<'a, F>, batch: Batch<'a>, index: usize) -> Result<Self>
+    where
+        M: Sync,
+    {
+        let len = model.block(index)?.len();
         let mut op = Self::full(model, w, batch)?;
-        op.block = Some(range);
+        op.block = Some((index, len, Arc::from(model.curvature(w, batch)?)));
         Ok(op)
     }
 }
 
 impl<F: Float, M: Autodiff<F> + ?Sized> LinearOperator<F> for HessianOperator<'_, F, M> {
     fn dim(&self) -> usize {
-        self.block.as_ref().map_or(self.model.dim(), |r| r.len())
+        self.block.as_ref().map_or(self.model.dim(), |(_, len, _)| *len)
     }
 
     fn apply_into(&self, x: ArrayView1<'_, F>, mut out: ArrayViewMut1<'_, F>) -> Result<()> {
@@ -143,15 +165,7 @@ impl<F: Float, M: Autodiff<F> + ?Sized> LinearOperator<F> for HessianOperator<'_
         check_finite(x.iter())?;
         match &self.block {
             None => self.model.hvp_into(self.w, x, self.batch, out.view_mut())?,
-            Some(r) => {
-                // H_ii x = the block's rows of H applied to x padded with zeros.
-                let n = self.model.dim();
-                let mut v = Array1::zeros(n);
-                v.slice_mut(ndarray::s![r.clone()]).assign(&x);
-                let mut hv = Array1::zeros(n);
-                self.model.hvp_into(self.w, v.view(), self.batch, hv.view_mut())?;
-                out.assign(&hv.slice(ndarray::s![r.clone()]));
-            }
+            Some((index, _, curvature)) => curvature.block_product_into(Product::Hessian, *index, x, out.view_mut())?,
         }
         check_finite(out.iter())
     }

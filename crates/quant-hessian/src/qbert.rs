@@ -3,6 +3,7 @@
 use ndarray::ArrayView1;
 use quant_core::Float;
 
+use crate::curvature::{BlockOperator, Curvature, Product};
 use crate::error::{HessianError, Result};
 use crate::ext::OperatorExt;
 use crate::lanczos::Lanczos;
@@ -60,6 +61,7 @@ impl Default for TopEigen {
 /// | `subsets` | 10 | data subsets (Q-BERT's choice) | `1..=samples` |
 /// | `seed` | 0 | seed of the split and of every solver start | any |
 /// | `solver` | power iteration, defaults | the top-eigenvalue solver | any valid |
+/// | `product` | the Hessian | the curvature matrix ([`Product::GaussNewton`] where the model offers it) | any the model offers |
 ///
 /// Each (block, subset) pair gets its own solver seed derived from `seed`
 /// ([`pair_seed`](QbertParams::pair_seed)), so the results do not depend on the order or
@@ -72,11 +74,13 @@ pub struct QbertParams {
     pub seed: u64,
     /// The top-eigenvalue solver.
     pub solver: TopEigen,
+    /// The curvature matrix whose blocks are measured.
+    pub product: Product,
 }
 
 impl Default for QbertParams {
     fn default() -> Self {
-        Self { subsets: 10, seed: 0, solver: TopEigen::default() }
+        Self { subsets: 10, seed: 0, solver: TopEigen::default(), product: Product::Hessian }
     }
 }
 
@@ -127,15 +131,8 @@ struct Task {
     hvps: usize,
 }
 
-fn run_task<F: Float, M: Autodiff<F> + ?Sized>(
-    model: &M,
-    w: ArrayView1<'_, F>,
-    subset: &[usize],
-    block: usize,
-    seed: u64,
-    solver: TopEigen,
-) -> Result<Task> {
-    let op = HessianOperator::block(model, w, Batch::Indices(subset), block)?;
+fn run_task<F: Float>(curvature: &dyn Curvature<F>, product: Product, block: usize, seed: u64, solver: TopEigen) -> Result<Task> {
+    let op = BlockOperator::new(curvature, product, block)?;
     match solver {
         TopEigen::Power(p) => match op.power_iteration(&p.with_seed(seed)) {
             Ok(e) => Ok(Task { top: e.values[0].as_f64(), smallest: None, converged: true, hvps: e.hvps }),
@@ -160,8 +157,10 @@ fn run_task<F: Float, M: Autodiff<F> + ?Sized>(
 /// top eigenvalue of every block's Hessian on every subset, and returns per block the
 /// eigenvalues, their mean and standard deviation, and `Ω = |mean| + std`.
 ///
-/// With the `rayon` feature the (block, subset) pairs run in parallel; each pair's work and
-/// seed are fixed in advance, so the results are identical with and without it. A solver
+/// Each subset's curvature is prepared once ([`Autodiff::curvature`]: a model may keep its
+/// forward pass) and shared by every block's solver. With the `rayon` feature the blocks of
+/// a subset run in parallel; each pair's work and seed are fixed in advance, so the results
+/// are identical with and without it. A solver
 /// that misses its tolerance does not fail the run: its last eigenvalue estimate is used
 /// and `converged` records it.
 ///
@@ -205,16 +204,21 @@ where
     // Validates w once (shape, finiteness) before fanning out.
     HessianOperator::full(model, w, Batch::All)?;
     let nb = blocks.len();
-    let pairs: Vec<(usize, usize)> = blocks.iter().flat_map(|&b| (0..subsets.len()).map(move |s| (b, s))).collect();
-    let job = |&(b, s): &(usize, usize)| run_task(model, w, &subsets[s], b, params.pair_seed(b, s), params.solver);
-    #[cfg(feature = "rayon")]
-    let results: Vec<Result<Task>> = {
-        use rayon::prelude::*;
-        pairs.par_iter().map(job).collect()
-    };
-    #[cfg(not(feature = "rayon"))]
-    let results: Vec<Result<Task>> = pairs.iter().map(job).collect();
-    let mut results = results.into_iter();
+    // results[s][i]: block blocks[i] on subset s.
+    let mut results: Vec<Vec<Task>> = Vec::with_capacity(subsets.len());
+    for (s, subset) in subsets.iter().enumerate() {
+        let curvature = model.curvature(w, Batch::Indices(subset))?;
+        let job = |&b: &usize| run_task(&*curvature, params.product, b, params.pair_seed(b, s), params.solver);
+        #[cfg(feature = "rayon")]
+        let tasks: Result<Vec<Task>> = {
+            use rayon::prelude::*;
+            blocks.par_iter().map(job).collect()
+        };
+        #[cfg(not(feature = "rayon"))]
+        let tasks: Result<Vec<Task>> = blocks.iter().map(job).collect();
+        results.push(tasks?);
+    }
+    let mut per_subset: Vec<_> = results.into_iter().map(Vec::into_iter).collect();
     let mut out = Vec::with_capacity(nb);
     for block in blocks.iter().map(|&b| &model.blocks()[b]) {
         let mut st = BlockStats {
@@ -228,8 +232,8 @@ where
             std: 0.0,
             omega: 0.0,
         };
-        for _ in 0..subsets.len() {
-            let t = results.next().ok_or(HessianError::Empty)??;
+        for tasks in &mut per_subset {
+            let t = tasks.next().ok_or(HessianError::Empty)?;
             st.eigenvalues.push(t.top);
             st.smallest.extend(t.smallest);
             st.converged.push(t.converged);

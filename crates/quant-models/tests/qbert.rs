@@ -39,7 +39,7 @@ fn model() -> (Mlp<f64>, ndarray::Array1<f64>) {
 fn eigenvalues_match_dense_block_hessians_on_each_subset() {
     let (m, w) = model();
     let power = PowerIteration::builder().tol(1e-10).max_iter(20_000).check().expect("valid");
-    let params = QbertParams { subsets: 5, seed: 9, solver: TopEigen::Power(power) };
+    let params = QbertParams { subsets: 5, seed: 9, solver: TopEigen::Power(power), ..QbertParams::default() };
     let stats = qbert_statistics(&m, w.view(), &params).expect("runs");
     let subsets = split_subsets(m.samples(), 5, 9).expect("valid");
     assert_eq!(stats.len(), m.blocks().len());
@@ -67,11 +67,12 @@ fn eigenvalues_match_dense_block_hessians_on_each_subset() {
 #[test]
 fn results_are_deterministic_and_seed_dependent() {
     let (m, w) = model();
-    let p = QbertParams { subsets: 4, seed: 1, solver: TopEigen::default() };
+    let p = QbertParams { subsets: 4, seed: 1, solver: TopEigen::default(), ..QbertParams::default() };
     let a = qbert_statistics(&m, w.view(), &p).expect("runs");
     let b = qbert_statistics(&m, w.view(), &p).expect("runs");
     assert_eq!(a, b);
-    let c = qbert_statistics(&m, w.view(), &QbertParams { subsets: 4, seed: 2, solver: TopEigen::default() }).expect("runs");
+    let c = qbert_statistics(&m, w.view(), &QbertParams { subsets: 4, seed: 2, solver: TopEigen::default(), ..QbertParams::default() })
+        .expect("runs");
     assert_ne!(a[0].eigenvalues, c[0].eigenvalues);
 }
 
@@ -80,7 +81,7 @@ fn results_are_deterministic_and_seed_dependent() {
 #[test]
 fn parallel_and_sequential_runs_give_the_same_bits() {
     let (m, w) = model();
-    let params = QbertParams { subsets: 3, seed: 5, solver: TopEigen::default() };
+    let params = QbertParams { subsets: 3, seed: 5, solver: TopEigen::default(), ..QbertParams::default() };
     let stats = qbert_statistics(&m, w.view(), &params).expect("runs");
     let subsets = split_subsets(m.samples(), 3, 5).expect("valid");
     for b in (0..m.blocks().len()).rev() {
@@ -104,13 +105,14 @@ fn saddle_points_are_reported() {
     let q = Quadratic::new(&a, &array![0.0, 0.0, 0.0]).expect("valid").with_blocks(&[("a", 1), ("b", 2)]).expect("valid");
     let w = array![1.0, 1.0, 1.0];
     let stats: Vec<BlockStats> =
-        qbert_statistics(&q, w.view(), &QbertParams { subsets: 1, seed: 0, solver: TopEigen::default() }).expect("runs");
+        qbert_statistics(&q, w.view(), &QbertParams { subsets: 1, seed: 0, solver: TopEigen::default(), ..QbertParams::default() })
+            .expect("runs");
     assert!(!stats[0].negative_curvature());
     assert!((stats[0].omega - 2.0).abs() < 1e-3);
     assert!(stats[1].negative_curvature());
     assert!(stats[1].eigenvalues[0] < -5.0);
     // Lanczos reports the largest algebraic eigenvalue and the smallest.
-    let lz = QbertParams { subsets: 1, seed: 0, solver: TopEigen::Lanczos(Lanczos::default()) };
+    let lz = QbertParams { subsets: 1, seed: 0, solver: TopEigen::Lanczos(Lanczos::default()), ..QbertParams::default() };
     let stats = qbert_statistics(&q, w.view(), &lz).expect("runs");
     let (lo, hi) = (-2.0 - (9.0f64 + 1.0).sqrt(), -2.0 + 10f64.sqrt());
     assert!((stats[1].eigenvalues[0] - hi).abs() < 1e-9);
@@ -122,7 +124,7 @@ fn saddle_points_are_reported() {
 fn bad_inputs_give_typed_errors() {
     let (m, w) = model();
     assert!(matches!(
-        qbert_statistics(&m, w.view(), &QbertParams { subsets: 51, seed: 0, solver: TopEigen::default() }),
+        qbert_statistics(&m, w.view(), &QbertParams { subsets: 51, seed: 0, solver: TopEigen::default(), ..QbertParams::default() }),
         Err(HessianError::InvalidSubsets { subsets: 51, samples: 50 })
     ));
     let short = w.slice(ndarray::s![1..]);

@@ -359,7 +359,7 @@ impl QbertPipeline {
     ) -> Result<Vec<quant_hessian::BlockStats>> {
         let p = &self.params;
         let power = PowerIteration::builder().tol(p.power_tol).max_iter(p.power_max_iter).check()?;
-        let qp = QbertParams { subsets: p.subsets, seed: p.seed, solver: TopEigen::Power(power) };
+        let qp = QbertParams { subsets: p.subsets, seed: p.seed, solver: TopEigen::Power(power), ..QbertParams::default() };
         let block_ids: Vec<usize> = model.weight_blocks().iter().map(|m| m.block).collect();
         let mut pool = train_set.to_vec();
         if let Some(size) = p.subset_size {
