@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use ndarray::Array1;
-use quant::hessian::{Autodiff, Batch};
+use quant::hessian::{Autodiff, Batch, Model, Product};
 use quant::models::bert::{Bert, BertConfig, BertTokenizer, Pooling, PoolingMode, SelfDistillation, Sentence, TokenBatch};
 
 fn model_dir() -> Option<PathBuf> {
@@ -97,6 +97,19 @@ fn benches(c: &mut Criterion) {
         let mut gm = Array1::zeros(wm.len());
         group.bench_function("gradient_matrices", |b| b.iter(|| mats.loss_grad_into(wm.view(), Batch::All, gm.view_mut())));
         group.bench_function("hvp_exact_matrices", |b| b.iter(|| mats.hvp_into(wm.view(), vm.view(), Batch::All, gm.view_mut())));
+        // One block's product from a prepared curvature (the forward pass kept): the value
+        // matrix of layers 0, 3 and 5, and the FFN output of layer 3; the preparation itself.
+        group.bench_function("curvature_prepare", |b| b.iter(|| mats.curvature(wm.view(), Batch::All).map(|c| c.blocks().len())));
+        let curvature = mats.curvature(wm.view(), Batch::All).unwrap_or_else(|e| panic!("{e}"));
+        for (layer, part) in [(0, "attention.self.value"), (3, "attention.self.value"), (3, "output.dense"), (5, "attention.self.value")] {
+            let name = format!("encoder.layer.{layer}.{part}.weight");
+            let Some(b) = mats.blocks().iter().position(|x| x.name().ends_with(&name)) else { continue };
+            let len = mats.blocks()[b].len();
+            let vb = quant::quantizers::rng::normal::<f32>(len, 2, b as u64);
+            let mut ob = Array1::zeros(len);
+            let short = format!("block_hvp/l{layer}.{}", part.rsplit('.').next().unwrap_or(part));
+            group.bench_function(short, |bn| bn.iter(|| curvature.block_product_into(Product::Hessian, b, vb.view(), ob.view_mut())));
+        }
         group.finish();
     }
     // Throughput: 4,000 sentences with every core (tokenizing included for the real model);

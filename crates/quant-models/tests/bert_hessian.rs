@@ -9,7 +9,7 @@ use std::path::Path;
 use common::{dense, jacobi_eigen};
 use ndarray::Array1;
 use quant_core::rng;
-use quant_hessian::{Autodiff, Batch, HessianOperator, Lanczos, Model, OperatorExt};
+use quant_hessian::{Autodiff, Batch, HessianOperator, Lanczos, Model, OperatorExt, Product};
 use quant_models::bert::{Bert, BertConfig, BertTokenizer, HiddenAct, Pooling, PoolingMode, SelfDistillation, Sentence, TokenBatch};
 
 fn data(dir: &str) -> std::path::PathBuf {
@@ -193,4 +193,100 @@ fn a_loss_over_some_tensors_is_the_full_loss_restricted_to_them() {
     // Bad selections are refused.
     assert!(SelfDistillation::with_variables(model.clone(), full.sentences().clone(), &[]).is_err());
     assert!(SelfDistillation::with_variables(model, full.sentences().clone(), &[10_000]).is_err());
+}
+
+/// `H v` on a batch by the whole-model exact product, restricted to block `b`.
+fn full_block_hvp(m: &SelfDistillation<f64>, w: ndarray::ArrayView1<'_, f64>, batch: Batch<'_>, b: usize, v: &Array1<f64>) -> Array1<f64> {
+    let r = m.blocks()[b].range();
+    let mut padded = Array1::zeros(m.dim());
+    padded.slice_mut(ndarray::s![r.clone()]).assign(v);
+    let mut hv = Array1::zeros(m.dim());
+    m.hvp_into(w, padded.view(), batch, hv.view_mut()).expect("hvp");
+    hv.slice(ndarray::s![r]).to_owned()
+}
+
+#[test]
+fn block_products_at_the_loaded_weights_equal_the_whole_model_product_for_every_block() {
+    // At W₀ the block product runs forward mode from the block's layer and a reverse pass
+    // that stops at the block (the Gauss-Newton form, exact there); the reference is the
+    // dual-number product of the whole model.
+    let subset = [4usize, 0, 2];
+    for dir in ["plain", "prefixed", "cls", "max"] {
+        let m = loss_of(dir);
+        for batch in [Batch::All, Batch::Indices(&subset)] {
+            let curvature = m.curvature(m.weights(), batch).expect("prepares");
+            let cases: Vec<(usize, Array1<f64>, Array1<f64>)> = (0..m.blocks().len())
+                .map(|b| {
+                    let v = rng::normal::<f64>(m.blocks()[b].len(), 40 + b as u64, 1);
+                    let reference = full_block_hvp(&m, m.weights(), batch, b, &v);
+                    (b, v, reference)
+                })
+                .collect();
+            let largest = cases.iter().flat_map(|c| c.2.iter()).fold(0.0f64, |a, x| a.max(x.abs()));
+            for (b, v, reference) in &cases {
+                let block = &m.blocks()[*b];
+                let scale = reference.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+                // The key bias adds the same score to every key of a query: softmax cancels it.
+                let flat = block.name().contains("token_type") || block.name().contains("key.bias");
+                assert!(scale > 0.0 || flat, "{dir} {}: a zero reference", block.name());
+                for product in [Product::Hessian, Product::GaussNewton] {
+                    let mut out = Array1::from_elem(block.len(), f64::NAN);
+                    curvature.block_product_into(product, *b, v.view(), out.view_mut()).expect("product");
+                    let err = (&out - reference).iter().fold(0.0f64, |a, x| a.max(x.abs()));
+                    // Relative to the block's own scale, and to the largest product for the
+                    // blocks whose curvature is zero (rounding of O(1e-16) of the products).
+                    assert!(
+                        err <= 1e-10 * scale + 1e-14 * largest,
+                        "{dir} {batch:?} {} {product:?}: error {err:e} of {scale:e}",
+                        block.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn away_from_the_loaded_weights_the_gauss_newton_product_is_two_over_n_jt_j() {
+    // G = (2/n) Jᵀ J: uᵀ G v = (2/n) ⟨J u, J v⟩ with J from central differences of the
+    // embeddings (independent of the forward-mode and reverse code), and the Hessian product
+    // there is the exact whole-model one (which differs from G by the residual terms).
+    for dir in ["plain", "cls", "max"] {
+        let m = loss_of(dir);
+        let w = moved(&m, 0.02, 9);
+        let curvature = m.curvature(w.view(), Batch::All).expect("prepares");
+        let n = m.sentences().len() as f64;
+        let mut full = m.model().weights().to_owned();
+        full.assign(&w); // every tensor is a variable here
+        for name in [
+            "encoder.layer.0.attention.self.query.weight",
+            "encoder.layer.1.output.dense.weight",
+            "encoder.layer.0.attention.output.LayerNorm.weight",
+            "embeddings.position_embeddings.weight",
+        ] {
+            let b = m.blocks().iter().position(|x| x.name().ends_with(name)).expect("block");
+            let r = m.blocks()[b].range();
+            let (u, v) = (rng::normal::<f64>(r.len(), 70, 1), rng::normal::<f64>(r.len(), 71, 1));
+            let jvp = |d: &Array1<f64>| {
+                let h = 1e-5;
+                let (mut wp, mut wm) = (full.clone(), full.clone());
+                wp.slice_mut(ndarray::s![r.clone()]).scaled_add(h, d);
+                wm.slice_mut(ndarray::s![r.clone()]).scaled_add(-h, d);
+                let (ep, em) = (
+                    m.model().embed_with(wp.view(), m.sentences()).expect("embeds"),
+                    m.model().embed_with(wm.view(), m.sentences()).expect("embeds"),
+                );
+                (ep - em) / (2.0 * h)
+            };
+            let expected = 2.0 / n * (&jvp(&u) * &jvp(&v)).sum();
+            let mut gv = Array1::zeros(r.len());
+            curvature.block_product_into(Product::GaussNewton, b, v.view(), gv.view_mut()).expect("product");
+            let got = u.dot(&gv);
+            assert!((got - expected).abs() <= 1e-6 * expected.abs(), "{dir} {name}: uᵀGv {got} vs (2/n)⟨Ju, Jv⟩ {expected}");
+            let mut hv = Array1::zeros(r.len());
+            curvature.block_product_into(Product::Hessian, b, v.view(), hv.view_mut()).expect("product");
+            let reference = full_block_hvp(&m, w.view(), Batch::All, b, &v);
+            assert_eq!(hv, reference, "{dir} {name}: the Hessian product away from W₀");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The self-distillation loss: how far the sentence embeddings move from the loaded model's.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, Axis, s};
-use quant_hessian::{Batch, Block, Differentiable, HessianError, Model, Real};
+use quant_hessian::{Batch, Block, Curvature, Differentiable, HessianError, Model, PaddedCurvature, Product, Real};
 
 use super::error::{BertError, Result};
 use super::model::{Bert, Caches, Params};
@@ -104,6 +104,20 @@ impl<F: Real<Base = F>> Model for SelfDistillation<F> {
     }
 }
 
+impl<F: Real<Base = F>> SelfDistillation<F> {
+    /// The batch's sentences and their target embeddings.
+    fn batch_of(&self, batch: Batch<'_>) -> quant_hessian::Result<(std::borrow::Cow<'_, TokenBatch>, Array2<F>)> {
+        Ok(match batch {
+            Batch::All => (std::borrow::Cow::Borrowed(&self.sentences), self.targets.clone()),
+            Batch::Indices(idx) => {
+                let chosen = idx.iter().map(|&i| self.sentences.sentences()[i].clone()).collect();
+                let sub = TokenBatch::new(chosen).map_err(|_| HessianError::Empty)?;
+                (std::borrow::Cow::Owned(sub), self.targets.select(Axis(0), idx))
+            }
+        })
+    }
+}
+
 impl<F: Real<Base = F>> Differentiable<F> for SelfDistillation<F> {
     fn loss_grad<T: Real<Base = F>>(
         &self,
@@ -114,15 +128,8 @@ impl<F: Real<Base = F>> Differentiable<F> for SelfDistillation<F> {
         check_len(self.dim(), w.len())?;
         check_len(self.dim(), grad.len())?;
         batch.check(self.samples())?;
-        let (sub, targets) = match batch {
-            Batch::All => (std::borrow::Cow::Borrowed(&self.sentences), self.targets.view().to_owned()),
-            Batch::Indices(idx) => {
-                let chosen = idx.iter().map(|&i| self.sentences.sentences()[i].clone()).collect();
-                let sub = TokenBatch::new(chosen).map_err(|_| HessianError::Empty)?;
-                (std::borrow::Cow::Owned(sub), self.targets.select(Axis(0), idx))
-            }
-        };
-        let p = Params { w, w0: self.model.weights(), at: &self.at };
+        let (sub, targets) = self.batch_of(batch)?;
+        let p = Params { w, w0: self.model.weights(), at: &self.at, out: &self.at, stop: None };
         let mut caches = Caches::default();
         let hidden = self.model.encode(&p, &sub, Some(&mut caches));
         let e = self.model.pool(&hidden, &sub);
@@ -137,5 +144,107 @@ impl<F: Real<Base = F>> Differentiable<F> for SelfDistillation<F> {
             return Err(HessianError::NonFinite { index: 0 });
         }
         Ok(loss)
+    }
+
+    /// The loss prepared for block products: one forward pass at `w` on the batch is kept,
+    /// and each product runs only from the block's layer up and back.
+    ///
+    /// The Gauss-Newton product `G v = (2/n) J_bᵀ J_b v` is one forward-mode product from the
+    /// block's layer (the tangent of the embeddings) and one reverse pass that stops at the
+    /// block. The Hessian adds `(2/n) Σ_i Σ_k r_ik ∇² e_ik` for the residuals
+    /// `r = e(W) − e(W₀)`: at the loaded weights (`w` equal to [`weights`](Self::weights))
+    /// the residuals are zero and the Hessian product is the Gauss-Newton one; elsewhere it
+    /// is the exact whole-model product (dual numbers) restricted to the block.
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> quant_hessian::Result<Box<dyn Curvature<F> + 'a>>
+    where
+        Self: Sized + Sync,
+    {
+        Ok(Box::new(DistillCurvature::new(self, w, batch)?))
+    }
+}
+
+/// [`SelfDistillation`] prepared at `w` on a batch: the primal pass, kept.
+struct DistillCurvature<'a, F> {
+    loss: &'a SelfDistillation<F>,
+    w: ArrayView1<'a, F>,
+    batch: Batch<'a>,
+    sentences: TokenBatch,
+    /// Every tensor of the model at `w` (the variables from `w`, the rest as loaded).
+    full: Array1<F>,
+    /// Where each block starts in `full`.
+    layout: Vec<Option<usize>>,
+    /// Per variable block, its index among the model's blocks.
+    model_block: Vec<usize>,
+    hidden: Array2<F>,
+    caches: Caches<F>,
+    /// Whether `w` is the loaded weights (the Hessian is the Gauss-Newton matrix there).
+    at_loaded: bool,
+    /// `2/n`.
+    scale: F,
+}
+
+impl<'a, F: Real<Base = F>> DistillCurvature<'a, F> {
+    fn new(loss: &'a SelfDistillation<F>, w: ArrayView1<'a, F>, batch: Batch<'a>) -> quant_hessian::Result<Self> {
+        quant_hessian::check_curvature_inputs(loss, w, batch)?;
+        let (sub, _) = loss.batch_of(batch)?;
+        let sentences = sub.into_owned();
+        let model = &loss.model;
+        let mut full = model.weights().to_owned();
+        let mut model_block = Vec::with_capacity(loss.blocks.len());
+        for (mb, at) in loss.at.iter().enumerate() {
+            if let Some(start) = *at {
+                let len = model.blocks()[mb].len();
+                full.slice_mut(s![model.blocks()[mb].range()]).assign(&w.slice(s![start..start + len]));
+                model_block.push(mb);
+            }
+        }
+        let layout = model.full_layout();
+        let mut caches = Caches::default();
+        let hidden = {
+            let p = Params { w: full.view(), w0: model.weights(), at: &layout, out: &layout, stop: None };
+            model.encode(&p, &sentences, Some(&mut caches))
+        };
+        let at_loaded = w.iter().zip(loss.w0.iter()).all(|(a, b)| a == b);
+        let scale = F::cast(2.0 / sentences.len() as f64);
+        Ok(Self { loss, w, batch, sentences, full, layout, model_block, hidden, caches, at_loaded, scale })
+    }
+
+    /// `G_bb v` into `out`.
+    fn gauss_newton(&self, b: usize, v: ArrayView1<'_, F>, mut out: ArrayViewMut1<'_, F>) {
+        let model = &self.loss.model;
+        let mb = self.model_block[b];
+        let mut wanted = vec![None; self.layout.len()];
+        wanted[mb] = Some(0);
+        let p = Params { w: self.full.view(), w0: model.weights(), at: &self.layout, out: &wanted, stop: Some(mb) };
+        let v = v.as_standard_layout();
+        let mut de = model.embed_tangent(&p, &self.sentences, &self.hidden, &self.caches, mb, v.view());
+        de *= self.scale;
+        model.backward(&p, &self.sentences, &self.hidden, &self.caches, &de, &mut out);
+    }
+}
+
+impl<F: Real<Base = F>> Curvature<F> for DistillCurvature<'_, F> {
+    fn blocks(&self) -> &[Block] {
+        &self.loss.blocks
+    }
+
+    fn supports(&self, product: Product) -> bool {
+        matches!(product, Product::Hessian | Product::GaussNewton)
+    }
+
+    fn block_product_into(
+        &self,
+        product: Product,
+        block: usize,
+        v: ArrayView1<'_, F>,
+        out: ArrayViewMut1<'_, F>,
+    ) -> quant_hessian::Result<()> {
+        quant_hessian::check_block_product(&self.loss.blocks, block, v.len(), out.len())?;
+        match product {
+            Product::GaussNewton => self.gauss_newton(block, v, out),
+            Product::Hessian if self.at_loaded => self.gauss_newton(block, v, out),
+            _ => PaddedCurvature::new(self.loss, self.w, self.batch)?.block_product_into(Product::Hessian, block, v, out)?,
+        }
+        Ok(())
     }
 }

@@ -15,6 +15,7 @@ mod config;
 mod distill;
 mod error;
 mod model;
+mod tangent;
 mod text;
 mod tokenize;
 mod weights;

@@ -105,7 +105,7 @@ pub struct Bert<F> {
     config: BertConfig,
     pooling: Pooling,
     blocks: Vec<Block>,
-    layout: Layout,
+    pub(super) layout: Layout,
     weights: Array1<F>,
     prefix: String,
 }
@@ -259,7 +259,7 @@ impl<F: Real<Base = F>> Bert<F> {
     }
 
     /// Block `b` as a vector: a view of the variables, or the loaded weights as constants.
-    fn vector<'a, T: Real<Base = F>>(&self, p: &Params<'a, T, F>, b: usize) -> CowArray<'a, T, Ix1> {
+    pub(super) fn vector<'a, T: Real<Base = F>>(&self, p: &Params<'a, T, F>, b: usize) -> CowArray<'a, T, Ix1> {
         let len = self.blocks[b].len();
         match p.at[b] {
             Some(start) => p.w.slice_move(s![start..start + len]).into(),
@@ -268,7 +268,7 @@ impl<F: Real<Base = F>> Bert<F> {
     }
 
     /// Block `b` as a `rows × cols` matrix.
-    fn matrix<'a, T: Real<Base = F>>(&self, p: &Params<'a, T, F>, b: usize, rows: usize, cols: usize) -> CowArray<'a, T, Ix2> {
+    pub(super) fn matrix<'a, T: Real<Base = F>>(&self, p: &Params<'a, T, F>, b: usize, rows: usize, cols: usize) -> CowArray<'a, T, Ix2> {
         let len = self.blocks[b].len();
         match p.at[b] {
             Some(start) => {
@@ -353,7 +353,7 @@ impl<F: Real<Base = F>> Bert<F> {
     pub fn embed_with<T: Real<Base = F>>(&self, w: ArrayView1<'_, T>, batch: &TokenBatch) -> Result<Array2<T>> {
         self.check_inputs(w, batch)?;
         let at = self.full_layout();
-        let p = Params { w, w0: self.weights.view(), at: &at };
+        let p = Params { w, w0: self.weights.view(), at: &at, out: &at, stop: None };
         let hidden = self.encode(&p, batch, None);
         Ok(self.pool(&hidden, batch))
     }
@@ -490,7 +490,7 @@ impl<F: Real<Base = F>> Bert<F> {
     }
 
     /// Writes `x Wᵀ + b`'s parameter gradients (`dW = dyᵀ x`, `db = Σ dy`) into `grad` and
-    /// returns `dx = dy W`.
+    /// returns `dx = dy W`, or `None` when the pass stops at this layer's weight or bias.
     fn linear_back<T: Real<Base = F>>(
         &self,
         p: &Params<'_, T, F>,
@@ -498,31 +498,35 @@ impl<F: Real<Base = F>> Bert<F> {
         x: &Array2<T>,
         dy: &Array2<T>,
         (wb, bb): (usize, usize),
-    ) -> Array2<T> {
+    ) -> Option<Array2<T>> {
         let out = self.blocks[bb].len();
         let inp = self.blocks[wb].len() / out;
-        // Only the variables' gradients are computed (a constant weight skips its product).
-        if p.at[wb].is_some() {
+        // Only the wanted gradients are computed (a constant weight skips its product).
+        if p.out[wb].is_some() {
             let dw = T::matmul(dy.t(), x.view());
             self.put(p, grad, wb, dw.iter().copied());
         }
-        if p.at[bb].is_some() {
+        if p.out[bb].is_some() {
             self.put(p, grad, bb, dy.sum_axis(Axis(0)));
         }
-        T::matmul(dy.view(), self.matrix(p, wb, out, inp).view())
+        if p.stop == Some(wb) || p.stop == Some(bb) {
+            return None;
+        }
+        Some(T::matmul(dy.view(), self.matrix(p, wb, out, inp).view()))
     }
 
     /// Writes `values` into block `b` of `grad` (each block but the tables is written once).
     fn put<T: Real>(&self, p: &Params<'_, T, F>, grad: &mut ArrayViewMut1<'_, T>, b: usize, values: impl IntoIterator<Item = T>) {
-        if let Some(start) = p.at[b] {
+        if let Some(start) = p.out[b] {
             let len = self.blocks[b].len();
             grad.slice_mut(s![start..start + len]).iter_mut().zip(values).for_each(|(g, v)| *g = v);
         }
     }
 
     /// The gradient of `Σ_i ⟨dE_i, e_i⟩` (`de`: `sentences × hidden_size`, the loss's
-    /// gradient with respect to the embeddings) with respect to every parameter, written into
-    /// `grad` (overwritten), from a forward pass that kept its caches.
+    /// gradient with respect to the embeddings) with respect to the wanted parameters
+    /// (`p.out`), written into `grad` (overwritten), from a forward pass that kept its
+    /// caches, ending early as `p.stop` says.
     pub(crate) fn backward<T: Real<Base = F>>(
         &self,
         p: &Params<'_, T, F>,
@@ -535,10 +539,11 @@ impl<F: Real<Base = F>> Bert<F> {
         // Every block but the three embedding tables is written exactly once below; the tables
         // (half of a real model's parameters) are zeroed and get their used rows added.
         for table in [self.layout.word, self.layout.position, self.layout.token_type] {
-            if let Some(start) = p.at[table] {
+            if let Some(start) = p.out[table] {
                 grad.slice_mut(s![start..start + self.blocks[table].len()]).fill(T::zero());
             }
         }
+        let stops = |pair: (usize, usize)| p.stop == Some(pair.0) || p.stop == Some(pair.1);
         let c = &self.config;
         let d = c.hidden_size;
         let mut dx = self.pool_back(hidden, batch, de);
@@ -547,19 +552,33 @@ impl<F: Real<Base = F>> Bert<F> {
             let (dr2, dg2, db2) = layer_norm_back(&dx, &cache.xhat2, &cache.inv2, self.vector(p, l.norm2.0).view());
             self.put(p, grad, l.norm2.0, dg2);
             self.put(p, grad, l.norm2.1, db2);
-            let mut dh = self.linear_back(p, grad, &cache.hidden, &dr2, l.ffn_out);
+            if stops(l.norm2) {
+                return;
+            }
+            let Some(mut dh) = self.linear_back(p, grad, &cache.hidden, &dr2, l.ffn_out) else { return };
             dh *= &cache.dhidden;
-            let mut dn1 = self.linear_back(p, grad, &cache.n1, &dh, l.ffn_in);
+            let Some(mut dn1) = self.linear_back(p, grad, &cache.n1, &dh, l.ffn_in) else { return };
             dn1 += &dr2;
             // N1 = LN(X + Attention(X)).
             let (dr1, dg1, db1) = layer_norm_back(&dn1, &cache.xhat1, &cache.inv1, self.vector(p, l.norm1.0).view());
             self.put(p, grad, l.norm1.0, dg1);
             self.put(p, grad, l.norm1.1, db1);
-            let dctx = self.linear_back(p, grad, &cache.context, &dr1, l.out);
+            if stops(l.norm1) {
+                return;
+            }
+            let Some(dctx) = self.linear_back(p, grad, &cache.context, &dr1, l.out) else { return };
             let (dq, dk, dv) = self.attention_back(cache, &dctx, batch);
-            let mut dinput = self.linear_back(p, grad, &cache.input, &dq, l.q);
-            dinput += &self.linear_back(p, grad, &cache.input, &dk, l.k);
-            dinput += &self.linear_back(p, grad, &cache.input, &dv, l.v);
+            // A stop at one of the three projections needs only its own parameter gradients.
+            if let Some(&(pair, dy)) = [(l.q, &dq), (l.k, &dk), (l.v, &dv)].iter().find(|(pair, _)| stops(*pair)) {
+                self.linear_back(p, grad, &cache.input, dy, pair);
+                return;
+            }
+            // (Summed in the order q, k, v, residual.)
+            let mut dinput = Array2::zeros(dr1.raw_dim());
+            for (i, (pair, dy)) in [(l.q, &dq), (l.k, &dk), (l.v, &dv)].into_iter().enumerate() {
+                let Some(dxi) = self.linear_back(p, grad, &cache.input, dy, pair) else { unreachable!("no stop here") };
+                if i == 0 { dinput = dxi } else { dinput += &dxi }
+            }
             dinput += &dr1;
             dx = dinput;
         }
@@ -573,7 +592,7 @@ impl<F: Real<Base = F>> Bert<F> {
             for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
                 let g = de0.row(r);
                 for (table, row) in [(self.layout.word, id as usize), (self.layout.position, t), (self.layout.token_type, tt as usize)] {
-                    let Some(start) = p.at[table] else { continue };
+                    let Some(start) = p.out[table] else { continue };
                     let at = start + row * d;
                     grad.slice_mut(s![at..at + d]).zip_mut_with(&g, |a, &b| *a += b);
                 }
@@ -627,7 +646,7 @@ impl<F: Real<Base = F>> Bert<F> {
     }
 
     /// One sentence's rows pooled (before normalisation).
-    fn pool_one<T: Real>(&self, rows: ArrayView2<'_, T>) -> Array1<T> {
+    pub(super) fn pool_one<T: Real>(&self, rows: ArrayView2<'_, T>) -> Array1<T> {
         match self.pooling.mode {
             PoolingMode::Mean => rows.sum_axis(Axis(0)) / T::cast(rows.nrows() as f64),
             PoolingMode::Cls => rows.row(0).to_owned(),
@@ -659,35 +678,40 @@ impl<F: Real<Base = F>> Bert<F> {
 
 /// The parameters a pass reads: the variables from `w` (block `b` starts at `at[b]`), and the
 /// blocks that are not variables (`at[b]` is `None`) from the loaded weights `w0`, as constants.
+/// The backward pass writes block `b`'s gradient at `out[b]` of its gradient vector (`out` is
+/// `at` for a loss's gradient; one block for a block product), and only those; with `stop`, it
+/// ends once that block's gradient is written (the blocks below it are not wanted).
 pub(crate) struct Params<'a, T, F> {
     pub(crate) w: ArrayView1<'a, T>,
     pub(crate) w0: ArrayView1<'a, F>,
     pub(crate) at: &'a [Option<usize>],
+    pub(crate) out: &'a [Option<usize>],
+    pub(crate) stop: Option<usize>,
 }
 
 /// What the backward pass needs from one encoder layer.
 pub(crate) struct LayerCache<T> {
-    input: Array2<T>,
-    q: Array2<T>,
-    k: Array2<T>,
-    v: Array2<T>,
+    pub(super) input: Array2<T>,
+    pub(super) q: Array2<T>,
+    pub(super) k: Array2<T>,
+    pub(super) v: Array2<T>,
     /// Attention probabilities per (sentence, head).
-    probs: Vec<Array2<T>>,
-    context: Array2<T>,
-    n1: Array2<T>,
-    xhat1: Array2<T>,
-    inv1: Vec<T>,
+    pub(super) probs: Vec<Array2<T>>,
+    pub(super) context: Array2<T>,
+    pub(super) n1: Array2<T>,
+    pub(super) xhat1: Array2<T>,
+    pub(super) inv1: Vec<T>,
     /// The FFN's activations and their derivatives.
-    hidden: Array2<T>,
-    dhidden: Array2<T>,
-    xhat2: Array2<T>,
-    inv2: Vec<T>,
+    pub(super) hidden: Array2<T>,
+    pub(super) dhidden: Array2<T>,
+    pub(super) xhat2: Array2<T>,
+    pub(super) inv2: Vec<T>,
 }
 
 /// The forward pass's caches: the embedding norm's and each layer's.
 pub(crate) struct Caches<T> {
-    embedding: Option<(Array2<T>, Vec<T>)>,
-    layers: Vec<LayerCache<T>>,
+    pub(super) embedding: Option<(Array2<T>, Vec<T>)>,
+    pub(super) layers: Vec<LayerCache<T>>,
 }
 
 impl<T> Default for Caches<T> {

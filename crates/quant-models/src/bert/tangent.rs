@@ -1,0 +1,243 @@
+//! Forward mode through the encoder at a kept primal pass: the Jacobian-vector product of
+//! the sentence embeddings with respect to one tensor, with no tangent below its layer.
+
+use ndarray::{Array1, Array2, ArrayView1, Axis, s};
+use quant_hessian::Real;
+
+use super::config::PoolingMode;
+use super::model::{Bert, Caches, LayerCache, LayerIdx, Params};
+use super::tokenize::TokenBatch;
+
+/// A tangent injected at one tensor: block `block` moves along `v`.
+#[derive(Clone, Copy)]
+struct Inject<'v, F> {
+    block: usize,
+    v: ArrayView1<'v, F>,
+}
+
+/// `a + b` where `None` is a zero tangent.
+fn add<F: Real>(a: Option<Array2<F>>, b: Option<&Array2<F>>) -> Option<Array2<F>> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            a += b;
+            Some(a)
+        }
+        (a, None) => a,
+        (None, Some(b)) => Some(b.clone()),
+    }
+}
+
+impl<F: Real<Base = F>> Bert<F> {
+    /// The tangent of the sentence embeddings (`sentences × hidden_size`) when block `b`
+    /// moves along `v`, at the primal pass (`hidden`, `caches`) that `p` made on `batch`.
+    /// Tangents start at the block's layer; the layers below are skipped.
+    pub(super) fn embed_tangent(
+        &self,
+        p: &Params<'_, F, F>,
+        batch: &TokenBatch,
+        hidden: &Array2<F>,
+        caches: &Caches<F>,
+        b: usize,
+        v: ArrayView1<'_, F>,
+    ) -> Array2<F> {
+        let inj = Inject { block: b, v };
+        let d = self.config().hidden_size;
+        let lay = &self.layout;
+        let mut x: Option<Array2<F>> = None;
+        if [lay.word, lay.position, lay.token_type].contains(&b) {
+            let mut e = Array2::zeros((batch.tokens(), d));
+            let mut r = 0;
+            for s in batch.sentences() {
+                for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
+                    let row = if b == lay.word {
+                        id as usize
+                    } else if b == lay.position {
+                        t
+                    } else {
+                        tt as usize
+                    };
+                    e.row_mut(r).assign(&v.slice(s![row * d..(row + 1) * d]));
+                    r += 1;
+                }
+            }
+            x = Some(e);
+        }
+        if x.is_some() || b == lay.norm.0 || b == lay.norm.1 {
+            let Some((xhat, inv)) = &caches.embedding else { unreachable!("the primal pass kept the embedding norm") };
+            x = self.norm_tangent(p, x.as_ref(), xhat, inv, lay.norm, inj);
+        }
+        for (l, cache) in lay.layers.iter().zip(&caches.layers) {
+            x = self.layer_tangent(p, l, cache, batch, x, inj);
+        }
+        let hdot = x.unwrap_or_else(|| Array2::zeros(hidden.raw_dim()));
+        self.pool_tangent(hidden, batch, &hdot)
+    }
+
+    /// One encoder layer's output tangent from its input tangent `x` and the injection.
+    fn layer_tangent(
+        &self,
+        p: &Params<'_, F, F>,
+        l: &LayerIdx,
+        c: &LayerCache<F>,
+        batch: &TokenBatch,
+        x: Option<Array2<F>>,
+        inj: Inject<'_, F>,
+    ) -> Option<Array2<F>> {
+        let pairs = [l.q, l.k, l.v, l.out, l.norm1, l.ffn_in, l.ffn_out, l.norm2];
+        if x.is_none() && !pairs.iter().any(|&(a, b)| a == inj.block || b == inj.block) {
+            return None;
+        }
+        let q = self.linear_tangent(p, &c.input, x.as_ref(), l.q, inj);
+        let k = self.linear_tangent(p, &c.input, x.as_ref(), l.k, inj);
+        let v = self.linear_tangent(p, &c.input, x.as_ref(), l.v, inj);
+        let ctx = self.attention_tangent(c, q.as_ref(), k.as_ref(), v.as_ref(), batch);
+        let r1 = add(self.linear_tangent(p, &c.context, ctx.as_ref(), l.out, inj), x.as_ref());
+        let n1 = self.norm_tangent(p, r1.as_ref(), &c.xhat1, &c.inv1, l.norm1, inj);
+        let h = self.linear_tangent(p, &c.n1, n1.as_ref(), l.ffn_in, inj).map(|mut z| {
+            z *= &c.dhidden;
+            z
+        });
+        let r2 = add(self.linear_tangent(p, &c.hidden, h.as_ref(), l.ffn_out, inj), n1.as_ref());
+        self.norm_tangent(p, r2.as_ref(), &c.xhat2, &c.inv2, l.norm2, inj)
+    }
+
+    /// The tangent of `x Wᵀ + b` at primal input `x` with input tangent `dx`.
+    fn linear_tangent(
+        &self,
+        p: &Params<'_, F, F>,
+        x: &Array2<F>,
+        dx: Option<&Array2<F>>,
+        (wb, bb): (usize, usize),
+        inj: Inject<'_, F>,
+    ) -> Option<Array2<F>> {
+        let out = self.blocks()[bb].len();
+        let inp = self.blocks()[wb].len() / out;
+        let mut y = dx.map(|dx| F::matmul(dx.view(), self.matrix(p, wb, out, inp).t()));
+        if inj.block == wb {
+            let vm = inj.v.into_shape_with_order((out, inp)).unwrap_or_else(|_| unreachable!("the block is out × in"));
+            y = add(y, Some(&F::matmul(x.view(), vm.t())));
+        }
+        if inj.block == bb {
+            let y = y.get_or_insert_with(|| Array2::zeros((x.nrows(), out)));
+            *y += &inj.v;
+        }
+        y
+    }
+
+    /// The tangent of `g ⊙ x̂ + b` (layer norm, kept `x̂` and `1/σ`) with input tangent `dx`:
+    /// `g ⊙ (dx − mean(dx) − x̂ mean(x̂ ⊙ dx)) / σ`, plus the injected gain or bias.
+    fn norm_tangent(
+        &self,
+        p: &Params<'_, F, F>,
+        dx: Option<&Array2<F>>,
+        xhat: &Array2<F>,
+        inv: &[F],
+        (gb, bb): (usize, usize),
+        inj: Inject<'_, F>,
+    ) -> Option<Array2<F>> {
+        let mut y = dx.map(|dx| {
+            let n = F::cast(dx.ncols() as f64);
+            let mut t = dx.clone();
+            for ((mut row, xr), &r) in t.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
+                let m1 = row.sum() / n;
+                let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<F>() / n;
+                row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
+            }
+            t *= &self.vector(p, gb);
+            t
+        });
+        if inj.block == gb {
+            y = add(y, Some(&(xhat * &inj.v)));
+        }
+        if inj.block == bb {
+            let y = y.get_or_insert_with(|| Array2::zeros(xhat.raw_dim()));
+            *y += &inj.v;
+        }
+        y
+    }
+
+    /// The tangent of the attention context from the projections' tangents:
+    /// `Ṡ = (Q̇Kᵀ + QK̇ᵀ)·scale`, `Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ))`, `Ċ = ṖV + PV̇`.
+    fn attention_tangent(
+        &self,
+        c: &LayerCache<F>,
+        dq: Option<&Array2<F>>,
+        dk: Option<&Array2<F>>,
+        dv: Option<&Array2<F>>,
+        batch: &TokenBatch,
+    ) -> Option<Array2<F>> {
+        if dq.is_none() && dk.is_none() && dv.is_none() {
+            return None;
+        }
+        let cfg = self.config();
+        let (heads, dh) = (cfg.num_attention_heads, cfg.head_dim());
+        let scale = F::cast(1.0 / (dh as f64).sqrt());
+        let mut out = Array2::<F>::zeros(c.q.raw_dim());
+        let mut probs = c.probs.iter();
+        let mut start = 0;
+        for s in batch.sentences() {
+            let len = s.ids.len();
+            for h in 0..heads {
+                let Some(pr) = probs.next() else { unreachable!("one probability matrix per sentence and head") };
+                let cols = s![start..start + len, h * dh..(h + 1) * dh];
+                let mut o = out.slice_mut(cols);
+                if dq.is_some() || dk.is_some() {
+                    let mut ds = Array2::<F>::zeros((len, len));
+                    if let Some(dq) = dq {
+                        F::matmul_into(dq.slice(cols), c.k.slice(cols).t(), true, ds.view_mut());
+                    }
+                    if let Some(dk) = dk {
+                        F::matmul_into(c.q.slice(cols), dk.slice(cols).t(), true, ds.view_mut());
+                    }
+                    for (mut row, prow) in ds.outer_iter_mut().zip(pr.outer_iter()) {
+                        let inner = row.iter().zip(prow).fold(F::zero(), |acc, (&a, &b)| acc + a * b);
+                        row.zip_mut_with(&prow, |g, &pj| *g = pj * (*g - inner) * scale);
+                    }
+                    F::matmul_into(ds.view(), c.v.slice(cols), true, o.view_mut());
+                }
+                if let Some(dv) = dv {
+                    F::matmul_into(pr.view(), dv.slice(cols), true, o.view_mut());
+                }
+            }
+            start += len;
+        }
+        Some(out)
+    }
+
+    /// The tangent of the pooled (and normalised) sentence embeddings from the last layer's
+    /// token tangents `dh`.
+    fn pool_tangent(&self, hidden: &Array2<F>, batch: &TokenBatch, dh: &Array2<F>) -> Array2<F> {
+        let mut out = Array2::<F>::zeros((batch.len(), self.config().hidden_size));
+        let mut start = 0;
+        for (i, s) in batch.sentences().iter().enumerate() {
+            let len = s.ids.len();
+            let rows = hidden.slice(s![start..start + len, ..]);
+            let drows = dh.slice(s![start..start + len, ..]);
+            let mut t: Array1<F> = match self.pooling().mode {
+                PoolingMode::Mean => drows.sum_axis(Axis(0)) / F::cast(len as f64),
+                PoolingMode::Cls => drows.row(0).to_owned(),
+                PoolingMode::Max => Array1::from_shape_fn(rows.ncols(), |j| {
+                    // The first row holding the column's maximum, as the forward fold keeps it.
+                    let col = rows.column(j);
+                    let arg = col.iter().enumerate().fold(0, |best, (r, &v)| if v > col[best] { r } else { best });
+                    drows[[arg, j]]
+                }),
+            };
+            if self.pooling().normalize {
+                // y = o / max(‖o‖, 1e-12): ẏ = (ȯ − y ⟨y, ȯ⟩) / ‖o‖ above the floor, ȯ / 1e-12 below.
+                let o = self.pool_one(rows);
+                let norm = o.iter().map(|&v| v * v).sum::<F>().sqrt();
+                if norm > F::cast(1e-12) {
+                    let y = o.mapv(|v| v / norm);
+                    let inner = y.iter().zip(&t).fold(F::zero(), |a, (&p, &q)| a + p * q);
+                    t.zip_mut_with(&y, |ti, &yi| *ti = (*ti - yi * inner) / norm);
+                } else {
+                    t.mapv_inplace(|v| v / F::cast(1e-12));
+                }
+            }
+            out.row_mut(i).assign(&t);
+            start += len;
+        }
+        out
+    }
+}
