@@ -115,7 +115,11 @@ fn benches(c: &mut Criterion) {
     // Throughput: 4,000 sentences with every core (tokenizing included for the real model);
     // left out when a filter is given that does not name it.
     let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-') && a != "--bench").collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "minilm_throughput".contains(f.as_str())) {
+    let named = |what: &str| filters.is_empty() || filters.iter().any(|f| what.contains(f.as_str()));
+    if named("minilm_qbert") {
+        qbert_statistics(&model, &encode, &texts, what);
+    }
+    if !named("minilm_throughput") {
         return;
     }
     let many = &texts[..4000];
@@ -136,6 +140,29 @@ fn benches(c: &mut Criterion) {
     }
     let secs = start.elapsed().as_secs_f64();
     eprintln!("{what}: embedded 4000 sentences ({tokens} tokens) in {secs:.2} s with {} threads", rayon::current_num_threads());
+}
+
+/// Q-BERT's statistics on the 36 weight matrices: 10 subsets of 32 calibration sentences,
+/// the top eigenvalue of each block by Lanczos to 1e-3 relative residual, every core; one
+/// run, timed (the figure of issue 22).
+fn qbert_statistics(model: &Bert<f32>, encode: &Encode, texts: &[String], what: &str) {
+    use quant::hessian::{Lanczos, QbertParams, TopEigen};
+    let batch = encode(&texts[..320]);
+    let loss = SelfDistillation::with_variables(model.clone(), batch, &model.weight_matrices()).unwrap_or_else(|e| panic!("{e}"));
+    let lanczos = Lanczos::builder().tol(1e-3).smallest(false).check().unwrap_or_else(|e| panic!("{e}"));
+    let params = QbertParams { subsets: 10, seed: 0, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian };
+    let start = Instant::now();
+    let stats = quant::hessian::qbert_statistics(&loss, loss.weights(), &params).unwrap_or_else(|e| panic!("{e}"));
+    let secs = start.elapsed().as_secs_f64();
+    let hvps: usize = stats.iter().map(|s| s.hvps).sum();
+    let converged = stats.iter().flat_map(|s| &s.converged).filter(|&&c| c).count();
+    eprintln!(
+        "{what}: Q-BERT statistics, 36 matrices x 10 subsets of 32 sentences: {secs:.1} s with {} threads, {hvps} block products, {converged}/360 converged",
+        rayon::current_num_threads()
+    );
+    for s in &stats {
+        eprintln!("  {:<55} omega {:>10.4e}  mean {:>10.4e}  std {:>10.4e}  products {}", s.name, s.omega, s.mean, s.std, s.hvps);
+    }
 }
 
 criterion_group!(group, benches);

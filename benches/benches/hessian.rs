@@ -4,7 +4,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::Array1;
-use quant::hessian::{Autodiff, Batch, Model, Real, finite_difference_hvp};
+use quant::hessian::{Autodiff, Batch, Model, Product, Real, finite_difference_hvp};
 use quant::models::Activation;
 use quant_benches::digits_mlp;
 
@@ -17,6 +17,18 @@ fn bench<F: Real<Base = F>>(c: &mut Criterion, name: &str, activation: Activatio
     g.bench_function("gradient", |b| b.iter(|| m.loss_grad_into(w.view(), Batch::All, out.view_mut())));
     g.bench_function("hvp_exact", |b| b.iter(|| m.hvp_into(w.view(), v.view(), Batch::All, out.view_mut())));
     g.bench_function("hvp_finite_difference", |b| b.iter(|| finite_difference_hvp(&m, w.view(), v.view(), Batch::All, out.view_mut())));
+    // Block products from a prepared curvature (forward and reverse passes kept): each layer's
+    // weight matrix, and the preparation itself.
+    g.bench_function("curvature_prepare", |b| b.iter(|| m.curvature(w.view(), Batch::All).map(|c| c.blocks().len())));
+    let curvature = m.curvature(w.view(), Batch::All).unwrap_or_else(|e| panic!("{e}"));
+    for block in m.weight_blocks() {
+        let len = block.len();
+        let vb = v.slice(ndarray::s![..len]).to_owned();
+        let mut ob = Array1::zeros(len);
+        g.bench_function(format!("block_hvp/{}", m.blocks()[block.block].name()), |b| {
+            b.iter(|| curvature.block_product_into(Product::Hessian, block.block, vb.view(), ob.view_mut()))
+        });
+    }
     g.finish();
 }
 

@@ -9,7 +9,7 @@ use quant_hessian::{HessianError, Result};
 use crate::common::{check_finite, check_len};
 use quant_core::rng;
 use quant_hessian::Real;
-use quant_hessian::{Batch, Block, Differentiable, MatrixBlock, Model};
+use quant_hessian::{Batch, Block, Curvature, Differentiable, MatrixBlock, Model, Product};
 
 /// The hidden-layer nonlinearity of an [`Mlp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -329,5 +329,154 @@ impl<F: Real<Base = F>> Differentiable<F> for Mlp<F> {
             return Err(HessianError::NonFinite { index: 0 });
         }
         Ok(loss)
+    }
+
+    /// The loss prepared for block products: the forward and reverse passes at `w` are kept,
+    /// and a block's product runs forward mode from the block's layer and a reverse pass
+    /// back to it (Pearlmutter's R-operator), nothing below.
+    ///
+    /// Both the Hessian and the generalised Gauss-Newton matrix `Jᵀ (∇²ℓ) J` of the logits
+    /// (the Fisher of the softmax; it drops the activations' second derivatives, so for ReLU
+    /// it equals the Hessian) are offered; the L2 term `λ I` is part of both.
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    where
+        Self: Sized + Sync,
+    {
+        Ok(Box::new(MlpCurvature::new(self, w, batch)?))
+    }
+}
+
+/// An [`Mlp`] prepared at `w` on a batch.
+struct MlpCurvature<'a, F> {
+    mlp: &'a Mlp<F>,
+    w: ArrayView1<'a, F>,
+    /// Each layer's input (`inputs[0]` the batch's rows).
+    inputs: Vec<Array2<F>>,
+    /// Per hidden layer `σ'(z)`.
+    slope: Vec<Array2<F>>,
+    /// Per hidden layer `(∂L/∂a) ⊙ σ''(z)`, the curvature of the activation the Hessian adds.
+    bend: Vec<Array2<F>>,
+    /// Softmax probabilities of the logits.
+    probs: Array2<F>,
+    /// `1 / rows`.
+    inv: F,
+}
+
+impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
+    fn new(mlp: &'a Mlp<F>, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Self> {
+        quant_hessian::check_curvature_inputs(mlp, w, batch)?;
+        let (x, labels) = mlp.gather(batch);
+        let layers = mlp.widths.len() - 1;
+        let mut inputs = vec![x.into_owned()];
+        let (mut slope, mut second) = (Vec::new(), Vec::new());
+        let mut logits = Array2::zeros((0, 0));
+        for l in 0..layers {
+            let (weight, bias) = mlp.layer(w, l);
+            let mut z = inputs[l].dot(&weight);
+            z += &bias;
+            if l + 1 == layers {
+                logits = z;
+                break;
+            }
+            let (mut d1, mut d2) = (Array2::zeros(z.raw_dim()), Array2::zeros(z.raw_dim()));
+            let act = mlp.activation;
+            ndarray::Zip::from(&mut z).and(&mut d1).and(&mut d2).for_each(|z, d1, d2| {
+                let (a, s1, s2) = act.eval(*z);
+                (*z, *d1, *d2) = (a, s1, s2);
+            });
+            inputs.push(z);
+            slope.push(d1);
+            second.push(d2);
+        }
+        let mut g = logits;
+        let loss = softmax_cross_entropy(g.view_mut(), &labels);
+        if !loss.is_finite() {
+            return Err(HessianError::NonFinite { index: 0 });
+        }
+        let inv = F::cast(1.0 / labels.len() as f64);
+        // g = (P − Y)/n: the probabilities back.
+        let mut probs = g.mapv(|v| v / inv);
+        for (mut row, &y) in probs.outer_iter_mut().zip(&labels) {
+            row[y] += F::one();
+        }
+        // ∂L/∂a_l = g_l W_lᵀ, then g_{l−1} = (∂L/∂a_l) ⊙ σ'(z_{l−1}).
+        let mut bend = vec![Array2::zeros((0, 0)); second.len()];
+        for l in (1..layers).rev() {
+            let (weight, _) = mlp.layer(w, l);
+            let da = g.dot(&weight.t());
+            bend[l - 1] = &da * &second[l - 1];
+            g = da * &slope[l - 1];
+        }
+        Ok(Self { mlp, w, inputs, slope, bend, probs, inv })
+    }
+
+    /// `M_bb v` for the weight or bias of one layer.
+    fn product(&self, product: Product, block: usize, v: ArrayView1<'_, F>, mut out: ArrayViewMut1<'_, F>) {
+        let mlp = self.mlp;
+        let (m, is_bias) = (block / 2, block % 2 == 1);
+        let layers = mlp.widths.len() - 1;
+        let (fi, fo) = (mlp.widths[m], mlp.widths[m + 1]);
+        let v = v.as_standard_layout();
+        // Forward mode: the tangent of z_m, then of every layer above.
+        let mut rz = if is_bias {
+            let mut t = Array2::zeros((self.inputs[m].nrows(), fo));
+            t += &v;
+            t
+        } else {
+            let vm = v.view().into_shape_with_order((fi, fo)).unwrap_or_else(|_| unreachable!("the block is fan_in × fan_out"));
+            self.inputs[m].dot(&vm)
+        };
+        let mut tangents = Vec::with_capacity(layers - m);
+        for l in m + 1..layers {
+            let (weight, _) = mlp.layer(self.w, l);
+            let ra = &rz * &self.slope[l - 1];
+            tangents.push(rz);
+            rz = ra.dot(&weight);
+        }
+        // The softmax cross-entropy's Hessian of the logits: (diag p − p pᵀ) / n per row.
+        let mut rg = rz;
+        for (mut row, p) in rg.outer_iter_mut().zip(self.probs.outer_iter()) {
+            let inner = row.iter().zip(p).fold(F::zero(), |a, (&t, &pi)| a + t * pi);
+            row.zip_mut_with(&p, |t, &pi| *t = pi * (*t - inner) * self.inv);
+        }
+        // Reverse: back to layer m.
+        for l in (m + 1..layers).rev() {
+            let (weight, _) = mlp.layer(self.w, l);
+            let mut back = rg.dot(&weight.t());
+            back *= &self.slope[l - 1];
+            if product == Product::Hessian {
+                let Some(rz_below) = tangents.pop() else { unreachable!("one tangent per layer") };
+                back += &(&self.bend[l - 1] * &rz_below);
+            }
+            rg = back;
+        }
+        if is_bias {
+            out.assign(&rg.sum_axis(Axis(0)));
+        } else {
+            let g = self.inputs[m].t().dot(&rg);
+            out.iter_mut().zip(g.iter()).for_each(|(o, &v)| *o = v);
+        }
+        if mlp.l2 > F::zero() {
+            out.scaled_add(mlp.l2, &v);
+        }
+    }
+}
+
+impl<F: Real<Base = F>> Curvature<F> for MlpCurvature<'_, F> {
+    fn blocks(&self) -> &[Block] {
+        &self.mlp.blocks
+    }
+
+    fn supports(&self, product: Product) -> bool {
+        matches!(product, Product::Hessian | Product::GaussNewton)
+    }
+
+    fn block_product_into(&self, product: Product, block: usize, v: ArrayView1<'_, F>, out: ArrayViewMut1<'_, F>) -> Result<()> {
+        quant_hessian::check_block_product(&self.mlp.blocks, block, v.len(), out.len())?;
+        match product {
+            Product::Hessian | Product::GaussNewton => self.product(product, block, v, out),
+            _ => return Err(HessianError::Unsupported { what: "this product" }),
+        }
+        Ok(())
     }
 }
