@@ -58,15 +58,15 @@ impl EncoderConfig {
 
 /// Block indices of one encoder layer.
 #[derive(Debug, Clone, Copy)]
-struct LayerBlocks {
-    q: (usize, usize),
-    k: (usize, usize),
-    v: (usize, usize),
-    out: (usize, usize),
-    norm1: (usize, usize),
-    ffn_in: (usize, usize),
-    ffn_out: (usize, usize),
-    norm2: (usize, usize),
+pub(crate) struct LayerBlocks {
+    pub(crate) q: (usize, usize),
+    pub(crate) k: (usize, usize),
+    pub(crate) v: (usize, usize),
+    pub(crate) out: (usize, usize),
+    pub(crate) norm1: (usize, usize),
+    pub(crate) ffn_in: (usize, usize),
+    pub(crate) ffn_out: (usize, usize),
+    pub(crate) norm2: (usize, usize),
 }
 
 /// A BERT-style encoder classifier on sequences of feature vectors.
@@ -86,38 +86,38 @@ struct LayerBlocks {
 /// Hessian-vector products of the [`Autodiff`](quant_hessian::Autodiff) impl are exact.
 #[derive(Debug, Clone)]
 pub struct Encoder<F> {
-    x: Array2<F>,
-    labels: Vec<usize>,
-    cfg: EncoderConfig,
-    blocks: Vec<Block>,
-    embedding: (usize, usize, usize),
-    layer_blocks: Vec<LayerBlocks>,
-    classifier: (usize, usize),
+    pub(crate) x: Array2<F>,
+    pub(crate) labels: Vec<usize>,
+    pub(crate) cfg: EncoderConfig,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) embedding: (usize, usize, usize),
+    pub(crate) layer_blocks: Vec<LayerBlocks>,
+    pub(crate) classifier: (usize, usize),
 }
 
 /// Layer-norm epsilon.
-const LN_EPS: f64 = 1e-5;
+pub(crate) const LN_EPS: f64 = 1e-5;
 
 /// What the forward pass keeps for the backward pass, per encoder layer.
-struct LayerCache<T> {
-    input: Array2<T>,
-    q: Array2<T>,
-    k: Array2<T>,
-    v: Array2<T>,
+pub(crate) struct LayerCache<T> {
+    pub(crate) input: Array2<T>,
+    pub(crate) q: Array2<T>,
+    pub(crate) k: Array2<T>,
+    pub(crate) v: Array2<T>,
     /// Attention probabilities, `[sample][head][i][j]` flattened.
-    probs: Vec<T>,
-    context: Array2<T>,
-    n1: Array2<T>,
-    xhat1: Array2<T>,
-    inv_std1: Vec<T>,
-    hidden: Array2<T>,
-    dhidden: Array2<T>,
-    xhat2: Array2<T>,
-    inv_std2: Vec<T>,
+    pub(crate) probs: Vec<T>,
+    pub(crate) context: Array2<T>,
+    pub(crate) n1: Array2<T>,
+    pub(crate) xhat1: Array2<T>,
+    pub(crate) inv_std1: Vec<T>,
+    pub(crate) hidden: Array2<T>,
+    pub(crate) dhidden: Array2<T>,
+    pub(crate) xhat2: Array2<T>,
+    pub(crate) inv_std2: Vec<T>,
 }
 
 /// The elements of `a` in row-major order (borrowed when `a` is in standard layout).
-fn flat<T: Real>(a: &Array2<T>) -> std::borrow::Cow<'_, [T]> {
+pub(crate) fn flat<T: Real>(a: &Array2<T>) -> std::borrow::Cow<'_, [T]> {
     match a.as_slice() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(a.iter().copied().collect()),
@@ -125,7 +125,7 @@ fn flat<T: Real>(a: &Array2<T>) -> std::borrow::Cow<'_, [T]> {
 }
 
 #[inline]
-fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+pub(crate) fn dot<T: Real>(a: &[T], b: &[T]) -> T {
     a.iter().zip(b).fold(T::zero(), |s, (&x, &y)| s + x * y)
 }
 
@@ -278,7 +278,7 @@ impl<F: Real<Base = F>> Encoder<F> {
     }
 
     /// The batch's input rows and labels.
-    fn inputs(&self, batch: Batch<'_>) -> (ndarray::CowArray<'_, F, Ix2>, Vec<usize>) {
+    pub(crate) fn inputs(&self, batch: Batch<'_>) -> (ndarray::CowArray<'_, F, Ix2>, Vec<usize>) {
         let (rows, labels) = rows_and_labels(batch, &self.labels);
         let x = match &rows {
             None => self.x.view().into(),
@@ -287,7 +287,7 @@ impl<F: Real<Base = F>> Encoder<F> {
         (x, labels)
     }
 
-    fn vector<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize) -> ArrayView1<'w, T> {
+    pub(crate) fn vector<'w, T: Real>(&self, w: ArrayView1<'w, T>, b: usize) -> ArrayView1<'w, T> {
         w.slice_move(s![self.blocks[b].range()])
     }
 
@@ -300,7 +300,7 @@ impl<F: Real<Base = F>> Encoder<F> {
 
     /// The forward pass: logits, per-layer caches, and the pooled features (the
     /// classifier's input).
-    fn forward<T: Real<Base = F>>(
+    pub(crate) fn forward<T: Real<Base = F>>(
         &self,
         w: ArrayView1<'_, T>,
         x: ArrayView2<'_, F>,
@@ -458,16 +458,62 @@ impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
         check_len(self.dim(), w.len())?;
         check_len(self.dim(), grad.len())?;
         batch.check(self.samples())?;
+        let (x, labels) = self.inputs(batch);
+        let (mut g, caches, pooled) = self.forward::<T>(w, x.view(), &mut |_, _| {});
+        let loss = softmax_cross_entropy(g.view_mut(), &labels);
+        self.backward(w, x.view(), &caches, &pooled, &g, &mut grad, None);
+        if !loss.is_finite() {
+            return Err(HessianError::NonFinite { index: 0 });
+        }
+        Ok(loss)
+    }
+
+    /// The loss prepared for block products: the forward and backward passes at `w` are
+    /// kept, and a block's exact Hessian product runs forward mode from the block's layer and
+    /// the second-order reverse pass back to it (Pearlmutter's R-operator), nothing below.
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn quant_hessian::Curvature<F> + 'a>>
+    where
+        Self: Sized + Sync,
+    {
+        Ok(Box::new(crate::encoder_curvature::EncoderCurvature::new(self, w, batch)?))
+    }
+}
+
+/// The gradients the backward pass saw inside one encoder layer (what the prepared
+/// curvature's second-order pass needs).
+pub(crate) struct LayerGrads<T> {
+    /// With respect to the layer's output (the second norm's output).
+    pub(crate) dn2: Array2<T>,
+    /// With respect to the FFN activation's output.
+    pub(crate) da: Array2<T>,
+    /// With respect to the first norm's output (both paths summed).
+    pub(crate) dn1: Array2<T>,
+    /// With respect to the attention context.
+    pub(crate) dctx: Array2<T>,
+}
+
+impl<F: Real<Base = F>> Encoder<F> {
+    /// The backward pass from the logits' gradient `g` into `grad`; with `record`, each
+    /// layer's [`LayerGrads`] (top layer first).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn backward<T: Real<Base = F>>(
+        &self,
+        w: ArrayView1<'_, T>,
+        x: ArrayView2<'_, F>,
+        caches: &[LayerCache<T>],
+        pooled: &Array2<T>,
+        g: &Array2<T>,
+        grad: &mut ArrayViewMut1<'_, T>,
+        mut record: Option<&mut Vec<LayerGrads<T>>>,
+    ) {
         let c = self.cfg;
         let (tt, d, heads) = (c.tokens, c.d_model, c.heads);
         let dh = d / heads;
         let scale = T::cast(1.0 / (dh as f64).sqrt());
-        let (x, labels) = self.inputs(batch);
         let n = x.nrows();
-        let (mut g, caches, pooled) = self.forward::<T>(w, x.view(), &mut |_, _| {});
-        let loss = softmax_cross_entropy(g.view_mut(), &labels);
+        let mut grad = grad.view_mut();
         // Classifier and pooling.
-        let dpooled = self.linear_back(w, &mut grad, &pooled, &g, self.classifier, d, c.classes);
+        let dpooled = self.linear_back(w, &mut grad, pooled, g, self.classifier, d, c.classes);
         let inv_t = T::cast(1.0 / tt as f64);
         let mut de = Array2::zeros((n * tt, d));
         for (mut sample, dp) in de.exact_chunks_mut((tt, d)).into_iter().zip(dpooled.outer_iter()) {
@@ -475,12 +521,13 @@ impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
                 row.assign(&(&dp * inv_t));
             }
         }
-        for (lb, cache) in self.layer_blocks.iter().zip(&caches).rev() {
+        for (lb, cache) in self.layer_blocks.iter().zip(caches).rev() {
             // Second sublayer: N2 = LN(N1 + FFN(N1)).
             let (dr2, dg2, db2) = layer_norm_back(&de, &cache.xhat2, &cache.inv_std2, self.vector(w, lb.norm2.0));
             self.put(&mut grad, lb.norm2.0, dg2);
             self.put(&mut grad, lb.norm2.1, db2);
             let mut dhidden = self.linear_back(w, &mut grad, &cache.hidden, &dr2, lb.ffn_out, c.d_ff, d);
+            let da = record.is_some().then(|| dhidden.clone());
             dhidden *= &cache.dhidden;
             let mut dn1 = self.linear_back(w, &mut grad, &cache.n1, &dhidden, lb.ffn_in, d, c.d_ff);
             dn1 += &dr2;
@@ -489,6 +536,9 @@ impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
             self.put(&mut grad, lb.norm1.0, dg1);
             self.put(&mut grad, lb.norm1.1, db1);
             let dcontext = self.linear_back(w, &mut grad, &cache.context, &dr1, lb.out, d, d);
+            if let (Some(rec), Some(da)) = (record.as_deref_mut(), da) {
+                rec.push(LayerGrads { dn2: de.clone(), da, dn1: dn1.clone(), dctx: dcontext.clone() });
+            }
             let (mut dq, mut dk, mut dv) = (vec![T::zero(); n * tt * d], vec![T::zero(); n * tt * d], vec![T::zero(); n * tt * d]);
             let (qs, ks, vs, dcs) = (flat(&cache.q), flat(&cache.k), flat(&cache.v), flat(&dcontext));
             let mut da = vec![T::zero(); tt];
@@ -537,9 +587,5 @@ impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
             dpos += &sample;
         }
         self.put(&mut grad, self.embedding.2, dpos.iter().copied());
-        if !loss.is_finite() {
-            return Err(HessianError::NonFinite { index: 0 });
-        }
-        Ok(loss)
     }
 }

@@ -42,6 +42,7 @@
 pub mod bert;
 mod common;
 mod encoder;
+mod encoder_curvature;
 mod mlp;
 mod quadratic;
 

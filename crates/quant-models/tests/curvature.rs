@@ -155,3 +155,45 @@ fn bad_block_products_are_typed_errors() {
     bad[0] = f64::NAN;
     assert!(matches!(m.curvature(bad.view(), Batch::All), Err(HessianError::NonFinite { .. })));
 }
+
+fn encoders() -> Vec<(&'static str, quant_models::Encoder<f64>)> {
+    use quant_models::EncoderConfig;
+    let cfg = EncoderConfig { tokens: 3, features: 2, d_model: 4, heads: 2, d_ff: 6, layers: 2, classes: 3 };
+    let (x, y) = toy_data(9, 6, 3, 7);
+    let one = EncoderConfig { layers: 1, heads: 1, ..cfg };
+    vec![
+        ("two layers", quant_models::Encoder::new(&x, &y, cfg).expect("valid")),
+        ("one layer, one head", quant_models::Encoder::new(&x, &y, one).expect("valid")),
+    ]
+}
+
+#[test]
+fn encoder_block_hessian_products_equal_the_restricted_whole_model_product() {
+    let subset = [1usize, 4, 4, 8];
+    for (name, m) in encoders() {
+        // Away from initialisation's symmetries: a seeded perturbation of every parameter.
+        let w = m.init(3) + rng::normal::<f64>(m.dim(), 5, 0).mapv(|v| 0.3 * v);
+        for batch in [Batch::All, Batch::Indices(&subset)] {
+            let curvature = m.curvature(w.view(), batch).expect("prepares");
+            let cases: Vec<(usize, Array1<f64>, Array1<f64>)> = (0..m.blocks().len())
+                .map(|b| {
+                    let v = rng::normal::<f64>(m.blocks()[b].len(), 13, b as u64);
+                    let reference = restricted(&m, &w, batch, b, &v);
+                    (b, v, reference)
+                })
+                .collect();
+            let largest = cases.iter().map(|c| max_abs(&c.2)).fold(0.0, f64::max);
+            for (b, v, reference) in &cases {
+                let block = &m.blocks()[*b];
+                let scale = max_abs(reference);
+                // The key bias shifts all of a query's scores alike: its curvature is zero.
+                assert!(scale > 1e-6 * largest || block.name().contains("k.bias"), "{name} {}: a zero reference", block.name());
+                let mut out = Array1::from_elem(block.len(), f64::NAN);
+                curvature.block_product_into(Product::Hessian, *b, v.view(), out.view_mut()).expect("product");
+                let err = max_abs(&(&out - reference));
+                assert!(err <= 1e-11 * scale + 1e-14 * largest, "{name} {batch:?} {}: error {err:e} of {scale:e}", block.name());
+            }
+            assert!(!curvature.supports(Product::GaussNewton));
+        }
+    }
+}
