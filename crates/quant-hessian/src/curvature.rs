@@ -28,13 +28,13 @@ pub enum Product {
 /// product only what depends on the vector.
 ///
 /// Products are per block: for `v` supported on block `b` (given as the block's own
-/// coordinates), [`block_product_into`](Curvature::block_product_into) writes the block's
+/// coordinates), [`block_product_into`](BlockCurvature::block_product_into) writes the block's
 /// rows of `M v`, that is `M_bb v`, the Hessian of the loss with respect to the block's
 /// parameters alone (what Q-BERT and HAWQ measure). A model that knows which layers a block
 /// touches starts the tangents at the block's layer and stops the reverse pass once the
 /// block's gradient is complete; [`Autodiff::curvature`]'s default,
 /// [`PaddedCurvature`], pads `v` with zeros and runs the whole-model product.
-pub trait Curvature<F: Float>: Send + Sync {
+pub trait BlockCurvature<F: Float>: Send + Sync {
     /// The model's blocks (the indices products take).
     fn blocks(&self) -> &[Block];
 
@@ -57,7 +57,7 @@ pub trait Curvature<F: Float>: Send + Sync {
     /// products instead.
     ///
     /// # Errors
-    /// As [`block_product_into`](Curvature::block_product_into).
+    /// As [`block_product_into`](BlockCurvature::block_product_into).
     fn block_products_into(&self, product: Product, block: usize, v: ArrayView2<'_, F>, mut out: ArrayViewMut2<'_, F>) -> Result<()> {
         if v.dim() != out.dim() {
             return Err(HessianError::ShapeMismatch { expected: vec![v.nrows(), v.ncols()], got: vec![out.nrows(), out.ncols()] });
@@ -102,7 +102,7 @@ impl<'a, F: Float, M: Autodiff<F> + ?Sized> PaddedCurvature<'a, F, M> {
     }
 }
 
-impl<F: Float, M: Autodiff<F> + Sync + ?Sized> Curvature<F> for PaddedCurvature<'_, F, M> {
+impl<F: Float, M: Autodiff<F> + Sync + ?Sized> BlockCurvature<F> for PaddedCurvature<'_, F, M> {
     fn blocks(&self) -> &[Block] {
         self.model.blocks()
     }
@@ -123,10 +123,10 @@ impl<F: Float, M: Autodiff<F> + Sync + ?Sized> Curvature<F> for PaddedCurvature<
     }
 }
 
-/// One block of a prepared [`Curvature`] as a [`LinearOperator`] (what the eigen and trace
+/// One block of a prepared [`BlockCurvature`] as a [`LinearOperator`] (what the eigen and trace
 /// solvers take).
 pub struct BlockOperator<'c, F> {
-    curvature: &'c dyn Curvature<F>,
+    curvature: &'c dyn BlockCurvature<F>,
     product: Product,
     block: usize,
     len: usize,
@@ -143,7 +143,7 @@ impl<'c, F: Float> BlockOperator<'c, F> {
     ///
     /// # Errors
     /// [`HessianError::InvalidBlock`], [`HessianError::Unsupported`].
-    pub fn new(curvature: &'c dyn Curvature<F>, product: Product, block: usize) -> Result<Self> {
+    pub fn new(curvature: &'c dyn BlockCurvature<F>, product: Product, block: usize) -> Result<Self> {
         let blocks = curvature.blocks();
         let len = blocks.get(block).ok_or(HessianError::InvalidBlock { index: block, count: blocks.len() })?.len();
         if !curvature.supports(product) {

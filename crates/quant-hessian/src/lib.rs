@@ -56,7 +56,7 @@ mod qbert;
 mod real;
 mod trace;
 
-pub use curvature::{BlockOperator, Curvature, PaddedCurvature, Product, check_block_product, check_curvature_inputs};
+pub use curvature::{BlockCurvature, BlockOperator, PaddedCurvature, Product, check_block_product, check_curvature_inputs};
 pub use dual::Dual;
 pub use eigen::Eigenpairs;
 pub use error::{HessianError, Result};

@@ -5,7 +5,7 @@ use core::ops::Range;
 use ndarray::{Array1, ArrayView1, ArrayViewMut1, Zip};
 use quant_core::Float;
 
-use crate::curvature::{Curvature, PaddedCurvature};
+use crate::curvature::{BlockCurvature, PaddedCurvature};
 use crate::dual::Dual;
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::real::Real;
@@ -163,7 +163,7 @@ pub trait Autodiff<F: Float>: Model {
         HvpKind::FiniteDifference
     }
 
-    /// The loss at `w` on `batch` prepared for many block products ([`Curvature`]). The
+    /// The loss at `w` on `batch` prepared for many block products ([`BlockCurvature`]). The
     /// default, [`PaddedCurvature`], runs a whole-model [`hvp_into`](Autodiff::hvp_into) per
     /// product; a model that knows its layers keeps its forward pass and restricts each
     /// product to the layers its block touches.
@@ -171,7 +171,7 @@ pub trait Autodiff<F: Float>: Model {
     /// # Errors
     /// [`HessianError::ShapeMismatch`] for a `w` of the wrong length, the batch's errors, and
     /// what the model reports while preparing.
-    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn BlockCurvature<F> + 'a>>
     where
         Self: Sync,
     {
@@ -207,7 +207,7 @@ pub trait Differentiable<F: Real<Base = F>>: Model {
     ///
     /// # Errors
     /// As [`Autodiff::curvature`].
-    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn BlockCurvature<F> + 'a>>
     where
         Self: Sized + Sync,
     {
@@ -245,7 +245,7 @@ impl<F: Real<Base = F>, M: Differentiable<F>> Autodiff<F> for M {
         HvpKind::Exact
     }
 
-    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn BlockCurvature<F> + 'a>>
     where
         Self: Sync,
     {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ndarray::{Array1, ArrayBase, ArrayView1, ArrayViewMut1, Data, Ix2};
 use quant_core::Float;
 
-use crate::curvature::{Curvature, Product};
+use crate::curvature::{BlockCurvature, Product};
 use crate::error::{HessianError, Result, check_finite, check_len};
 use crate::model::{Autodiff, Batch};
 
@@ -98,7 +98,7 @@ where
 /// full Hessian `H`, or the block-diagonal part `H_ii` of one block (the Hessian with
 /// respect to that block's parameters alone, the curvature Q-BERT ranks layers by).
 ///
-/// A block operator is built on the model's prepared [`Curvature`]
+/// A block operator is built on the model's prepared [`BlockCurvature`]
 /// ([`Autodiff::curvature`]), so a model that restricts its products to the block's layers
 /// is fast here without further work; [`BlockOperator`](crate::BlockOperator) applies one
 /// block of a curvature prepared once and shared between blocks, and offers the
@@ -108,7 +108,7 @@ pub struct HessianOperator<'a, F, M: ?Sized> {
     model: &'a M,
     w: ArrayView1<'a, F>,
     batch: Batch<'a>,
-    block: Option<(usize, usize, Arc<dyn Curvature<F> + 'a>)>,
+    block: Option<(usize, usize, Arc<dyn BlockCurvature<F> + 'a>)>,
 }
 
 impl<F: core::fmt::Debug, M: ?Sized> core::fmt::Debug for HessianOperator<'_, F, M> {

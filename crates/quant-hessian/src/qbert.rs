@@ -3,7 +3,7 @@
 use ndarray::ArrayView1;
 use quant_core::Float;
 
-use crate::curvature::{BlockOperator, Curvature, Product};
+use crate::curvature::{BlockCurvature, BlockOperator, Product};
 use crate::error::{HessianError, Result};
 use crate::ext::OperatorExt;
 use crate::lanczos::Lanczos;
@@ -131,7 +131,7 @@ struct Task {
     hvps: usize,
 }
 
-fn run_task<F: Float>(curvature: &dyn Curvature<F>, product: Product, block: usize, seed: u64, solver: TopEigen) -> Result<Task> {
+fn run_task<F: Float>(curvature: &dyn BlockCurvature<F>, product: Product, block: usize, seed: u64, solver: TopEigen) -> Result<Task> {
     let op = BlockOperator::new(curvature, product, block)?;
     match solver {
         TopEigen::Power(p) => match op.power_iteration(&p.with_seed(seed)) {

@@ -471,7 +471,7 @@ impl<F: Real<Base = F>> Differentiable<F> for Encoder<F> {
     /// The loss prepared for block products: the forward and backward passes at `w` are
     /// kept, and a block's exact Hessian product runs forward mode from the block's layer and
     /// the second-order reverse pass back to it (Pearlmutter's R-operator), nothing below.
-    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn quant_hessian::Curvature<F> + 'a>>
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn quant_hessian::BlockCurvature<F> + 'a>>
     where
         Self: Sized + Sync,
     {

@@ -7,7 +7,7 @@
 //! rows of `H v`. Primal values of both passes come from the preparation.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, Axis};
-use quant_hessian::{Batch, Block, Curvature, HessianError, Product, Real, Result};
+use quant_hessian::{Batch, Block, BlockCurvature, HessianError, Product, Real, Result};
 
 use crate::common::{layer_norm_back, matrix, softmax_cross_entropy};
 use crate::encoder::{Encoder, LayerBlocks, LayerCache, LayerGrads, dot, flat};
@@ -436,7 +436,7 @@ fn pairs(lb: &LayerBlocks) -> [(usize, usize); 8] {
     [lb.q, lb.k, lb.v, lb.out, lb.norm1, lb.ffn_in, lb.ffn_out, lb.norm2]
 }
 
-impl<F: Real<Base = F>> Curvature<F> for EncoderCurvature<'_, F> {
+impl<F: Real<Base = F>> BlockCurvature<F> for EncoderCurvature<'_, F> {
     fn blocks(&self) -> &[Block] {
         &self.enc.blocks
     }

@@ -9,7 +9,7 @@ use quant_hessian::{HessianError, Result};
 use crate::common::{check_finite, check_len};
 use quant_core::rng;
 use quant_hessian::Real;
-use quant_hessian::{Batch, Block, Curvature, Differentiable, MatrixBlock, Model, Product};
+use quant_hessian::{Batch, Block, BlockCurvature, Differentiable, MatrixBlock, Model, Product};
 
 /// The hidden-layer nonlinearity of an [`Mlp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -338,7 +338,7 @@ impl<F: Real<Base = F>> Differentiable<F> for Mlp<F> {
     /// Both the Hessian and the generalised Gauss-Newton matrix `Jᵀ (∇²ℓ) J` of the logits
     /// (the Fisher of the softmax; it drops the activations' second derivatives, so for ReLU
     /// it equals the Hessian) are offered; the L2 term `λ I` is part of both.
-    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn Curvature<F> + 'a>>
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> Result<Box<dyn BlockCurvature<F> + 'a>>
     where
         Self: Sized + Sync,
     {
@@ -462,7 +462,7 @@ impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
     }
 }
 
-impl<F: Real<Base = F>> Curvature<F> for MlpCurvature<'_, F> {
+impl<F: Real<Base = F>> BlockCurvature<F> for MlpCurvature<'_, F> {
     fn blocks(&self) -> &[Block] {
         &self.mlp.blocks
     }

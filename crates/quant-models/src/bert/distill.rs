@@ -1,7 +1,7 @@
 //! The self-distillation loss: how far the sentence embeddings move from the loaded model's.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, Axis, s};
-use quant_hessian::{Batch, Block, Curvature, Differentiable, HessianError, Model, PaddedCurvature, Product, Real};
+use quant_hessian::{Batch, Block, BlockCurvature, Differentiable, HessianError, Model, PaddedCurvature, Product, Real};
 
 use super::error::{BertError, Result};
 use super::model::{Bert, Caches, Params};
@@ -155,7 +155,7 @@ impl<F: Real<Base = F>> Differentiable<F> for SelfDistillation<F> {
     /// `r = e(W) − e(W₀)`: at the loaded weights (`w` equal to [`weights`](Self::weights))
     /// the residuals are zero and the Hessian product is the Gauss-Newton one; elsewhere it
     /// is the exact whole-model product (dual numbers) restricted to the block.
-    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> quant_hessian::Result<Box<dyn Curvature<F> + 'a>>
+    fn curvature<'a>(&'a self, w: ArrayView1<'a, F>, batch: Batch<'a>) -> quant_hessian::Result<Box<dyn BlockCurvature<F> + 'a>>
     where
         Self: Sized + Sync,
     {
@@ -223,7 +223,7 @@ impl<'a, F: Real<Base = F>> DistillCurvature<'a, F> {
     }
 }
 
-impl<F: Real<Base = F>> Curvature<F> for DistillCurvature<'_, F> {
+impl<F: Real<Base = F>> BlockCurvature<F> for DistillCurvature<'_, F> {
     fn blocks(&self) -> &[Block] {
         &self.loss.blocks
     }
