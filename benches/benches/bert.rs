@@ -110,6 +110,28 @@ fn benches(c: &mut Criterion) {
             let short = format!("block_hvp/l{layer}.{}", part.rsplit('.').next().unwrap_or(part));
             group.bench_function(short, |bn| bn.iter(|| curvature.block_product_into(Product::Hessian, b, vb.view(), ob.view_mut())));
         }
+        // Eight directions for layer 3's value matrix: one at a time, stacked in one
+        // forward-mode pass (then a reverse pass each), and their quadratic forms by forward
+        // mode alone.
+        if let Some(b) = mats.blocks().iter().position(|x| x.name().ends_with("encoder.layer.3.attention.self.value.weight")) {
+            let len = mats.blocks()[b].len();
+            let vs = ndarray::Array2::from_shape_fn((8, len), |(i, j)| ((i * 7919 + j * 104_729) % 2003) as f32 / 1001.5 - 1.0);
+            let mut out = ndarray::Array2::zeros((8, len));
+            let mut forms = Array1::zeros(8);
+            group.bench_function("block_hvp_x8/one_at_a_time", |bn| {
+                bn.iter(|| {
+                    for (v, o) in vs.outer_iter().zip(out.outer_iter_mut()) {
+                        let _ = curvature.block_product_into(Product::Hessian, b, v, o);
+                    }
+                })
+            });
+            group.bench_function("block_hvp_x8/stacked", |bn| {
+                bn.iter(|| curvature.block_products_into(Product::Hessian, b, vs.view(), out.view_mut()))
+            });
+            group.bench_function("block_quadratic_x8/forward_mode", |bn| {
+                bn.iter(|| curvature.block_quadratic_forms_into(Product::Hessian, b, vs.view(), forms.view_mut()))
+            });
+        }
         group.finish();
     }
     // Throughput: 4,000 sentences with every core (tokenizing included for the real model);

@@ -67,6 +67,31 @@ pub trait BlockCurvature<F: Float>: Send + Sync {
         }
         Ok(())
     }
+
+    /// The quadratic forms `v_iᵀ M_bb v_i` of the rows of `v` (`k × block length`) into
+    /// `out` (length `k`): for example the second-order loss change `½ dᵀ H d` of candidate
+    /// perturbations `d`, or Hutchinson's samples of a trace. The default applies the
+    /// products; a model with a Gauss-Newton form `G = Jᵀ Λ J` needs only forward mode,
+    /// `vᵀ G v = (J v)ᵀ Λ (J v)`, and no reverse pass.
+    ///
+    /// # Errors
+    /// As [`block_product_into`](BlockCurvature::block_product_into), and
+    /// [`HessianError::ShapeMismatch`] when `out` does not have one entry per row of `v`.
+    fn block_quadratic_forms_into(
+        &self,
+        product: Product,
+        block: usize,
+        v: ArrayView2<'_, F>,
+        mut out: ArrayViewMut1<'_, F>,
+    ) -> Result<()> {
+        check_len(v.nrows(), out.len())?;
+        let mut mv = Array1::zeros(v.ncols());
+        for (row, o) in v.outer_iter().zip(out.iter_mut()) {
+            self.block_product_into(product, block, row, mv.view_mut())?;
+            *o = row.dot(&mv);
+        }
+        Ok(())
+    }
 }
 
 /// Checks a block index and the lengths of a product's vectors; returns the block.

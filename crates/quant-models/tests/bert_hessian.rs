@@ -290,3 +290,49 @@ fn away_from_the_loaded_weights_the_gauss_newton_product_is_two_over_n_jt_j() {
         }
     }
 }
+
+#[test]
+fn several_directions_in_one_pass_equal_one_at_a_time() {
+    // Stacked tangents (one forward-mode pass for k directions) against k single products,
+    // and the forward-mode-only quadratic forms (2/n)‖J v‖² against vᵀ(G v).
+    let m = loss_of("plain");
+    let subset = [1usize, 3];
+    for (w, batch) in [(m.weights().to_owned(), Batch::All), (moved(&m, 0.02, 4), Batch::Indices(&subset))] {
+        let curvature = m.curvature(w.view(), batch).expect("prepares");
+        for name in [
+            "embeddings.word_embeddings.weight",
+            "encoder.layer.0.attention.self.key.weight",
+            "encoder.layer.1.intermediate.dense.bias",
+            "encoder.layer.1.output.LayerNorm.weight",
+        ] {
+            let b = m.blocks().iter().position(|x| x.name().ends_with(name)).expect("block");
+            let len = m.blocks()[b].len();
+            let v = ndarray::Array2::from_shape_fn((3, len), |(i, j)| rng::normal::<f64>(len, 90 + i as u64, 0)[j]);
+            let mut many = ndarray::Array2::zeros((3, len));
+            curvature.block_products_into(Product::GaussNewton, b, v.view(), many.view_mut()).expect("products");
+            let mut forms = Array1::zeros(3);
+            curvature.block_quadratic_forms_into(Product::GaussNewton, b, v.view(), forms.view_mut()).expect("forms");
+            for i in 0..3 {
+                let mut one = Array1::zeros(len);
+                curvature.block_product_into(Product::GaussNewton, b, v.row(i), one.view_mut()).expect("product");
+                let scale = one.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+                let err = (&many.row(i) - &one).iter().fold(0.0f64, |a, x| a.max(x.abs()));
+                assert!(err <= 1e-13 * scale, "{name} {batch:?} direction {i}: error {err:e} of {scale:e}");
+                let expected = v.row(i).dot(&one);
+                assert!((forms[i] - expected).abs() <= 1e-10 * expected.abs(), "{name} {batch:?}: form {} vs {expected}", forms[i]);
+            }
+        }
+        // Shapes are checked.
+        let mut out = Array1::zeros(2);
+        assert!(
+            curvature
+                .block_quadratic_forms_into(
+                    Product::GaussNewton,
+                    0,
+                    ndarray::Array2::zeros((3, m.blocks()[0].len())).view(),
+                    out.view_mut()
+                )
+                .is_err()
+        );
+    }
+}

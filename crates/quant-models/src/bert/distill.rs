@@ -1,6 +1,6 @@
 //! The self-distillation loss: how far the sentence embeddings move from the loaded model's.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use quant_hessian::{Batch, Block, BlockCurvature, Differentiable, HessianError, Model, PaddedCurvature, Product, Real};
 
 use super::error::{BertError, Result};
@@ -209,17 +209,34 @@ impl<'a, F: Real<Base = F>> DistillCurvature<'a, F> {
         Ok(Self { loss, w, batch, sentences, full, layout, model_block, hidden, caches, at_loaded, scale })
     }
 
-    /// `G_bb v` into `out`.
-    fn gauss_newton(&self, b: usize, v: ArrayView1<'_, F>, mut out: ArrayViewMut1<'_, F>) {
+    /// Whether the Gauss-Newton form answers `product` here.
+    fn gauss_newton_answers(&self, product: Product) -> bool {
+        product == Product::GaussNewton || (product == Product::Hessian && self.at_loaded)
+    }
+
+    /// The stacked embedding tangents `J_b v_i` of the rows of `v`.
+    fn tangents(&self, b: usize, v: ArrayView2<'_, F>) -> Array2<F> {
+        let model = &self.loss.model;
+        let p = Params { w: self.full.view(), w0: model.weights(), at: &self.layout, out: &self.layout, stop: None };
+        let v = v.as_standard_layout();
+        model.embed_tangents(&p, &self.sentences, &self.hidden, &self.caches, self.model_block[b], v.view())
+    }
+
+    /// `G_bb v_i` for the rows of `v` into the rows of `out`: one forward-mode pass for all
+    /// of them, then a reverse pass each.
+    fn gauss_newton(&self, b: usize, v: ArrayView2<'_, F>, mut out: ArrayViewMut2<'_, F>) {
         let model = &self.loss.model;
         let mb = self.model_block[b];
         let mut wanted = vec![None; self.layout.len()];
         wanted[mb] = Some(0);
         let p = Params { w: self.full.view(), w0: model.weights(), at: &self.layout, out: &wanted, stop: Some(mb) };
-        let v = v.as_standard_layout();
-        let mut de = model.embed_tangent(&p, &self.sentences, &self.hidden, &self.caches, mb, v.view());
+        let mut de = self.tangents(b, v);
         de *= self.scale;
-        model.backward(&p, &self.sentences, &self.hidden, &self.caches, &de, &mut out);
+        let n = self.sentences.len();
+        for (i, mut o) in out.outer_iter_mut().enumerate() {
+            let dei = de.slice(s![i * n..(i + 1) * n, ..]).to_owned();
+            model.backward(&p, &self.sentences, &self.hidden, &self.caches, &dei, &mut o);
+        }
     }
 }
 
@@ -240,10 +257,52 @@ impl<F: Real<Base = F>> BlockCurvature<F> for DistillCurvature<'_, F> {
         out: ArrayViewMut1<'_, F>,
     ) -> quant_hessian::Result<()> {
         quant_hessian::check_block_product(&self.loss.blocks, block, v.len(), out.len())?;
-        match product {
-            Product::GaussNewton => self.gauss_newton(block, v, out),
-            Product::Hessian if self.at_loaded => self.gauss_newton(block, v, out),
-            _ => PaddedCurvature::new(self.loss, self.w, self.batch)?.block_product_into(Product::Hessian, block, v, out)?,
+        if self.gauss_newton_answers(product) {
+            self.gauss_newton(block, v.insert_axis(Axis(0)), out.insert_axis(Axis(0)));
+            return Ok(());
+        }
+        PaddedCurvature::new(self.loss, self.w, self.batch)?.block_product_into(product, block, v, out)
+    }
+
+    /// One forward-mode pass for all the vectors (their tangents stacked), then a reverse pass
+    /// each.
+    fn block_products_into(
+        &self,
+        product: Product,
+        block: usize,
+        v: ArrayView2<'_, F>,
+        out: ArrayViewMut2<'_, F>,
+    ) -> quant_hessian::Result<()> {
+        if v.dim() != out.dim() {
+            return Err(HessianError::ShapeMismatch { expected: vec![v.nrows(), v.ncols()], got: vec![out.nrows(), out.ncols()] });
+        }
+        quant_hessian::check_block_product(&self.loss.blocks, block, v.ncols(), out.ncols())?;
+        if !self.gauss_newton_answers(product) {
+            let padded = PaddedCurvature::new(self.loss, self.w, self.batch)?;
+            return padded.block_products_into(product, block, v, out);
+        }
+        self.gauss_newton(block, v, out);
+        Ok(())
+    }
+
+    /// Forward mode only: `vᵀ G v = (2/n) ‖J_b v‖²`, all vectors in one pass.
+    fn block_quadratic_forms_into(
+        &self,
+        product: Product,
+        block: usize,
+        v: ArrayView2<'_, F>,
+        mut out: ArrayViewMut1<'_, F>,
+    ) -> quant_hessian::Result<()> {
+        quant_hessian::check_block_product(&self.loss.blocks, block, v.ncols(), v.ncols())?;
+        check_len(v.nrows(), out.len())?;
+        if !self.gauss_newton_answers(product) {
+            let padded = PaddedCurvature::new(self.loss, self.w, self.batch)?;
+            return padded.block_quadratic_forms_into(product, block, v, out);
+        }
+        let je = self.tangents(block, v);
+        let n = self.sentences.len();
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = je.slice(s![i * n..(i + 1) * n, ..]).iter().fold(F::zero(), |a, &x| a + x * x) * self.scale;
         }
         Ok(())
     }

@@ -1,18 +1,36 @@
-//! Forward mode through the encoder at a kept primal pass: the Jacobian-vector product of
+//! Forward mode through the encoder at a kept primal pass: the Jacobian-vector products of
 //! the sentence embeddings with respect to one tensor, with no tangent below its layer.
+//!
+//! Several directions go through one pass: their tangents are stacked by rows (direction
+//! `i`'s copy of primal row `r` at row `i·R + r`, `R` the batch's rows), so every product
+//! with a weight matrix is one wide product, and each elementwise step reads the primal once.
 
-use ndarray::{Array1, Array2, ArrayView1, Axis, s};
+use ndarray::{Array1, Array2, ArrayView2, Axis, s};
 use quant_hessian::Real;
 
 use super::config::PoolingMode;
 use super::model::{Bert, Caches, LayerCache, LayerIdx, Params};
 use super::tokenize::TokenBatch;
 
-/// A tangent injected at one tensor: block `block` moves along `v`.
+/// Tangents injected at one tensor: block `block` moves along each row of `v`.
 #[derive(Clone, Copy)]
 struct Inject<'v, F> {
     block: usize,
-    v: ArrayView1<'v, F>,
+    v: ArrayView2<'v, F>,
+}
+
+/// Multiplies each direction's rows of the stacked `t` by `primal` elementwise.
+fn tile_mul<F: Real>(t: &mut Array2<F>, primal: &Array2<F>) {
+    for mut chunk in t.exact_chunks_mut(primal.raw_dim()) {
+        chunk *= primal;
+    }
+}
+
+/// Adds `v.row(i)` to every row of direction `i`'s block of the stacked `t`.
+fn add_rows<F: Real>(t: &mut Array2<F>, rows: usize, v: ArrayView2<'_, F>) {
+    for (mut chunk, vi) in t.exact_chunks_mut((rows, v.ncols())).into_iter().zip(v.outer_iter()) {
+        chunk += &vi;
+    }
 }
 
 /// `a + b` where `None` is a zero tangent.
@@ -28,36 +46,39 @@ fn add<F: Real>(a: Option<Array2<F>>, b: Option<&Array2<F>>) -> Option<Array2<F>
 }
 
 impl<F: Real<Base = F>> Bert<F> {
-    /// The tangent of the sentence embeddings (`sentences × hidden_size`) when block `b`
-    /// moves along `v`, at the primal pass (`hidden`, `caches`) that `p` made on `batch`.
-    /// Tangents start at the block's layer; the layers below are skipped.
-    pub(super) fn embed_tangent(
+    /// The tangents of the sentence embeddings when block `b` moves along each row of `v`
+    /// (`k × block length`), stacked (`(k · sentences) × hidden_size`), at the primal pass
+    /// (`hidden`, `caches`) that `p` made on `batch`. Tangents start at the block's layer;
+    /// the layers below are skipped.
+    pub(super) fn embed_tangents(
         &self,
         p: &Params<'_, F, F>,
         batch: &TokenBatch,
         hidden: &Array2<F>,
         caches: &Caches<F>,
         b: usize,
-        v: ArrayView1<'_, F>,
+        v: ArrayView2<'_, F>,
     ) -> Array2<F> {
         let inj = Inject { block: b, v };
-        let d = self.config().hidden_size;
+        let (d, rows, k) = (self.config().hidden_size, batch.tokens(), v.nrows());
         let lay = &self.layout;
         let mut x: Option<Array2<F>> = None;
         if [lay.word, lay.position, lay.token_type].contains(&b) {
-            let mut e = Array2::zeros((batch.tokens(), d));
-            let mut r = 0;
-            for s in batch.sentences() {
-                for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
-                    let row = if b == lay.word {
-                        id as usize
-                    } else if b == lay.position {
-                        t
-                    } else {
-                        tt as usize
-                    };
-                    e.row_mut(r).assign(&v.slice(s![row * d..(row + 1) * d]));
-                    r += 1;
+            let mut e = Array2::zeros((k * rows, d));
+            for (i, vi) in v.outer_iter().enumerate() {
+                let mut r = i * rows;
+                for s in batch.sentences() {
+                    for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
+                        let row = if b == lay.word {
+                            id as usize
+                        } else if b == lay.position {
+                            t
+                        } else {
+                            tt as usize
+                        };
+                        e.row_mut(r).assign(&vi.slice(s![row * d..(row + 1) * d]));
+                        r += 1;
+                    }
                 }
             }
             x = Some(e);
@@ -69,8 +90,12 @@ impl<F: Real<Base = F>> Bert<F> {
         for (l, cache) in lay.layers.iter().zip(&caches.layers) {
             x = self.layer_tangent(p, l, cache, batch, x, inj);
         }
-        let hdot = x.unwrap_or_else(|| Array2::zeros(hidden.raw_dim()));
-        self.pool_tangent(hidden, batch, &hdot)
+        let hdot = x.unwrap_or_else(|| Array2::zeros((k * rows, d)));
+        let mut out = Array2::zeros((k * batch.len(), d));
+        for (i, mut o) in out.exact_chunks_mut((batch.len(), d)).into_iter().enumerate() {
+            o.assign(&self.pool_tangent(hidden, batch, hdot.slice(s![i * rows..(i + 1) * rows, ..])));
+        }
+        out
     }
 
     /// One encoder layer's output tangent from its input tangent `x` and the injection.
@@ -94,14 +119,14 @@ impl<F: Real<Base = F>> Bert<F> {
         let r1 = add(self.linear_tangent(p, &c.context, ctx.as_ref(), l.out, inj), x.as_ref());
         let n1 = self.norm_tangent(p, r1.as_ref(), &c.xhat1, &c.inv1, l.norm1, inj);
         let h = self.linear_tangent(p, &c.n1, n1.as_ref(), l.ffn_in, inj).map(|mut z| {
-            z *= &c.dhidden;
+            tile_mul(&mut z, &c.dhidden);
             z
         });
         let r2 = add(self.linear_tangent(p, &c.hidden, h.as_ref(), l.ffn_out, inj), n1.as_ref());
         self.norm_tangent(p, r2.as_ref(), &c.xhat2, &c.inv2, l.norm2, inj)
     }
 
-    /// The tangent of `x Wᵀ + b` at primal input `x` with input tangent `dx`.
+    /// The tangents of `x Wᵀ + b` at primal input `x` with stacked input tangents `dx`.
     fn linear_tangent(
         &self,
         p: &Params<'_, F, F>,
@@ -112,20 +137,23 @@ impl<F: Real<Base = F>> Bert<F> {
     ) -> Option<Array2<F>> {
         let out = self.blocks()[bb].len();
         let inp = self.blocks()[wb].len() / out;
+        let (rows, k) = (x.nrows(), inj.v.nrows());
         let mut y = dx.map(|dx| F::matmul(dx.view(), self.matrix(p, wb, out, inp).t()));
         if inj.block == wb {
-            let vm = inj.v.into_shape_with_order((out, inp)).unwrap_or_else(|_| unreachable!("the block is out × in"));
-            y = add(y, Some(&F::matmul(x.view(), vm.t())));
+            let y = y.get_or_insert_with(|| Array2::zeros((k * rows, out)));
+            for (i, vi) in inj.v.outer_iter().enumerate() {
+                let vm = vi.into_shape_with_order((out, inp)).unwrap_or_else(|_| unreachable!("the block is out × in"));
+                F::matmul_into(x.view(), vm.t(), true, y.slice_mut(s![i * rows..(i + 1) * rows, ..]));
+            }
         }
         if inj.block == bb {
-            let y = y.get_or_insert_with(|| Array2::zeros((x.nrows(), out)));
-            *y += &inj.v;
+            add_rows(y.get_or_insert_with(|| Array2::zeros((k * rows, out))), rows, inj.v);
         }
         y
     }
 
-    /// The tangent of `g ⊙ x̂ + b` (layer norm, kept `x̂` and `1/σ`) with input tangent `dx`:
-    /// `g ⊙ (dx − mean(dx) − x̂ mean(x̂ ⊙ dx)) / σ`, plus the injected gain or bias.
+    /// The tangents of `g ⊙ x̂ + b` (layer norm, kept `x̂` and `1/σ`) with stacked input
+    /// tangents `dx`: `g ⊙ (dx − mean(dx) − x̂ mean(x̂ ⊙ dx)) / σ`, plus the injected gain or bias.
     fn norm_tangent(
         &self,
         p: &Params<'_, F, F>,
@@ -135,23 +163,28 @@ impl<F: Real<Base = F>> Bert<F> {
         (gb, bb): (usize, usize),
         inj: Inject<'_, F>,
     ) -> Option<Array2<F>> {
+        let (rows, k) = (xhat.nrows(), inj.v.nrows());
         let mut y = dx.map(|dx| {
             let n = F::cast(dx.ncols() as f64);
             let mut t = dx.clone();
-            for ((mut row, xr), &r) in t.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
-                let m1 = row.sum() / n;
-                let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<F>() / n;
-                row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
+            for mut chunk in t.exact_chunks_mut(xhat.raw_dim()) {
+                for ((mut row, xr), &r) in chunk.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
+                    let m1 = row.sum() / n;
+                    let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<F>() / n;
+                    row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
+                }
             }
             t *= &self.vector(p, gb);
             t
         });
         if inj.block == gb {
-            y = add(y, Some(&(xhat * &inj.v)));
+            let y = y.get_or_insert_with(|| Array2::zeros((k * rows, xhat.ncols())));
+            for (mut chunk, vi) in y.exact_chunks_mut(xhat.raw_dim()).into_iter().zip(inj.v.outer_iter()) {
+                chunk += &(xhat * &vi);
+            }
         }
         if inj.block == bb {
-            let y = y.get_or_insert_with(|| Array2::zeros(xhat.raw_dim()));
-            *y += &inj.v;
+            add_rows(y.get_or_insert_with(|| Array2::zeros((k * rows, xhat.ncols()))), rows, inj.v);
         }
         y
     }
@@ -172,41 +205,46 @@ impl<F: Real<Base = F>> Bert<F> {
         let cfg = self.config();
         let (heads, dh) = (cfg.num_attention_heads, cfg.head_dim());
         let scale = F::cast(1.0 / (dh as f64).sqrt());
-        let mut out = Array2::<F>::zeros(c.q.raw_dim());
-        let mut probs = c.probs.iter();
-        let mut start = 0;
-        for s in batch.sentences() {
-            let len = s.ids.len();
-            for h in 0..heads {
-                let Some(pr) = probs.next() else { unreachable!("one probability matrix per sentence and head") };
-                let cols = s![start..start + len, h * dh..(h + 1) * dh];
-                let mut o = out.slice_mut(cols);
-                if dq.is_some() || dk.is_some() {
-                    let mut ds = Array2::<F>::zeros((len, len));
-                    if let Some(dq) = dq {
-                        F::matmul_into(dq.slice(cols), c.k.slice(cols).t(), true, ds.view_mut());
+        let rows = c.q.nrows();
+        let stacked = [dq, dk, dv].into_iter().flatten().map(Array2::nrows).next().unwrap_or(rows);
+        let mut out = Array2::<F>::zeros((stacked, c.q.ncols()));
+        for i in 0..stacked / rows {
+            let mut probs = c.probs.iter();
+            let mut start = 0;
+            for s in batch.sentences() {
+                let len = s.ids.len();
+                for h in 0..heads {
+                    let Some(pr) = probs.next() else { unreachable!("one probability matrix per sentence and head") };
+                    let cols = s![start..start + len, h * dh..(h + 1) * dh];
+                    let mine = s![i * rows + start..i * rows + start + len, h * dh..(h + 1) * dh];
+                    let mut o = out.slice_mut(mine);
+                    if dq.is_some() || dk.is_some() {
+                        let mut ds = Array2::<F>::zeros((len, len));
+                        if let Some(dq) = dq {
+                            F::matmul_into(dq.slice(mine), c.k.slice(cols).t(), true, ds.view_mut());
+                        }
+                        if let Some(dk) = dk {
+                            F::matmul_into(c.q.slice(cols), dk.slice(mine).t(), true, ds.view_mut());
+                        }
+                        for (mut row, prow) in ds.outer_iter_mut().zip(pr.outer_iter()) {
+                            let inner = row.iter().zip(prow).fold(F::zero(), |acc, (&a, &b)| acc + a * b);
+                            row.zip_mut_with(&prow, |g, &pj| *g = pj * (*g - inner) * scale);
+                        }
+                        F::matmul_into(ds.view(), c.v.slice(cols), true, o.view_mut());
                     }
-                    if let Some(dk) = dk {
-                        F::matmul_into(c.q.slice(cols), dk.slice(cols).t(), true, ds.view_mut());
+                    if let Some(dv) = dv {
+                        F::matmul_into(pr.view(), dv.slice(mine), true, o.view_mut());
                     }
-                    for (mut row, prow) in ds.outer_iter_mut().zip(pr.outer_iter()) {
-                        let inner = row.iter().zip(prow).fold(F::zero(), |acc, (&a, &b)| acc + a * b);
-                        row.zip_mut_with(&prow, |g, &pj| *g = pj * (*g - inner) * scale);
-                    }
-                    F::matmul_into(ds.view(), c.v.slice(cols), true, o.view_mut());
                 }
-                if let Some(dv) = dv {
-                    F::matmul_into(pr.view(), dv.slice(cols), true, o.view_mut());
-                }
+                start += len;
             }
-            start += len;
         }
         Some(out)
     }
 
     /// The tangent of the pooled (and normalised) sentence embeddings from the last layer's
     /// token tangents `dh`.
-    fn pool_tangent(&self, hidden: &Array2<F>, batch: &TokenBatch, dh: &Array2<F>) -> Array2<F> {
+    fn pool_tangent(&self, hidden: &Array2<F>, batch: &TokenBatch, dh: ArrayView2<'_, F>) -> Array2<F> {
         let mut out = Array2::<F>::zeros((batch.len(), self.config().hidden_size));
         let mut start = 0;
         for (i, s) in batch.sentences().iter().enumerate() {
