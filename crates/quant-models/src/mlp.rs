@@ -1,7 +1,7 @@
 //! A multilayer perceptron with softmax cross-entropy; no hidden layers gives softmax
 //! regression.
 
-use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, s};
+use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, Zip, s};
 
 use crate::common::{accuracy_of, matrix, softmax_cross_entropy};
 use quant_hessian::{HessianError, Result};
@@ -360,6 +360,8 @@ struct MlpCurvature<'a, F> {
     probs: Array2<F>,
     /// `1 / rows`.
     inv: F,
+    /// Work arrays kept between products (one set per concurrent product).
+    work: std::sync::Mutex<Vec<MlpWork<F>>>,
 }
 
 impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
@@ -407,7 +409,7 @@ impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
             bend[l - 1] = &da * &second[l - 1];
             g = da * &slope[l - 1];
         }
-        Ok(Self { mlp, w, inputs, slope, bend, probs, inv })
+        Ok(Self { mlp, w, inputs, slope, bend, probs, inv, work: std::sync::Mutex::new(Vec::new()) })
     }
 
     /// `M_bb v` for the weight or bias of one layer.
@@ -417,49 +419,75 @@ impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
         let layers = mlp.widths.len() - 1;
         let (fi, fo) = (mlp.widths[m], mlp.widths[m + 1]);
         let v = v.as_standard_layout();
+        // Work arrays of this size are kept between products: fresh ones of a megabyte or more
+        // come from the kernel page by page on every call (a fifth of a product's time).
+        let mut work = self.work.lock().map(|mut pool| pool.pop()).unwrap_or(None).unwrap_or_else(|| self.new_work());
+        let MlpWork { z, a, g, grad } = &mut work;
         // Forward mode: the tangent of z_m, then of every layer above.
-        let mut rz = if is_bias {
-            let mut t = Array2::zeros((self.inputs[m].nrows(), fo));
-            t += &v;
-            t
+        if is_bias {
+            z[m].fill(F::zero());
+            z[m] += &v;
         } else {
             let vm = v.view().into_shape_with_order((fi, fo)).unwrap_or_else(|_| unreachable!("the block is fan_in × fan_out"));
-            self.inputs[m].dot(&vm)
-        };
-        let mut tangents = Vec::with_capacity(layers - m);
+            F::matmul_into(self.inputs[m].view(), vm, false, z[m].view_mut());
+        }
         for l in m + 1..layers {
             let (weight, _) = mlp.layer(self.w, l);
-            let ra = &rz * &self.slope[l - 1];
-            tangents.push(rz);
-            rz = ra.dot(&weight);
+            Zip::from(&mut a[l]).and(&z[l - 1]).and(&self.slope[l - 1]).for_each(|a, &z, &s| *a = z * s);
+            F::matmul_into(a[l].view(), weight.view(), false, z[l].view_mut());
         }
         // The softmax cross-entropy's Hessian of the logits: (diag p − p pᵀ) / n per row.
-        let mut rg = rz;
-        for (mut row, p) in rg.outer_iter_mut().zip(self.probs.outer_iter()) {
+        g[layers - 1].assign(&z[layers - 1]);
+        for (mut row, p) in g[layers - 1].outer_iter_mut().zip(self.probs.outer_iter()) {
             let inner = row.iter().zip(p).fold(F::zero(), |a, (&t, &pi)| a + t * pi);
             row.zip_mut_with(&p, |t, &pi| *t = pi * (*t - inner) * self.inv);
         }
         // Reverse: back to layer m.
         for l in (m + 1..layers).rev() {
             let (weight, _) = mlp.layer(self.w, l);
-            let mut back = rg.dot(&weight.t());
-            back *= &self.slope[l - 1];
+            let (below, above) = g.split_at_mut(l);
+            F::matmul_into(above[0].view(), weight.t(), false, below[l - 1].view_mut());
+            let zip = Zip::from(&mut below[l - 1]).and(&self.slope[l - 1]);
             if product == Product::Hessian {
-                let Some(rz_below) = tangents.pop() else { unreachable!("one tangent per layer") };
-                back += &(&self.bend[l - 1] * &rz_below);
+                zip.and(&self.bend[l - 1]).and(&z[l - 1]).for_each(|g, &s, &b, &z| *g = *g * s + b * z);
+            } else {
+                zip.for_each(|g, &s| *g = *g * s);
             }
-            rg = back;
         }
         if is_bias {
-            out.assign(&rg.sum_axis(Axis(0)));
+            out.assign(&g[m].sum_axis(Axis(0)));
         } else {
-            let g = self.inputs[m].t().dot(&rg);
-            out.iter_mut().zip(g.iter()).for_each(|(o, &v)| *o = v);
+            F::matmul_into(self.inputs[m].t(), g[m].view(), false, grad[m].view_mut());
+            out.iter_mut().zip(grad[m].iter()).for_each(|(o, &v)| *o = v);
         }
         if mlp.l2 > F::zero() {
             out.scaled_add(mlp.l2, &v);
         }
+        if let Ok(mut pool) = self.work.lock() {
+            pool.push(work);
+        }
     }
+
+    /// Work arrays for one product: per layer the tangents of its output and of its input
+    /// activation, the second-order reverse pass's array, and the weight's gradient.
+    fn new_work(&self) -> MlpWork<F> {
+        let (rows, w) = (self.inputs[0].nrows(), &self.mlp.widths);
+        let layers = w.len() - 1;
+        MlpWork {
+            z: (0..layers).map(|l| Array2::zeros((rows, w[l + 1]))).collect(),
+            a: (0..layers).map(|l| Array2::zeros((if l == 0 { 0 } else { rows }, w[l]))).collect(),
+            g: (0..layers).map(|l| Array2::zeros((rows, w[l + 1]))).collect(),
+            grad: (0..layers).map(|l| Array2::zeros((w[l], w[l + 1]))).collect(),
+        }
+    }
+}
+
+/// [`MlpCurvature`]'s work arrays for one product (see `new_work`).
+struct MlpWork<F> {
+    z: Vec<Array2<F>>,
+    a: Vec<Array2<F>>,
+    g: Vec<Array2<F>>,
+    grad: Vec<Array2<F>>,
 }
 
 impl<F: Real<Base = F>> BlockCurvature<F> for MlpCurvature<'_, F> {
