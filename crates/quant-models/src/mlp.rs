@@ -451,7 +451,7 @@ impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
             if product == Product::Hessian {
                 zip.and(&self.bend[l - 1]).and(&z[l - 1]).for_each(|g, &s, &b, &z| *g = *g * s + b * z);
             } else {
-                zip.for_each(|g, &s| *g = *g * s);
+                zip.for_each(|g, &s| *g *= s);
             }
         }
         if is_bias {
