@@ -22,13 +22,13 @@ struct EmbedReport {
     output: String,
 }
 
-fn bert_error(e: BertError) -> String {
+pub(crate) fn bert_error(e: BertError) -> String {
     e.to_string()
 }
 
 /// Replaces the model's tensors with the dequantized ones of a quantized checkpoint written
 /// by `quant quantize`; returns how many were replaced.
-fn apply_weights(model: &mut Bert<f32>, bytes: &[u8], path: &Path) -> Result<usize, String> {
+pub(crate) fn apply_weights(model: &mut Bert<f32>, bytes: &[u8], path: &Path) -> Result<usize, String> {
     let ckpt = QuantizedCheckpoint::parse(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut replaced = 0;
     for name in ckpt.entries().keys() {

