@@ -106,3 +106,41 @@ pub(crate) fn layer_norm_back<T: Real>(
     }
     (dx, dgain, dbias)
 }
+
+/// `a + b` for tangents where `None` is zero.
+pub(crate) fn add_tangent<F: Real>(a: Option<Array2<F>>, b: Option<&Array2<F>>) -> Option<Array2<F>> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            a += b;
+            Some(a)
+        }
+        (a, None) => a,
+        (None, Some(b)) => Some(b.clone()),
+    }
+}
+
+/// Block indices of one transformer encoder layer: `(weight, bias)` of each linear map and
+/// `(gain, bias)` of each norm.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerPairs {
+    pub(crate) q: (usize, usize),
+    pub(crate) k: (usize, usize),
+    pub(crate) v: (usize, usize),
+    pub(crate) out: (usize, usize),
+    pub(crate) norm1: (usize, usize),
+    pub(crate) ffn_in: (usize, usize),
+    pub(crate) ffn_out: (usize, usize),
+    pub(crate) norm2: (usize, usize),
+}
+
+impl LayerPairs {
+    /// Every pair, in parameter order.
+    pub(crate) fn all(&self) -> [(usize, usize); 8] {
+        [self.q, self.k, self.v, self.out, self.norm1, self.ffn_in, self.ffn_out, self.norm2]
+    }
+
+    /// Whether block `b` belongs to the layer.
+    pub(crate) fn holds(&self, b: usize) -> bool {
+        self.all().iter().any(|&(x, y)| x == b || y == b)
+    }
+}

@@ -57,17 +57,7 @@ impl EncoderConfig {
 }
 
 /// Block indices of one encoder layer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerBlocks {
-    pub(crate) q: (usize, usize),
-    pub(crate) k: (usize, usize),
-    pub(crate) v: (usize, usize),
-    pub(crate) out: (usize, usize),
-    pub(crate) norm1: (usize, usize),
-    pub(crate) ffn_in: (usize, usize),
-    pub(crate) ffn_out: (usize, usize),
-    pub(crate) norm2: (usize, usize),
-}
+pub(crate) type LayerBlocks = crate::common::LayerPairs;
 
 /// A BERT-style encoder classifier on sequences of feature vectors.
 ///

@@ -9,8 +9,8 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, Axis};
 use quant_hessian::{Batch, Block, BlockCurvature, HessianError, Product, Real, Result};
 
-use crate::common::{layer_norm_back, matrix, softmax_cross_entropy};
-use crate::encoder::{Encoder, LayerBlocks, LayerCache, LayerGrads, dot, flat};
+use crate::common::{add_tangent as add, layer_norm_back, matrix, softmax_cross_entropy};
+use crate::encoder::{Encoder, LayerCache, LayerGrads, dot, flat};
 use crate::mlp::Activation;
 
 /// An [`Encoder`] prepared at `w` on a batch.
@@ -60,17 +60,6 @@ struct LayerTangents<F> {
     z: Option<Array2<F>>,
     /// The second norm's input.
     r2: Option<Array2<F>>,
-}
-
-fn add<F: Real>(a: Option<Array2<F>>, b: Option<&Array2<F>>) -> Option<Array2<F>> {
-    match (a, b) {
-        (Some(mut a), Some(b)) => {
-            a += b;
-            Some(a)
-        }
-        (a, None) => a,
-        (None, Some(b)) => Some(b.clone()),
-    }
 }
 
 /// The tangent of a layer norm's normalised rows: `x̂̇ = r (ẋ − mean ẋ − x̂ mean(x̂ ẋ))`, and
@@ -131,7 +120,7 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
         } else if block == e.classifier.0 || block == e.classifier.1 {
             Site::Classifier
         } else {
-            Site::Layer(e.layer_blocks.iter().position(|lb| pairs(lb).iter().any(|&(a, b)| a == block || b == block)).unwrap_or(0))
+            Site::Layer(e.layer_blocks.iter().position(|lb| lb.holds(block)).unwrap_or(0))
         }
     }
 
@@ -203,7 +192,7 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
         let mut out = Vec::with_capacity(c.layers);
         for (lb, cache) in enc.layer_blocks.iter().zip(&self.caches) {
             let mut t = LayerTangents::default();
-            if e.is_none() && !pairs(lb).iter().any(|&(a, b)| a == inj.block || b == inj.block) {
+            if e.is_none() && !lb.holds(inj.block) {
                 out.push(t);
                 continue;
             }
@@ -315,6 +304,10 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
                 put(&mut rdy.sum_axis(Axis(0)).into_iter());
             }
         };
+        // A norm's gain gets Σ rdy ⊙ x̂, its bias Σ rdy.
+        let norm_grad = |rdy: &Array2<F>, xhat: &Array2<F>, (gb, _): (usize, usize), put: &mut dyn FnMut(&mut dyn Iterator<Item = F>)| {
+            put(&mut (if block == gb { (rdy * xhat).sum_axis(Axis(0)) } else { rdy.sum_axis(Axis(0)) }).into_iter());
+        };
         if site == Site::Classifier {
             linear_grad(&self.pooled, &rg, enc.classifier, &mut put);
             return;
@@ -333,7 +326,7 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
             let is = |pair: (usize, usize)| here && (pair.0 == block || pair.1 == block);
             // N2 = LN(N1 + FFN(N1)).
             if is(lb.norm2) {
-                put(&mut (if block == lb.norm2.0 { (&rde * &cache.xhat2).sum_axis(Axis(0)) } else { rde.sum_axis(Axis(0)) }).into_iter());
+                norm_grad(&rde, &cache.xhat2, lb.norm2, &mut put);
                 return;
             }
             let rdr2 = self.norm_back(&rde, &g.dn2, &cache.xhat2, &cache.inv_std2, lb.norm2.0, t.r2.as_ref());
@@ -354,7 +347,7 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
             rdn1 += &rdr2;
             // N1 = LN(E + Attention(E)).
             if is(lb.norm1) {
-                put(&mut (if block == lb.norm1.0 { (&rdn1 * &cache.xhat1).sum_axis(Axis(0)) } else { rdn1.sum_axis(Axis(0)) }).into_iter());
+                norm_grad(&rdn1, &cache.xhat1, lb.norm1, &mut put);
                 return;
             }
             let rdr1 = self.norm_back(&rdn1, &g.dn1, &cache.xhat1, &cache.inv_std1, lb.norm1.0, t.r1.as_ref());
@@ -429,11 +422,6 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
             put(&mut dpos.iter().copied());
         }
     }
-}
-
-/// The `(weight, bias)` / `(gain, bias)` pairs of a layer.
-fn pairs(lb: &LayerBlocks) -> [(usize, usize); 8] {
-    [lb.q, lb.k, lb.v, lb.out, lb.norm1, lb.ffn_in, lb.ffn_out, lb.norm2]
 }
 
 impl<F: Real<Base = F>> BlockCurvature<F> for EncoderCurvature<'_, F> {

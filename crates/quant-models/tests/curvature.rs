@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::toy_data;
+use common::{mlps, toy_data};
 use ndarray::{Array1, Array2, s};
 use quant_core::rng;
 use quant_hessian::{Autodiff, Batch, BlockOperator, HessianError, LinearOperator, Model, Product};
@@ -22,16 +22,6 @@ fn restricted<M: Autodiff<f64>>(m: &M, w: &Array1<f64>, batch: Batch<'_>, b: usi
 
 fn max_abs(a: &Array1<f64>) -> f64 {
     a.iter().fold(0.0, |m, x| m.max(x.abs()))
-}
-
-fn mlps() -> Vec<(&'static str, Mlp<f64>)> {
-    let (x, y) = toy_data(40, 5, 3, 1);
-    vec![
-        ("softmax", Mlp::softmax_regression(&x, &y, 3).expect("valid")),
-        ("relu", Mlp::new(&x, &y, &[6, 4], 3, Activation::Relu).expect("valid")),
-        ("tanh", Mlp::new(&x, &y, &[6], 3, Activation::Tanh).expect("valid").with_l2(1e-2).expect("valid")),
-        ("gelu", Mlp::new(&x, &y, &[7, 5], 3, Activation::Gelu).expect("valid")),
-    ]
 }
 
 #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use approx::assert_relative_eq;
-use common::{fd_hessian, toy_data};
+use common::{fd_hessian, mlps, toy_data};
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, array};
 use quant_hessian::{
     Autodiff, Batch, Block, HessianError, HessianOperator, HvpKind, LinearOperator, MatrixBlock, Model, finite_difference_hvp,
@@ -21,16 +21,6 @@ fn hvp<M: Autodiff<f64>>(m: &M, w: &Array1<f64>, v: &Array1<f64>, batch: Batch<'
     let mut out = Array1::zeros(m.dim());
     m.hvp_into(w.view(), v.view(), batch, out.view_mut()).expect("hvp");
     out
-}
-
-fn mlps() -> Vec<(&'static str, Mlp<f64>)> {
-    let (x, y) = toy_data(40, 5, 3, 1);
-    vec![
-        ("softmax", Mlp::softmax_regression(&x, &y, 3).expect("valid")),
-        ("relu", Mlp::new(&x, &y, &[6, 4], 3, Activation::Relu).expect("valid")),
-        ("tanh", Mlp::new(&x, &y, &[6], 3, Activation::Tanh).expect("valid").with_l2(1e-2).expect("valid")),
-        ("gelu", Mlp::new(&x, &y, &[7, 5], 3, Activation::Gelu).expect("valid")),
-    ]
 }
 
 #[test]

@@ -209,6 +209,11 @@ impl<'a, F: Real<Base = F>> DistillCurvature<'a, F> {
         Ok(Self { loss, w, batch, sentences, full, layout, model_block, hidden, caches, at_loaded, scale })
     }
 
+    /// The whole-model exact product, for the Hessian away from the loaded weights.
+    fn padded(&self) -> quant_hessian::Result<PaddedCurvature<'_, F, SelfDistillation<F>>> {
+        PaddedCurvature::new(self.loss, self.w, self.batch)
+    }
+
     /// Whether the Gauss-Newton form answers `product` here.
     fn gauss_newton_answers(&self, product: Product) -> bool {
         product == Product::GaussNewton || (product == Product::Hessian && self.at_loaded)
@@ -261,7 +266,7 @@ impl<F: Real<Base = F>> BlockCurvature<F> for DistillCurvature<'_, F> {
             self.gauss_newton(block, v.insert_axis(Axis(0)), out.insert_axis(Axis(0)));
             return Ok(());
         }
-        PaddedCurvature::new(self.loss, self.w, self.batch)?.block_product_into(product, block, v, out)
+        self.padded()?.block_product_into(product, block, v, out)
     }
 
     /// One forward-mode pass for all the vectors (their tangents stacked), then a reverse pass
@@ -278,8 +283,7 @@ impl<F: Real<Base = F>> BlockCurvature<F> for DistillCurvature<'_, F> {
         }
         quant_hessian::check_block_product(&self.loss.blocks, block, v.ncols(), out.ncols())?;
         if !self.gauss_newton_answers(product) {
-            let padded = PaddedCurvature::new(self.loss, self.w, self.batch)?;
-            return padded.block_products_into(product, block, v, out);
+            return self.padded()?.block_products_into(product, block, v, out);
         }
         self.gauss_newton(block, v, out);
         Ok(())
@@ -296,8 +300,7 @@ impl<F: Real<Base = F>> BlockCurvature<F> for DistillCurvature<'_, F> {
         quant_hessian::check_block_product(&self.loss.blocks, block, v.ncols(), v.ncols())?;
         check_len(v.nrows(), out.len())?;
         if !self.gauss_newton_answers(product) {
-            let padded = PaddedCurvature::new(self.loss, self.w, self.batch)?;
-            return padded.block_quadratic_forms_into(product, block, v, out);
+            return self.padded()?.block_quadratic_forms_into(product, block, v, out);
         }
         let je = self.tangents(block, v);
         let n = self.sentences.len();

@@ -15,18 +15,8 @@ use super::config::{BertConfig, HiddenAct, Pooling, PoolingMode};
 use super::error::{BertError, Result};
 use super::tokenize::TokenBatch;
 
-/// Block indices of one encoder layer: `(weight, bias)` pairs and `(gain, bias)` norms.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LayerIdx {
-    pub(crate) q: (usize, usize),
-    pub(crate) k: (usize, usize),
-    pub(crate) v: (usize, usize),
-    pub(crate) out: (usize, usize),
-    pub(crate) norm1: (usize, usize),
-    pub(crate) ffn_in: (usize, usize),
-    pub(crate) ffn_out: (usize, usize),
-    pub(crate) norm2: (usize, usize),
-}
+/// Block indices of one encoder layer.
+pub(crate) type LayerIdx = crate::common::LayerPairs;
 
 /// Where each tensor lives in the flat parameter vector.
 #[derive(Debug, Clone)]

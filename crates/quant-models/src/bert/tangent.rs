@@ -11,6 +11,7 @@ use quant_hessian::Real;
 use super::config::PoolingMode;
 use super::model::{Bert, Caches, LayerCache, LayerIdx, Params};
 use super::tokenize::TokenBatch;
+use crate::common::add_tangent as add;
 
 /// Tangents injected at one tensor: block `block` moves along each row of `v`.
 #[derive(Clone, Copy)]
@@ -30,18 +31,6 @@ fn tile_mul<F: Real>(t: &mut Array2<F>, primal: &Array2<F>) {
 fn add_rows<F: Real>(t: &mut Array2<F>, rows: usize, v: ArrayView2<'_, F>) {
     for (mut chunk, vi) in t.exact_chunks_mut((rows, v.ncols())).into_iter().zip(v.outer_iter()) {
         chunk += &vi;
-    }
-}
-
-/// `a + b` where `None` is a zero tangent.
-fn add<F: Real>(a: Option<Array2<F>>, b: Option<&Array2<F>>) -> Option<Array2<F>> {
-    match (a, b) {
-        (Some(mut a), Some(b)) => {
-            a += b;
-            Some(a)
-        }
-        (a, None) => a,
-        (None, Some(b)) => Some(b.clone()),
     }
 }
 
@@ -108,8 +97,7 @@ impl<F: Real<Base = F>> Bert<F> {
         x: Option<Array2<F>>,
         inj: Inject<'_, F>,
     ) -> Option<Array2<F>> {
-        let pairs = [l.q, l.k, l.v, l.out, l.norm1, l.ffn_in, l.ffn_out, l.norm2];
-        if x.is_none() && !pairs.iter().any(|&(a, b)| a == inj.block || b == inj.block) {
+        if x.is_none() && !l.holds(inj.block) {
             return None;
         }
         let q = self.linear_tangent(p, &c.input, x.as_ref(), l.q, inj);

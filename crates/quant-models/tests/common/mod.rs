@@ -119,3 +119,16 @@ pub(crate) fn with_spectrum(eigs: &[f64], seed: u64) -> Array2<f64> {
     // Exact symmetry.
     Array2::from_shape_fn((n, n), |(i, j)| if i <= j { a[[i, j]] } else { a[[j, i]] })
 }
+
+/// The four reference MLPs of the model tests: softmax regression, ReLU, tanh with L2, GELU,
+/// on 40 seeded samples of 5 features and 3 classes.
+pub(crate) fn mlps() -> Vec<(&'static str, quant_models::Mlp<f64>)> {
+    use quant_models::{Activation, Mlp};
+    let (x, y) = toy_data(40, 5, 3, 1);
+    vec![
+        ("softmax", Mlp::softmax_regression(&x, &y, 3).expect("valid")),
+        ("relu", Mlp::new(&x, &y, &[6, 4], 3, Activation::Relu).expect("valid")),
+        ("tanh", Mlp::new(&x, &y, &[6], 3, Activation::Tanh).expect("valid").with_l2(1e-2).expect("valid")),
+        ("gelu", Mlp::new(&x, &y, &[7, 5], 3, Activation::Gelu).expect("valid")),
+    ]
+}
