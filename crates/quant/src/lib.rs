@@ -77,6 +77,13 @@ pub mod pipeline {
     pub use quant_qbert::{QbertError, Result};
 }
 
+/// Hessian sensitivity of a BERT-family checkpoint's matrices on calibration text: Q-BERT's
+/// top eigenvalues and Ω, HAWQ-V2's average trace, and each candidate quantization's
+/// second-order and measured loss increase (the `quant-qbert` crate's `sensitivity`).
+pub mod sensitivity {
+    pub use quant_qbert::sensitivity::*;
+}
+
 /// Adam training and quantization-aware training with the STE (the `quant-qbert` crate).
 pub mod train {
     pub use quant_qbert::train::*;

@@ -105,6 +105,26 @@ impl<F: Real<Base = F>> Model for SelfDistillation<F> {
 }
 
 impl<F: Real<Base = F>> SelfDistillation<F> {
+    /// The loss alone at `w` on `batch` (one forward pass, no gradient).
+    ///
+    /// # Errors
+    /// [`HessianError::ShapeMismatch`] for a `w` of the wrong length, the batch's errors,
+    /// [`HessianError::NonFinite`] for a loss that is not finite.
+    pub fn loss(&self, w: ArrayView1<'_, F>, batch: Batch<'_>) -> quant_hessian::Result<F> {
+        check_len(self.dim(), w.len())?;
+        batch.check(self.samples())?;
+        let (sub, targets) = self.batch_of(batch)?;
+        let p = Params { w, w0: self.model.weights(), at: &self.at, out: &self.at, stop: None };
+        let hidden = self.model.encode(&p, &sub, None);
+        let e = self.model.pool(&hidden, &sub);
+        let sum = e.iter().zip(targets.iter()).fold(F::zero(), |acc, (&a, &t)| acc + (a - t) * (a - t));
+        let loss = sum / F::cast(sub.len() as f64);
+        if !loss.is_finite() {
+            return Err(HessianError::NonFinite { index: 0 });
+        }
+        Ok(loss)
+    }
+
     /// The batch's sentences and their target embeddings.
     fn batch_of(&self, batch: Batch<'_>) -> quant_hessian::Result<(std::borrow::Cow<'_, TokenBatch>, Array2<F>)> {
         Ok(match batch {

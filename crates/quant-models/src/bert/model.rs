@@ -238,6 +238,14 @@ impl<F: Real<Base = F>> Bert<F> {
         self.layout.layers.iter().flat_map(|l| [l.q.0, l.k.0, l.v.0, l.out.0, l.ffn_in.0, l.ffn_out.0]).collect()
     }
 
+    /// The shape of the tensor named `name` (as in [`blocks`](Self::blocks)) as the checkpoint
+    /// stores it (`out × in` for a linear weight), or `None` for a name the model does not
+    /// have.
+    pub fn tensor_shape(&self, name: &str) -> Option<Vec<usize>> {
+        let b = self.blocks.iter().position(|x| x.name() == name)?;
+        tensor_names(&self.config).into_iter().nth(b).map(|(_, shape)| shape)
+    }
+
     /// The indices of the embedding tables (word, position, token type).
     pub fn embedding_tables(&self) -> Vec<usize> {
         vec![self.layout.word, self.layout.position, self.layout.token_type]

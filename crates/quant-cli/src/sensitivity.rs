@@ -1,0 +1,99 @@
+//! `quant sensitivity`: per-matrix Hessian sensitivity of a BERT-family checkpoint on
+//! calibration text, written as JSON.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use quant::models::bert::{Bert, BertTokenizer, TextLines};
+use quant::quantizers::{GranularityRule, ParamDtype};
+use quant::sensitivity::{Candidate, SensitivityParams, SensitivityReport, bert_sensitivity};
+use serde::Serialize;
+
+use crate::embed::bert_error;
+
+pub(crate) struct SensitivityArgs {
+    pub(crate) model_dir: PathBuf,
+    pub(crate) calibration: PathBuf,
+    pub(crate) subsets: usize,
+    pub(crate) per_subset: usize,
+    pub(crate) seed: u64,
+    pub(crate) bits: Vec<u8>,
+    pub(crate) granularity: Vec<GranularityRule>,
+    pub(crate) param_dtype: ParamDtype,
+    pub(crate) trace_budget: usize,
+    pub(crate) include_embeddings: bool,
+    pub(crate) output: PathBuf,
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+}
+
+/// The file `-o` writes: where the numbers came from, then the report.
+#[derive(Serialize)]
+struct SensitivityFile<'a> {
+    model: String,
+    calibration: String,
+    calibration_sentences: usize,
+    seconds: f64,
+    #[serde(flatten)]
+    report: &'a SensitivityReport,
+}
+
+pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
+    let start = Instant::now();
+    let dir = if a.model_dir.is_file() { a.model_dir.parent().map(Path::to_path_buf).unwrap_or_default() } else { a.model_dir.clone() };
+    let lines = TextLines::read(&a.calibration).map_err(bert_error)?;
+    let model = Bert::<f32>::load(&dir).map_err(bert_error)?;
+    let tokenizer = BertTokenizer::from_dir(&dir, model.config().max_position_embeddings).map_err(bert_error)?;
+    let batch = tokenizer.encode(&lines.sentences).map_err(bert_error)?;
+    let mut tensors = model.weight_matrices();
+    if a.include_embeddings {
+        tensors.extend(model.embedding_tables());
+    }
+    let params = SensitivityParams {
+        subsets: a.subsets,
+        per_subset: a.per_subset,
+        seed: a.seed,
+        trace_budget: a.trace_budget,
+        candidates: Candidate::grid(&a.bits, &a.granularity).into_iter().map(|c| Candidate { param_dtype: a.param_dtype, ..c }).collect(),
+        ..SensitivityParams::default()
+    };
+    if !a.quiet {
+        eprintln!(
+            "sensitivity of {} tensor(s) on {} subsets of {} of the {} sentence(s) in {}, {} candidate(s) each",
+            tensors.len(),
+            a.subsets,
+            a.per_subset,
+            lines.sentences.len(),
+            a.calibration.display(),
+            params.candidates.len()
+        );
+    }
+    let report = bert_sensitivity(&model, &batch, &tensors, &params).map_err(|e| e.to_string())?;
+    let file = SensitivityFile {
+        model: dir.display().to_string(),
+        calibration: a.calibration.display().to_string(),
+        calibration_sentences: lines.sentences.len(),
+        seconds: start.elapsed().as_secs_f64(),
+        report: &report,
+    };
+    let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
+    std::fs::write(&a.output, &text).map_err(|e| format!("cannot write {}: {e}", a.output.display()))?;
+    if a.json {
+        println!("{text}");
+        return Ok(());
+    }
+    if !a.quiet {
+        println!("{:<56} {:>10} {:>10} {:>10} {:>12}", "tensor", "mean", "std", "Omega", "Tr(H)/n");
+        for m in &report.matrices {
+            println!("{:<56} {:>10.4e} {:>10.4e} {:>10.4e} {:>12.4e}", m.name, m.mean, m.std, m.omega, m.average_trace);
+        }
+        for s in &report.stages {
+            println!(
+                "{}: {} block products, {} quadratic forms, {} loss evaluations, {:.1} s",
+                s.name, s.block_products, s.quadratic_forms, s.loss_evaluations, s.seconds
+            );
+        }
+        println!("wrote {} in {:.1} s", a.output.display(), file.seconds);
+    }
+    Ok(())
+}

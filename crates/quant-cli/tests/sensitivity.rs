@@ -1,0 +1,101 @@
+//! `quant sensitivity` on the tiny golden checkpoint of quant-models (no download).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn quant(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quant")).args(args).output().expect("the binary runs")
+}
+
+fn model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../quant-models/tests/data/bert/plain")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("quant-sens-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn writes_the_report_and_refuses_too_few_sentences() -> TestResult {
+    let d = scratch("basic");
+    let text = d.join("cal.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat\na dog ran in the park\nhello world\nshe sells sea shells\nthe quick brown fox\nover the lazy dog\n",
+    )?;
+    let out = d.join("sens.json");
+    let dir = model();
+    let args = [
+        "sensitivity",
+        s(&dir),
+        "--calibration",
+        s(&text),
+        "--subsets",
+        "2",
+        "--per-subset",
+        "3",
+        "--bits",
+        "8,3",
+        "--granularity",
+        "group:16",
+        "-o",
+        s(&out),
+        "--quiet",
+    ];
+    let o = quant(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out)?)?;
+    assert_eq!(r["sentences"], 6);
+    assert_eq!(r["calibration_sentences"], 6);
+    let matrices = r["matrices"].as_array().ok_or("matrices")?;
+    assert_eq!(matrices.len(), 12);
+    for m in matrices {
+        assert_eq!(m["eigenvalues"].as_array().map(Vec::len), Some(2));
+        let c = m["candidates"].as_array().ok_or("candidates")?;
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0]["candidate"]["bits"], 8);
+        assert!(c[1]["quadratic"].as_f64() > c[0]["quadratic"].as_f64(), "{m}");
+    }
+    assert_eq!(r["stages"].as_array().map(Vec::len), Some(3));
+    // Same seed, same numbers.
+    let again = d.join("again.json");
+    let mut args2 = args.to_vec();
+    let at = args2.iter().position(|a| *a == s(&out)).ok_or("the -o argument")?;
+    args2[at] = s(&again);
+    assert!(quant(&args2).status.success());
+    let r2: serde_json::Value = serde_json::from_slice(&std::fs::read(&again)?)?;
+    assert_eq!(r["matrices"], r2["matrices"]);
+    // More sentences than the file has: an error naming the counts, and no output written.
+    let none = d.join("none.json");
+    let o = quant(&["sensitivity", s(&model()), "--calibration", s(&text), "--subsets", "4", "--per-subset", "2", "-o", s(&none)]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("8 calibration sentences are needed") && e.contains("has 6"), "{e}");
+    assert!(!none.exists());
+    // A bad width is the core's error.
+    let o = quant(&[
+        "sensitivity",
+        s(&model()),
+        "--calibration",
+        s(&text),
+        "--subsets",
+        "2",
+        "--per-subset",
+        "3",
+        "--bits",
+        "9",
+        "-o",
+        s(&none),
+    ]);
+    assert!(!o.status.success() && !none.exists());
+    Ok(())
+}

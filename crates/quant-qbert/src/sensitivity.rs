@@ -1,0 +1,374 @@
+//! Hessian sensitivity of a BERT-family checkpoint's weight matrices on calibration text:
+//! Q-BERT's top eigenvalues and Ω, HAWQ-V2's average trace, and for each candidate
+//! quantization the second-order loss increase `½ dᵀ H d` and the measured one.
+//!
+//! The loss is the label-free self-distillation loss
+//! ([`SelfDistillation`](quant_models::bert::SelfDistillation)) over the chosen calibration
+//! sentences, with the matrices as variables; at the loaded weights its Hessian is the
+//! Gauss-Newton matrix, so every block product is one forward-mode pass from the matrix's
+//! layer and one reverse pass back to it, and every quadratic form a forward-mode pass alone.
+
+use std::time::Instant;
+
+use ndarray::{Array1, Array2, s};
+use quant_core::{GranularityRule, MethodParams, ParamDtype, rng};
+use quant_hessian::{
+    BlockOperator, HutchPlusPlus, Lanczos, Model, OperatorExt, Product, QbertParams, TopEigen, qbert_statistics_for, split_subsets,
+};
+use quant_models::bert::{Bert, SelfDistillation, TokenBatch};
+
+use crate::error::{QbertError, Result};
+
+/// One candidate quantization of a matrix: min-max uniform codes of `bits`, with the
+/// granularity rule resolved on the matrix as stored (`out × in`, so `group:G` groups along
+/// the input) and the parameter storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Candidate {
+    /// Code width, 2 to 8.
+    pub bits: u8,
+    /// Which weights share a scale and offset.
+    pub granularity: GranularityRule,
+    /// How the scales and offsets are stored.
+    pub param_dtype: ParamDtype,
+}
+
+impl core::fmt::Display for Candidate {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} bits, {}, {} parameters", self.bits, self.granularity, self.param_dtype)
+    }
+}
+
+impl Candidate {
+    /// The method this candidate is for a matrix of `shape`.
+    ///
+    /// # Errors
+    /// The core's errors for a width, granularity or storage that does not apply.
+    pub fn method(&self, shape: &[usize]) -> Result<quant_core::Method> {
+        let params = MethodParams {
+            bits: self.bits,
+            granularity: self.granularity.resolve(shape)?,
+            param_dtype: self.param_dtype,
+            ..MethodParams::default()
+        };
+        Ok(params.check()?)
+    }
+
+    /// Every combination of the widths and granularities, with `f32` parameters.
+    pub fn grid(bits: &[u8], granularities: &[GranularityRule]) -> Vec<Candidate> {
+        bits.iter()
+            .flat_map(|&b| granularities.iter().map(move |&g| Candidate { bits: b, granularity: g, param_dtype: ParamDtype::default() }))
+            .collect()
+    }
+}
+
+/// Parameters of [`bert_sensitivity`] (a record; checked when run).
+///
+/// | Name | Default | Purpose | Range |
+/// |---|---|---|---|
+/// | `subsets` | 10 | calibration subsets (Q-BERT's choice) | `≥ 1` |
+/// | `per_subset` | 32 | sentences per subset | `≥ 1` |
+/// | `seed` | 0 | the choice and split of the sentences, every solver start and probe | any |
+/// | `lanczos_tol` | 1e-3 | relative residual of each top eigenvalue | `(0, 1)` |
+/// | `trace_budget` | 9 | Hutch++ products per matrix and subset | `≥ 3` |
+/// | `candidates` | 2, 3, 4, 6, 8 bits × groups of 32 and 128 | the quantizations scored | non-empty |
+#[derive(Debug, Clone, PartialEq)]
+pub struct SensitivityParams {
+    /// Calibration subsets.
+    pub subsets: usize,
+    /// Sentences per subset.
+    pub per_subset: usize,
+    /// Seed of the sentence choice and split, the Lanczos starts and the Hutch++ probes.
+    pub seed: u64,
+    /// Relative residual tolerance of the top eigenvalues.
+    pub lanczos_tol: f64,
+    /// Hutch++ products per matrix and subset.
+    pub trace_budget: usize,
+    /// The candidate quantizations.
+    pub candidates: Vec<Candidate>,
+}
+
+impl Default for SensitivityParams {
+    fn default() -> Self {
+        Self {
+            subsets: 10,
+            per_subset: 32,
+            seed: 0,
+            lanczos_tol: 1e-3,
+            trace_budget: 9,
+            candidates: Candidate::grid(&[2, 3, 4, 6, 8], &[GranularityRule::Group { size: 32 }, GranularityRule::Group { size: 128 }]),
+        }
+    }
+}
+
+impl SensitivityParams {
+    /// Checks the ranges above.
+    ///
+    /// # Errors
+    /// [`QbertError::InvalidParameter`], [`QbertError::Empty`] for no candidates.
+    pub fn check(self) -> Result<Self> {
+        let bad = |what: &'static str, value: f64| Err(QbertError::InvalidParameter { what, value });
+        if self.subsets == 0 {
+            return bad("subsets", 0.0);
+        }
+        if self.per_subset == 0 {
+            return bad("per_subset", 0.0);
+        }
+        if !(self.lanczos_tol > 0.0 && self.lanczos_tol < 1.0) {
+            return bad("lanczos_tol", self.lanczos_tol);
+        }
+        if self.trace_budget < 3 {
+            return bad("trace_budget", self.trace_budget as f64);
+        }
+        if self.candidates.is_empty() {
+            return Err(QbertError::Empty { what: "candidates" });
+        }
+        Ok(self)
+    }
+}
+
+/// A candidate's effect on one matrix.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct CandidateSensitivity {
+    /// The candidate.
+    pub candidate: Candidate,
+    /// Bits per weight of the quantized matrix, its parameters included.
+    pub bits_per_weight: f64,
+    /// `‖d‖²` for `d = Q(W) − W`.
+    pub perturbation: f64,
+    /// `½ dᵀ H d` over all the calibration sentences used (the loss's second-order increase).
+    pub quadratic: f64,
+    /// The loss at `W₀ + d` (the measured increase: the loss is 0 at `W₀`).
+    pub measured: f64,
+}
+
+/// One matrix's sensitivity.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MatrixSensitivity {
+    /// The tensor's name in the checkpoint.
+    pub name: String,
+    /// Its shape as stored (`out × in`).
+    pub shape: Vec<usize>,
+    /// The top eigenvalue of its Hessian block on each subset (negative values are kept).
+    pub eigenvalues: Vec<f64>,
+    /// Whether each subset's Lanczos run met its tolerance.
+    pub converged: Vec<bool>,
+    /// Mean of `eigenvalues`.
+    pub mean: f64,
+    /// Population standard deviation of `eigenvalues`.
+    pub std: f64,
+    /// Q-BERT's `Ω = |mean| + std`.
+    pub omega: f64,
+    /// HAWQ-V2's `Tr(H_i) / n_i`, averaged over the subsets (Hutch++ on each).
+    pub average_trace: f64,
+    /// The standard error of `average_trace` (the probes' part, combined over subsets).
+    pub average_trace_std_error: f64,
+    /// Each candidate's effect.
+    pub candidates: Vec<CandidateSensitivity>,
+}
+
+/// Work and time of one stage.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Stage {
+    /// What the stage computes.
+    pub name: String,
+    /// Block Hessian-vector products (a forward-mode and a reverse pass each).
+    pub block_products: usize,
+    /// Quadratic forms `dᵀ H d` (a forward-mode pass each).
+    pub quadratic_forms: usize,
+    /// Loss evaluations (a forward pass over the chosen sentences each).
+    pub loss_evaluations: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The result of [`bert_sensitivity`].
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct SensitivityReport {
+    /// Calibration sentences used (`subsets × per_subset`).
+    pub sentences: usize,
+    /// Their tokens.
+    pub tokens: usize,
+    /// Subsets.
+    pub subsets: usize,
+    /// The seed.
+    pub seed: u64,
+    /// Per matrix, in the model's order.
+    pub matrices: Vec<MatrixSensitivity>,
+    /// Per stage: eigenvalues, traces and quadratic forms, measured losses.
+    pub stages: Vec<Stage>,
+}
+
+/// Sensitivities of the tensors `tensors` (indices into [`Bert::blocks`], for example
+/// [`Bert::weight_matrices`]) of `model` on `subsets × per_subset` sentences chosen from
+/// `calibration` by a seeded permutation and split into consecutive subsets.
+///
+/// # Errors
+/// [`QbertError::TooFewSentences`]; the parameters' errors; the model's and the engine's.
+pub fn bert_sensitivity(
+    model: &Bert<f32>,
+    calibration: &TokenBatch,
+    tensors: &[usize],
+    params: &SensitivityParams,
+) -> Result<SensitivityReport> {
+    let params = params.clone().check()?;
+    let (subsets, per) = (params.subsets, params.per_subset);
+    let needed = subsets * per;
+    if calibration.len() < needed {
+        return Err(QbertError::TooFewSentences { needed, subsets, per_subset: per, available: calibration.len() });
+    }
+    let order = rng::permutation(calibration.len(), params.seed);
+    let chosen = TokenBatch::new(order[..needed].iter().map(|&i| calibration.sentences()[i].clone()).collect())?;
+    let tokens = chosen.tokens();
+    let loss = SelfDistillation::with_variables(model.clone(), chosen, tensors)?;
+    let w0 = loss.weights().to_owned();
+    let parts = split_subsets(needed, subsets, params.seed)?;
+    let mut stages = Vec::new();
+
+    // Stage 1: top eigenvalues (Lanczos) on every subset.
+    let start = Instant::now();
+    let lanczos = Lanczos::builder().tol(params.lanczos_tol).smallest(false).check()?;
+    let qp = QbertParams { subsets, seed: params.seed, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian };
+    let all: Vec<usize> = (0..needed).collect();
+    let blocks: Vec<usize> = (0..loss.blocks().len()).collect();
+    let stats = qbert_statistics_for(&loss, w0.view(), &all, &blocks, &qp)?;
+    let products: usize = stats.iter().map(|s| s.hvps).sum();
+    stages.push(Stage {
+        name: "top eigenvalues (Lanczos)".into(),
+        block_products: products,
+        quadratic_forms: 0,
+        loss_evaluations: 0,
+        seconds: start.elapsed().as_secs_f64(),
+    });
+
+    // The candidates' perturbations d = Q(W) − W, per matrix (rows: candidates).
+    let mut shapes = Vec::with_capacity(blocks.len());
+    let mut perturbations: Vec<Array2<f32>> = Vec::with_capacity(blocks.len());
+    let mut bits_per_weight: Vec<Vec<f64>> = Vec::with_capacity(blocks.len());
+    for block in loss.blocks() {
+        let shape = model.tensor_shape(block.name()).ok_or(QbertError::Empty { what: "tensor of that name" })?;
+        let w = w0.slice(s![block.range()]);
+        let wm =
+            w.to_shape(shape.as_slice()).map_err(|_| QbertError::InvalidParameter { what: "tensor shape", value: block.len() as f64 })?;
+        let mut d = Array2::zeros((params.candidates.len(), block.len()));
+        let mut bpw = Vec::with_capacity(params.candidates.len());
+        for (c, cand) in params.candidates.iter().enumerate() {
+            let q = cand.method(&shape)?.quantize(&wm)?;
+            bpw.push(q.bits_per_weight());
+            let deq = q.dequantize();
+            d.row_mut(c).iter_mut().zip(deq.iter().zip(w.iter())).for_each(|(o, (&a, &b))| *o = a - b);
+        }
+        shapes.push(shape);
+        perturbations.push(d);
+        bits_per_weight.push(bpw);
+    }
+
+    // Stage 2: traces (Hutch++) and quadratic forms, one preparation per subset.
+    let start = Instant::now();
+    let nb = blocks.len();
+    let mut trace_sum = vec![0.0f64; nb];
+    let mut trace_var = vec![0.0f64; nb];
+    let mut quad = vec![vec![0.0f64; params.candidates.len()]; nb];
+    let (mut trace_products, mut forms) = (0usize, 0usize);
+    for (si, subset) in parts.iter().enumerate() {
+        let curvature = quant_hessian::Autodiff::curvature(&loss, w0.view(), quant_hessian::Batch::Indices(subset))?;
+        let job = |&b: &usize| -> Result<(f64, f64, usize, Array1<f32>)> {
+            let op = BlockOperator::new(&*curvature, Product::Hessian, b)?;
+            let hpp = HutchPlusPlus::new(params.trace_budget, qp.pair_seed(b, si))?;
+            let t = op.hutch_plus_plus(&hpp)?;
+            let d = &perturbations[b];
+            let mut q = Array1::zeros(d.nrows());
+            curvature.block_quadratic_forms_into(Product::Hessian, b, d.view(), q.view_mut())?;
+            Ok((t.trace, t.std_error, t.hvps, q))
+        };
+        #[cfg(feature = "rayon")]
+        let results: Vec<Result<(f64, f64, usize, Array1<f32>)>> = {
+            use rayon::prelude::*;
+            blocks.par_iter().map(job).collect()
+        };
+        #[cfg(not(feature = "rayon"))]
+        let results: Vec<Result<(f64, f64, usize, Array1<f32>)>> = blocks.iter().map(job).collect();
+        for (b, r) in results.into_iter().enumerate() {
+            let (t, se, hvps, q) = r?;
+            trace_sum[b] += t;
+            trace_var[b] += se * se;
+            trace_products += hvps;
+            forms += q.len();
+            for (acc, &v) in quad[b].iter_mut().zip(&q) {
+                *acc += f64::from(v);
+            }
+        }
+    }
+    stages.push(Stage {
+        name: "traces (Hutch++) and quadratic forms".into(),
+        block_products: trace_products,
+        quadratic_forms: forms,
+        loss_evaluations: 0,
+        seconds: start.elapsed().as_secs_f64(),
+    });
+
+    // Stage 3: the measured loss at W₀ + d on all the chosen sentences.
+    let start = Instant::now();
+    let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|b| (0..params.candidates.len()).map(move |c| (b, c))).collect();
+    let measure = |&(b, c): &(usize, usize)| -> Result<f64> {
+        let mut w = w0.clone();
+        let r = loss.blocks()[b].range();
+        w.slice_mut(s![r.clone()]).zip_mut_with(&perturbations[b].row(c), |x, &d| *x += d);
+        Ok(f64::from(loss.loss(w.view(), quant_hessian::Batch::All)?))
+    };
+    #[cfg(feature = "rayon")]
+    let measured: Vec<Result<f64>> = {
+        use rayon::prelude::*;
+        pairs.par_iter().map(measure).collect()
+    };
+    #[cfg(not(feature = "rayon"))]
+    let measured: Vec<Result<f64>> = pairs.iter().map(measure).collect();
+    let measured: Vec<f64> = measured.into_iter().collect::<Result<_>>()?;
+    stages.push(Stage {
+        name: "measured losses".into(),
+        block_products: 0,
+        quadratic_forms: 0,
+        loss_evaluations: pairs.len(),
+        seconds: start.elapsed().as_secs_f64(),
+    });
+
+    let s_count = subsets as f64;
+    let matrices = stats
+        .into_iter()
+        .enumerate()
+        .map(|(b, st)| {
+            let n = st.params as f64;
+            let candidates = params
+                .candidates
+                .iter()
+                .enumerate()
+                .map(|(c, &candidate)| CandidateSensitivity {
+                    candidate,
+                    bits_per_weight: bits_per_weight[b][c],
+                    perturbation: perturbations[b].row(c).iter().map(|&x| f64::from(x) * f64::from(x)).sum(),
+                    // The loss is a mean over sentences and the subsets are of equal size: the
+                    // Hessian on all of them is the mean of the subsets'.
+                    quadratic: 0.5 * quad[b][c] / s_count,
+                    measured: measured[b * params.candidates.len() + c],
+                })
+                .collect();
+            MatrixSensitivity {
+                name: st.name,
+                shape: shapes[b].clone(),
+                eigenvalues: st.eigenvalues,
+                converged: st.converged,
+                mean: st.mean,
+                std: st.std,
+                omega: st.omega,
+                average_trace: trace_sum[b] / s_count / n,
+                average_trace_std_error: trace_var[b].sqrt() / s_count / n,
+                candidates,
+            }
+        })
+        .collect();
+    Ok(SensitivityReport { sentences: needed, tokens, subsets, seed: params.seed, matrices, stages })
+}

@@ -1,0 +1,97 @@
+//! Sensitivity of the tiny golden BERT checkpoint (quant-models' test data) on a few sentences.
+
+use std::path::Path;
+
+use quant_core::GranularityRule;
+use quant_models::bert::{Bert, BertTokenizer, TokenBatch};
+use quant_qbert::QbertError;
+use quant_qbert::sensitivity::{Candidate, SensitivityParams, bert_sensitivity};
+
+fn setup() -> (Bert<f32>, TokenBatch) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quant-models/tests/data/bert/plain");
+    let model = Bert::<f32>::load(&dir).expect("loads");
+    let tok = BertTokenizer::from_dir(&dir, 16).expect("tokenizer");
+    let text = [
+        "the cat sat on the mat",
+        "a dog ran in the park",
+        "hello world",
+        "she sells sea shells",
+        "the quick brown fox jumps",
+        "over the lazy dog",
+    ];
+    (model, tok.encode(&text).expect("encodes"))
+}
+
+fn params(seed: u64) -> SensitivityParams {
+    SensitivityParams {
+        subsets: 2,
+        per_subset: 3,
+        seed,
+        lanczos_tol: 1e-4,
+        trace_budget: 6,
+        candidates: Candidate::grid(&[8, 2], &[GranularityRule::Group { size: 16 }]),
+    }
+}
+
+#[test]
+fn the_second_order_form_predicts_small_perturbations_and_bounds_by_the_top_eigenvalue() {
+    let (model, batch) = setup();
+    let matrices = model.weight_matrices();
+    let report = bert_sensitivity(&model, &batch, &matrices, &params(3)).expect("runs");
+    assert_eq!((report.sentences, report.subsets, report.matrices.len()), (6, 2, 12));
+    assert_eq!(report.stages.len(), 3);
+    assert!(report.stages.iter().all(|s| s.block_products + s.quadratic_forms + s.loss_evaluations > 0 && s.seconds >= 0.0));
+    assert_eq!(report.stages[1].quadratic_forms, 2 * 12 * 2);
+    assert_eq!(report.stages[2].loss_evaluations, 12 * 2);
+    for m in &report.matrices {
+        assert_eq!(m.eigenvalues.len(), 2);
+        assert!(m.converged.iter().all(|&c| c), "{}", m.name);
+        // At the loaded weights the Hessian is Gauss-Newton: positive semi-definite.
+        assert!(m.eigenvalues.iter().all(|&l| l >= 0.0), "{}: {:?}", m.name, m.eigenvalues);
+        assert!((m.omega - (m.mean.abs() + m.std)).abs() <= 1e-12 * m.omega.max(1e-30));
+        assert!(m.average_trace > 0.0 && m.average_trace.is_finite(), "{}", m.name);
+        let (q8, q2) = (&m.candidates[0], &m.candidates[1]);
+        // 8 bits, groups of 16 with f32 scale and offset: 8 + 64/16 bits per weight.
+        assert!((q8.bits_per_weight - 12.0).abs() < 1e-9 && (q2.bits_per_weight - 6.0).abs() < 1e-9, "{}", m.name);
+        assert!(q2.perturbation > q8.perturbation && q2.quadratic > q8.quadratic && q2.measured > q8.measured, "{}", m.name);
+        // For 8-bit rounding the loss is its second-order form to within a few percent.
+        assert!(
+            (q8.measured - q8.quadratic).abs() <= 0.05 * q8.quadratic,
+            "{}: measured {} vs ½dᵀHd {}",
+            m.name,
+            q8.measured,
+            q8.quadratic
+        );
+        // The Rayleigh quotient of the Hessian on all sentences (the mean of the subsets')
+        // is at most the mean of the subsets' top eigenvalues.
+        for c in &m.candidates {
+            let rayleigh = 2.0 * c.quadratic / c.perturbation;
+            assert!(rayleigh <= m.mean * (1.0 + 1e-3), "{}: dᵀHd/‖d‖² {rayleigh} above the mean top eigenvalue {}", m.name, m.mean);
+        }
+    }
+}
+
+#[test]
+fn runs_are_seeded_and_bad_requests_are_refused() {
+    let (model, batch) = setup();
+    let some = &model.weight_matrices()[..2];
+    let a = bert_sensitivity(&model, &batch, some, &params(1)).expect("runs");
+    let b = bert_sensitivity(&model, &batch, some, &params(1)).expect("runs");
+    let c = bert_sensitivity(&model, &batch, some, &params(2)).expect("runs");
+    assert_eq!(a.matrices, b.matrices);
+    assert_ne!(a.matrices[0].eigenvalues, c.matrices[0].eigenvalues);
+    let too_many = SensitivityParams { subsets: 3, per_subset: 3, ..params(0) };
+    assert!(matches!(bert_sensitivity(&model, &batch, some, &too_many), Err(QbertError::TooFewSentences { needed: 9, available: 6, .. })));
+    assert!(matches!(
+        bert_sensitivity(&model, &batch, some, &SensitivityParams { candidates: vec![], ..params(0) }),
+        Err(QbertError::Empty { .. })
+    ));
+    assert!(matches!(
+        bert_sensitivity(&model, &batch, some, &SensitivityParams { subsets: 0, ..params(0) }),
+        Err(QbertError::InvalidParameter { .. })
+    ));
+    assert!(bert_sensitivity(&model, &batch, some, &SensitivityParams { lanczos_tol: f64::NAN, ..params(0) }).is_err());
+    // A granularity that does not fit the matrices is the core's typed error.
+    let bad = SensitivityParams { candidates: Candidate::grid(&[4], &[GranularityRule::Channel { axis: 5 }]), ..params(0) };
+    assert!(matches!(bert_sensitivity(&model, &batch, some, &bad), Err(QbertError::Core(_))));
+}
