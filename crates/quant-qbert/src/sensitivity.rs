@@ -185,6 +185,14 @@ pub struct Stage {
     pub seconds: f64,
 }
 
+/// One matrix's trace estimate and quadratic forms on one subset.
+struct SubsetTerms {
+    trace: f64,
+    std_error: f64,
+    products: usize,
+    forms: Array1<f32>,
+}
+
 /// The result of [`bert_sensitivity`].
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -276,24 +284,24 @@ pub fn bert_sensitivity(
     let (mut trace_products, mut forms) = (0usize, 0usize);
     for (si, subset) in parts.iter().enumerate() {
         let curvature = quant_hessian::Autodiff::curvature(&loss, w0.view(), quant_hessian::Batch::Indices(subset))?;
-        let job = |&b: &usize| -> Result<(f64, f64, usize, Array1<f32>)> {
+        let job = |&b: &usize| -> Result<SubsetTerms> {
             let op = BlockOperator::new(&*curvature, Product::Hessian, b)?;
             let hpp = HutchPlusPlus::new(params.trace_budget, qp.pair_seed(b, si))?;
             let t = op.hutch_plus_plus(&hpp)?;
             let d = &perturbations[b];
             let mut q = Array1::zeros(d.nrows());
             curvature.block_quadratic_forms_into(Product::Hessian, b, d.view(), q.view_mut())?;
-            Ok((t.trace, t.std_error, t.hvps, q))
+            Ok(SubsetTerms { trace: t.trace, std_error: t.std_error, products: t.hvps, forms: q })
         };
         #[cfg(feature = "rayon")]
-        let results: Vec<Result<(f64, f64, usize, Array1<f32>)>> = {
+        let results: Vec<Result<SubsetTerms>> = {
             use rayon::prelude::*;
             blocks.par_iter().map(job).collect()
         };
         #[cfg(not(feature = "rayon"))]
-        let results: Vec<Result<(f64, f64, usize, Array1<f32>)>> = blocks.iter().map(job).collect();
+        let results: Vec<Result<SubsetTerms>> = blocks.iter().map(job).collect();
         for (b, r) in results.into_iter().enumerate() {
-            let (t, se, hvps, q) = r?;
+            let SubsetTerms { trace: t, std_error: se, products: hvps, forms: q } = r?;
             trace_sum[b] += t;
             trace_var[b] += se * se;
             trace_products += hvps;
