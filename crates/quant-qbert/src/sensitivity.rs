@@ -3,7 +3,7 @@
 //! quantization the second-order loss increase `½ dᵀ H d` and the measured one.
 //!
 //! The loss is the label-free self-distillation loss
-//! ([`SelfDistillation`](quant_models::bert::SelfDistillation)) over the chosen calibration
+//! ([`SelfDistillation`]) over the chosen calibration
 //! sentences, with the matrices as variables; at the loaded weights its Hessian is the
 //! Gauss-Newton matrix, so every block product is one forward-mode pass from the matrix's
 //! layer and one reverse pass back to it, and every quadratic form a forward-mode pass alone.
