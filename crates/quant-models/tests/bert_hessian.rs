@@ -336,3 +336,26 @@ fn several_directions_in_one_pass_equal_one_at_a_time() {
         );
     }
 }
+
+#[test]
+fn the_loss_with_one_block_changed_runs_from_its_layer_and_equals_the_full_loss() {
+    let full = loss_of("plain");
+    let model = full.model().clone();
+    let mut vars = model.weight_matrices();
+    vars.push(model.embedding_tables()[1]);
+    let m = SelfDistillation::with_variables(model, full.sentences().clone(), &vars).expect("valid");
+    let subset = [4usize, 1];
+    for batch in [Batch::All, Batch::Indices(&subset)] {
+        let inputs = m.layer_inputs(batch).expect("inputs");
+        for (b, block) in m.blocks().iter().enumerate() {
+            let values = &m.weights().slice(ndarray::s![block.range()]) + &rng::normal::<f64>(block.len(), 60, b as u64).mapv(|x| 0.05 * x);
+            let mut w = m.weights().to_owned();
+            w.slice_mut(ndarray::s![block.range()]).assign(&values);
+            let expected = m.loss(w.view(), batch).expect("loss");
+            assert!(expected > 0.0);
+            assert_eq!(m.loss_with_block(&inputs, b, values.view()).expect("loss"), expected, "{batch:?} {}", block.name());
+        }
+        assert!(m.loss_with_block(&inputs, 999, ndarray::Array1::zeros(3).view()).is_err());
+        assert!(m.loss_with_block(&inputs, 0, ndarray::Array1::zeros(3).view()).is_err());
+    }
+}

@@ -179,7 +179,8 @@ pub struct Stage {
     pub block_products: usize,
     /// Quadratic forms `dᵀ H d` (a forward-mode pass each).
     pub quadratic_forms: usize,
-    /// Loss evaluations (a forward pass over the chosen sentences each).
+    /// Loss evaluations (a forward pass over the chosen sentences each, from the changed
+    /// matrix's layer up).
     pub loss_evaluations: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
@@ -322,11 +323,11 @@ pub fn bert_sensitivity(
     // Stage 3: the measured loss at W₀ + d on all the chosen sentences.
     let start = Instant::now();
     let pairs: Vec<(usize, usize)> = (0..nb).flat_map(|b| (0..params.candidates.len()).map(move |c| (b, c))).collect();
+    // Each loss runs from the changed matrix's layer up; the layers below keep their inputs.
+    let inputs = loss.layer_inputs(quant_hessian::Batch::All)?;
     let measure = |&(b, c): &(usize, usize)| -> Result<f64> {
-        let mut w = w0.clone();
-        let r = loss.blocks()[b].range();
-        w.slice_mut(s![r.clone()]).zip_mut_with(&perturbations[b].row(c), |x, &d| *x += d);
-        Ok(f64::from(loss.loss(w.view(), quant_hessian::Batch::All)?))
+        let values = &w0.slice(s![loss.blocks()[b].range()]) + &perturbations[b].row(c);
+        Ok(f64::from(loss.loss_with_block(&inputs, b, values.view())?))
     };
     #[cfg(feature = "rayon")]
     let measured: Vec<Result<f64>> = {

@@ -125,6 +125,49 @@ impl<F: Real<Base = F>> SelfDistillation<F> {
         Ok(loss)
     }
 
+    /// The input of every encoder layer at the loaded weights on `batch`, kept for
+    /// [`loss_with_block`](Self::loss_with_block).
+    ///
+    /// # Errors
+    /// The batch's errors.
+    pub fn layer_inputs(&self, batch: Batch<'_>) -> quant_hessian::Result<LayerInputs<F>> {
+        batch.check(self.samples())?;
+        let (sub, targets) = self.batch_of(batch)?;
+        let layout = self.model.full_layout();
+        let p = Params { w: self.model.weights(), w0: self.model.weights(), at: &layout, out: &layout, stop: None };
+        let x = self.model.embed_rows(&p, &sub, None);
+        let mut inputs = Vec::new();
+        self.model.encode_layers(&p, &sub, x, 0, None, Some(&mut inputs));
+        Ok(LayerInputs { sentences: sub.into_owned(), targets, inputs })
+    }
+
+    /// The loss on the batch of `inputs` at the loaded weights with the variable block
+    /// `block` replaced by `values`: the same value as [`loss`](Self::loss) at that point, by
+    /// a forward pass from the block's layer up (the layers below are unchanged).
+    ///
+    /// # Errors
+    /// [`HessianError::InvalidBlock`], [`HessianError::ShapeMismatch`] for `values` of another
+    /// length than the block, [`HessianError::NonFinite`].
+    pub fn loss_with_block(&self, inputs: &LayerInputs<F>, block: usize, values: ArrayView1<'_, F>) -> quant_hessian::Result<F> {
+        let b = self.blocks.get(block).ok_or(HessianError::InvalidBlock { index: block, count: self.blocks.len() })?;
+        check_len(b.len(), values.len())?;
+        let mut w = self.w0.clone();
+        w.slice_mut(s![b.range()]).assign(&values);
+        let p = Params { w: w.view(), w0: self.model.weights(), at: &self.at, out: &self.at, stop: None };
+        let mb = self.at.iter().position(|&a| a == Some(b.range().start)).unwrap_or(0);
+        let hidden = match self.model.layer_of(mb) {
+            Some(l) => self.model.encode_layers(&p, &inputs.sentences, inputs.inputs[l].clone(), l, None, None),
+            None => self.model.encode(&p, &inputs.sentences, None),
+        };
+        let e = self.model.pool(&hidden, &inputs.sentences);
+        let sum = e.iter().zip(inputs.targets.iter()).fold(F::zero(), |acc, (&a, &t)| acc + (a - t) * (a - t));
+        let loss = sum / F::cast(inputs.sentences.len() as f64);
+        if !loss.is_finite() {
+            return Err(HessianError::NonFinite { index: 0 });
+        }
+        Ok(loss)
+    }
+
     /// The batch's sentences and their target embeddings.
     fn batch_of(&self, batch: Batch<'_>) -> quant_hessian::Result<(std::borrow::Cow<'_, TokenBatch>, Array2<F>)> {
         Ok(match batch {
@@ -181,6 +224,15 @@ impl<F: Real<Base = F>> Differentiable<F> for SelfDistillation<F> {
     {
         Ok(Box::new(DistillCurvature::new(self, w, batch)?))
     }
+}
+
+/// The input of every encoder layer of a [`SelfDistillation`]'s model at its loaded weights on
+/// one batch ([`SelfDistillation::layer_inputs`]).
+#[derive(Debug, Clone)]
+pub struct LayerInputs<F> {
+    sentences: TokenBatch,
+    targets: Array2<F>,
+    inputs: Vec<Array2<F>>,
 }
 
 /// [`SelfDistillation`] prepared at `w` on a batch: the primal pass, kept.

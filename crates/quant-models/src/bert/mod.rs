@@ -25,7 +25,7 @@ use std::path::Path;
 use ndarray::Array2;
 
 pub use config::{BertConfig, HiddenAct, Pooling, PoolingMode};
-pub use distill::SelfDistillation;
+pub use distill::{LayerInputs, SelfDistillation};
 pub use error::{BertError, Result};
 pub use model::Bert;
 pub use text::TextLines;

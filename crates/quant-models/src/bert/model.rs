@@ -372,10 +372,19 @@ impl<F: Real<Base = F>> Bert<F> {
         batch: &TokenBatch,
         mut caches: Option<&mut Caches<T>>,
     ) -> Array2<T> {
-        let c = &self.config;
-        let d = c.hidden_size;
-        let rows = batch.tokens();
-        let mut e = Array2::<T>::zeros((rows, d));
+        let x = self.embed_rows(p, batch, caches.as_deref_mut());
+        self.encode_layers(p, batch, x, 0, caches, None)
+    }
+
+    /// The embedding rows after their norm (the first layer's input).
+    pub(crate) fn embed_rows<T: Real<Base = F>>(
+        &self,
+        p: &Params<'_, T, F>,
+        batch: &TokenBatch,
+        caches: Option<&mut Caches<T>>,
+    ) -> Array2<T> {
+        let d = self.config.hidden_size;
+        let mut e = Array2::<T>::zeros((batch.tokens(), d));
         let mut r = 0;
         for s in batch.sentences() {
             for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
@@ -386,13 +395,32 @@ impl<F: Real<Base = F>> Bert<F> {
                 r += 1;
             }
         }
-        let eps = c.layer_norm_eps;
-        let norm = |x: &Array2<T>, (g, b): (usize, usize)| layer_norm(x, self.vector(p, g).view(), self.vector(p, b).view(), eps);
-        let (mut x, xhat, inv) = norm(&e, self.layout.norm);
-        if let Some(cs) = caches.as_deref_mut() {
+        let (g, b) = self.layout.norm;
+        let (x, xhat, inv) = layer_norm(&e, self.vector(p, g).view(), self.vector(p, b).view(), self.config.layer_norm_eps);
+        if let Some(cs) = caches {
             cs.embedding = Some((xhat, inv));
         }
-        for l in &self.layout.layers {
+        x
+    }
+
+    /// The encoder layers `from..` on their input `x`; with `caches`, what the backward pass
+    /// needs; with `inputs`, each of those layers' input.
+    pub(crate) fn encode_layers<T: Real<Base = F>>(
+        &self,
+        p: &Params<'_, T, F>,
+        batch: &TokenBatch,
+        mut x: Array2<T>,
+        from: usize,
+        mut caches: Option<&mut Caches<T>>,
+        mut inputs: Option<&mut Vec<Array2<T>>>,
+    ) -> Array2<T> {
+        let c = &self.config;
+        let eps = c.layer_norm_eps;
+        let norm = |x: &Array2<T>, (g, b): (usize, usize)| layer_norm(x, self.vector(p, g).view(), self.vector(p, b).view(), eps);
+        for l in self.layout.layers.iter().skip(from) {
+            if let Some(keep) = inputs.as_deref_mut() {
+                keep.push(x.clone());
+            }
             let q = self.linear(p, &x, l.q);
             let k = self.linear(p, &x, l.k);
             let v = self.linear(p, &x, l.v);
@@ -415,6 +443,12 @@ impl<F: Real<Base = F>> Bert<F> {
             x = n2;
         }
         x
+    }
+
+    /// The encoder layer (0-based) whose tensors include block `b`, or `None` for the
+    /// embeddings and their norm.
+    pub(crate) fn layer_of(&self, b: usize) -> Option<usize> {
+        self.layout.layers.iter().position(|l| l.holds(b))
     }
 
     /// Multi-head self-attention within each sentence of the packed rows; with `keep`, each
