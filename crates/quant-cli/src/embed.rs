@@ -87,6 +87,7 @@ pub(crate) fn run(a: EmbedArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>)
         .map_err(|e| e.to_string())?;
     quant::checkpoint::safetensors::serialize_to_file([("embeddings", view)], None, &a.output)
         .map_err(|e| format!("cannot write {}: {e}", a.output.display()))?;
+    crate::keep_permissions(&a.text, &a.output)?;
     let report = EmbedReport {
         sentences: n,
         dimension: d,

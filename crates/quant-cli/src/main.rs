@@ -299,6 +299,13 @@ impl Input {
     }
 }
 
+/// Gives `output` the permission bits of `input` (the writer's temporary file, renamed into
+/// place, is private to its owner).
+pub(crate) fn keep_permissions(input: &Path, output: &Path) -> Result<(), String> {
+    let permissions = std::fs::metadata(input).map_err(|e| format!("cannot read {}: {e}", input.display()))?.permissions();
+    std::fs::set_permissions(output, permissions).map_err(|e| format!("cannot set the permissions of {}: {e}", output.display()))
+}
+
 /// Progress on stderr: a bar when stderr is a terminal; otherwise, for large inputs, a line at
 /// every tenth of the tensors (so logs of long runs show progress without control characters).
 struct Bar {
@@ -408,7 +415,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let bar = Bar::new(quiet, "quantizing", data.bytes().len());
             let report = checkpoint::quantize_checkpoint(data.bytes(), &output, &options, select, |p| bar.update(p));
             bar.finish();
-            print_report(&report.map_err(fail)?, json)
+            let report = report.map_err(fail)?;
+            keep_permissions(&input, &output)?;
+            print_report(&report, json)
         }
         Command::Dequantize { input, output, quiet } => {
             let data = Input::open(&input)?;
@@ -416,6 +425,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let n = checkpoint::dequantize_checkpoint(data.bytes(), &output, |p| bar.update(p));
             bar.finish();
             let n = n.map_err(fail)?;
+            keep_permissions(&input, &output)?;
             if !quiet {
                 eprintln!("dequantized {n} tensor(s) into {}", output.display());
             }

@@ -290,6 +290,27 @@ fn only_selects_and_the_library_loads_the_file() -> TestResult {
     Ok(())
 }
 
+#[cfg(unix)]
+#[test]
+fn outputs_keep_the_input_permission_bits() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let d = dir("perms");
+    let input = d.join("model.safetensors");
+    checkpoint(&input)?;
+    for mode in [0o640, 0o604] {
+        std::fs::set_permissions(&input, std::fs::Permissions::from_mode(mode))?;
+        let (q, back) = (d.join(format!("q{mode:o}.safetensors")), d.join(format!("b{mode:o}.safetensors")));
+        let out = quant(&["quantize", s(&input), "-o", s(&q), "--bits", "8", "--quiet"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::metadata(&q)?.permissions().mode() & 0o777, mode);
+        std::fs::set_permissions(&q, std::fs::Permissions::from_mode(mode))?;
+        let out = quant(&["dequantize", s(&q), "-o", s(&back), "--quiet"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::metadata(&back)?.permissions().mode() & 0o777, mode);
+    }
+    Ok(())
+}
+
 /// Asserts a failed run: non-zero exit that is not a panic, one line on stderr, no output.
 fn assert_clean_failure(out: &Output, output: &Path, what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
