@@ -98,6 +98,9 @@ and renamed only on success.")]
         /// No progress on stderr.
         #[arg(short, long)]
         quiet: bool,
+        /// Replace OUTPUT if it exists (even when it is the input).
+        #[arg(long)]
+        force: bool,
     },
     /// Dequantize a quantized checkpoint back to f32 tensors under their original names.
     #[command(after_help = "Example:
@@ -114,6 +117,9 @@ is restored.")]
         /// No progress on stderr.
         #[arg(short, long)]
         quiet: bool,
+        /// Replace OUTPUT if it exists (even when it is the input).
+        #[arg(long)]
+        force: bool,
     },
     /// List the tensors of a checkpoint: shapes, methods, bits per weight, sizes and errors.
     #[command(after_help = "Examples:
@@ -159,6 +165,9 @@ written by `quant quantize` (dequantized on load) instead of the model's own wei
         /// No progress on stderr.
         #[arg(short, long)]
         quiet: bool,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Per-matrix Hessian sensitivity of a BERT-family checkpoint on calibration text.
     #[command(after_help = "Examples:
@@ -214,6 +223,9 @@ reported too.")]
         /// No progress on stderr.
         #[arg(short, long)]
         quiet: bool,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Compare a quantized checkpoint's sentence embeddings with the f32 model's, and measure
     /// retrieval on query / document pairs.
@@ -297,6 +309,35 @@ impl Input {
             Input::Read(v) => v,
         }
     }
+}
+
+/// Refuses to replace an existing `output` without `force`, and says so when it is `input`
+/// itself (the same file, also through a symbolic or hard link).
+pub(crate) fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), String> {
+    let Ok(out_meta) = std::fs::metadata(output) else { return Ok(()) };
+    if force {
+        return Ok(());
+    }
+    let same = match (std::fs::canonicalize(input), std::fs::canonicalize(output)) {
+        (Ok(a), Ok(b)) if a == b => true,
+        _ => same_inode(input, &out_meta),
+    };
+    if same {
+        Err(format!("{} is the input file; pass --force to replace it", output.display()))
+    } else {
+        Err(format!("{} exists; pass --force to replace it", output.display()))
+    }
+}
+
+#[cfg(unix)]
+fn same_inode(input: &Path, out: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(input).is_ok_and(|m| m.dev() == out.dev() && m.ino() == out.ino())
+}
+
+#[cfg(not(unix))]
+fn same_inode(_: &Path, _: &std::fs::Metadata) -> bool {
+    false
 }
 
 /// Gives `output` the permission bits of `input` (the writer's temporary file, renamed into
@@ -401,7 +442,9 @@ fn run(cli: Cli) -> Result<(), String> {
             skip,
             json,
             quiet,
+            force,
         } => {
+            check_output(&input, &output, force)?;
             // --super-group sets the super-group of qN tables.
             let tables = match table_dtype {
                 ParamDtype::Quantized { bits, .. } => ParamDtype::Quantized { bits, super_group },
@@ -419,7 +462,8 @@ fn run(cli: Cli) -> Result<(), String> {
             keep_permissions(&input, &output)?;
             print_report(&report, json)
         }
-        Command::Dequantize { input, output, quiet } => {
+        Command::Dequantize { input, output, quiet, force } => {
+            check_output(&input, &output, force)?;
             let data = Input::open(&input)?;
             let bar = Bar::new(quiet, "dequantizing", data.bytes().len());
             let n = checkpoint::dequantize_checkpoint(data.bytes(), &output, |p| bar.update(p));
@@ -435,7 +479,8 @@ fn run(cli: Cli) -> Result<(), String> {
             let data = Input::open(&file)?;
             print_report(&checkpoint::inspect(data.bytes()).map_err(fail)?, json)
         }
-        Command::Embed { model_dir, text, output, weights, json, quiet } => {
+        Command::Embed { model_dir, text, output, weights, json, quiet, force } => {
+            check_output(&text, &output, force)?;
             embed::run(embed::EmbedArgs { model_dir, text, output, weights, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }
         Command::Sensitivity {
@@ -452,21 +497,25 @@ fn run(cli: Cli) -> Result<(), String> {
             output,
             json,
             quiet,
-        } => sensitivity::run(sensitivity::SensitivityArgs {
-            model_dir,
-            calibration,
-            subsets,
-            per_subset,
-            seed,
-            bits,
-            granularity,
-            param_dtype,
-            trace_budget,
-            include_embeddings,
-            output,
-            json,
-            quiet,
-        }),
+            force,
+        } => {
+            check_output(&calibration, &output, force)?;
+            sensitivity::run(sensitivity::SensitivityArgs {
+                model_dir,
+                calibration,
+                subsets,
+                per_subset,
+                seed,
+                bits,
+                granularity,
+                param_dtype,
+                trace_budget,
+                include_embeddings,
+                output,
+                json,
+                quiet,
+            })
+        }
         Command::Eval { model_dir, weights, text, pairs, json, quiet } => {
             eval::run(eval::EvalArgs { model_dir, weights, text, pairs, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }

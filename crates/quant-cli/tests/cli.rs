@@ -311,6 +311,46 @@ fn outputs_keep_the_input_permission_bits() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn an_existing_output_or_the_input_itself_is_not_replaced_without_force() -> TestResult {
+    let d = dir("force");
+    let input = d.join("model.safetensors");
+    checkpoint(&input)?;
+    let original = std::fs::read(&input)?;
+    let q = d.join("q.safetensors");
+    std::fs::write(&q, b"precious")?;
+    let refuse = |args: &[&str], what: &str| {
+        let out = quant(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what}: succeeded");
+        assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+        err
+    };
+    let e = refuse(&["quantize", s(&input), "-o", s(&q), "--quiet"], "existing output");
+    assert!(e.contains("q.safetensors exists; pass --force"), "{e}");
+    assert_eq!(std::fs::read(&q)?, b"precious");
+    // The input itself: by its own path, through a symbolic link and through a hard link.
+    let e = refuse(&["quantize", s(&input), "-o", s(&input), "--quiet"], "the input");
+    assert!(e.contains("is the input file"), "{e}");
+    #[cfg(unix)]
+    {
+        let sym = d.join("sym.safetensors");
+        std::os::unix::fs::symlink(&input, &sym)?;
+        assert!(refuse(&["quantize", s(&input), "-o", s(&sym), "--quiet"], "a symbolic link").contains("is the input file"));
+        let hard = d.join("hard.safetensors");
+        std::fs::hard_link(&input, &hard)?;
+        assert!(refuse(&["quantize", s(&input), "-o", s(&hard), "--quiet"], "a hard link").contains("is the input file"));
+    }
+    assert_eq!(std::fs::read(&input)?, original);
+    let e = refuse(&["dequantize", s(&input), "-o", s(&q), "--quiet"], "dequantize over an existing file");
+    assert!(e.contains("exists"), "{e}");
+    // --force replaces.
+    let out = quant(&["quantize", s(&input), "-o", s(&q), "--quiet", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(QuantizedCheckpoint::parse(&std::fs::read(&q)?).is_ok());
+    Ok(())
+}
+
 /// Asserts a failed run: non-zero exit that is not a panic, one line on stderr, no output.
 fn assert_clean_failure(out: &Output, output: &Path, what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);

@@ -57,7 +57,7 @@ fn minilm_quantizes_at_8_4_and_2_bits() -> TestResult {
             .arg("-o")
             .arg(&q)
             .args(flags)
-            .args(["--json", "--quiet"])
+            .args(["--json", "--quiet", "--force"])
             .output()?;
         let secs = start.elapsed().as_secs_f64();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -77,7 +77,13 @@ fn minilm_quantizes_at_8_4_and_2_bits() -> TestResult {
         assert!(report.compression_ratio >= min_ratio, "{}", report.compression_ratio);
         assert!(worst >= min_sqnr, "{worst}");
         let back = out_dir.join("back.safetensors");
-        let st = Command::new(env!("CARGO_BIN_EXE_quant")).arg("dequantize").arg(&q).arg("-o").arg(&back).arg("--quiet").status()?;
+        let st = Command::new(env!("CARGO_BIN_EXE_quant"))
+            .arg("dequantize")
+            .arg(&q)
+            .arg("-o")
+            .arg(&back)
+            .args(["--quiet", "--force"])
+            .status()?;
         assert!(st.success());
         let bytes = std::fs::read(&back)?;
         let restored = safetensors::SafeTensors::deserialize(&bytes)?;
