@@ -92,7 +92,7 @@ pub use observer::RangeObserver;
 pub use pack::{PackedCodes, packed_len};
 pub use params::{QuantParams, SliceParams};
 pub use spec::{Granularity, ParamDtype, RangeEstimator, Rounding, ScaleMode, Scheme, TableFit, UniformSpec, UniformSpecBuilder};
-pub use stats::ErrorStats;
+pub use stats::{ErrorStats, percentile};
 pub use ste::{LsqGradients, lsq_gradients, ste_backward};
 pub use tables::QuantizedTables;
 pub use tensor::{FakeQuantized, QuantizedTensor};

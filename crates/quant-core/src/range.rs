@@ -4,6 +4,7 @@ use crate::float::Float;
 use crate::kernel::{Kernel, squared_error};
 use crate::params::SliceParams;
 use crate::spec::{RangeEstimator, UniformSpec};
+use crate::stats::percentile;
 
 /// Minimum and maximum of a run, or the local index of the first non-finite value.
 ///
@@ -47,21 +48,6 @@ pub(crate) fn min_max<F: Float>(xs: &[F]) -> Result<(F, F), usize> {
     if b0 == F::zero() && first.is_finite() { Ok((l0, h0)) } else { Err(xs.iter().position(|x| !x.is_finite()).unwrap_or(0)) }
 }
 
-/// The `p`-th percentile (`0..=100`) of `buf`, linearly interpolated between order
-/// statistics like NumPy's default. Reorders `buf`.
-fn percentile<F: Float>(buf: &mut [F], p: f64) -> F {
-    let n = buf.len();
-    let pos = p / 100.0 * (n - 1) as f64;
-    let k = (pos.floor() as usize).min(n - 1);
-    let frac = F::cast(pos - k as f64);
-    let (_, &mut below, right) = buf.select_nth_unstable_by(k, |a, b| a.partial_cmp(b).unwrap_or(core::cmp::Ordering::Equal));
-    if frac == F::zero() || right.is_empty() {
-        return below;
-    }
-    let above = right.iter().copied().fold(right[0], |a, b| if b < a { b } else { a });
-    below + frac * (above - below)
-}
-
 /// Estimates `[lo, hi]` for one slice's elements as `spec` says; `scratch` is reused for the
 /// percentile copy. Returns the local index of the first non-finite value on bad input.
 pub(crate) fn estimate<F: Float>(xs: &[F], spec: &UniformSpec, scratch: &mut Vec<F>) -> Result<(F, F), usize> {
@@ -71,8 +57,8 @@ pub(crate) fn estimate<F: Float>(xs: &[F], spec: &UniformSpec, scratch: &mut Vec
         RangeEstimator::Percentile { lower, upper } => {
             scratch.clear();
             scratch.extend_from_slice(xs);
-            let l = percentile(scratch, lower);
-            let h = percentile(scratch, upper);
+            let l = percentile(scratch, lower).unwrap_or(lo);
+            let h = percentile(scratch, upper).unwrap_or(hi);
             Ok((l, h))
         }
         RangeEstimator::Mse { steps } => Ok(mse_search(xs, spec, lo, hi, steps)),
@@ -120,7 +106,7 @@ mod tests {
         // numpy.percentile(np.arange(11.), [0, 10, 25, 99.9, 100]) = 0, 1, 2.5, 9.99, 10
         let mut v: Vec<f64> = (0..11).rev().map(f64::from).collect();
         for (p, want) in [(0.0, 0.0), (10.0, 1.0), (25.0, 2.5), (99.9, 9.99), (100.0, 10.0)] {
-            let got = percentile(&mut v, p);
+            let got = percentile(&mut v, p).expect("non-empty");
             assert!((got - want).abs() < 1e-12, "p{p}: {got}");
         }
     }

@@ -50,3 +50,30 @@ impl ErrorStats {
         10.0 * (self.signal / self.squared_error.max(f64::MIN_POSITIVE)).log10()
     }
 }
+
+/// The `p`-th percentile (`0..=100`) of `buf`, linearly interpolated between order
+/// statistics like NumPy's default (position `p/100 · (n − 1)` in the sorted values).
+/// Reorders `buf`. `None` for an empty buffer or a `p` outside `0..=100`; NaNs compare as
+/// equal to everything, so check finiteness first where it matters.
+///
+/// ```
+/// // numpy.percentile(range(11), 25) = 2.5
+/// let mut v: Vec<f64> = (0..11).map(f64::from).collect();
+/// assert_eq!(quant_core::percentile(&mut v, 25.0), Some(2.5));
+/// assert_eq!(quant_core::percentile::<f64>(&mut [], 5.0), None);
+/// ```
+pub fn percentile<F: Float>(buf: &mut [F], p: f64) -> Option<F> {
+    let n = buf.len();
+    if n == 0 || !(0.0..=100.0).contains(&p) {
+        return None;
+    }
+    let pos = p / 100.0 * (n - 1) as f64;
+    let k = (pos.floor() as usize).min(n - 1);
+    let frac = F::cast(pos - k as f64);
+    let (_, &mut below, right) = buf.select_nth_unstable_by(k, |a, b| a.partial_cmp(b).unwrap_or(core::cmp::Ordering::Equal));
+    if frac == F::zero() || right.is_empty() {
+        return Some(below);
+    }
+    let above = right.iter().copied().fold(right[0], |a, b| if b < a { b } else { a });
+    Some(below + frac * (above - below))
+}

@@ -62,14 +62,10 @@ impl CosineSummary {
         if let Some(index) = values.iter().position(|v| !v.is_finite()) {
             return Err(RetrievalError::NonFinite { index });
         }
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let at = 0.05 * (sorted.len() - 1) as f64;
-        let (lo, frac) = (at.floor() as usize, at - at.floor());
-        let hi = (lo + 1).min(sorted.len() - 1);
-        let p5 = sorted[lo] + frac * (sorted[hi] - sorted[lo]);
+        let p5 = quant_core::percentile(&mut values.to_vec(), 5.0).ok_or(RetrievalError::Empty)?;
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
         let mean = values.iter().sum::<f64>() / values.len() as f64;
-        Ok(Self { count: values.len(), mean, p5, min: sorted[0] })
+        Ok(Self { count: values.len(), mean, p5, min })
     }
 }
 
