@@ -144,3 +144,22 @@ impl LayerPairs {
         self.all().iter().any(|&(x, y)| x == b || y == b)
     }
 }
+
+/// The tangent of a layer norm's normalised rows `x̂ = (x − mean x) / σ` from input tangents
+/// `dx`: `x̂̇ = (dx − mean dx − x̂ mean(x̂ ⊙ dx)) / σ`, and per row `σ⁻¹̇ / σ⁻¹ = −mean(x̂ ⊙ dx) / σ`.
+/// `dx` may stack several directions by rows (row `i·R + r` uses primal row `r`, `R` the rows
+/// of `xhat`).
+pub(crate) fn layer_norm_tangent<F: Real>(dx: &Array2<F>, xhat: &Array2<F>, inv: &[F]) -> (Array2<F>, Vec<F>) {
+    let n = F::cast(dx.ncols() as f64);
+    let mut t = dx.clone();
+    let mut rel = Vec::with_capacity(dx.nrows());
+    for mut chunk in t.exact_chunks_mut(xhat.raw_dim()) {
+        for ((mut row, xr), &r) in chunk.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
+            let m1 = row.sum() / n;
+            let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<F>() / n;
+            row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
+            rel.push(-r * m2);
+        }
+    }
+    (t, rel)
+}

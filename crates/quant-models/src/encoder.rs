@@ -480,6 +480,10 @@ pub(crate) struct LayerGrads<T> {
     pub(crate) dn1: Array2<T>,
     /// With respect to the attention context.
     pub(crate) dctx: Array2<T>,
+    /// With respect to the second norm's input (its backward pass's output).
+    pub(crate) dr2: Array2<T>,
+    /// With respect to the first norm's input.
+    pub(crate) dr1: Array2<T>,
 }
 
 impl<F: Real<Base = F>> Encoder<F> {
@@ -527,7 +531,7 @@ impl<F: Real<Base = F>> Encoder<F> {
             self.put(&mut grad, lb.norm1.1, db1);
             let dcontext = self.linear_back(w, &mut grad, &cache.context, &dr1, lb.out, d, d);
             if let (Some(rec), Some(da)) = (record.as_deref_mut(), da) {
-                rec.push(LayerGrads { dn2: de.clone(), da, dn1: dn1.clone(), dctx: dcontext.clone() });
+                rec.push(LayerGrads { dn2: de.clone(), da, dn1: dn1.clone(), dctx: dcontext.clone(), dr2: dr2.clone(), dr1: dr1.clone() });
             }
             let (mut dq, mut dk, mut dv) = (vec![T::zero(); n * tt * d], vec![T::zero(); n * tt * d], vec![T::zero(); n * tt * d]);
             let (qs, ks, vs, dcs) = (flat(&cache.q), flat(&cache.k), flat(&cache.v), flat(&dcontext));

@@ -9,7 +9,7 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, Axis};
 use quant_hessian::{Batch, Block, BlockCurvature, HessianError, Product, Real, Result};
 
-use crate::common::{add_tangent as add, layer_norm_back, matrix, softmax_cross_entropy};
+use crate::common::{add_tangent as add, layer_norm_back, layer_norm_tangent as norm_tangent, matrix, softmax_cross_entropy};
 use crate::encoder::{Encoder, LayerCache, LayerGrads, dot, flat};
 use crate::mlp::Activation;
 
@@ -60,21 +60,6 @@ struct LayerTangents<F> {
     z: Option<Array2<F>>,
     /// The second norm's input.
     r2: Option<Array2<F>>,
-}
-
-/// The tangent of a layer norm's normalised rows: `x̂̇ = r (ẋ − mean ẋ − x̂ mean(x̂ ẋ))`, and
-/// `ṙ / r = −r mean(x̂ ẋ)` per row.
-fn norm_tangent<F: Real>(dx: &Array2<F>, xhat: &Array2<F>, inv: &[F]) -> (Array2<F>, Vec<F>) {
-    let n = F::cast(dx.ncols() as f64);
-    let mut t = dx.clone();
-    let mut rel = Vec::with_capacity(inv.len());
-    for ((mut row, xr), &r) in t.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
-        let m1 = row.sum() / n;
-        let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<F>() / n;
-        row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
-        rel.push(-r * m2);
-    }
-    (t, rel)
 }
 
 impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
@@ -259,12 +244,22 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
 
     /// The tangent of a layer norm's backward pass `dx = r (a − m1 − x̂ m2)`, `a = dy ⊙ g`:
     /// from the tangent `rdy` of `dy` and the tangent `dx_in` of the norm's input.
-    fn norm_back(&self, rdy: &Array2<F>, dy: &Array2<F>, xhat: &Array2<F>, inv: &[F], gb: usize, dx_in: Option<&Array2<F>>) -> Array2<F> {
+    /// `primal` is the backward pass's own output for `dy` (kept by the preparation).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_back(
+        &self,
+        rdy: &Array2<F>,
+        dy: &Array2<F>,
+        primal: &Array2<F>,
+        xhat: &Array2<F>,
+        inv: &[F],
+        gb: usize,
+        dx_in: Option<&Array2<F>>,
+    ) -> Array2<F> {
         let gain = self.enc.vector(self.w, gb);
         let mut out = layer_norm_back(rdy, xhat, inv, gain).0;
         if let Some(dx_in) = dx_in {
             let (xhat_dot, rel) = norm_tangent(dx_in, xhat, inv);
-            let primal = layer_norm_back(dy, xhat, inv, gain).0;
             let n = F::cast(dy.ncols() as f64);
             for (i, mut row) in out.outer_iter_mut().enumerate() {
                 let (a, xh, xd, pr, r) = (dy.row(i), xhat.row(i), xhat_dot.row(i), primal.row(i), inv[i]);
@@ -329,7 +324,7 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
                 norm_grad(&rde, &cache.xhat2, lb.norm2, &mut put);
                 return;
             }
-            let rdr2 = self.norm_back(&rde, &g.dn2, &cache.xhat2, &cache.inv_std2, lb.norm2.0, t.r2.as_ref());
+            let rdr2 = self.norm_back(&rde, &g.dn2, &g.dr2, &cache.xhat2, &cache.inv_std2, lb.norm2.0, t.r2.as_ref());
             if is(lb.ffn_out) {
                 linear_grad(&cache.hidden, &rdr2, lb.ffn_out, &mut put);
                 return;
@@ -350,7 +345,7 @@ impl<'a, F: Real<Base = F>> EncoderCurvature<'a, F> {
                 norm_grad(&rdn1, &cache.xhat1, lb.norm1, &mut put);
                 return;
             }
-            let rdr1 = self.norm_back(&rdn1, &g.dn1, &cache.xhat1, &cache.inv_std1, lb.norm1.0, t.r1.as_ref());
+            let rdr1 = self.norm_back(&rdn1, &g.dn1, &g.dr1, &cache.xhat1, &cache.inv_std1, lb.norm1.0, t.r1.as_ref());
             if is(lb.out) {
                 linear_grad(&cache.context, &rdr1, lb.out, &mut put);
                 return;

@@ -333,12 +333,8 @@ impl<F: Real<Base = F>> BlockCurvature<F> for DistillCurvature<'_, F> {
         v: ArrayView1<'_, F>,
         out: ArrayViewMut1<'_, F>,
     ) -> quant_hessian::Result<()> {
-        quant_hessian::check_block_product(&self.loss.blocks, block, v.len(), out.len())?;
-        if self.gauss_newton_answers(product) {
-            self.gauss_newton(block, v.insert_axis(Axis(0)), out.insert_axis(Axis(0)));
-            return Ok(());
-        }
-        self.padded()?.block_product_into(product, block, v, out)
+        // One direction is a stack of one.
+        self.block_products_into(product, block, v.insert_axis(Axis(0)), out.insert_axis(Axis(0)))
     }
 
     /// One forward-mode pass for all the vectors (their tangents stacked), then a reverse pass

@@ -11,7 +11,7 @@ use quant_hessian::Real;
 use super::config::PoolingMode;
 use super::model::{Bert, Caches, LayerCache, LayerIdx, Params};
 use super::tokenize::TokenBatch;
-use crate::common::add_tangent as add;
+use crate::common::{add_tangent as add, layer_norm_tangent};
 
 /// Tangents injected at one tensor: block `block` moves along each row of `v`.
 #[derive(Clone, Copy)]
@@ -153,15 +153,7 @@ impl<F: Real<Base = F>> Bert<F> {
     ) -> Option<Array2<F>> {
         let (rows, k) = (xhat.nrows(), inj.v.nrows());
         let mut y = dx.map(|dx| {
-            let n = F::cast(dx.ncols() as f64);
-            let mut t = dx.clone();
-            for mut chunk in t.exact_chunks_mut(xhat.raw_dim()) {
-                for ((mut row, xr), &r) in chunk.outer_iter_mut().zip(xhat.outer_iter()).zip(inv) {
-                    let m1 = row.sum() / n;
-                    let m2 = row.iter().zip(xr).map(|(&a, &b)| a * b).sum::<F>() / n;
-                    row.zip_mut_with(&xr, |g, &xh| *g = (*g - m1 - xh * m2) * r);
-                }
-            }
+            let mut t = layer_norm_tangent(dx, xhat, inv).0;
             t *= &self.vector(p, gb);
             t
         });
