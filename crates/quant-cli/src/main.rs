@@ -184,49 +184,7 @@ each candidate (every --bits x --granularity, min-max uniform codes along the st
 layout) its bits per weight, ||d||^2, 1/2 d^T H d and the measured loss at W0 + d, where
 d = Q(W) - W. The stages' block products, quadratic forms, loss evaluations and seconds are
 reported too.")]
-    Sensitivity {
-        /// The model directory (or its config.json or model.safetensors).
-        model_dir: PathBuf,
-        /// Calibration sentences, one per line (UTF-8).
-        #[arg(long)]
-        calibration: PathBuf,
-        /// Calibration subsets (Q-BERT used 10).
-        #[arg(long, default_value_t = 10)]
-        subsets: usize,
-        /// Sentences per subset.
-        #[arg(long, default_value_t = 32)]
-        per_subset: usize,
-        /// Seed of the sentence choice and split, the Lanczos starts and the trace probes.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Candidate code widths (2 to 8), comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
-        bits: Vec<u8>,
-        /// Candidate granularities (tensor, channel:AXIS, group:SIZE), comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "group:32,group:128", value_parser = parse::<GranularityRule>)]
-        granularity: Vec<GranularityRule>,
-        /// Storage of the candidates' scales and offsets (f32, f16, bf16).
-        #[arg(long, default_value = "f32", value_parser = parse::<ParamDtype>)]
-        param_dtype: ParamDtype,
-        /// Hutch++ products per matrix and subset.
-        #[arg(long, default_value_t = 9)]
-        trace_budget: usize,
-        /// Also measure the embedding tables.
-        #[arg(long)]
-        include_embeddings: bool,
-        /// The JSON file to write.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// Also print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// No progress on stderr.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Replace OUTPUT if it exists.
-        #[arg(long)]
-        force: bool,
-    },
+    Sensitivity(sensitivity::SensitivityArgs),
     /// Compare a quantized checkpoint's sentence embeddings with the f32 model's, and measure
     /// retrieval on query / document pairs.
     #[command(after_help = "Examples:
@@ -261,7 +219,7 @@ measured.")]
 }
 
 /// Parses a flag value into the core type of the same spelling.
-fn parse<T: std::str::FromStr<Err = QuantError>>(s: &str) -> Result<T, String> {
+pub(crate) fn parse<T: std::str::FromStr<Err = QuantError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: QuantError| e.to_string())
 }
 
@@ -483,38 +441,9 @@ fn run(cli: Cli) -> Result<(), String> {
             check_output(&text, &output, force)?;
             embed::run(embed::EmbedArgs { model_dir, text, output, weights, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }
-        Command::Sensitivity {
-            model_dir,
-            calibration,
-            subsets,
-            per_subset,
-            seed,
-            bits,
-            granularity,
-            param_dtype,
-            trace_budget,
-            include_embeddings,
-            output,
-            json,
-            quiet,
-            force,
-        } => {
-            check_output(&calibration, &output, force)?;
-            sensitivity::run(sensitivity::SensitivityArgs {
-                model_dir,
-                calibration,
-                subsets,
-                per_subset,
-                seed,
-                bits,
-                granularity,
-                param_dtype,
-                trace_budget,
-                include_embeddings,
-                output,
-                json,
-                quiet,
-            })
+        Command::Sensitivity(args) => {
+            check_output(&args.calibration, &args.output, args.force)?;
+            sensitivity::run(args)
         }
         Command::Eval { model_dir, weights, text, pairs, json, quiet } => {
             eval::run(eval::EvalArgs { model_dir, weights, text, pairs, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))

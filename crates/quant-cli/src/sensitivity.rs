@@ -11,20 +11,50 @@ use serde::Serialize;
 
 use crate::embed::bert_error;
 
+/// The flags of `quant sensitivity`.
+#[derive(clap::Args)]
 pub(crate) struct SensitivityArgs {
+    /// The model directory (or its config.json or model.safetensors).
     pub(crate) model_dir: PathBuf,
+    /// Calibration sentences, one per line (UTF-8).
+    #[arg(long)]
     pub(crate) calibration: PathBuf,
+    /// Calibration subsets (Q-BERT used 10).
+    #[arg(long, default_value_t = 10)]
     pub(crate) subsets: usize,
+    /// Sentences per subset.
+    #[arg(long, default_value_t = 32)]
     pub(crate) per_subset: usize,
+    /// Seed of the sentence choice and split, the Lanczos starts and the trace probes.
+    #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Candidate code widths (2 to 8), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4,6,8")]
     pub(crate) bits: Vec<u8>,
+    /// Candidate granularities (tensor, channel:AXIS, group:SIZE), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "group:32,group:128", value_parser = crate::parse::<GranularityRule>)]
     pub(crate) granularity: Vec<GranularityRule>,
+    /// Storage of the candidates' scales and offsets (f32, f16, bf16).
+    #[arg(long, default_value = "f32", value_parser = crate::parse::<ParamDtype>)]
     pub(crate) param_dtype: ParamDtype,
+    /// Hutch++ products per matrix and subset.
+    #[arg(long, default_value_t = 9)]
     pub(crate) trace_budget: usize,
+    /// Also measure the embedding tables.
+    #[arg(long)]
     pub(crate) include_embeddings: bool,
+    /// The JSON file to write.
+    #[arg(short, long)]
     pub(crate) output: PathBuf,
+    /// Also print the report as JSON.
+    #[arg(long)]
     pub(crate) json: bool,
+    /// No progress on stderr.
+    #[arg(short, long)]
     pub(crate) quiet: bool,
+    /// Replace OUTPUT if it exists.
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 /// The file `-o` writes: where the numbers came from, then the report.
