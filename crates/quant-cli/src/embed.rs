@@ -85,7 +85,7 @@ pub(crate) fn run(a: EmbedArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>)
     let bytes: Vec<u8> = out.embeddings.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = quant::checkpoint::safetensors::tensor::TensorView::new(quant::checkpoint::safetensors::Dtype::F32, vec![n, d], &bytes)
         .map_err(|e| e.to_string())?;
-    quant::checkpoint::safetensors::serialize_to_file([("embeddings", view)], None, &a.output)
+    quant::checkpoint::write_file(vec![("embeddings", view)], &Default::default(), &a.output)
         .map_err(|e| format!("cannot write {}: {e}", a.output.display()))?;
     crate::keep_permissions(&a.text, &a.output)?;
     let report = EmbedReport {

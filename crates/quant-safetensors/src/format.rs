@@ -2,7 +2,7 @@
 //! and the conversions between safetensors dtypes and f32 shared by the reader and the writer.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use quant_core::half::{bf16, f16};
 use quant_core::{Granularity, MethodKind, ParamDtype, RangeEstimator, Scheme, TableFit};
@@ -211,7 +211,7 @@ pub(crate) fn dtype_name(d: Dtype) -> String {
 }
 
 /// The header metadata (`__metadata__`) of a safetensors buffer.
-pub(crate) fn header_metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
+pub(crate) fn header_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>> {
     let (_, meta) = SafeTensors::read_metadata(bytes)?;
-    Ok(meta.metadata().clone().unwrap_or_default())
+    Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())
 }

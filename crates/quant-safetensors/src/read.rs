@@ -1,7 +1,7 @@
 //! Reading a quantized checkpoint back: parsing, rebuilding tensors, dequantizing, reports.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ndarray::ArrayD;
@@ -24,7 +24,7 @@ use crate::format::{
 pub struct QuantizedCheckpoint<'a> {
     st: SafeTensors<'a>,
     entries: BTreeMap<String, TensorEntry>,
-    metadata: HashMap<String, String>,
+    metadata: BTreeMap<String, String>,
 }
 
 impl<'a> QuantizedCheckpoint<'a> {
@@ -62,7 +62,7 @@ impl<'a> QuantizedCheckpoint<'a> {
     }
 
     /// The header metadata other than the quantization keys (the original checkpoint's).
-    pub fn user_metadata(&self) -> HashMap<String, String> {
+    pub fn user_metadata(&self) -> BTreeMap<String, String> {
         self.metadata
             .iter()
             .filter(|(k, _)| k.as_str() != FORMAT_KEY && k.as_str() != TENSORS_KEY)
@@ -332,7 +332,8 @@ pub fn dequantize_checkpoint(input: &[u8], output: &Path, mut progress: impl FnM
         out.insert(name, OutTensor::Raw(v));
     }
     let meta = ckpt.user_metadata();
-    safetensors::serialize_to_file(out.iter().map(|(k, v)| (k.as_str(), v)), if meta.is_empty() { None } else { Some(meta) }, output)?;
+    let meta: BTreeMap<String, String> = meta.into_iter().collect();
+    crate::file::write_file(out.iter().map(|(k, v)| (k.as_str(), v)).collect(), &meta, output)?;
     Ok(total)
 }
 

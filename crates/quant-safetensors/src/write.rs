@@ -165,8 +165,8 @@ pub fn quantize_tensor(name: &str, x: ArrayViewD<'_, f32>, options: &QuantizeOpt
 }
 
 /// Quantizes every floating-point tensor of the safetensors file `input` for which `select`
-/// returns true and writes the result to `output` (atomically: a temporary file in the same
-/// directory, renamed only on success). Other tensors are copied byte for byte; the input's
+/// returns true and writes the result to `output` (deterministic bytes, written to
+/// `OUT.partial` beside it and renamed only on success: see [`write_file`](crate::write_file)). Other tensors are copied byte for byte; the input's
 /// own header metadata is kept. `progress` is called before each tensor.
 ///
 /// Memory: `input` may be a memory map; only one tensor is converted to f32 at a time, but
@@ -181,9 +181,24 @@ pub fn quantize_checkpoint(
     output: &Path,
     options: &QuantizeOptions,
     select: impl Fn(&str) -> bool,
-    mut progress: impl FnMut(Progress<'_>),
+    progress: impl FnMut(Progress<'_>),
 ) -> Result<Report> {
     options.check()?;
+    quantize_checkpoint_with(input, output, |name, _| select(name).then_some(*options), progress)
+}
+
+/// As [`quantize_checkpoint`], with each tensor's own options: `choose(name, shape)` is asked
+/// for every non-empty floating-point tensor and returns its options, or `None` to copy it
+/// unchanged (a mixed-precision plan, for example).
+///
+/// # Errors
+/// As [`quantize_checkpoint`]; options are checked per tensor.
+pub fn quantize_checkpoint_with(
+    input: &[u8],
+    output: &Path,
+    choose: impl Fn(&str, &[usize]) -> Option<QuantizeOptions>,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<Report> {
     let st = SafeTensors::deserialize(input)?;
     let mut metadata = header_metadata(input)?;
     if metadata.contains_key(TENSORS_KEY) {
@@ -199,7 +214,8 @@ pub fn quantize_checkpoint(
         let view = st.tensor(name)?;
         let shape = view.shape().to_vec();
         let n: usize = shape.iter().product();
-        if !(is_float(view.dtype()) && n > 0 && select(name)) {
+        let chosen = if is_float(view.dtype()) && n > 0 { choose(name, &shape) } else { None };
+        let Some(options) = chosen else {
             passthrough.push(PassThrough {
                 name: name.clone(),
                 dtype: dtype_name(view.dtype()),
@@ -208,7 +224,8 @@ pub fn quantize_checkpoint(
             });
             insert_part(&mut parts, name.clone(), Part { dtype: view.dtype(), shape, data: Cow::Borrowed(view.data()) })?;
             continue;
-        }
+        };
+        let options = &options.check()?;
         let values = to_f32(&view);
         let x = ArrayViewD::from_shape(IxDyn(&shape), &values).map_err(|e| CheckpointError::Format(format!("tensor '{name}': {e}")))?;
         let (q, method) = quantize_tensor(name, x, options)?;
@@ -267,7 +284,7 @@ pub fn quantize_checkpoint(
     let json = serde_json::to_string(&entries).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
     metadata.insert(FORMAT_KEY.into(), FORMAT_VERSION.into());
     metadata.insert(TENSORS_KEY.into(), json);
-    safetensors::serialize_to_file(parts.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata), output)?;
+    crate::file::write_file(parts.iter().map(|(k, v)| (k.as_str(), v)).collect(), &metadata, output)?;
     Ok(Report::new(reports, passthrough))
 }
 
