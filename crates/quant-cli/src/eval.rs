@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use quant::models::bert::{Bert, BertTokenizer, SentenceEncoder, TextLines};
-use quant::models::retrieval::{CosineSummary, Retrieval, retrieval, row_cosines};
+use quant::models::retrieval::{CosineSummary, Pairs, Retrieval, RetrievalError, retrieval, row_cosines};
 use serde::Serialize;
 
 use crate::embed::{apply_weights, bert_error};
@@ -33,37 +33,15 @@ struct EvalReport {
     seconds: f64,
 }
 
-/// Query / document pairs from a TSV file: one pair per non-empty line, the two separated by
-/// exactly one tab.
+/// Query / document pairs from a TSV file (see [`Pairs::parse`]).
 fn read_pairs(path: &Path) -> Result<(Vec<String>, Vec<String>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| format!("{} is not UTF-8 text: {e}", path.display()))?;
-    let (mut queries, mut docs) = (Vec::new(), Vec::new());
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
-            continue;
-        }
-        let fields: Vec<&str> = line.split('\t').collect();
-        match fields.as_slice() {
-            [q, d] if !q.trim().is_empty() && !d.trim().is_empty() => {
-                queries.push(q.trim().to_string());
-                docs.push(d.trim().to_string());
-            }
-            _ => {
-                return Err(format!(
-                    "{} line {}: expected a query and a document separated by one tab, found {} field(s)",
-                    path.display(),
-                    i + 1,
-                    fields.iter().filter(|f| !f.trim().is_empty()).count()
-                ));
-            }
-        }
+    match Pairs::parse(&text) {
+        Ok(p) => Ok((p.queries, p.documents)),
+        Err(RetrievalError::Empty) => Err(format!("{} holds no query / document pairs", path.display())),
+        Err(e) => Err(format!("{} {e}", path.display())),
     }
-    if queries.is_empty() {
-        return Err(format!("{} holds no query / document pairs", path.display()));
-    }
-    Ok((queries, docs))
 }
 
 pub(crate) fn run(a: EvalArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>) -> Result<(), String> {

@@ -15,22 +15,12 @@ use quant::quantizers::{
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn quant(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quant")).args(args).output().expect("the binary runs")
-}
+mod common;
+use common::{TestResult, quant, s};
 
 /// A fresh directory for one test.
 fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quant-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    common::scratch("cli", name)
 }
 
 /// Deterministic weight-like values (a sum of sines plus a few outliers).

@@ -1,27 +1,16 @@
 //! `quant sensitivity` on the tiny golden checkpoint of quant-models (no download).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn quant(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quant")).args(args).output().expect("the binary runs")
-}
+mod common;
+use common::{TestResult, quant, s};
 
 fn model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../quant-models/tests/data/bert/plain")
+    common::tiny_model("plain")
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("quant-sens-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    common::scratch("sens", name)
 }
 
 #[test]

@@ -129,12 +129,69 @@ pub enum RetrievalError {
         /// Where.
         index: usize,
     },
+    /// A line of a pairs file that is not a query, one tab and a document.
+    #[error("line {line}: expected a query and a document separated by one tab, found {fields} field(s)")]
+    Malformed {
+        /// The 1-based line.
+        line: usize,
+        /// Its non-empty tab-separated fields.
+        fields: usize,
+    },
+}
+
+/// Query / document pairs, as a TSV file holds them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pairs {
+    /// The queries.
+    pub queries: Vec<String>,
+    /// Each query's own document, in the same order.
+    pub documents: Vec<String>,
+}
+
+impl Pairs {
+    /// One pair per non-empty line: a query, exactly one tab, its document (both trimmed;
+    /// a trailing `\r` is dropped).
+    ///
+    /// # Errors
+    /// [`RetrievalError::Malformed`] naming the line; [`RetrievalError::Empty`] for no pairs.
+    pub fn parse(text: &str) -> Result<Self, RetrievalError> {
+        let mut pairs = Pairs::default();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<&str> = line.split('\t').collect();
+            match fields.as_slice() {
+                [q, d] if !q.trim().is_empty() && !d.trim().is_empty() => {
+                    pairs.queries.push(q.trim().to_string());
+                    pairs.documents.push(d.trim().to_string());
+                }
+                _ => return Err(RetrievalError::Malformed { line: i + 1, fields: fields.iter().filter(|f| !f.trim().is_empty()).count() }),
+            }
+        }
+        if pairs.queries.is_empty() {
+            return Err(RetrievalError::Empty);
+        }
+        Ok(pairs)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn pairs_parse_and_refuse_malformed_lines() {
+        let p = Pairs::parse("a query\tits doc\r\n\n  q2 \t d2\n").expect("two pairs");
+        assert_eq!(p.queries, ["a query", "q2"]);
+        assert_eq!(p.documents, ["its doc", "d2"]);
+        assert_eq!(Pairs::parse("q\td\nno tab\n"), Err(RetrievalError::Malformed { line: 2, fields: 1 }));
+        assert_eq!(Pairs::parse("q\td\tx\n"), Err(RetrievalError::Malformed { line: 1, fields: 3 }));
+        assert_eq!(Pairs::parse("q\t \n"), Err(RetrievalError::Malformed { line: 1, fields: 1 }));
+        assert_eq!(Pairs::parse("\n\n"), Err(RetrievalError::Empty));
+    }
 
     #[test]
     fn cosines_of_known_vectors() {
