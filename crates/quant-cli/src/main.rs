@@ -23,6 +23,7 @@ use regex::Regex;
 
 mod embed;
 mod eval;
+mod plan;
 mod sensitivity;
 
 #[derive(Parser)]
@@ -56,41 +57,41 @@ and renamed only on success.")]
         #[arg(short, long)]
         output: PathBuf,
         /// The quantizer.
-        #[arg(long, default_value = "uniform", value_parser = parse::<MethodKind>)]
+        #[arg(long, default_value = "uniform", value_parser = parse::<MethodKind>, conflicts_with_all = PLAN_FLAGS)]
         method: MethodKind,
         /// Code width: 1..=8 for uniform (2..=8 symmetric), 2^bits centroids for kmeans;
         /// ternary and binary ignore it.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 8, conflicts_with_all = PLAN_FLAGS)]
         bits: u8,
         /// Uniform scheme: asymmetric (Q-BERT's min + step grid), symmetric (narrow, zero exact),
         /// symmetric-full (PyTorch's amax/127.5 style), asymmetric-exact-zero (PyTorch affine).
-        #[arg(long, default_value = "asymmetric", value_parser = parse::<Scheme>)]
+        #[arg(long, default_value = "asymmetric", value_parser = parse::<Scheme>, conflicts_with_all = PLAN_FLAGS)]
         scheme: Scheme,
         /// Which elements share parameters: tensor, channel:AXIS, or group:SIZE (groups along
         /// the last axis; a ragged last group is allowed).
-        #[arg(long, default_value = "channel:0", value_parser = parse::<GranularityRule>)]
+        #[arg(long, default_value = "channel:0", value_parser = parse::<GranularityRule>, conflicts_with_all = PLAN_FLAGS)]
         granularity: GranularityRule,
         /// Uniform range estimation: minmax, percentile:P (clip to the (100−P)th and Pth
         /// percentiles, 50 < P ≤ 100) or mse (MSE-optimal clipping, 100 candidates).
-        #[arg(long, default_value = "minmax", value_parser = parse::<RangeEstimator>)]
+        #[arg(long, default_value = "minmax", value_parser = parse::<RangeEstimator>, conflicts_with_all = PLAN_FLAGS)]
         range: RangeEstimator,
         /// Table storage: f32, f16, bf16, or qN (N = 2..=8: per-group steps and minimums stored
         /// as N-bit codes with one f16 scale per super-group, GGML k-quant style; uniform only).
-        #[arg(long, default_value = "f32", value_parser = parse::<ParamDtype>)]
+        #[arg(long, default_value = "f32", value_parser = parse::<ParamDtype>, conflicts_with_all = PLAN_FLAGS)]
         table_dtype: ParamDtype,
         /// Groups per super-group for qN tables.
-        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..), conflicts_with_all = PLAN_FLAGS)]
         super_group: u32,
         /// How qN tables are fitted: cover (each group's grid covers its range, then a search
         /// over nearby codes; the best SQNR) or least-squares (three least-squares refits per
         /// group, codes rounded to the nearest; several times faster).
-        #[arg(long, default_value = "cover", value_parser = parse::<TableFit>)]
+        #[arg(long, default_value = "cover", value_parser = parse::<TableFit>, conflicts_with_all = PLAN_FLAGS)]
         table_fit: TableFit,
         /// Quantize only tensors whose name matches this regular expression.
-        #[arg(long, value_name = "REGEX")]
+        #[arg(long, value_name = "REGEX", conflicts_with_all = PLAN_FLAGS)]
         only: Option<Regex>,
         /// Leave tensors whose name matches this regular expression unchanged.
-        #[arg(long, value_name = "REGEX")]
+        #[arg(long, value_name = "REGEX", conflicts_with_all = PLAN_FLAGS)]
         skip: Option<Regex>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -101,6 +102,8 @@ and renamed only on success.")]
         /// Replace OUTPUT if it exists (even when it is the input).
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        plan: plan::PlanArgs,
     },
     /// Dequantize a quantized checkpoint back to f32 tensors under their original names.
     #[command(after_help = "Example:
@@ -218,6 +221,9 @@ measured.")]
     },
 }
 
+/// The flags of a per-tensor plan, which the single-quantization flags conflict with.
+const PLAN_FLAGS: [&str; 3] = ["sensitivity", "plan", "recipe"];
+
 /// Parses a flag value into the core type of the same spelling.
 pub(crate) fn parse<T: std::str::FromStr<Err = QuantError>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: QuantError| e.to_string())
@@ -272,6 +278,10 @@ impl Input {
 /// Refuses to replace an existing `output` without `force`, and says so when it is `input`
 /// itself (the same file, also through a symbolic or hard link).
 pub(crate) fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), String> {
+    let partial = checkpoint::partial_path(output);
+    if partial.exists() {
+        eprintln!("warning: {} was left by a run that did not finish; it will be replaced", partial.display());
+    }
     let Ok(out_meta) = std::fs::metadata(output) else { return Ok(()) };
     if force {
         return Ok(());
@@ -354,7 +364,7 @@ fn print_report(report: &Report, json: bool) -> Result<(), String> {
     res.map_err(|e| format!("cannot write the report: {e}"))
 }
 
-fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+pub(crate) fn write_table(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     if !r.tensors.is_empty() {
         writeln!(
             out,
@@ -401,8 +411,21 @@ fn run(cli: Cli) -> Result<(), String> {
             json,
             quiet,
             force,
+            plan,
         } => {
             check_output(&input, &output, force)?;
+            if plan.active() {
+                let data = Input::open(&input)?;
+                let (p, seconds) = plan::make_plan(&plan, data.bytes())?;
+                plan::save(&plan, &p)?;
+                let bar = Bar::new(quiet, "quantizing", data.bytes().len());
+                let report =
+                    checkpoint::quantize_checkpoint_with(data.bytes(), &output, |name, _| plan::options_for(&p, name), |pr| bar.update(pr));
+                bar.finish();
+                let report = report.map_err(fail)?;
+                keep_permissions(&input, &output)?;
+                return plan::print(&p, seconds, &report, json);
+            }
             // --super-group sets the super-group of qN tables.
             let tables = match table_dtype {
                 ParamDtype::Quantized { bits, .. } => ParamDtype::Quantized { bits, super_group },

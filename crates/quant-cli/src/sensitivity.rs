@@ -34,9 +34,9 @@ pub(crate) struct SensitivityArgs {
     /// Candidate granularities (tensor, channel:AXIS, group:SIZE), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "group:32,group:128", value_parser = crate::parse::<GranularityRule>)]
     pub(crate) granularity: Vec<GranularityRule>,
-    /// Storage of the candidates' scales and offsets (f32, f16, bf16).
-    #[arg(long, default_value = "f32", value_parser = crate::parse::<ParamDtype>)]
-    pub(crate) param_dtype: ParamDtype,
+    /// Storage of the candidates' scales and offsets (f32, f16, bf16, qN), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = crate::parse::<ParamDtype>)]
+    pub(crate) param_dtype: Vec<ParamDtype>,
     /// Hutch++ products per matrix and subset.
     #[arg(long, default_value_t = 9)]
     pub(crate) trace_budget: usize,
@@ -84,7 +84,11 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
         per_subset: a.per_subset,
         seed: a.seed,
         trace_budget: a.trace_budget,
-        candidates: Candidate::grid(&a.bits, &a.granularity).into_iter().map(|c| Candidate { param_dtype: a.param_dtype, ..c }).collect(),
+        candidates: a
+            .param_dtype
+            .iter()
+            .flat_map(|&p| Candidate::grid(&a.bits, &a.granularity).into_iter().map(move |c| Candidate { param_dtype: p, ..c }))
+            .collect(),
         ..SensitivityParams::default()
     };
     if !a.quiet {

@@ -61,6 +61,46 @@ pub enum QbertError {
         /// Sentences given.
         available: usize,
     },
+    /// A name (metric, candidate) the parser does not know.
+    #[error("invalid {what} '{input}': expected {expected}")]
+    InvalidName {
+        /// What was being parsed.
+        what: &'static str,
+        /// The input.
+        input: String,
+        /// What is accepted.
+        expected: &'static str,
+    },
+    /// A plan or a sensitivity report that does not fit the checkpoint (or itself).
+    #[error("tensor '{tensor}' {reason}")]
+    Plan {
+        /// The tensor.
+        tensor: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A candidate pattern that matches none of the report's candidates.
+    #[error("no candidate of the sensitivity report matches '{pattern}' (it has {available})")]
+    UnknownCandidate {
+        /// The pattern.
+        pattern: String,
+        /// The report's candidates.
+        available: String,
+    },
+    /// A bits-per-weight budget below every assignment.
+    #[error("no assignment fits {target} bits per weight; the least achievable is {least:.4}")]
+    BudgetTooSmall {
+        /// The budget asked for.
+        target: f64,
+        /// The least bits per weight any assignment (of this allocator) reaches.
+        least: f64,
+    },
+    /// A metric that needs a sensitivity report, asked of a menu without one.
+    #[error("the {metric} metric needs a sensitivity report")]
+    Unscored {
+        /// The metric.
+        metric: &'static str,
+    },
 }
 
 /// `Result` with [`QbertError`].

@@ -13,6 +13,8 @@
 //! | [`train`] | Adam training and quantization-aware training (STE) |
 //! | [`data`] | the embedded digits data (feature `digits`, default) and a seeded split |
 //! | [`sensitivity`] | a BERT-family checkpoint's per-matrix sensitivity on calibration text |
+//! | [`plot`] | plain SVG box and scatter plots (the reports' figures) |
+//! | [`plan`] | a quantization per tensor under a bits-per-weight budget, from a sensitivity report, a recipe or a file |
 //!
 //! ```
 //! use quant_qbert::pipeline::{PipelineParams, QbertPipeline};
@@ -33,7 +35,8 @@
 pub mod data;
 mod error;
 pub mod pipeline;
-mod plot;
+pub mod plan;
+pub mod plot;
 pub mod sensitivity;
 pub mod train;
 

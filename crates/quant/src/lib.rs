@@ -15,6 +15,8 @@
 //! | [`data`] | `quant-qbert` | the embedded UCI digits data and a seeded train/test split |
 //! | [`train`] | `quant-qbert` | Adam training and quantization-aware fine-tuning (STE) |
 //! | [`pipeline`] | `quant-qbert` | the Q-BERT pipeline: sensitivity, allocation, group-wise quantization, report |
+//! | [`sensitivity`] | `quant-qbert` | a BERT-family checkpoint's per-matrix Hessian sensitivity on calibration text |
+//! | [`plan`] | `quant-qbert` | a quantization per tensor under a bits-per-weight budget (five metrics, llama.cpp's recipe, plan files) |
 //!
 //! ## Quick start
 //! ```
@@ -82,6 +84,19 @@ pub mod pipeline {
 /// second-order and measured loss increase (the `quant-qbert` crate's `sensitivity`).
 pub mod sensitivity {
     pub use quant_qbert::sensitivity::*;
+}
+
+/// A quantization per tensor of a BERT-family checkpoint under a bits-per-weight budget:
+/// allocated from a sensitivity report by five metrics, llama.cpp's `q4_k_m` recipe, or a
+/// plan file (the `quant-qbert` crate's `plan`).
+pub mod plan {
+    pub use quant_qbert::plan::*;
+}
+
+/// Plain SVG box and scatter plots, as the reports draw them (the `quant-qbert` crate's
+/// `plot`).
+pub mod plot {
+    pub use quant_qbert::plot::*;
 }
 
 /// Adam training and quantization-aware training with the STE (the `quant-qbert` crate).
