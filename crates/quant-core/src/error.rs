@@ -195,6 +195,13 @@ pub enum QuantError {
         /// Its value.
         value: f64,
     },
+    /// A matrix that must be symmetric positive definite (a layer Hessian `XᵀX` after
+    /// dampening) is not: its Cholesky factorisation failed.
+    #[error("the {what} is not positive definite (add dampening)")]
+    NotPositiveDefinite {
+        /// Which matrix.
+        what: &'static str,
+    },
     /// A name (as a command line or a file spells it) that names no value of the type.
     #[error("'{input}' is not a valid {what} (expected {expected})")]
     InvalidName {

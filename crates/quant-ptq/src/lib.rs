@@ -4,7 +4,8 @@
 //! calibration-light methods: batch-norm
 //! folding, DFQ's cross-layer equalization (pairs and depthwise-separable triples) and
 //! high-bias absorption, and bias correction (analytical from batch-norm statistics, or
-//! empirical from calibration data).
+//! empirical from calibration data); and GPTQ ([`gptq`]), Hessian-weighted rounding of a
+//! linear layer from its calibration inputs' `XᵀX`.
 //!
 //! Weights are `out × in` (PyTorch's `Linear.weight`: `y = W x + b`); a convolution is handled
 //! by viewing its weight as `out × (in · kh · kw)` (for equalization the per-input-channel
@@ -16,6 +17,9 @@
 //! (shapes, non-finite values, bit widths, tolerances).
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+
+mod gptq;
+pub use gptq::{Gptq, GptqParams, gptq, layer_objective};
 
 use quant_core::Float;
 use quant_core::{QuantError, Result};

@@ -1,0 +1,286 @@
+//! GPTQ (Frantar et al., 2022): rounding of a linear layer's weights that compensates each
+//! column's error on the columns not yet quantized, weighted by the layer Hessian
+//! `H = 2 XᵀX` of its calibration inputs `X`.
+//!
+//! For `W` (`out × in`) and `H` (`in × in`), columns are quantized left to right (or by
+//! descending `H_ii` with [`GptqParams::act_order`]); after column `j` the error
+//! `e = (w_j − q_j) / U_jj` is spread over the later columns through the upper Cholesky
+//! factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), which is the optimal update of the remaining weights
+//! for the quadratic objective `tr((W − Q) H (W − Q)ᵀ)`. Updates are applied lazily, a block
+//! of columns at a time, with one matrix product per block.
+
+use ndarray::{Array2, ArrayView2, Axis, s};
+use quant_core::{
+    Granularity, MethodKind, QuantError, QuantParams, QuantizedTensor, RangeEstimator, Result, Rounding, SliceParams, UniformSpec,
+};
+
+/// GPTQ's settings (a record; checked by [`gptq`]).
+///
+/// | Name | Default | Purpose | Range |
+/// |---|---|---|---|
+/// | `damp` | 0.01 | added to the diagonal of `H` as a fraction of its mean diagonal | finite, `≥ 0` |
+/// | `block_size` | 128 | columns per lazy batch (rounded to whole groups) | `≥ 1` |
+/// | `act_order` | false | columns by descending `H_ii`, groups fitted up front on `W` (static) | |
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GptqParams {
+    /// Dampening, as a fraction of the mean diagonal of `H`.
+    pub damp: f64,
+    /// Columns per lazy batch.
+    pub block_size: usize,
+    /// Quantize the columns of largest `H_ii` first; every group's parameters are then
+    /// fitted on the original weights before any update ("static groups"), so the stored
+    /// layout is that of the plain quantizer.
+    pub act_order: bool,
+}
+
+impl Default for GptqParams {
+    fn default() -> Self {
+        Self { damp: 0.01, block_size: 128, act_order: false }
+    }
+}
+
+impl GptqParams {
+    /// Checks the ranges above.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidSetting`].
+    pub fn check(self) -> Result<Self> {
+        if !(self.damp.is_finite() && self.damp >= 0.0) {
+            return Err(QuantError::InvalidSetting { name: "damp", value: self.damp });
+        }
+        if self.block_size == 0 {
+            return Err(QuantError::InvalidSetting { name: "block_size", value: 0.0 });
+        }
+        Ok(self)
+    }
+}
+
+/// The result of [`gptq`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gptq {
+    /// The quantized weights, in the plain quantizer's layout (codes and per-slice parameters).
+    pub quantized: QuantizedTensor<f32>,
+    /// `tr((W − Q) H (W − Q)ᵀ)` with the `H` given (before dampening).
+    pub objective: f64,
+}
+
+/// The layer objective `tr((W − Q) H (W − Q)ᵀ)`: the increase of `‖W X − Q X‖²` summed over
+/// calibration inputs when `H = XᵀX` (twice that for `H = 2XᵀX`).
+///
+/// # Errors
+/// [`QuantError::ShapeMismatch`] when `Q` is not `W`'s shape or `H` is not `in × in`;
+/// [`QuantError::NonFinite`].
+pub fn layer_objective(w: ArrayView2<'_, f32>, q: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>) -> Result<f64> {
+    if q.dim() != w.dim() {
+        return Err(QuantError::ShapeMismatch { expected: w.shape().to_vec(), got: q.shape().to_vec() });
+    }
+    check_h(w, h)?;
+    let d: Array2<f64> = Array2::from_shape_fn(w.dim(), |(i, j)| f64::from(w[[i, j]]) - f64::from(q[[i, j]]));
+    let dh = d.dot(&h);
+    Ok((&dh * &d).sum())
+}
+
+fn check_h(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>) -> Result<()> {
+    let n = w.ncols();
+    if h.dim() != (n, n) {
+        return Err(QuantError::ShapeMismatch { expected: vec![n, n], got: h.shape().to_vec() });
+    }
+    if let Some(index) = w.iter().position(|v| !v.is_finite()) {
+        return Err(QuantError::NonFinite { index });
+    }
+    if let Some(index) = h.iter().position(|v| !v.is_finite()) {
+        return Err(QuantError::NonFinite { index });
+    }
+    Ok(())
+}
+
+/// Columns per parameter group along the input axis, and whether the granularity is one GPTQ
+/// handles: per tensor, per output channel (axis 0) or groups along the input (axis 1).
+fn group_columns(spec: &UniformSpec, n: usize) -> Result<(usize, bool)> {
+    let unsupported = |setting: String| QuantError::UnsupportedSetting { method: MethodKind::Uniform, setting };
+    if spec.range() != RangeEstimator::MinMax {
+        return Err(unsupported(format!("range {} with GPTQ (min-max only)", spec.range())));
+    }
+    if matches!(spec.param_dtype(), quant_core::ParamDtype::Quantized { .. }) {
+        return Err(unsupported(format!("table dtype {} with GPTQ", spec.param_dtype())));
+    }
+    if spec.rounding() != Rounding::HalfEven {
+        return Err(unsupported("stochastic or half-away rounding with GPTQ".into()));
+    }
+    match spec.granularity() {
+        Granularity::PerTensor => Ok((n.max(1), false)),
+        Granularity::PerChannel { axis: 0 } => Ok((n.max(1), false)),
+        Granularity::PerGroup { axis: 1, size } => Ok((size, true)),
+        g => Err(unsupported(format!("granularity {g:?} with GPTQ (tensor, channel:0 or groups along the input)"))),
+    }
+}
+
+/// The dequantized value of `x` under `p` (half-even rounding, clamped to the code range).
+fn round_to_grid(p: &SliceParams<f32>, max_code: i32, x: f64) -> f64 {
+    let (s, m, z) = (f64::from(p.scale), f64::from(p.offset), f64::from(p.zero_point));
+    let u = ((x - m) / s).round_ties_even() + z;
+    let u = u.clamp(0.0, f64::from(max_code));
+    s * (u - z) + m
+}
+
+/// Slice parameters for the values `xs` (min-max range).
+fn fit(xs: impl Iterator<Item = f64>, spec: &UniformSpec) -> SliceParams<f32> {
+    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 0.0) };
+    SliceParams::for_spec(lo as f32, hi as f32, spec)
+}
+
+/// Quantizes `w` (`out × in`) with `spec` by GPTQ under the layer Hessian `h` (`in × in`,
+/// symmetric positive semi-definite, for example `2 XᵀX` of the layer's calibration inputs).
+///
+/// Inputs whose `H_ii` is 0 (never active) have their weights set to 0 before quantizing.
+/// Each group's parameters (min-max of its weights) are fixed when its first column is
+/// reached, on the weights as updated so far (with `act_order`, on the original weights).
+///
+/// # Errors
+/// [`QuantError::ShapeMismatch`], [`QuantError::NonFinite`], [`QuantError::Empty`];
+/// [`QuantError::UnsupportedSetting`] for a range other than min-max, two-level tables,
+/// rounding other than half-even, or a granularity other than per tensor, per output channel
+/// or groups along the input; [`QuantError::NotPositiveDefinite`] when `H` is singular even
+/// after dampening; the settings' errors.
+pub fn gptq(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>, spec: &UniformSpec, params: &GptqParams) -> Result<Gptq> {
+    let params = params.check()?;
+    let (rows, n) = w.dim();
+    if rows == 0 || n == 0 {
+        return Err(QuantError::Empty);
+    }
+    check_h(w, h)?;
+    let (gs, grouped) = group_columns(spec, n)?;
+    let groups = n.div_ceil(gs);
+    let max_code = i32::from(spec.max_code());
+
+    let mut wm: Array2<f64> = w.mapv(f64::from);
+    let mut hm = h.to_owned();
+    for i in 0..n {
+        if hm[[i, i]] == 0.0 {
+            hm[[i, i]] = 1.0;
+            wm.column_mut(i).fill(0.0);
+        }
+    }
+    let mean_diag = hm.diag().sum() / n as f64;
+    for i in 0..n {
+        hm[[i, i]] += params.damp * mean_diag;
+    }
+
+    // The slice of element (r, c): per tensor 0, per channel r, per group r·groups + c/gs.
+    let slice_of = |r: usize, c: usize| match spec.granularity() {
+        Granularity::PerTensor => 0,
+        Granularity::PerChannel { .. } => r,
+        _ => r * groups + c / gs,
+    };
+    let n_slices = match spec.granularity() {
+        Granularity::PerTensor => 1,
+        Granularity::PerChannel { .. } => rows,
+        _ => rows * groups,
+    };
+    let mut slices: Vec<Option<SliceParams<f32>>> = vec![None; n_slices];
+    let fit_all = |wm: &Array2<f64>, slices: &mut Vec<Option<SliceParams<f32>>>| match spec.granularity() {
+        Granularity::PerTensor => slices[0] = Some(fit(wm.iter().copied(), spec)),
+        Granularity::PerChannel { .. } => {
+            for (r, row) in wm.rows().into_iter().enumerate() {
+                slices[r] = Some(fit(row.iter().copied(), spec));
+            }
+        }
+        _ => {
+            for r in 0..rows {
+                for g in 0..groups {
+                    let cols = g * gs..((g + 1) * gs).min(n);
+                    slices[r * groups + g] = Some(fit(wm.slice(s![r, cols]).iter().copied(), spec));
+                }
+            }
+        }
+    };
+    // Per tensor and per channel the parameters see all columns at once, before any update;
+    // so do static groups.
+    if !grouped || params.act_order {
+        fit_all(&wm, &mut slices);
+    }
+
+    // Column order.
+    let mut perm: Vec<usize> = (0..n).collect();
+    if params.act_order {
+        perm.sort_by(|&a, &b| hm[[b, b]].total_cmp(&hm[[a, a]]).then(a.cmp(&b)));
+        wm = wm.select(Axis(1), &perm);
+        hm = hm.select(Axis(0), &perm).select(Axis(1), &perm);
+    }
+    let u = upper_cholesky_of_inverse(&hm)?;
+
+    // Lazy batches hold whole groups when groups are fitted on the fly.
+    let block = if grouped && !params.act_order {
+        if gs >= params.block_size { gs } else { params.block_size / gs * gs }
+    } else {
+        params.block_size
+    };
+    let mut q = Array2::<f64>::zeros((rows, n));
+    let mut i1 = 0;
+    while i1 < n {
+        let i2 = (i1 + block).min(n);
+        let count = i2 - i1;
+        let mut w1 = wm.slice(s![.., i1..i2]).to_owned();
+        let mut err = Array2::<f64>::zeros((rows, count));
+        for i in 0..count {
+            let col = i1 + i;
+            if grouped && !params.act_order && col % gs == 0 {
+                let len = gs.min(n - col);
+                for r in 0..rows {
+                    slices[r * groups + col / gs] = Some(fit(w1.slice(s![r, i..i + len]).iter().copied(), spec));
+                }
+            }
+            let d = u[[col, col]];
+            let orig = perm[col];
+            for r in 0..rows {
+                let p = slices[slice_of(r, orig)].ok_or(QuantError::Empty)?;
+                let x = w1[[r, i]];
+                let v = round_to_grid(&p, max_code, x);
+                q[[r, col]] = v;
+                err[[r, i]] = (x - v) / d;
+            }
+            let urow = u.slice(s![col, col + 1..i2]);
+            for r in 0..rows {
+                let e = err[[r, i]];
+                if e != 0.0 {
+                    w1.slice_mut(s![r, i + 1..]).scaled_add(-e, &urow);
+                }
+            }
+        }
+        if i2 < n {
+            let update = err.dot(&u.slice(s![i1..i2, i2..]));
+            let mut rest = wm.slice_mut(s![.., i2..]);
+            rest -= &update;
+        }
+        i1 = i2;
+    }
+
+    // Back to the original column order.
+    let mut out = Array2::<f32>::zeros((rows, n));
+    for (col, &orig) in perm.iter().enumerate() {
+        out.column_mut(orig).assign(&q.column(col).mapv(|v| v as f32));
+    }
+    let slices: Vec<SliceParams<f32>> = slices.into_iter().collect::<Option<_>>().ok_or(QuantError::Empty)?;
+    // The values lie on their slices' grids, so the plain quantizer with these parameters
+    // gives back exactly GPTQ's codes.
+    let quantized = QuantParams::from_slices(spec, slices)?.quantize(&out)?;
+    let deq = quantized.dequantize();
+    let deq = deq.view().into_dimensionality::<ndarray::Ix2>().map_err(|_| QuantError::Empty)?;
+    let objective = layer_objective(w, deq, h)?;
+    Ok(Gptq { quantized, objective })
+}
+
+/// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), from two factorisations.
+fn upper_cholesky_of_inverse(h: &Array2<f64>) -> Result<Array2<f64>> {
+    let n = h.nrows();
+    use faer::linalg::solvers::DenseSolveCore;
+    let not_pd = |what| QuantError::NotPositiveDefinite { what };
+    let hf = faer::Mat::<f64>::from_fn(n, n, |i, j| h[[i, j]]);
+    let llt = hf.llt(faer::Side::Lower).map_err(|_| not_pd("layer Hessian"))?;
+    let inv = llt.inverse();
+    let llt2 = inv.llt(faer::Side::Lower).map_err(|_| not_pd("inverse of the layer Hessian"))?;
+    let l = llt2.L();
+    // U = Lᵀ.
+    Ok(Array2::from_shape_fn((n, n), |(i, j)| if j >= i { l[(j, i)] } else { 0.0 }))
+}

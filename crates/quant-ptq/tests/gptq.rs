@@ -1,0 +1,269 @@
+//! GPTQ against a plain reference (column by column, the full inverse updated after every
+//! column, no lazy batches, no Cholesky), against round-to-nearest, and on bad input.
+#![allow(clippy::needless_range_loop)] // the reference is written index by index, on purpose
+
+use ndarray::{Array2, ArrayView2, s};
+use quant_core::{Granularity, ParamDtype, QuantError, RangeEstimator, Scheme, SliceParams, UniformSpec, rng};
+use quant_ptq::{GptqParams, gptq, layer_objective};
+
+/// Calibration inputs with correlated features: `X = Z A`, `Z` standard normal.
+fn inputs(samples: usize, n: usize, seed: u64) -> Array2<f64> {
+    let z = rng::normal::<f64>(samples * n, seed, 0).into_shape_with_order((samples, n)).expect("shape");
+    let g = rng::normal::<f64>(n * n, seed, 1);
+    let a = Array2::from_shape_fn((n, n), |(i, j)| if i == j { 1.0 } else { 0.4 * g[i * n + j] });
+    z.dot(&a)
+}
+
+fn weights(rows: usize, n: usize, seed: u64) -> Array2<f32> {
+    rng::normal::<f64>(rows * n, seed, 2).mapv(|v| (0.1 * v) as f32).into_shape_with_order((rows, n)).expect("shape")
+}
+
+fn spec(bits: u8, granularity: Granularity, scheme: Scheme) -> UniformSpec {
+    UniformSpec::builder().bits(bits).scheme(scheme).granularity(granularity).check().expect("valid spec")
+}
+
+/// Gauss-Jordan inverse with partial pivoting.
+fn inverse(m: &Array2<f64>) -> Array2<f64> {
+    let n = m.nrows();
+    let mut a = m.clone();
+    let mut inv = Array2::<f64>::eye(n);
+    for c in 0..n {
+        let p = (c..n).max_by(|&i, &j| a[[i, c]].abs().total_cmp(&a[[j, c]].abs())).expect("rows");
+        for k in 0..n {
+            a.swap([c, k], [p, k]);
+            inv.swap([c, k], [p, k]);
+        }
+        let d = a[[c, c]];
+        for k in 0..n {
+            a[[c, k]] /= d;
+            inv[[c, k]] /= d;
+        }
+        for r in 0..n {
+            if r != c {
+                let f = a[[r, c]];
+                for k in 0..n {
+                    a[[r, k]] -= f * a[[c, k]];
+                    inv[[r, k]] -= f * inv[[c, k]];
+                }
+            }
+        }
+    }
+    inv
+}
+
+fn grid(p: &SliceParams<f32>, max: u8, x: f64) -> f64 {
+    let (sc, m, z) = (f64::from(p.scale), f64::from(p.offset), f64::from(p.zero_point));
+    let u = (((x - m) / sc).round_ties_even() + z).clamp(0.0, f64::from(max));
+    sc * (u - z) + m
+}
+
+fn fit(xs: &[f64], spec: &UniformSpec) -> SliceParams<f32> {
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    SliceParams::for_spec(lo as f32, hi as f32, spec)
+}
+
+/// The obviously-correct GPTQ: for each column (in order, or by descending H_ii), quantize
+/// it, spread its error over the later columns with the current inverse Hessian, then remove
+/// the column from the inverse (the OBS update). Groups are fitted on the current weights
+/// when their first column is reached (with act order: on the original weights).
+fn reference(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>, spec: &UniformSpec, damp: f64, act_order: bool) -> Array2<f64> {
+    let (rows, n) = w.dim();
+    let mut wm = w.mapv(f64::from);
+    let mut hm = h.to_owned();
+    for i in 0..n {
+        if hm[[i, i]] == 0.0 {
+            hm[[i, i]] = 1.0;
+            wm.column_mut(i).fill(0.0);
+        }
+    }
+    let mean = hm.diag().sum() / n as f64;
+    for i in 0..n {
+        hm[[i, i]] += damp * mean;
+    }
+    let gs = match spec.granularity() {
+        Granularity::PerGroup { size, .. } => size,
+        _ => n,
+    };
+    let params_of = |wm: &Array2<f64>, r: usize, c: usize| -> SliceParams<f32> {
+        match spec.granularity() {
+            Granularity::PerTensor => fit(&wm.iter().copied().collect::<Vec<_>>(), spec),
+            Granularity::PerChannel { .. } => fit(&wm.row(r).to_vec(), spec),
+            _ => {
+                let g0 = c / gs * gs;
+                fit(&wm.slice(s![r, g0..(g0 + gs).min(n)]).to_vec(), spec)
+            }
+        }
+    };
+    let original = wm.clone();
+    let mut order: Vec<usize> = (0..n).collect();
+    if act_order {
+        order.sort_by(|&a, &b| hm[[b, b]].total_cmp(&hm[[a, a]]).then(a.cmp(&b)));
+    }
+    // Work in the processing order.
+    let wp = wm.select(ndarray::Axis(1), &order);
+    let hp = hm.select(ndarray::Axis(0), &order).select(ndarray::Axis(1), &order);
+    let mut wcur = wp;
+    let mut hinv = inverse(&hp);
+    let mut q = Array2::<f64>::zeros((rows, n));
+    let mut fitted: Vec<Vec<Option<SliceParams<f32>>>> = vec![vec![None; n.div_ceil(gs)]; rows];
+    for k in 0..n {
+        let orig = order[k];
+        for r in 0..rows {
+            let slot = &mut fitted[r][orig / gs];
+            if slot.is_none() {
+                *slot = Some(if act_order || !matches!(spec.granularity(), Granularity::PerGroup { .. }) {
+                    params_of(&original, r, orig)
+                } else {
+                    // The current weights in original column order.
+                    let mut cur = Array2::<f64>::zeros((rows, n));
+                    for (kk, &o) in order.iter().enumerate() {
+                        cur.column_mut(o).assign(&wcur.column(kk));
+                    }
+                    params_of(&cur, r, orig)
+                });
+            }
+        }
+        let d = hinv[[k, k]];
+        for r in 0..rows {
+            let p = fitted[r][orig / gs].expect("fitted");
+            let x = wcur[[r, k]];
+            let v = grid(&p, spec.max_code(), x);
+            q[[r, orig]] = v;
+            let e = (x - v) / d;
+            for j in k + 1..n {
+                wcur[[r, j]] -= e * hinv[[k, j]];
+            }
+        }
+        let col = hinv.column(k).to_owned();
+        let row = hinv.row(k).to_owned();
+        for i in 0..n {
+            for j in 0..n {
+                hinv[[i, j]] -= col[i] * row[j] / d;
+            }
+        }
+    }
+    q
+}
+
+fn rtn_objective(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>, spec: &UniformSpec) -> f64 {
+    let q = quant_core::quantize(&w, spec).expect("quantize").dequantize();
+    let q = q.into_dimensionality::<ndarray::Ix2>().expect("2-D");
+    layer_objective(w, q.view(), h).expect("objective")
+}
+
+#[test]
+fn gptq_equals_the_plain_reference() {
+    let cases = [
+        (Granularity::PerGroup { axis: 1, size: 8 }, Scheme::AsymmetricGrid),
+        (Granularity::PerGroup { axis: 1, size: 5 }, Scheme::SymmetricNarrow),
+        (Granularity::PerChannel { axis: 0 }, Scheme::AsymmetricExactZero),
+        (Granularity::PerTensor, Scheme::AsymmetricGrid),
+    ];
+    let mut checked = 0;
+    for seed in 0..6u64 {
+        let (rows, n) = (7, 24);
+        let x = inputs(60, n, seed);
+        let mut h = x.t().dot(&x) * 2.0;
+        if seed % 2 == 1 {
+            // A dead input.
+            h.row_mut(3).fill(0.0);
+            h.column_mut(3).fill(0.0);
+        }
+        let w = weights(rows, n, seed);
+        for &(g, scheme) in &cases {
+            for bits in [2u8, 3, 4] {
+                let sp = spec(bits, g, scheme);
+                for act_order in [false, true] {
+                    // Block of 8 columns: three lazy batches (groups of 5 give blocks of 5).
+                    let p = GptqParams { damp: 0.01, block_size: 8, act_order };
+                    let got = gptq(w.view(), h.view(), &sp, &p).expect("gptq");
+                    let want = reference(w.view(), h.view(), &sp, 0.01, act_order);
+                    let deq = got.quantized.dequantize();
+                    for ((i, &a), &b) in deq.iter().enumerate().zip(want.iter()) {
+                        // f32 dequantization against the f64 grid: ~1e-8 apart; one code apart is
+                        // at least one step, above 1e-3 for these weights.
+                        assert!(
+                            (f64::from(a) - b).abs() <= 1e-6,
+                            "seed {seed} {g:?} {scheme} {bits} bits act_order {act_order}: element {i}: {a} vs {b}"
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 4 * 3 * 2);
+}
+
+#[test]
+fn with_an_identity_hessian_gptq_is_round_to_nearest() {
+    // No correlation between inputs: no error is spread, and the codes are the plain
+    // quantizer's (same layout, same parameters).
+    let w = weights(16, 64, 3);
+    let h = Array2::<f64>::eye(64);
+    for g in [Granularity::PerGroup { axis: 1, size: 16 }, Granularity::PerChannel { axis: 0 }, Granularity::PerTensor] {
+        let sp = spec(3, g, Scheme::AsymmetricGrid);
+        let got = gptq(w.view(), h.view(), &sp, &GptqParams { damp: 0.0, ..GptqParams::default() }).expect("gptq");
+        let plain = quant_core::quantize(&w, &sp).expect("quantize");
+        assert_eq!(got.quantized.int_repr(), plain.int_repr(), "{g:?}");
+        assert_eq!(got.quantized.params().slices(), plain.params().slices());
+    }
+}
+
+#[test]
+fn gptq_beats_round_to_nearest_on_correlated_inputs() {
+    // 200 random layers with H = 2 XᵀX of correlated inputs, groups of 16 along the input.
+    let (mut better, mut total) = (0, 0);
+    for seed in 0..200u64 {
+        let (rows, n) = (12, 48);
+        let x = inputs(96, n, 1000 + seed);
+        let h = x.t().dot(&x) * 2.0;
+        let w = weights(rows, n, 1000 + seed);
+        let sp = spec(3, Granularity::PerGroup { axis: 1, size: 16 }, Scheme::AsymmetricGrid);
+        let g = gptq(w.view(), h.view(), &sp, &GptqParams::default()).expect("gptq");
+        if g.objective < rtn_objective(w.view(), h.view(), &sp) {
+            better += 1;
+        }
+        total += 1;
+    }
+    eprintln!("GPTQ below round-to-nearest in {better} of {total}");
+    // Measured: 200 of 200. The assertion leaves room for a rare tie, not for a regression.
+    assert!(better >= 195, "GPTQ below round-to-nearest in {better} of {total}");
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let w = weights(4, 8, 1);
+    let h = Array2::<f64>::eye(8);
+    let sp = spec(4, Granularity::PerGroup { axis: 1, size: 4 }, Scheme::AsymmetricGrid);
+    let p = GptqParams::default();
+    assert!(matches!(gptq(w.view(), Array2::<f64>::eye(7).view(), &sp, &p), Err(QuantError::ShapeMismatch { .. })));
+    let mut bad = w.clone();
+    bad[[1, 2]] = f32::NAN;
+    assert!(matches!(gptq(bad.view(), h.view(), &sp, &p), Err(QuantError::NonFinite { index: 10 })));
+    let mut hn = h.clone();
+    hn[[0, 1]] = f64::INFINITY;
+    assert!(matches!(gptq(w.view(), hn.view(), &sp, &p), Err(QuantError::NonFinite { .. })));
+    assert!(matches!(gptq(Array2::<f32>::zeros((0, 8)).view(), h.view(), &sp, &p), Err(QuantError::Empty)));
+    for other in [
+        spec(4, Granularity::PerChannel { axis: 1 }, Scheme::AsymmetricGrid),
+        spec(4, Granularity::PerGroup { axis: 0, size: 2 }, Scheme::AsymmetricGrid),
+        UniformSpec::builder().bits(4).per_group(1, 4).range(RangeEstimator::Mse { steps: 10 }).check().expect("spec"),
+        UniformSpec::builder()
+            .bits(4)
+            .per_group(1, 4)
+            .param_dtype(ParamDtype::Quantized { bits: 6, super_group: 2 })
+            .check()
+            .expect("spec"),
+    ] {
+        assert!(matches!(gptq(w.view(), h.view(), &other, &p), Err(QuantError::UnsupportedSetting { .. })), "{other:?}");
+    }
+    // Not positive definite, even with dampening.
+    let neg = Array2::<f64>::eye(8) * -1.0;
+    assert!(matches!(gptq(w.view(), neg.view(), &sp, &p), Err(QuantError::NotPositiveDefinite { .. })));
+    for (damp, block) in [(-0.1, 8), (f64::NAN, 8), (0.01, 0)] {
+        let q = GptqParams { damp, block_size: block, act_order: false };
+        assert!(matches!(gptq(w.view(), h.view(), &sp, &q), Err(QuantError::InvalidSetting { .. })));
+    }
+}
