@@ -223,3 +223,41 @@ fn the_loader_survives_truncated_and_mutated_files() -> Result<(), Box<dyn std::
     assert_eq!(exercise_loader(&input), 0);
     Ok(())
 }
+
+#[test]
+fn input_grams_match_transformers_hooks() -> Result<(), BertError> {
+    // grams.json: XᵀX of every encoder linear layer's input, from forward hooks in
+    // transformers (float64), each sentence alone (tests/data/bert/make_grams.py).
+    let text = std::fs::read_to_string(data("grams.json")).expect("grams.json");
+    let want: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let g = golden("plain");
+    let sentences = g.ids.iter().zip(&g.type_ids).map(|(i, t)| Sentence { ids: i.clone(), type_ids: t.clone() }).collect();
+    let batch = TokenBatch::new(sentences)?;
+    let model = Bert::<f32>::load(&data("plain"))?;
+    // Chunks of 3 sentences: the sums over chunks are the sums over the batch.
+    let grams = model.input_grams(&batch, 3)?;
+    assert_eq!(grams.tokens as u64, want["tokens"].as_u64().expect("tokens"));
+    let matrices = want["matrices"].as_object().expect("matrices");
+    assert_eq!(grams.names.len(), matrices.len());
+    for (name, w) in matrices {
+        let h = grams.get(name).unwrap_or_else(|| panic!("no gram for {name}"));
+        let close = |a: f64, b: f64| (a - b).abs() <= 2e-5 * b.abs().max(1.0);
+        let trace = w["trace"].as_f64().expect("trace");
+        assert!(close(h.diag().sum(), trace), "{name}: trace {} vs {trace}", h.diag().sum());
+        let sum = w["sum"].as_f64().expect("sum");
+        assert!(close(h.sum(), sum), "{name}: sum {} vs {sum}", h.sum());
+        let corner: Vec<Vec<f64>> = serde_json::from_value(w["corner"].clone()).expect("corner");
+        for (i, row) in corner.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                assert!(close(h[[i, j]], v), "{name} [{i},{j}]: {} vs {v}", h[[i, j]]);
+            }
+        }
+        // Symmetric by construction.
+        assert_eq!(h, &h.t().to_owned());
+    }
+    // Another model's sums are refused.
+    let mut other = grams.clone();
+    other.names[0] = "encoder.layer.0.attention.self.nope.weight".into();
+    assert!(matches!(model.accumulate_input_grams(&batch, &mut other), Err(BertError::TensorShape { .. })));
+    Ok(())
+}

@@ -27,7 +27,7 @@ use ndarray::Array2;
 pub use config::{BertConfig, HiddenAct, Pooling, PoolingMode};
 pub use distill::{LayerInputs, SelfDistillation};
 pub use error::{BertError, Result};
-pub use model::Bert;
+pub use model::{Bert, InputGrams};
 pub use text::TextLines;
 pub use tokenize::{BertTokenizer, Sentence, TokenBatch};
 

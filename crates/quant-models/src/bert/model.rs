@@ -356,6 +356,64 @@ impl<F: Real<Base = F>> Bert<F> {
         Ok(self.pool(&hidden, batch))
     }
 
+    /// Adds the Gram matrix `XᵀX` (f64) of each encoder weight matrix's inputs over the real
+    /// tokens of `batch` (sentences are packed: no padding row is ever counted) to `grams`,
+    /// at the loaded weights: the query, key and value matrices see the layer's input, the
+    /// attention output the attention context, the FFN input the attention block's normed
+    /// output, the FFN output the activations. `grams` starts empty
+    /// ([`InputGrams::default`]) or holds earlier batches' sums (the same model's).
+    ///
+    /// # Errors
+    /// [`BertError::EmptySentence`], [`BertError::TokenOutOfRange`];
+    /// [`BertError::TensorShape`] when `grams` holds another model's matrices.
+    pub fn accumulate_input_grams(&self, batch: &TokenBatch, grams: &mut InputGrams) -> Result<()> {
+        self.check_batch(batch)?;
+        let at = self.full_layout();
+        let p = Params { w: self.weights.view(), w0: self.weights.view(), at: &at, out: &at, stop: None };
+        let mut caches = Caches::default();
+        self.encode(&p, batch, Some(&mut caches));
+        let gram = |x: &Array2<F>| {
+            let x64 = x.mapv(|v| v.as_f64());
+            x64.t().dot(&x64)
+        };
+        let mut sums = Vec::with_capacity(self.layout.layers.len() * 6);
+        for (l, c) in self.layout.layers.iter().zip(&caches.layers) {
+            let input = gram(&c.input);
+            sums.push((l.q.0, input.clone()));
+            sums.push((l.k.0, input.clone()));
+            sums.push((l.v.0, input));
+            sums.push((l.out.0, gram(&c.context)));
+            sums.push((l.ffn_in.0, gram(&c.n1)));
+            sums.push((l.ffn_out.0, gram(&c.hidden)));
+        }
+        if grams.names.is_empty() {
+            grams.names = sums.iter().map(|(b, _)| self.blocks[*b].name().to_string()).collect();
+            grams.grams = sums.into_iter().map(|(_, g)| g).collect();
+        } else {
+            for ((b, g), (name, acc)) in sums.into_iter().zip(grams.names.iter().zip(grams.grams.iter_mut())) {
+                if name != self.blocks[b].name() || acc.dim() != g.dim() {
+                    return Err(BertError::TensorShape { name: name.clone(), expected: g.shape().to_vec(), got: acc.shape().to_vec() });
+                }
+                *acc += &g;
+            }
+        }
+        grams.tokens += batch.tokens();
+        Ok(())
+    }
+
+    /// [`accumulate_input_grams`](Self::accumulate_input_grams) over `batch` in chunks of
+    /// `chunk` sentences (so the activations of one chunk are held at a time).
+    ///
+    /// # Errors
+    /// As [`accumulate_input_grams`](Self::accumulate_input_grams).
+    pub fn input_grams(&self, batch: &TokenBatch, chunk: usize) -> Result<InputGrams> {
+        let mut grams = InputGrams::default();
+        for part in batch.sentences().chunks(chunk.max(1)) {
+            self.accumulate_input_grams(&TokenBatch::new(part.to_vec())?, &mut grams)?;
+        }
+        Ok(grams)
+    }
+
     /// [`embed_with`](Self::embed_with) at the loaded weights.
     ///
     /// # Errors
@@ -719,6 +777,27 @@ pub(crate) struct Params<'a, T, F> {
     pub(crate) at: &'a [Option<usize>],
     pub(crate) out: &'a [Option<usize>],
     pub(crate) stop: Option<usize>,
+}
+
+/// The Gram matrices `XᵀX` of each encoder weight matrix's calibration inputs
+/// ([`Bert::input_grams`]): the layer Hessians `H = 2 XᵀX` of GPTQ, their diagonals the
+/// importance of llama.cpp's imatrix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InputGrams {
+    /// The weight matrices' names, in the model's order (query, key, value, attention output,
+    /// FFN input, FFN output of each layer).
+    pub names: Vec<String>,
+    /// `XᵀX` per matrix (`in × in`, f64), summed over tokens.
+    pub grams: Vec<Array2<f64>>,
+    /// Tokens summed over.
+    pub tokens: usize,
+}
+
+impl InputGrams {
+    /// The Gram matrix of the matrix named `name`.
+    pub fn get(&self, name: &str) -> Option<&Array2<f64>> {
+        self.names.iter().position(|n| n == name).map(|i| &self.grams[i])
+    }
 }
 
 /// What the backward pass needs from one encoder layer.
