@@ -24,6 +24,7 @@ use regex::Regex;
 mod embed;
 mod eval;
 mod plan;
+mod rounding;
 mod sensitivity;
 
 #[derive(Parser)]
@@ -104,6 +105,8 @@ and renamed only on success.")]
         force: bool,
         #[command(flatten)]
         plan: plan::PlanArgs,
+        #[command(flatten)]
+        rounding: rounding::RoundingArgs,
     },
     /// Dequantize a quantized checkpoint back to f32 tensors under their original names.
     #[command(after_help = "Example:
@@ -412,20 +415,9 @@ fn run(cli: Cli) -> Result<(), String> {
             quiet,
             force,
             plan,
+            rounding,
         } => {
             check_output(&input, &output, force)?;
-            if plan.active() {
-                let data = Input::open(&input)?;
-                let (p, seconds) = plan::make_plan(&plan, data.bytes())?;
-                plan::save(&plan, &p)?;
-                let bar = Bar::new(quiet, "quantizing", data.bytes().len());
-                let report =
-                    checkpoint::quantize_checkpoint_with(data.bytes(), &output, |name, _| plan::options_for(&p, name), |pr| bar.update(pr));
-                bar.finish();
-                let report = report.map_err(fail)?;
-                keep_permissions(&input, &output)?;
-                return plan::print(&p, seconds, &report, json);
-            }
             // --super-group sets the super-group of qN tables.
             let tables = match table_dtype {
                 ParamDtype::Quantized { bits, .. } => ParamDtype::Quantized { bits, super_group },
@@ -433,15 +425,50 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let options = QuantizeOptions { method, bits, scheme, granularity, range, tables, table_fit };
             // Options are checked before the input is opened.
-            options.check().map_err(fail)?;
+            if !plan.active() {
+                options.check().map_err(fail)?;
+            }
             let data = Input::open(&input)?;
+            let made = if plan.active() { Some(plan::make_plan(&plan, data.bytes())?) } else { None };
+            if let Some((p, _)) = &made {
+                plan::save(&plan, p)?;
+            }
+            let rounder = rounding::Rounder::new(&rounding, &input, quiet)?;
             let select = |name: &str| only.as_ref().is_none_or(|r| r.is_match(name)) && !skip.as_ref().is_some_and(|r| r.is_match(name));
+            let choose = |name: &str, _: &[usize]| match &made {
+                Some((p, _)) => plan::options_for(p, name),
+                None => select(name).then_some(options),
+            };
+            let quantize = |name: &str, x: quant::ndarray::ArrayViewD<'_, f32>, m: &quant::quantizers::Method| match &rounder {
+                Some(r) => r.quantize(name, x, m),
+                None => m.quantize(&x),
+            };
             let bar = Bar::new(quiet, "quantizing", data.bytes().len());
-            let report = checkpoint::quantize_checkpoint(data.bytes(), &output, &options, select, |p| bar.update(p));
+            let report = checkpoint::quantize_checkpoint_by(data.bytes(), &output, choose, quantize, |p| bar.update(p));
             bar.finish();
             let report = report.map_err(fail)?;
             keep_permissions(&input, &output)?;
-            print_report(&report, json)
+            if json {
+                let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+                if let Some(((p, seconds), obj)) = made.as_ref().zip(v.as_object_mut()) {
+                    obj.insert("plan".into(), serde_json::to_value(p).map_err(|e| e.to_string())?);
+                    obj.insert("allocation_seconds".into(), (*seconds).into());
+                }
+                if let (Some(r), Some(obj)) = (&rounder, v.as_object_mut()) {
+                    obj.insert("gptq_objectives".into(), serde_json::to_value(r.objectives()).map_err(|e| e.to_string())?);
+                }
+                let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+                writeln!(std::io::stdout().lock(), "{text}").map_err(|e| format!("cannot write the report: {e}"))?;
+                return Ok(());
+            }
+            if let Some((p, seconds)) = &made {
+                plan::print_table(p, *seconds);
+            }
+            print_report(&report, false)?;
+            if let Some(r) = &rounder {
+                r.print();
+            }
+            Ok(())
         }
         Command::Dequantize { input, output, quiet, force } => {
             check_output(&input, &output, force)?;
@@ -484,9 +511,9 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { ExitCode::from(2) } else { ExitCode::SUCCESS };
             }
-            // One line: clap's first line ("error: ...") without the usage block.
-            let text = e.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: invalid arguments"));
+            // clap's whole message: the argument, the possible values or the did-you-mean
+            // tip, and the usage.
+            let _ = e.print();
             return ExitCode::from(2);
         }
     };

@@ -4,11 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use quant::checkpoint::{QuantizeOptions, Report, safetensors};
+use quant::checkpoint::{QuantizeOptions, safetensors};
 use quant::plan::{CandidatePattern, Metric, Plan, TensorMenu};
 use quant::quantizers::{GranularityRule, MethodKind, ParamDtype, RangeEstimator, Scheme, TableFit};
 use quant::sensitivity::{Candidate, SensitivityReport};
-use serde::Serialize;
 
 /// The flags that give each tensor its own quantization.
 #[derive(clap::Args)]
@@ -195,15 +194,6 @@ pub(crate) fn make_plan(args: &PlanArgs, bytes: &[u8]) -> Result<(Plan, f64), St
     Ok((plan, seconds))
 }
 
-/// What `--json` prints with a plan: the plan, the time it took, and the checkpoint report.
-#[derive(Serialize)]
-struct PlanReport<'a> {
-    plan: &'a Plan,
-    allocation_seconds: f64,
-    #[serde(flatten)]
-    report: &'a Report,
-}
-
 /// The options of tensor `name` under `plan` (`None`: copied unchanged).
 pub(crate) fn options_for(plan: &Plan, name: &str) -> Option<QuantizeOptions> {
     plan.tensors.iter().find(|e| e.name == name).map(|e| options_of(&e.candidate))
@@ -218,13 +208,8 @@ pub(crate) fn save(args: &PlanArgs, plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-/// Prints the plan (a table, or with the report as JSON).
-pub(crate) fn print(plan: &Plan, seconds: f64, report: &Report, json: bool) -> Result<(), String> {
-    if json {
-        let text = serde_json::to_string_pretty(&PlanReport { plan, allocation_seconds: seconds, report }).map_err(|e| e.to_string())?;
-        println!("{text}");
-        return Ok(());
-    }
+/// Prints the plan as a table.
+pub(crate) fn print_table(plan: &Plan, seconds: f64) {
     println!("{:<52} {:>4} {:>10} {:>7} {:>8} {:>11} {:>11}", "tensor", "bits", "groups", "tables", "bits/w", "1/2 dHd", "measured");
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4e}"));
     for e in &plan.tensors {
@@ -252,5 +237,4 @@ pub(crate) fn print(plan: &Plan, seconds: f64, report: &Report, json: bool) -> R
     for n in &plan.notes {
         println!("note: {n}");
     }
-    crate::write_table(&mut std::io::stdout().lock(), report).map_err(|e| format!("cannot write the report: {e}"))
 }

@@ -341,13 +341,20 @@ fn an_existing_output_or_the_input_itself_is_not_replaced_without_force() -> Tes
     Ok(())
 }
 
-/// Asserts a failed run: non-zero exit that is not a panic, one line on stderr, no output.
+/// Asserts a failed run: non-zero exit that is not a panic, no output; a run error is one
+/// line on stderr, a usage error (exit 2) is clap's whole message (the flag, the possible
+/// values or tip, the pointer to --help).
 fn assert_clean_failure(out: &Output, output: &Path, what: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{what}: succeeded");
     assert_ne!(out.status.code(), Some(101), "{what}: panicked: {err}");
     assert!(!err.contains("panicked"), "{what}: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{what}: not one line: {err}");
+    assert!(err.starts_with("error: "), "{what}: {err}");
+    if out.status.code() == Some(2) {
+        assert!(err.contains("--help"), "{what}: a usage error without the pointer to --help: {err}");
+    } else {
+        assert_eq!(err.trim_end().lines().count(), 1, "{what}: not one line: {err}");
+    }
     assert!(!output.exists(), "{what}: left an output file");
 }
 

@@ -197,6 +197,24 @@ pub fn quantize_checkpoint_with(
     input: &[u8],
     output: &Path,
     choose: impl Fn(&str, &[usize]) -> Option<QuantizeOptions>,
+    progress: impl FnMut(Progress<'_>),
+) -> Result<Report> {
+    quantize_checkpoint_by(input, output, choose, |_, x, method| method.quantize(&x), progress)
+}
+
+/// As [`quantize_checkpoint_with`], with the quantization itself done by
+/// `quantize(name, values, method)`, where `method` is the chosen options' method for the
+/// tensor's shape: for a rounding other than the method's own (GPTQ, for example). The result
+/// must have the tensor's shape and `method`'s layout (it is checked when the file is read
+/// back); the options describe it in the file.
+///
+/// # Errors
+/// As [`quantize_checkpoint`]; `quantize`'s errors, under the tensor's name.
+pub fn quantize_checkpoint_by(
+    input: &[u8],
+    output: &Path,
+    choose: impl Fn(&str, &[usize]) -> Option<QuantizeOptions>,
+    quantize: impl Fn(&str, ArrayViewD<'_, f32>, &Method) -> core::result::Result<Quantized<f32>, QuantError>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Report> {
     let st = SafeTensors::deserialize(input)?;
@@ -228,7 +246,11 @@ pub fn quantize_checkpoint_with(
         let options = &options.check()?;
         let values = to_f32(&view);
         let x = ArrayViewD::from_shape(IxDyn(&shape), &values).map_err(|e| CheckpointError::Format(format!("tensor '{name}': {e}")))?;
-        let (q, method) = quantize_tensor(name, x, options)?;
+        let method = options.method_for(name, x.shape())?;
+        let q = quantize(name, x.view(), &method).map_err(|source| CheckpointError::Tensor { name: name.into(), source })?;
+        if q.shape() != x.shape() || q.bits() != method.bits() {
+            return Err(CheckpointError::Metadata(format!("tensor '{name}': the quantizer returned another shape or width")));
+        }
         let back = q.dequantize();
         let stats = ErrorStats::of(values.iter().copied(), back.iter().copied());
         let (sqnr_db, max_abs_err) = (stats.sqnr_db(), stats.max_abs);

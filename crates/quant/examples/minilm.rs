@@ -10,12 +10,14 @@
 //! matrices (embedding tables, norms and biases stay f32) directly at 8, 4, 3 and 2 bits with
 //! min-max groups of 32 and 128 along the input (f32 scales and offsets), and with a
 //! quantization per matrix from the report's candidates at 3.0, 3.5 and 4.5 bits per weight
-//! and at the size of llama.cpp's own q4_k_m, chosen by Q-BERT's Omega ranking, by Omega x ||d||^2, by HAWQ-V2's
-//! trace x ||d||^2, by the second-order loss 1/2 d^T H d, by the measured loss, by
-//! llama.cpp's q4_k_m rule and at random (mean of 5 orders). Each row is judged on the 2,000
-//! shipped WordNet query / document pairs: cosine of the 4,000 sentence embeddings to f32
-//! (mean, 5th percentile), Recall@1 and MRR. Also: which metric's ranking predicts the
-//! measured loss best (Spearman over matrices x candidates).
+//! and at the size of llama.cpp's own q4_k_m, chosen by Q-BERT's Omega ranking, by
+//! Omega x ||d||^2, by HAWQ-V2's trace x ||d||^2, by the second-order loss 1/2 d^T H d, by
+//! the measured loss, by llama.cpp's q4_k_m rule and at random (mean of 5 orders). The direct
+//! rows, the quadratic-form allocation and the recipe are also run with GPTQ rounding (layer
+//! Hessians from the calibration text). Each row is judged on the 2,000 shipped WordNet
+//! query / document pairs: cosine of the 4,000 sentence embeddings to f32 (mean, 5th
+//! percentile), Recall@1 and MRR. Also: which metric's ranking predicts the measured loss
+//! best (Spearman over matrices x candidates).
 //!
 //! Writes target/minilm-study/{study.md, study.json, eigenvalues.svg, cosine_vs_bpw.svg,
 //! sensitivity.json}.
@@ -25,11 +27,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array2, s};
-use quant::models::bert::{Bert, BertTokenizer, SentenceEncoder, TextLines};
+use quant::models::bert::{Bert, BertTokenizer, InputGrams, SentenceEncoder, TextLines};
 use quant::models::retrieval::{CosineSummary, Pairs, Retrieval, retrieval, row_cosines};
 use quant::plan::{Metric, Plan, TensorMenu};
 use quant::plot::{PlotPoint, scatter_svg};
-use quant::quantizers::{GranularityRule, ParamDtype};
+use quant::ptq::{GptqParams, gptq};
+use quant::quantizers::{GranularityRule, Method, ParamDtype};
 use quant::sensitivity::{Candidate, SensitivityParams, SensitivityReport, bert_sensitivity};
 use serde::Serialize;
 
@@ -56,14 +59,19 @@ struct Study<'a> {
     seconds: f64,
 }
 
-/// The model with every tensor of `plan` replaced by its quantized-then-dequantized values.
-fn quantized(base: &Bert<f32>, plan: &Plan) -> Result<Bert<f32>, Box<dyn Error>> {
+/// The model with every tensor of `plan` replaced by its quantized-then-dequantized values,
+/// rounded to nearest or, given the input Gram matrices, by GPTQ.
+fn quantized(base: &Bert<f32>, plan: &Plan, grams: Option<&InputGrams>) -> Result<Bert<f32>, Box<dyn Error>> {
     let mut model = base.clone();
     let w = base.weights();
     for e in &plan.tensors {
         let block = base.blocks().iter().find(|b| b.name() == e.name).ok_or_else(|| format!("no tensor {}", e.name))?;
-        let x = w.slice(s![block.range()]).to_owned().into_shape_with_order(e.shape.clone())?;
-        let deq = e.candidate.method(&e.shape)?.quantize(&x)?.dequantize();
+        let x = w.slice(s![block.range()]).to_owned().into_shape_with_order((e.shape[0], e.shape[1]))?;
+        let method = e.candidate.method(&e.shape)?;
+        let deq = match (grams.and_then(|g| g.get(&e.name)), &method) {
+            (Some(h), Method::Uniform(spec)) => gptq(x.view(), h.view(), spec, &GptqParams::default())?.quantized.dequantize(),
+            _ => method.quantize(&x)?.dequantize(),
+        };
         model.set_tensor(&e.name, deq.as_slice().ok_or("dequantized tensor not contiguous")?)?;
     }
     Ok(model)
@@ -86,8 +94,8 @@ impl Judge {
         Ok(retrieval(e.slice(s![..self.pairs, ..]), e.slice(s![self.pairs.., ..]))?)
     }
 
-    fn row(&self, base: &Bert<f32>, plan: &Plan, method: &str) -> Result<Row, Box<dyn Error>> {
-        let e = self.embed(quantized(base, plan)?)?;
+    fn row(&self, base: &Bert<f32>, plan: &Plan, method: &str, grams: Option<&InputGrams>) -> Result<Row, Box<dyn Error>> {
+        let e = self.embed(quantized(base, plan, grams)?)?;
         let c = CosineSummary::of(&row_cosines(self.reference.view(), e.view())?)?;
         let r = self.retrieval(&e)?;
         Ok(Row {
@@ -164,6 +172,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         }
     };
     std::fs::write(out.join("eigenvalues.svg"), report.eigenvalue_svg())?;
+    say("input statistics (X^T X of every matrix) on data/wordnet/calibration.txt for GPTQ");
+    let calibration = TextLines::read(&data.join("calibration.txt"))?;
+    let grams = base.input_grams(&tokenizer.encode(&calibration.sentences)?, 64)?;
 
     let pairs = Pairs::parse(&std::fs::read_to_string(data.join("pairs.tsv"))?)?;
     let n = pairs.queries.len();
@@ -194,7 +205,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             };
             let plan = menu.uniform(c)?;
             say(&format!("direct {bits} bits, groups of {group}"));
-            rows.push(judge.row(&base, &plan, &format!("direct {bits} bits, group:{group}"))?);
+            rows.push(judge.row(&base, &plan, &format!("direct {bits} bits, group:{group}"), None)?);
+            rows.push(judge.row(&base, &plan, &format!("direct {bits} bits, group:{group}, GPTQ"), Some(&grams))?);
         }
     }
     // The budgets of the issue, and llama.cpp's own q4_k_m point (4-bit base, value and
@@ -207,15 +219,21 @@ fn main() -> Result<(), Box<dyn Error>> {
     for target in targets {
         for metric in Metric::ALL {
             say(&format!("{metric} at {target} bits per weight"));
-            rows.push(judge.row(&base, &menu.allocate(metric, target)?, metric.name())?);
+            let plan = menu.allocate(metric, target)?;
+            rows.push(judge.row(&base, &plan, metric.name(), None)?);
+            if metric == Metric::Quadratic {
+                rows.push(judge.row(&base, &plan, "quadratic, GPTQ", Some(&grams))?);
+            }
         }
         say(&format!("recipe q4_k_m at {target} bits per weight"));
-        rows.push(judge.row(&base, &menu.recipe_q4_k_m(Some(target))?, "recipe q4_k_m")?);
+        let recipe = menu.recipe_q4_k_m(Some(target))?;
+        rows.push(judge.row(&base, &recipe, "recipe q4_k_m", None)?);
+        rows.push(judge.row(&base, &recipe, "recipe q4_k_m, GPTQ", Some(&grams))?);
         let mut random: Vec<Row> = Vec::new();
         for seed in 0..5 {
             let order = quant::quantizers::rng::permutation(report.matrices.len(), seed);
             let plan = menu.ranked(&order, target, format!("random (seed {seed})"))?;
-            random.push(judge.row(&base, &plan, "random")?);
+            random.push(judge.row(&base, &plan, "random", None)?);
         }
         say(&format!("random orders at {target} bits per weight"));
         let mean = |f: fn(&Row) -> f64| random.iter().map(f).sum::<f64>() / random.len() as f64;
@@ -277,7 +295,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         .iter()
         .filter(|r| r.method != "f32")
         .map(|r| PlotPoint {
-            series: if r.method.starts_with("direct") { "direct".into() } else { r.method.clone() },
+            series: match (r.method.starts_with("direct"), r.method.ends_with("GPTQ")) {
+                (true, false) => "direct".into(),
+                (true, true) => "direct, GPTQ".into(),
+                _ => r.method.clone(),
+            },
             x: r.bits_per_weight,
             y: r.cosine_mean,
             label: format!("{}: {:.3} bits/w, cosine {:.4}", r.method, r.bits_per_weight, r.cosine_mean),
