@@ -113,8 +113,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<
 }
 
 /// The plan the flags ask for, checked against the checkpoint `bytes`.
-pub(crate) fn make_plan(args: &PlanArgs, bytes: &[u8]) -> Result<(Plan, f64), String> {
+pub(crate) fn make_plan(args: &PlanArgs, bytes: &[u8], rounding: &str) -> Result<(Plan, f64), String> {
     let shapes = float_shapes(bytes)?;
+    let mut notes = Vec::new();
     let shape_of = |name: &str| shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
     let err = |e: quant::pipeline::QbertError| e.to_string();
     if let Some(path) = &args.plan {
@@ -155,6 +156,11 @@ pub(crate) fn make_plan(args: &PlanArgs, bytes: &[u8]) -> Result<(Plan, f64), St
         None => None,
     };
     let start = Instant::now();
+    if let Some(r) = &report
+        && r.rounding != rounding
+    {
+        notes.push(format!("the sensitivity report scored {} rounding; this run rounds by {rounding}", r.rounding));
+    }
     let menu = match &report {
         Some(r) => TensorMenu::from_report(r, &args.candidates).map_err(err)?,
         None => {
@@ -182,6 +188,7 @@ pub(crate) fn make_plan(args: &PlanArgs, bytes: &[u8]) -> Result<(Plan, f64), St
         (None, None) => return Err("--sensitivity needs --target-bpw".into()),
     };
     let seconds = start.elapsed().as_secs_f64();
+    plan.notes.extend(notes);
     if !args.include_embeddings {
         for (name, shape) in shapes.iter().filter(|(n, s)| is_embedding(n) && s.len() == 2) {
             plan = plan.with_fixed(name, shape, EMBEDDING_CANDIDATE).map_err(err)?;

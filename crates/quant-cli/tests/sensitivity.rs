@@ -88,3 +88,62 @@ fn writes_the_report_and_refuses_too_few_sentences() -> TestResult {
     assert!(!o.status.success() && !none.exists());
     Ok(())
 }
+
+#[test]
+fn gptq_rounding_scores_the_codes_gptq_writes() -> TestResult {
+    let d = scratch("gptq");
+    let text = d.join("cal.txt");
+    std::fs::write(&text, "the cat sat on the mat\na dog ran in the park\nhello world\nshe sells sea shells\n")?;
+    let dir = model();
+    let run = |rounding: &str, out: &PathBuf| {
+        quant(&[
+            "sensitivity",
+            s(&dir),
+            "--calibration",
+            s(&text),
+            "--subsets",
+            "2",
+            "--per-subset",
+            "2",
+            "--bits",
+            "3",
+            "--granularity",
+            "group:16",
+            "--rounding",
+            rounding,
+            "-o",
+            s(out),
+            "--quiet",
+        ])
+    };
+    let (near, gptq) = (d.join("near.json"), d.join("gptq.json"));
+    assert!(run("nearest", &near).status.success());
+    let o = run("gptq", &gptq);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(&near)?)?;
+    let b: serde_json::Value = serde_json::from_slice(&std::fs::read(&gptq)?)?;
+    assert_eq!((a["rounding"].as_str(), b["rounding"].as_str()), (Some("nearest"), Some("gptq")));
+    let pert = |v: &serde_json::Value, m: usize| v["matrices"][m]["candidates"][0]["perturbation"].as_f64();
+    assert!((0..12).all(|m| pert(&a, m) != pert(&b, m)), "GPTQ changes every matrix's perturbation");
+    // Quantizing by nearest with a GPTQ report says so.
+    let input = dir.join("model.safetensors");
+    let o = quant(&[
+        "quantize",
+        s(&input),
+        "--sensitivity",
+        s(&gptq),
+        "--target-bpw",
+        "7",
+        "-o",
+        s(&d.join("q.safetensors")),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    assert!(
+        r["plan"]["notes"].as_array().ok_or("notes")?.iter().any(|n| n.as_str().is_some_and(|n| n.contains("scored gptq rounding"))),
+        "{r}"
+    );
+    Ok(())
+}

@@ -15,7 +15,8 @@ use quant_core::{GranularityRule, MethodParams, ParamDtype, rng};
 use quant_hessian::{
     BlockOperator, HutchPlusPlus, Lanczos, Model, OperatorExt, Product, QbertParams, TopEigen, qbert_statistics_for, split_subsets,
 };
-use quant_models::bert::{Bert, SelfDistillation, TokenBatch};
+use quant_models::bert::{Bert, InputGrams, SelfDistillation, TokenBatch};
+use quant_ptq::GptqParams;
 
 use crate::error::{QbertError, Result};
 
@@ -62,6 +63,47 @@ impl Candidate {
     }
 }
 
+/// How the candidates' codes are chosen, so that `d = Q(W) − W` is the perturbation the
+/// quantized checkpoint will have.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum CandidateRounding {
+    /// Round to nearest (the quantizer's own codes).
+    #[default]
+    Nearest,
+    /// GPTQ with each matrix's input Gram matrix (`Bert::input_grams` of calibration text);
+    /// matrices without one are rounded to nearest.
+    Gptq {
+        /// The input Gram matrices.
+        grams: std::sync::Arc<InputGrams>,
+        /// GPTQ's settings.
+        params: GptqParams,
+    },
+}
+
+impl CandidateRounding {
+    /// `"nearest"` or `"gptq"`, as the report and the command line spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CandidateRounding::Nearest => "nearest",
+            CandidateRounding::Gptq { .. } => "gptq",
+        }
+    }
+
+    /// `candidate` applied to the matrix `w` (`out × in`) named `name`.
+    ///
+    /// # Errors
+    /// The core's errors; GPTQ's ([`quant_ptq::gptq`]).
+    pub fn quantize(&self, name: &str, w: ndarray::ArrayView2<'_, f32>, candidate: &Candidate) -> Result<quant_core::Quantized<f32>> {
+        let method = candidate.method(w.shape())?;
+        if let (CandidateRounding::Gptq { grams, params }, quant_core::Method::Uniform(spec)) = (self, &method)
+            && let Some(h) = grams.get(name)
+        {
+            return Ok(quant_core::Quantized::Uniform(quant_ptq::gptq(w, h.view(), spec, params)?.quantized));
+        }
+        Ok(method.quantize(&w)?)
+    }
+}
+
 /// Parameters of [`bert_sensitivity`] (a record; checked when run).
 ///
 /// | Name | Default | Purpose | Range |
@@ -72,6 +114,7 @@ impl Candidate {
 /// | `lanczos_tol` | 1e-3 | relative residual of each top eigenvalue | `(0, 1)` |
 /// | `trace_budget` | 9 | Hutch++ products per matrix and subset | `≥ 3` |
 /// | `candidates` | 2, 3, 4, 6, 8 bits × groups of 32 and 128 | the quantizations scored | non-empty |
+/// | `rounding` | nearest | how the candidates' codes are chosen | nearest, or GPTQ with input statistics |
 #[derive(Debug, Clone, PartialEq)]
 pub struct SensitivityParams {
     /// Calibration subsets.
@@ -86,6 +129,8 @@ pub struct SensitivityParams {
     pub trace_budget: usize,
     /// The candidate quantizations.
     pub candidates: Vec<Candidate>,
+    /// How the candidates' codes are chosen.
+    pub rounding: CandidateRounding,
 }
 
 impl Default for SensitivityParams {
@@ -97,6 +142,7 @@ impl Default for SensitivityParams {
             lanczos_tol: 1e-3,
             trace_budget: 9,
             candidates: Candidate::grid(&[2, 3, 4, 6, 8], &[GranularityRule::Group { size: 32 }, GranularityRule::Group { size: 128 }]),
+            rounding: CandidateRounding::Nearest,
         }
     }
 }
@@ -210,6 +256,14 @@ pub struct SensitivityReport {
     pub matrices: Vec<MatrixSensitivity>,
     /// Per stage: eigenvalues, traces and quadratic forms, measured losses.
     pub stages: Vec<Stage>,
+    /// How the candidates' codes were chosen (`"nearest"` or `"gptq"`).
+    #[cfg_attr(feature = "serde", serde(default = "nearest"))]
+    pub rounding: String,
+}
+
+#[cfg(feature = "serde")]
+fn nearest() -> String {
+    "nearest".into()
 }
 
 /// Sensitivities of the tensors `tensors` (indices into [`Bert::blocks`], for example
@@ -266,7 +320,11 @@ pub fn bert_sensitivity(
         let mut d = Array2::zeros((params.candidates.len(), block.len()));
         let mut bpw = Vec::with_capacity(params.candidates.len());
         for (c, cand) in params.candidates.iter().enumerate() {
-            let q = cand.method(&shape)?.quantize(&wm)?;
+            let w2 = wm
+                .view()
+                .into_dimensionality::<ndarray::Ix2>()
+                .map_err(|_| QbertError::InvalidParameter { what: "matrix rank", value: shape.len() as f64 })?;
+            let q = params.rounding.quantize(block.name(), w2, cand)?;
             bpw.push(q.bits_per_weight());
             let deq = q.dequantize();
             d.row_mut(c).iter_mut().zip(deq.iter().zip(w.iter())).for_each(|(o, (&a, &b))| *o = a - b);
@@ -379,5 +437,13 @@ pub fn bert_sensitivity(
             }
         })
         .collect();
-    Ok(SensitivityReport { sentences: needed, tokens, subsets, seed: params.seed, matrices, stages })
+    Ok(SensitivityReport {
+        sentences: needed,
+        tokens,
+        subsets,
+        seed: params.seed,
+        matrices,
+        stages,
+        rounding: params.rounding.name().into(),
+    })
 }

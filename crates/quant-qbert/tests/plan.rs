@@ -56,7 +56,7 @@ fn report(names: &[&str], seed: u64) -> SensitivityReport {
             }
         })
         .collect();
-    SensitivityReport { sentences: 4, tokens: 40, subsets: 3, seed, matrices, stages: vec![] }
+    SensitivityReport { sentences: 4, tokens: 40, subsets: 3, seed, matrices, stages: vec![], rounding: "nearest".into() }
 }
 
 const NAMES: [&str; 4] = [

