@@ -295,12 +295,15 @@ impl TensorMenu {
     /// `patterns` (all of them when `patterns` is empty).
     ///
     /// # Errors
-    /// [`QbertError::Empty`] for a report without tensors; [`QbertError::UnknownCandidate`]
+    /// [`QbertError::Empty`] for a report without tensors or candidates; [`QbertError::UnknownCandidate`]
     /// for a pattern no candidate of the report matches; [`QbertError::Plan`] for a tensor
     /// whose candidates differ from the first tensor's or whose numbers are not finite.
     pub fn from_report(report: &SensitivityReport, patterns: &[CandidatePattern]) -> Result<Self> {
         let first = report.matrices.first().ok_or(QbertError::Empty { what: "tensors in the sensitivity report" })?;
         let all: Vec<Candidate> = first.candidates.iter().map(|c| c.candidate).collect();
+        if all.is_empty() {
+            return Err(QbertError::Empty { what: "candidates in the sensitivity report" });
+        }
         let keep = select(&all, patterns)?;
         let (mut names, mut shapes, mut bytes, mut scores, mut curvature) = (vec![], vec![], vec![], vec![], vec![]);
         for m in &report.matrices {
@@ -585,6 +588,9 @@ impl TensorMenu {
             })
             .collect();
         let ladder = self.ladder();
+        if ladder.is_empty() {
+            return Err(QbertError::Empty { what: "candidates" });
+        }
         let recipe = |i: usize| {
             let mut picks = vec![ladder[i]; self.names.len()];
             if let Some(&hi) = ladder.get(i + 1) {

@@ -213,6 +213,9 @@ fn budgets_and_patterns_that_do_not_fit() {
     let mut bad = r.clone();
     bad.matrices[1].candidates.pop();
     assert!(matches!(TensorMenu::from_report(&bad, &[]), Err(QbertError::Plan { .. })));
+    let mut none = r.clone();
+    none.matrices.iter_mut().for_each(|m| m.candidates.clear());
+    assert!(matches!(TensorMenu::from_report(&none, &[]), Err(QbertError::Empty { .. })));
     let empty = SensitivityReport { matrices: vec![], ..r };
     assert!(matches!(TensorMenu::from_report(&empty, &[]), Err(QbertError::Empty { .. })));
     assert!("quadratic".parse::<Metric>().is_ok() && "hessian".parse::<Metric>().is_err());
