@@ -152,7 +152,10 @@ pub fn scatter_svg(title: &str, x_label: &str, y_label: &str, points: &[PlotPoin
         let _ = writeln!(out, "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>", x(v), H - BOTTOM + 14.0, short(v));
     }
     let _ = writeln!(out, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", W / 2.0, H - BOTTOM + 30.0, escape(x_label));
-    let colours = ["#000000", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+    let colours = [
+        "#000000", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#ff7f0e", "#aec7e8",
+        "#98df8a", "#ff9896",
+    ];
     let mut series: Vec<&str> = Vec::new();
     for p in &points {
         let k = series.iter().position(|m| *m == p.series).unwrap_or_else(|| {
