@@ -429,7 +429,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 options.check().map_err(fail)?;
             }
             let data = Input::open(&input)?;
-            let made = if plan.active() { Some(plan::make_plan(&plan, data.bytes(), &rounding.rounding)?) } else { None };
+            let made = if plan.active() { Some(plan::make_plan(&plan, data.bytes(), &rounding.gptq.rounding)?) } else { None };
             if let Some((p, _)) = &made {
                 plan::save(&plan, p)?;
             }

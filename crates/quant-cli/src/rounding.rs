@@ -4,31 +4,53 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use quant::models::bert::{Bert, BertTokenizer, InputGrams, TextLines};
+use quant::models::bert::{Bert, BertTokenizer, TextLines, TokenBatch};
 use quant::ndarray::{ArrayViewD, Ix2};
-use quant::ptq::{GptqParams, gptq, layer_objective};
+use quant::ptq::{GptqParams, layer_objective};
 use quant::quantizers::{Method, QuantError, Quantized};
+use quant::sensitivity::CandidateRounding;
 use serde::Serialize;
 
 use crate::embed::bert_error;
 
-/// The flags of the rounding.
+/// How codes are chosen, shared by `quantize` and `sensitivity`.
 #[derive(clap::Args)]
-pub(crate) struct RoundingArgs {
+pub(crate) struct GptqArgs {
     /// How codes are chosen: nearest (round to nearest), or gptq (GPTQ with each encoder
-    /// matrix's layer Hessian 2 X^T X from --calibration; needs the model directory's
-    /// config.json and tokenizer.json beside the input; other tensors are rounded to nearest).
+    /// matrix's layer Hessian 2 X^T X from the calibration sentences; other tensors are
+    /// rounded to nearest).
     #[arg(long, default_value = "nearest", value_parser = ["nearest", "gptq"])]
     pub(crate) rounding: String,
-    /// Calibration sentences for --rounding gptq, one per line.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) calibration: Option<PathBuf>,
     /// GPTQ's dampening, a fraction of the mean diagonal of the layer Hessian.
     #[arg(long, default_value_t = 0.01)]
     pub(crate) damp: f64,
     /// GPTQ: quantize the inputs of largest X^T X diagonal first (groups fitted up front).
     #[arg(long)]
     pub(crate) act_order: bool,
+}
+
+impl GptqArgs {
+    /// The rounding, with the input statistics of `batch` for GPTQ (checked settings first).
+    pub(crate) fn rounding(&self, model: &Bert<f32>, batch: &TokenBatch) -> Result<CandidateRounding, String> {
+        if self.rounding == "nearest" {
+            return Ok(CandidateRounding::Nearest);
+        }
+        let params =
+            GptqParams { damp: self.damp, act_order: self.act_order, ..GptqParams::default() }.check().map_err(|e| e.to_string())?;
+        let grams = model.input_grams(batch, 64).map_err(bert_error)?;
+        Ok(CandidateRounding::Gptq { grams: std::sync::Arc::new(grams), params })
+    }
+}
+
+/// The rounding flags of `quantize`.
+#[derive(clap::Args)]
+pub(crate) struct RoundingArgs {
+    #[command(flatten)]
+    pub(crate) gptq: GptqArgs,
+    /// Calibration sentences for --rounding gptq, one per line (the model directory's
+    /// config.json and tokenizer.json must be beside the input).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) calibration: Option<PathBuf>,
 }
 
 /// One matrix's layer objective `tr((W − Q) H (W − Q)ᵀ)`, `H = XᵀX`, for round-to-nearest
@@ -42,23 +64,20 @@ pub(crate) struct Objective {
 
 /// GPTQ's inputs and what it measured.
 pub(crate) struct Rounder {
-    grams: InputGrams,
-    params: GptqParams,
+    rounding: CandidateRounding,
     objectives: Mutex<Vec<Objective>>,
 }
 
 impl Rounder {
     /// `None` for round-to-nearest; for GPTQ the Gram matrices of the calibration text.
     pub(crate) fn new(args: &RoundingArgs, input: &Path, quiet: bool) -> Result<Option<Self>, String> {
-        if args.rounding == "nearest" {
+        if args.gptq.rounding == "nearest" {
             if args.calibration.is_some() {
                 return Err("--calibration is used by --rounding gptq only".into());
             }
             return Ok(None);
         }
         let calibration = args.calibration.as_ref().ok_or("--rounding gptq needs --calibration FILE")?;
-        let params =
-            GptqParams { damp: args.damp, act_order: args.act_order, ..GptqParams::default() }.check().map_err(|e| e.to_string())?;
         let dir = input.parent().map(Path::to_path_buf).unwrap_or_default();
         let lines = TextLines::read(calibration).map_err(bert_error)?;
         if lines.sentences.is_empty() {
@@ -76,25 +95,32 @@ impl Rounder {
                 calibration.display()
             );
         }
-        let grams = model.input_grams(&batch, 64).map_err(bert_error)?;
-        Ok(Some(Self { grams, params, objectives: Mutex::new(Vec::new()) }))
+        Ok(Some(Self { rounding: args.gptq.rounding(&model, &batch)?, objectives: Mutex::new(Vec::new()) }))
     }
 
-    /// Quantizes `x` by GPTQ when it is an encoder matrix with uniform codes, else as the
-    /// method does.
+    /// Quantizes `x` as the rounding does; for a matrix GPTQ rounded, records its layer
+    /// objective beside round-to-nearest's.
     pub(crate) fn quantize(&self, name: &str, x: ArrayViewD<'_, f32>, method: &Method) -> Result<Quantized<f32>, QuantError> {
-        let (Some(h), Method::Uniform(spec)) = (self.grams.get(name), method) else {
+        let h = match (&self.rounding, method) {
+            (CandidateRounding::Gptq { grams, .. }, Method::Uniform(_)) => grams.get(name),
+            _ => None,
+        };
+        let (Some(h), Ok(w)) = (h, x.view().into_dimensionality::<Ix2>()) else {
             return method.quantize(&x);
         };
-        let w =
-            x.into_dimensionality::<Ix2>().map_err(|_| QuantError::ShapeMismatch { expected: vec![h.nrows(), h.nrows()], got: vec![] })?;
-        let g = gptq(w.view(), h.view(), spec, &self.params)?;
-        let nearest = method.quantize(&w)?.dequantize().into_dimensionality::<Ix2>().map_err(|_| QuantError::Empty)?;
-        let objective = Objective { name: name.into(), nearest: layer_objective(w.view(), nearest.view(), h.view())?, gptq: g.objective };
+        let q = self.rounding.quantize(name, w.view(), method).map_err(|e| match e {
+            quant::pipeline::QbertError::Core(c) => c,
+            other => QuantError::UnsupportedSetting { method: method.kind(), setting: other.to_string() },
+        })?;
+        let objective = |q: &Quantized<f32>| -> Result<f64, QuantError> {
+            let deq = q.dequantize().into_dimensionality::<Ix2>().map_err(|_| QuantError::Empty)?;
+            layer_objective(w.view(), deq.view(), h.view())
+        };
+        let record = Objective { name: name.into(), nearest: objective(&method.quantize(&w)?)?, gptq: objective(&q)? };
         if let Ok(mut o) = self.objectives.lock() {
-            o.push(objective);
+            o.push(record);
         }
-        Ok(Quantized::Uniform(g.quantized))
+        Ok(q)
     }
 
     /// The objectives measured, in tensor order.

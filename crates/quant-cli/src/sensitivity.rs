@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use quant::models::bert::{Bert, BertTokenizer, TextLines};
-use quant::ptq::GptqParams;
 use quant::quantizers::{GranularityRule, ParamDtype};
-use quant::sensitivity::{Candidate, CandidateRounding, SensitivityParams, SensitivityReport, bert_sensitivity};
+use quant::sensitivity::{Candidate, SensitivityParams, SensitivityReport, bert_sensitivity};
 use serde::Serialize;
 
 use crate::embed::bert_error;
@@ -41,17 +40,11 @@ pub(crate) struct SensitivityArgs {
     /// Hutch++ products per matrix and subset.
     #[arg(long, default_value_t = 9)]
     pub(crate) trace_budget: usize,
-    /// How the candidates' codes are chosen: nearest, or gptq (each matrix's layer Hessian
-    /// from all the calibration sentences), so the scores are those of the checkpoint that
-    /// `quant quantize --rounding gptq` writes.
-    #[arg(long, default_value = "nearest", value_parser = ["nearest", "gptq"])]
-    pub(crate) rounding: String,
-    /// GPTQ's dampening (with --rounding gptq).
-    #[arg(long, default_value_t = 0.01)]
-    pub(crate) damp: f64,
-    /// GPTQ's activation order (with --rounding gptq).
-    #[arg(long)]
-    pub(crate) act_order: bool,
+    /// How the candidates' codes are chosen (with gptq, the layer Hessians come from all the
+    /// calibration sentences, so the scores are those of the checkpoint that
+    /// `quant quantize --rounding gptq` writes).
+    #[command(flatten)]
+    pub(crate) gptq: crate::rounding::GptqArgs,
     /// Also measure the embedding tables.
     #[arg(long)]
     pub(crate) include_embeddings: bool,
@@ -91,13 +84,7 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
     if a.include_embeddings {
         tensors.extend(model.embedding_tables());
     }
-    let rounding = if a.rounding == "gptq" {
-        let params = GptqParams { damp: a.damp, act_order: a.act_order, ..GptqParams::default() }.check().map_err(|e| e.to_string())?;
-        let grams = model.input_grams(&batch, 64).map_err(bert_error)?;
-        CandidateRounding::Gptq { grams: std::sync::Arc::new(grams), params }
-    } else {
-        CandidateRounding::Nearest
-    };
+    let rounding = a.gptq.rounding(&model, &batch)?;
     let params = SensitivityParams {
         rounding,
         subsets: a.subsets,

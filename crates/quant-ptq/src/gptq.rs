@@ -136,6 +136,8 @@ fn fit(xs: impl Iterator<Item = f64>, spec: &UniformSpec) -> SliceParams<f32> {
 /// Inputs whose `H_ii` is 0 (never active) have their weights set to 0 before quantizing.
 /// Each group's parameters (min-max of its weights) are fixed when its first column is
 /// reached, on the weights as updated so far (with `act_order`, on the original weights).
+/// To quantize one matrix several ways (candidate widths, groups), prepare the Hessian once
+/// with [`GptqHessian::new`] and call [`GptqHessian::quantize`] for each.
 ///
 /// # Errors
 /// [`QuantError::ShapeMismatch`], [`QuantError::NonFinite`], [`QuantError::Empty`];
@@ -144,131 +146,185 @@ fn fit(xs: impl Iterator<Item = f64>, spec: &UniformSpec) -> SliceParams<f32> {
 /// or groups along the input; [`QuantError::NotPositiveDefinite`] when `H` is singular even
 /// after dampening; the settings' errors.
 pub fn gptq(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>, spec: &UniformSpec, params: &GptqParams) -> Result<Gptq> {
-    let params = params.check()?;
-    let (rows, n) = w.dim();
-    if rows == 0 || n == 0 {
-        return Err(QuantError::Empty);
-    }
     check_h(w, h)?;
-    let (gs, grouped) = group_columns(spec, n)?;
-    let groups = n.div_ceil(gs);
-    let max_code = i32::from(spec.max_code());
-
-    let mut wm: Array2<f64> = w.mapv(f64::from);
-    let mut hm = h.to_owned();
-    for i in 0..n {
-        if hm[[i, i]] == 0.0 {
-            hm[[i, i]] = 1.0;
-            wm.column_mut(i).fill(0.0);
-        }
-    }
-    let mean_diag = hm.diag().sum() / n as f64;
-    for i in 0..n {
-        hm[[i, i]] += params.damp * mean_diag;
-    }
-
-    // The slice of element (r, c): per tensor 0, per channel r, per group r·groups + c/gs.
-    let slice_of = |r: usize, c: usize| match spec.granularity() {
-        Granularity::PerTensor => 0,
-        Granularity::PerChannel { .. } => r,
-        _ => r * groups + c / gs,
-    };
-    let n_slices = match spec.granularity() {
-        Granularity::PerTensor => 1,
-        Granularity::PerChannel { .. } => rows,
-        _ => rows * groups,
-    };
-    let mut slices: Vec<Option<SliceParams<f32>>> = vec![None; n_slices];
-    let fit_all = |wm: &Array2<f64>, slices: &mut Vec<Option<SliceParams<f32>>>| match spec.granularity() {
-        Granularity::PerTensor => slices[0] = Some(fit(wm.iter().copied(), spec)),
-        Granularity::PerChannel { .. } => {
-            for (r, row) in wm.rows().into_iter().enumerate() {
-                slices[r] = Some(fit(row.iter().copied(), spec));
-            }
-        }
-        _ => {
-            for r in 0..rows {
-                for g in 0..groups {
-                    let cols = g * gs..((g + 1) * gs).min(n);
-                    slices[r * groups + g] = Some(fit(wm.slice(s![r, cols]).iter().copied(), spec));
-                }
-            }
-        }
-    };
-    // Per tensor and per channel the parameters see all columns at once, before any update;
-    // so do static groups.
-    if !grouped || params.act_order {
-        fit_all(&wm, &mut slices);
-    }
-
-    // Column order.
-    let mut perm: Vec<usize> = (0..n).collect();
-    if params.act_order {
-        perm.sort_by(|&a, &b| hm[[b, b]].total_cmp(&hm[[a, a]]).then(a.cmp(&b)));
-        wm = wm.select(Axis(1), &perm);
-        hm = hm.select(Axis(0), &perm).select(Axis(1), &perm);
-    }
-    let u = upper_cholesky_of_inverse(&hm)?;
-
-    // Lazy batches hold whole groups when groups are fitted on the fly.
-    let block = if grouped && !params.act_order {
-        if gs >= params.block_size { gs } else { params.block_size / gs * gs }
-    } else {
-        params.block_size
-    };
-    let mut q = Array2::<f64>::zeros((rows, n));
-    let mut i1 = 0;
-    while i1 < n {
-        let i2 = (i1 + block).min(n);
-        let count = i2 - i1;
-        let mut w1 = wm.slice(s![.., i1..i2]).to_owned();
-        let mut err = Array2::<f64>::zeros((rows, count));
-        for i in 0..count {
-            let col = i1 + i;
-            if grouped && !params.act_order && col % gs == 0 {
-                let len = gs.min(n - col);
-                for r in 0..rows {
-                    slices[r * groups + col / gs] = Some(fit(w1.slice(s![r, i..i + len]).iter().copied(), spec));
-                }
-            }
-            let d = u[[col, col]];
-            let orig = perm[col];
-            for r in 0..rows {
-                let p = slices[slice_of(r, orig)].ok_or(QuantError::Empty)?;
-                let x = w1[[r, i]];
-                let v = round_to_grid(&p, max_code, x);
-                q[[r, col]] = v;
-                err[[r, i]] = (x - v) / d;
-            }
-            let urow = u.slice(s![col, col + 1..i2]);
-            for r in 0..rows {
-                let e = err[[r, i]];
-                if e != 0.0 {
-                    w1.slice_mut(s![r, i + 1..]).scaled_add(-e, &urow);
-                }
-            }
-        }
-        if i2 < n {
-            let update = err.dot(&u.slice(s![i1..i2, i2..]));
-            let mut rest = wm.slice_mut(s![.., i2..]);
-            rest -= &update;
-        }
-        i1 = i2;
-    }
-
-    // Back to the original column order.
-    let mut out = Array2::<f32>::zeros((rows, n));
-    for (col, &orig) in perm.iter().enumerate() {
-        out.column_mut(orig).assign(&q.column(col).mapv(|v| v as f32));
-    }
-    let slices: Vec<SliceParams<f32>> = slices.into_iter().collect::<Option<_>>().ok_or(QuantError::Empty)?;
-    // The values lie on their slices' grids, so the plain quantizer with these parameters
-    // gives back exactly GPTQ's codes.
-    let quantized = QuantParams::from_slices(spec, slices)?.quantize(&out)?;
+    let quantized = GptqHessian::new(h, params)?.quantize(w, spec)?;
     let deq = quantized.dequantize();
     let deq = deq.view().into_dimensionality::<ndarray::Ix2>().map_err(|_| QuantError::Empty)?;
     let objective = layer_objective(w, deq, h)?;
     Ok(Gptq { quantized, objective })
+}
+
+/// A layer Hessian prepared for GPTQ: dead inputs found, dampened, the column order chosen
+/// and the upper Cholesky factor of its inverse computed, once for any number of
+/// [`quantize`](Self::quantize) calls on matrices with that input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptqHessian {
+    params: GptqParams,
+    /// Inputs with `H_ii = 0`.
+    dead: Vec<usize>,
+    /// Processing order of the columns.
+    perm: Vec<usize>,
+    /// Upper Cholesky factor of the (dampened, permuted) `H⁻¹`.
+    u: Array2<f64>,
+}
+
+impl GptqHessian {
+    /// Prepares `h` (`in × in`).
+    ///
+    /// # Errors
+    /// [`QuantError::ShapeMismatch`] for a matrix that is not square, [`QuantError::Empty`],
+    /// [`QuantError::NonFinite`], [`QuantError::NotPositiveDefinite`], the settings' errors.
+    pub fn new(h: ArrayView2<'_, f64>, params: &GptqParams) -> Result<Self> {
+        let params = params.check()?;
+        let n = h.nrows();
+        if h.ncols() != n {
+            return Err(QuantError::ShapeMismatch { expected: vec![n, n], got: h.shape().to_vec() });
+        }
+        if n == 0 {
+            return Err(QuantError::Empty);
+        }
+        if let Some(index) = h.iter().position(|v| !v.is_finite()) {
+            return Err(QuantError::NonFinite { index });
+        }
+        let mut hm = h.to_owned();
+        let dead: Vec<usize> = (0..n).filter(|&i| hm[[i, i]] == 0.0).collect();
+        for &i in &dead {
+            hm[[i, i]] = 1.0;
+        }
+        let mean_diag = hm.diag().sum() / n as f64;
+        for i in 0..n {
+            hm[[i, i]] += params.damp * mean_diag;
+        }
+        let mut perm: Vec<usize> = (0..n).collect();
+        if params.act_order {
+            perm.sort_by(|&a, &b| hm[[b, b]].total_cmp(&hm[[a, a]]).then(a.cmp(&b)));
+            hm = hm.select(Axis(0), &perm).select(Axis(1), &perm);
+        }
+        let u = upper_cholesky_of_inverse(&hm)?;
+        Ok(Self { params, dead, perm, u })
+    }
+
+    /// Quantizes `w` (`out × in`, `in` the prepared Hessian's size) with `spec` by GPTQ (see
+    /// [`gptq`]).
+    ///
+    /// # Errors
+    /// As [`gptq`].
+    pub fn quantize(&self, w: ArrayView2<'_, f32>, spec: &UniformSpec) -> Result<QuantizedTensor<f32>> {
+        let (rows, n) = w.dim();
+        if rows == 0 || n == 0 {
+            return Err(QuantError::Empty);
+        }
+        if n != self.perm.len() {
+            return Err(QuantError::ShapeMismatch { expected: vec![rows, self.perm.len()], got: w.shape().to_vec() });
+        }
+        if let Some(index) = w.iter().position(|v| !v.is_finite()) {
+            return Err(QuantError::NonFinite { index });
+        }
+        let params = self.params;
+        let (gs, grouped) = group_columns(spec, n)?;
+        let groups = n.div_ceil(gs);
+        let max_code = i32::from(spec.max_code());
+        let (perm, u) = (&self.perm, &self.u);
+        let mut wm: Array2<f64> = w.mapv(f64::from);
+        for &i in &self.dead {
+            wm.column_mut(i).fill(0.0);
+        }
+
+        // The slice of element (r, c): per tensor 0, per channel r, per group r·groups + c/gs.
+        let slice_of = |r: usize, c: usize| match spec.granularity() {
+            Granularity::PerTensor => 0,
+            Granularity::PerChannel { .. } => r,
+            _ => r * groups + c / gs,
+        };
+        let n_slices = match spec.granularity() {
+            Granularity::PerTensor => 1,
+            Granularity::PerChannel { .. } => rows,
+            _ => rows * groups,
+        };
+        let mut slices: Vec<Option<SliceParams<f32>>> = vec![None; n_slices];
+        let fit_all = |wm: &Array2<f64>, slices: &mut Vec<Option<SliceParams<f32>>>| match spec.granularity() {
+            Granularity::PerTensor => slices[0] = Some(fit(wm.iter().copied(), spec)),
+            Granularity::PerChannel { .. } => {
+                for (r, row) in wm.rows().into_iter().enumerate() {
+                    slices[r] = Some(fit(row.iter().copied(), spec));
+                }
+            }
+            _ => {
+                for r in 0..rows {
+                    for g in 0..groups {
+                        let cols = g * gs..((g + 1) * gs).min(n);
+                        slices[r * groups + g] = Some(fit(wm.slice(s![r, cols]).iter().copied(), spec));
+                    }
+                }
+            }
+        };
+        // Per tensor and per channel the parameters see all columns at once, before any update;
+        // so do static groups.
+        if !grouped || params.act_order {
+            fit_all(&wm, &mut slices);
+        }
+
+        // Processing order.
+        if params.act_order {
+            wm = wm.select(Axis(1), perm);
+        }
+
+        // Lazy batches hold whole groups when groups are fitted on the fly.
+        let block = if grouped && !params.act_order {
+            if gs >= params.block_size { gs } else { params.block_size / gs * gs }
+        } else {
+            params.block_size
+        };
+        let mut q = Array2::<f64>::zeros((rows, n));
+        let mut i1 = 0;
+        while i1 < n {
+            let i2 = (i1 + block).min(n);
+            let count = i2 - i1;
+            let mut w1 = wm.slice(s![.., i1..i2]).to_owned();
+            let mut err = Array2::<f64>::zeros((rows, count));
+            for i in 0..count {
+                let col = i1 + i;
+                if grouped && !params.act_order && col % gs == 0 {
+                    let len = gs.min(n - col);
+                    for r in 0..rows {
+                        slices[r * groups + col / gs] = Some(fit(w1.slice(s![r, i..i + len]).iter().copied(), spec));
+                    }
+                }
+                let d = u[[col, col]];
+                let orig = perm[col];
+                for r in 0..rows {
+                    let p = slices[slice_of(r, orig)].ok_or(QuantError::Empty)?;
+                    let x = w1[[r, i]];
+                    let v = round_to_grid(&p, max_code, x);
+                    q[[r, col]] = v;
+                    err[[r, i]] = (x - v) / d;
+                }
+                let urow = u.slice(s![col, col + 1..i2]);
+                for r in 0..rows {
+                    let e = err[[r, i]];
+                    if e != 0.0 {
+                        w1.slice_mut(s![r, i + 1..]).scaled_add(-e, &urow);
+                    }
+                }
+            }
+            if i2 < n {
+                let update = err.dot(&u.slice(s![i1..i2, i2..]));
+                let mut rest = wm.slice_mut(s![.., i2..]);
+                rest -= &update;
+            }
+            i1 = i2;
+        }
+
+        // Back to the original column order.
+        let mut out = Array2::<f32>::zeros((rows, n));
+        for (col, &orig) in perm.iter().enumerate() {
+            out.column_mut(orig).assign(&q.column(col).mapv(|v| v as f32));
+        }
+        let slices: Vec<SliceParams<f32>> = slices.into_iter().collect::<Option<_>>().ok_or(QuantError::Empty)?;
+        // The values lie on their slices' grids, so the plain quantizer with these parameters
+        // gives back exactly GPTQ's codes.
+        QuantParams::from_slices(spec, slices)?.quantize(&out)
+    }
 }
 
 /// The upper Cholesky factor `U` of `H⁻¹` (`H⁻¹ = UᵀU`), from two factorisations.

@@ -19,7 +19,7 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 
 mod gptq;
-pub use gptq::{Gptq, GptqParams, gptq, layer_objective};
+pub use gptq::{Gptq, GptqHessian, GptqParams, gptq, layer_objective};
 
 use quant_core::Float;
 use quant_core::{QuantError, Result};

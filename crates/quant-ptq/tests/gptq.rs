@@ -267,3 +267,29 @@ fn bad_input_is_a_typed_error() {
         assert!(matches!(gptq(w.view(), h.view(), &sp, &q), Err(QuantError::InvalidSetting { .. })));
     }
 }
+
+#[test]
+fn a_prepared_hessian_serves_every_candidate() {
+    let x = inputs(80, 32, 9);
+    let mut h = x.t().dot(&x) * 2.0;
+    h.row_mut(5).fill(0.0);
+    h.column_mut(5).fill(0.0);
+    let w = weights(10, 32, 9);
+    for act_order in [false, true] {
+        let p = GptqParams { act_order, ..GptqParams::default() };
+        let prepared = quant_ptq::GptqHessian::new(h.view(), &p).expect("prepared");
+        for (bits, g) in [
+            (2u8, Granularity::PerGroup { axis: 1, size: 8 }),
+            (4, Granularity::PerGroup { axis: 1, size: 16 }),
+            (3, Granularity::PerChannel { axis: 0 }),
+        ] {
+            let sp = spec(bits, g, Scheme::AsymmetricGrid);
+            let once = gptq(w.view(), h.view(), &sp, &p).expect("gptq");
+            assert_eq!(prepared.quantize(w.view(), &sp).expect("quantize"), once.quantized, "{bits} {g:?} {act_order}");
+        }
+        assert!(matches!(
+            prepared.quantize(weights(10, 31, 9).view(), &spec(4, Granularity::PerTensor, Scheme::AsymmetricGrid)),
+            Err(QuantError::ShapeMismatch { .. })
+        ));
+    }
+}

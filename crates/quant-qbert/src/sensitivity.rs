@@ -89,18 +89,39 @@ impl CandidateRounding {
         }
     }
 
-    /// `candidate` applied to the matrix `w` (`out × in`) named `name`.
+    /// `method` applied to the matrix `w` (`out × in`) named `name`: by GPTQ when the
+    /// rounding is GPTQ, the matrix has input statistics and the method is uniform; otherwise
+    /// by the method itself.
     ///
     /// # Errors
     /// The core's errors; GPTQ's ([`quant_ptq::gptq`]).
-    pub fn quantize(&self, name: &str, w: ndarray::ArrayView2<'_, f32>, candidate: &Candidate) -> Result<quant_core::Quantized<f32>> {
-        let method = candidate.method(w.shape())?;
-        if let (CandidateRounding::Gptq { grams, params }, quant_core::Method::Uniform(spec)) = (self, &method)
-            && let Some(h) = grams.get(name)
-        {
-            return Ok(quant_core::Quantized::Uniform(quant_ptq::gptq(w, h.view(), spec, params)?.quantized));
-        }
-        Ok(method.quantize(&w)?)
+    pub fn quantize(&self, name: &str, w: ndarray::ArrayView2<'_, f32>, method: &quant_core::Method) -> Result<quant_core::Quantized<f32>> {
+        Ok(self.quantize_all(name, w, core::slice::from_ref(method))?.remove(0))
+    }
+
+    /// [`quantize`](Self::quantize) with each of `methods`, the layer Hessian prepared once.
+    ///
+    /// # Errors
+    /// As [`quantize`](Self::quantize).
+    pub fn quantize_all(
+        &self,
+        name: &str,
+        w: ndarray::ArrayView2<'_, f32>,
+        methods: &[quant_core::Method],
+    ) -> Result<Vec<quant_core::Quantized<f32>>> {
+        let prepared = match self {
+            CandidateRounding::Gptq { grams, params } if methods.iter().any(|m| matches!(m, quant_core::Method::Uniform(_))) => {
+                grams.get(name).map(|h| quant_ptq::GptqHessian::new(h.view(), params)).transpose()?
+            }
+            _ => None,
+        };
+        methods
+            .iter()
+            .map(|method| match (&prepared, method) {
+                (Some(p), quant_core::Method::Uniform(spec)) => Ok(quant_core::Quantized::Uniform(p.quantize(w, spec)?)),
+                _ => Ok(method.quantize(&w)?),
+            })
+            .collect()
     }
 }
 
@@ -317,14 +338,15 @@ pub fn bert_sensitivity(
         let w = w0.slice(s![block.range()]);
         let wm =
             w.to_shape(shape.as_slice()).map_err(|_| QbertError::InvalidParameter { what: "tensor shape", value: block.len() as f64 })?;
+        let w2 = wm
+            .view()
+            .into_dimensionality::<ndarray::Ix2>()
+            .map_err(|_| QbertError::InvalidParameter { what: "matrix rank", value: shape.len() as f64 })?;
+        let methods = params.candidates.iter().map(|c| c.method(&shape)).collect::<Result<Vec<_>>>()?;
+        let quantized = params.rounding.quantize_all(block.name(), w2, &methods)?;
         let mut d = Array2::zeros((params.candidates.len(), block.len()));
         let mut bpw = Vec::with_capacity(params.candidates.len());
-        for (c, cand) in params.candidates.iter().enumerate() {
-            let w2 = wm
-                .view()
-                .into_dimensionality::<ndarray::Ix2>()
-                .map_err(|_| QbertError::InvalidParameter { what: "matrix rank", value: shape.len() as f64 })?;
-            let q = params.rounding.quantize(block.name(), w2, cand)?;
+        for (c, q) in quantized.iter().enumerate() {
             bpw.push(q.bits_per_weight());
             let deq = q.dequantize();
             d.row_mut(c).iter_mut().zip(deq.iter().zip(w.iter())).for_each(|(o, (&a, &b))| *o = a - b);
