@@ -29,13 +29,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ndarray::{Array2, s};
-use quant::models::bert::{Bert, BertTokenizer, InputGrams, SentenceEncoder, TextLines};
+use quant::models::bert::{Bert, BertTokenizer, SentenceEncoder, TextLines};
 use quant::models::retrieval::{CosineSummary, Pairs, Retrieval, retrieval, row_cosines};
 use quant::plan::{Metric, Plan, TensorMenu};
 use quant::plot::{PlotPoint, scatter_svg};
-use quant::ptq::{GptqParams, gptq};
-use quant::quantizers::{GranularityRule, Method, ParamDtype};
-use quant::sensitivity::{Candidate, SensitivityParams, SensitivityReport, bert_sensitivity};
+use quant::ptq::GptqParams;
+use quant::quantizers::{GranularityRule, ParamDtype};
+use quant::sensitivity::{Candidate, CandidateRounding, SensitivityParams, SensitivityReport, bert_sensitivity};
 use serde::Serialize;
 
 /// One row of the study.
@@ -62,18 +62,14 @@ struct Study<'a> {
 }
 
 /// The model with every tensor of `plan` replaced by its quantized-then-dequantized values,
-/// rounded to nearest or, given the input Gram matrices, by GPTQ.
-fn quantized(base: &Bert<f32>, plan: &Plan, grams: Option<&InputGrams>) -> Result<Bert<f32>, Box<dyn Error>> {
+/// rounded as `rounding` says.
+fn quantized(base: &Bert<f32>, plan: &Plan, rounding: &CandidateRounding) -> Result<Bert<f32>, Box<dyn Error>> {
     let mut model = base.clone();
     let w = base.weights();
     for e in &plan.tensors {
         let block = base.blocks().iter().find(|b| b.name() == e.name).ok_or_else(|| format!("no tensor {}", e.name))?;
         let x = w.slice(s![block.range()]).to_owned().into_shape_with_order((e.shape[0], e.shape[1]))?;
-        let method = e.candidate.method(&e.shape)?;
-        let deq = match (grams.and_then(|g| g.get(&e.name)), &method) {
-            (Some(h), Method::Uniform(spec)) => gptq(x.view(), h.view(), spec, &GptqParams::default())?.quantized.dequantize(),
-            _ => method.quantize(&x)?.dequantize(),
-        };
+        let deq = rounding.quantize(&e.name, x.view(), &e.candidate.method(&e.shape)?)?.dequantize();
         model.set_tensor(&e.name, deq.as_slice().ok_or("dequantized tensor not contiguous")?)?;
     }
     Ok(model)
@@ -96,8 +92,8 @@ impl Judge {
         Ok(retrieval(e.slice(s![..self.pairs, ..]), e.slice(s![self.pairs.., ..]))?)
     }
 
-    fn row(&self, base: &Bert<f32>, plan: &Plan, method: &str, grams: Option<&InputGrams>) -> Result<Row, Box<dyn Error>> {
-        let e = self.embed(quantized(base, plan, grams)?)?;
+    fn row(&self, base: &Bert<f32>, plan: &Plan, method: &str, rounding: &CandidateRounding) -> Result<Row, Box<dyn Error>> {
+        let e = self.embed(quantized(base, plan, rounding)?)?;
         let c = CosineSummary::of(&row_cosines(self.reference.view(), e.view())?)?;
         let r = self.retrieval(&e)?;
         Ok(Row {
@@ -177,6 +173,8 @@ fn main() -> Result<(), Box<dyn Error>> {
     say("input statistics (X^T X of every matrix) on data/wordnet/calibration.txt for GPTQ");
     let calibration = TextLines::read(&data.join("calibration.txt"))?;
     let grams = base.input_grams(&tokenizer.encode(&calibration.sentences)?, 64)?;
+    let gptq = CandidateRounding::Gptq { grams: std::sync::Arc::new(grams), params: GptqParams::default() };
+    let nearest = CandidateRounding::Nearest;
 
     let pairs = Pairs::parse(&std::fs::read_to_string(data.join("pairs.tsv"))?)?;
     let n = pairs.queries.len();
@@ -220,8 +218,8 @@ fn main() -> Result<(), Box<dyn Error>> {
             };
             let plan = menu.uniform(c)?;
             say(&format!("direct {bits} bits, groups of {group}"));
-            rows.push(judge.row(&base, &plan, &format!("direct {bits} bits, group:{group}"), None)?);
-            rows.push(judge.row(&base, &plan, &format!("direct {bits} bits, group:{group}, GPTQ"), Some(&grams))?);
+            rows.push(judge.row(&base, &plan, &format!("direct {bits} bits, group:{group}"), &nearest)?);
+            rows.push(judge.row(&base, &plan, &format!("direct {bits} bits, group:{group}, GPTQ"), &gptq)?);
         }
     }
     // The budgets of the issue, and llama.cpp's own q4_k_m point (4-bit base, value and
@@ -235,24 +233,24 @@ fn main() -> Result<(), Box<dyn Error>> {
         for metric in Metric::ALL {
             say(&format!("{metric} at {target} bits per weight"));
             let plan = menu.allocate(metric, target)?;
-            rows.push(judge.row(&base, &plan, metric.name(), None)?);
+            rows.push(judge.row(&base, &plan, metric.name(), &nearest)?);
             if metric == Metric::Quadratic {
-                rows.push(judge.row(&base, &plan, "quadratic, GPTQ", Some(&grams))?);
+                rows.push(judge.row(&base, &plan, "quadratic, GPTQ", &gptq)?);
                 if let Some(m) = &gptq_menu {
                     let plan = m.allocate(metric, target)?;
-                    rows.push(judge.row(&base, &plan, "quadratic of GPTQ, GPTQ", Some(&grams))?);
+                    rows.push(judge.row(&base, &plan, "quadratic of GPTQ, GPTQ", &gptq)?);
                 }
             }
         }
         say(&format!("recipe q4_k_m at {target} bits per weight"));
         let recipe = menu.recipe_q4_k_m(Some(target))?;
-        rows.push(judge.row(&base, &recipe, "recipe q4_k_m", None)?);
-        rows.push(judge.row(&base, &recipe, "recipe q4_k_m, GPTQ", Some(&grams))?);
+        rows.push(judge.row(&base, &recipe, "recipe q4_k_m", &nearest)?);
+        rows.push(judge.row(&base, &recipe, "recipe q4_k_m, GPTQ", &gptq)?);
         let mut random: Vec<Row> = Vec::new();
         for seed in 0..5 {
             let order = quant::quantizers::rng::permutation(report.matrices.len(), seed);
             let plan = menu.ranked(&order, target, format!("random (seed {seed})"))?;
-            random.push(judge.row(&base, &plan, "random", None)?);
+            random.push(judge.row(&base, &plan, "random", &nearest)?);
         }
         say(&format!("random orders at {target} bits per weight"));
         let mean = |f: fn(&Row) -> f64| random.iter().map(f).sum::<f64>() / random.len() as f64;
