@@ -92,7 +92,7 @@ fn options_of(c: &Candidate) -> QuantizeOptions {
 }
 
 /// The floating-point tensors of a safetensors file with their shapes.
-fn float_shapes(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>)>, String> {
+pub(crate) fn float_shapes(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>)>, String> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("invalid checkpoint: {e}"))?;
     let mut out: Vec<(String, Vec<usize>)> = meta
         .tensors()
@@ -210,7 +210,7 @@ pub(crate) fn options_for(plan: &Plan, name: &str) -> Option<QuantizeOptions> {
 pub(crate) fn save(args: &PlanArgs, plan: &Plan) -> Result<(), String> {
     if let Some(path) = &args.save_plan {
         let text = serde_json::to_string_pretty(plan).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        crate::write_atomic(path, (text + "\n").as_bytes())?;
     }
     Ok(())
 }

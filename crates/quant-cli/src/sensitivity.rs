@@ -118,7 +118,7 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
         report: &report,
     };
     let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
-    std::fs::write(&a.output, &text).map_err(|e| format!("cannot write {}: {e}", a.output.display()))?;
+    crate::write_atomic(&a.output, text.as_bytes())?;
     if a.json {
         println!("{text}");
         return Ok(());

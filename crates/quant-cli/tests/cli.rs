@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use half::{bf16, f16};
-use quant::checkpoint::{QuantizedCheckpoint, Report};
+use quant::checkpoint::{PassReason, QuantizedCheckpoint, Report};
 use quant::ndarray::{ArrayD, IxDyn};
 use quant::quantizers::{
     Granularity, KMeansSpec, ParamDtype, RangeEstimator, Scheme, TableDtype, TableFit, TernarySpec, UniformSpec, binarize, fake_quantize,
@@ -103,6 +103,17 @@ fn round_trips_equal_the_library_fake_quantization_bit_for_bit() -> TestResult {
         (vec![], |x| {
             uniform(x, 8, Scheme::AsymmetricGrid, Granularity::PerChannel { axis: 0 }, RangeEstimator::MinMax, ParamDtype::Native)
         }),
+        // The default at 6 bits and below: groups of 32 with q6 tables, the cover fit.
+        (vec!["--bits", "4"], |x| {
+            uniform(
+                x,
+                4,
+                Scheme::AsymmetricGrid,
+                group_last(x, 32),
+                RangeEstimator::MinMax,
+                ParamDtype::Quantized { bits: 6, super_group: 8 },
+            )
+        }),
         (vec!["--bits", "4", "--granularity", "group:32", "--table-dtype", "q6", "--super-group", "8"], |x| {
             uniform(
                 x,
@@ -132,13 +143,14 @@ fn round_trips_equal_the_library_fake_quantization_bit_for_bit() -> TestResult {
                 ParamDtype::Quantized { bits: 4, super_group: 16 },
             )
         }),
+        // Groups at 3 bits search their ranges by default.
         (vec!["--bits", "3", "--scheme", "symmetric", "--granularity", "group:32", "--table-dtype", "q8"], |x| {
             uniform(
                 x,
                 3,
                 Scheme::SymmetricNarrow,
                 group_last(x, 32),
-                RangeEstimator::MinMax,
+                RangeEstimator::Mse { steps: 100 },
                 ParamDtype::Quantized { bits: 8, super_group: 8 },
             )
         }),
@@ -173,9 +185,21 @@ fn round_trips_equal_the_library_fake_quantization_bit_for_bit() -> TestResult {
         let out = quant(&a);
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let report: Report = serde_json::from_slice(&out.stdout)?;
-        assert_eq!(report.tensors.len(), 4, "{args:?}");
+        // A tensor that quantized would take more bytes than it does (the 1-D tensors under
+        // one range or α per channel: a table entry per element) is kept as it is.
+        let grown: Vec<&str> = report
+            .passthrough
+            .iter()
+            .filter(|p| matches!(p.reason, Some(PassReason::WouldGrow { quantized_bytes }) if quantized_bytes >= p.bytes))
+            .map(|p| p.name.as_str())
+            .collect();
+        let per_channel = args.is_empty() || args.as_slice() == ["--method", "ternary"];
+        let expect_grown: &[&str] = if per_channel { &["enc.bias", "ln.weight"] } else { &[] };
+        assert_eq!(grown, expect_grown, "{args:?}");
+        assert_eq!(report.tensors.len() + grown.len(), 4, "{args:?}");
         // Uniform qN tables name their fit; nothing else does.
-        let fit = match (args.contains(&"least-squares"), args.iter().any(|a| a.starts_with('q'))) {
+        let default_q6 = args.as_slice() == ["--bits", "4"];
+        let fit = match (args.contains(&"least-squares"), default_q6 || args.iter().any(|a| a.starts_with('q'))) {
             (true, _) => Some("least-squares:3"),
             (false, true) => Some("cover"),
             _ => None,
@@ -187,9 +211,10 @@ fn round_trips_equal_the_library_fake_quantization_bit_for_bit() -> TestResult {
         let restored = SafeTensors::deserialize(&back_bytes)?;
         for name in ["enc.weight", "enc.bias", "emb.weight", "ln.weight"] {
             let x = read_f32(&original, name)?;
-            let expect = reference(&x)?;
+            let expect = if grown.contains(&name) { x.clone() } else { reference(&x)? };
             let got = read_f32(&restored, name)?;
-            assert_eq!(restored.tensor(name)?.dtype(), Dtype::F32);
+            let dtype = if grown.contains(&name) { original.tensor(name)?.dtype() } else { Dtype::F32 };
+            assert_eq!(restored.tensor(name)?.dtype(), dtype);
             assert!(
                 got.iter().zip(expect.iter()).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{args:?} {name}: dequantized file differs from the library's fake quantization"
@@ -232,7 +257,20 @@ fn inspect_agrees_with_the_quantize_report_and_bytes_match_the_accounting() -> T
     let out = quant(&["inspect", s(&q), "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let inspected: Report = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(inspected, report);
+    // The file does not record why a tensor was kept; everything else agrees.
+    let mut without_reasons = report.clone();
+    without_reasons.passthrough.iter_mut().for_each(|p| p.reason = None);
+    assert_eq!(inspected, without_reasons);
+    let reasons: Vec<_> = report.passthrough.iter().map(|p| (p.name.as_str(), p.reason.clone())).collect();
+    assert_eq!(
+        reasons,
+        [
+            ("emb.weight", Some(PassReason::NotSelected)),
+            ("empty", Some(PassReason::Empty)),
+            ("mask", Some(PassReason::NotFloat)),
+            ("position_ids", Some(PassReason::NotFloat))
+        ]
+    );
     // --skip kept the embedding as it was (F16).
     assert!(report.passthrough.iter().any(|p| p.name == "emb.weight" && p.dtype == "F16"));
     // The quantized tensors' data in the file is exactly the accounted bytes: file size =
@@ -428,8 +466,9 @@ fn bad_input_gives_one_line_errors_and_no_output() -> TestResult {
         assert_clean_failure(&quant(&a), &out_path, &format!("{flags:?}"));
     }
 
-    // A granularity the tensors do not have: fails on the 1-D bias after the 2-D weight.
-    assert_clean_failure(&quant(&["quantize", s(&input), "-o", &o, "--granularity", "channel:1"]), &out_path, "channel:1");
+    // A granularity the tensors do not have, with --strict: fails before writing anything
+    // (without it, the 1-D bias is kept and reported: below).
+    assert_clean_failure(&quant(&["quantize", s(&input), "-o", &o, "--granularity", "channel:1", "--strict"]), &out_path, "channel:1");
 
     // A NaN weight.
     let mut nan = values(16, 5);
@@ -470,19 +509,59 @@ fn every_command_has_help_with_examples() {
     assert!(String::from_utf8_lossy(&quant(&["--help"]).stdout).contains("quantize"));
 }
 
+/// A checkpoint of `count` f32 matrices of 2048 x 1024 (8 MB each).
+fn big_checkpoint(path: &Path, count: usize, seed: u32) -> TestResult {
+    let w = f32_bytes(&values(count * 2048 * 1024, seed));
+    let chunks = w.chunks_exact(8 << 20).enumerate();
+    let views: Result<Vec<_>, _> =
+        chunks.map(|(i, c)| TensorView::new(Dtype::F32, vec![2048, 1024], c).map(|v| (format!("w{i}"), v))).collect();
+    safetensors::serialize_to_file(views?, None, path)?;
+    Ok(())
+}
+
+/// SIGTERM and SIGINT during a run: the process exits with 130 and leaves neither the output
+/// nor its partial file (which exists from the start of the run, so the signal always lands
+/// while it is there).
+#[cfg(unix)]
+#[test]
+fn a_signal_during_a_run_leaves_neither_output_nor_partial_file() -> TestResult {
+    let d = dir("sigterm");
+    let input = d.join("big.safetensors");
+    big_checkpoint(&input, 2, 11)?;
+    for signal in ["-TERM", "-INT"] {
+        let out = d.join(format!("out{signal}.safetensors"));
+        let partial = quant::checkpoint::partial_path(&out);
+        let child = Command::new(env!("CARGO_BIN_EXE_quant"))
+            .args(["quantize", s(&input), "-o", s(&out), "--bits", "3", "--range", "mse", "--table-fit", "cover", "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let start = std::time::Instant::now();
+        while !partial.exists() && start.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(partial.exists(), "{signal}: the partial file never appeared");
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status()?;
+        assert!(status.success());
+        let result = child.wait_with_output()?;
+        if result.status.success() {
+            // Finished before the signal arrived: a complete file, nothing partial.
+            assert_eq!(quant::checkpoint::inspect(&std::fs::read(&out)?)?.tensors.len(), 2);
+        } else {
+            assert_eq!(result.status.code(), Some(130), "{signal}: {}", String::from_utf8_lossy(&result.stderr));
+            assert!(!out.exists(), "{signal}: an output after the signal");
+        }
+        assert!(!partial.exists(), "{signal}: the partial file was left");
+    }
+    Ok(())
+}
+
 #[test]
 fn an_interrupted_write_leaves_no_output_file() -> TestResult {
     let d = dir("interrupt");
     let input = d.join("big.safetensors");
     // 6M weights (24 MB): long enough to be killed mid-way on most runs.
-    let w = f32_bytes(&values(3 * 2048 * 1024, 9));
-    safetensors::serialize_to_file(
-        (0..3).map(|i| {
-            (format!("w{i}"), TensorView::new(Dtype::F32, vec![2048, 1024], &w[i * (8 << 20)..(i + 1) * (8 << 20)]).expect("view"))
-        }),
-        None,
-        &input,
-    )?;
+    big_checkpoint(&input, 3, 9)?;
     for delay_ms in [5u64, 40, 150] {
         let out = d.join(format!("out{delay_ms}.safetensors"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_quant"))
@@ -499,5 +578,61 @@ fn an_interrupted_write_leaves_no_output_file() -> TestResult {
             assert_eq!(report.tensors.len(), 3, "a partial file after {delay_ms} ms");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn unfit_tensors_are_kept_and_reported_and_low_sqnr_is_warned() -> TestResult {
+    let d = dir("unfit");
+    let input = d.join("model.safetensors");
+    checkpoint(&input)?;
+    let q = d.join("q.safetensors");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["quantize", s(&input), "-o", s(&q), "--json", "--force"];
+        a.extend(extra);
+        quant(&a)
+    };
+    let kept = |out: &Output| -> Result<Vec<(String, PassReason)>, Box<dyn std::error::Error>> {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report: Report = serde_json::from_slice(&out.stdout)?;
+        Ok(report
+            .passthrough
+            .into_iter()
+            .filter_map(|p| {
+                p.reason.filter(|r| matches!(r, PassReason::DoesNotFit { .. } | PassReason::WouldGrow { .. })).map(|r| (p.name, r))
+            })
+            .collect())
+    };
+    // channel:1 on the 1-D tensors, and a group longer than ln.weight's 48 values: kept and
+    // named; the 2-D tensors are quantized.
+    for (flags, expect) in [
+        (vec!["--granularity", "channel:1"], vec!["enc.bias", "ln.weight"]),
+        (vec!["--granularity", "group:64"], vec!["emb.weight", "ln.weight"]),
+    ] {
+        let out = run(&flags);
+        let k = kept(&out)?;
+        assert_eq!(k.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), expect, "{flags:?}");
+        assert!(k.iter().all(|(_, r)| matches!(r, PassReason::DoesNotFit { .. })), "{flags:?}: {k:?}");
+        let report: Report = serde_json::from_slice(&out.stdout)?;
+        assert!(report.tensors.iter().any(|t| t.name == "enc.weight"), "{flags:?}");
+        assert!(QuantizedCheckpoint::parse(&std::fs::read(&q)?).is_ok());
+    }
+    // 256 k-means centroids per row of a small tensor would grow it: kept.
+    let k = kept(&run(&["--method", "kmeans", "--bits", "8"]))?;
+    assert!(k.iter().any(|(n, r)| n == "emb.weight" && matches!(r, PassReason::WouldGrow { .. })), "{k:?}");
+    // The SQNR warning: none at 8 bits by default; every tensor above an impossible threshold.
+    let out = run(&[]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(v["low_sqnr"].as_array().map(Vec::len), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    let out = run(&["--min-sqnr", "300"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let quantized = v["tensors"].as_array().map_or(0, Vec::len);
+    assert!(quantized > 0);
+    assert_eq!(v["low_sqnr"].as_array().map(Vec::len), Some(quantized));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("warning: {quantized} tensor(s) below 300 dB SQNR")), "{err}");
     Ok(())
 }

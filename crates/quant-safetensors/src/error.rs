@@ -37,6 +37,23 @@ pub enum CheckpointError {
     /// Reading or writing a file failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The output's partial file could not be created (a directory that does not exist, no
+    /// permission).
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Writing or renaming the output failed (a full disk, for example).
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 impl From<SafeTensorError> for CheckpointError {

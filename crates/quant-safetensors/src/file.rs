@@ -17,64 +17,113 @@ pub fn partial_path(output: &Path) -> PathBuf {
     output.with_file_name(name)
 }
 
-/// Writes `tensors` and `metadata` as a safetensors file at `output`.
-///
-/// The bytes depend only on the inputs: header keys in sorted order (the metadata too, which
-/// the `safetensors` crate writes in hash order), tensor data ordered by descending element
-/// size and then by name (so every tensor stays aligned to its element size), the header
-/// padded with spaces to a multiple of 8. The file is written to
-/// [`partial_path`]`(output)` (replacing a stale one), flushed to disk and renamed to `output`;
-/// on an error the partial file is removed and `output` is untouched.
+/// The output file claimed for a write: `OUT.partial` beside `output`, created at once (so a
+/// missing directory or a read-only location is found before any work), written by
+/// [`finish`](Self::finish) and renamed to `output`. Dropped unfinished (an error, a panic),
+/// it removes the partial file; `output` is never touched until the rename.
+#[derive(Debug)]
+pub struct PartialFile {
+    file: Option<std::fs::File>,
+    partial: PathBuf,
+    output: PathBuf,
+}
+
+impl PartialFile {
+    /// Creates [`partial_path`]`(output)`, replacing a stale one.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Create`] naming the path when it cannot be created (a directory
+    /// that does not exist, no permission).
+    pub fn create(output: &Path) -> Result<Self> {
+        let partial = partial_path(output);
+        let file = std::fs::File::create(&partial).map_err(|source| CheckpointError::Create { path: partial.clone(), source })?;
+        Ok(Self { file: Some(file), partial, output: output.to_path_buf() })
+    }
+
+    /// The partial file's path.
+    pub fn path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Writes `tensors` and `metadata` as a safetensors file and renames it to the output.
+    ///
+    /// The bytes depend only on the inputs: header keys in sorted order (the metadata too,
+    /// which the `safetensors` crate writes in hash order), tensor data ordered by descending
+    /// element size and then by name (so every tensor stays aligned to its element size), the
+    /// header padded with spaces to a multiple of 8. The data is flushed to disk before the
+    /// rename; on an error the partial file is removed and the output is untouched.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Metadata`] for a name given twice or data whose length disagrees
+    /// with its shape and type; [`CheckpointError::Write`] naming the path when writing fails.
+    pub fn finish<S: AsRef<str>, V: View>(mut self, tensors: Vec<(S, V)>, metadata: &BTreeMap<String, String>) -> Result<()> {
+        let mut items = tensors;
+        items.sort_by(|(a, x), (b, y)| y.dtype().bitsize().cmp(&x.dtype().bitsize()).then_with(|| a.as_ref().cmp(b.as_ref())));
+        let mut header = serde_json::Map::new();
+        if !metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| CheckpointError::Metadata(e.to_string()))?);
+        }
+        let mut offset = 0usize;
+        for (name, v) in &items {
+            let name = name.as_ref();
+            let elements: usize = v.shape().iter().product();
+            let len = v.data_len();
+            if elements.checked_mul(v.dtype().bitsize()).map(|b| b.div_ceil(8)) != Some(len) {
+                return Err(CheckpointError::Metadata(format!(
+                    "tensor '{name}': {len} bytes for shape {:?} of {:?}",
+                    v.shape(),
+                    v.dtype()
+                )));
+            }
+            let entry = serde_json::json!({
+                "dtype": v.dtype(),
+                "shape": v.shape(),
+                "data_offsets": [offset, offset + len],
+            });
+            if header.insert(name.to_string(), entry).is_some() {
+                return Err(CheckpointError::Metadata(format!("tensor '{name}' is given twice")));
+            }
+            offset += len;
+        }
+        let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
+        head.resize(head.len().next_multiple_of(8), b' ');
+        let Some(file) = self.file.take() else { return Err(CheckpointError::Metadata("the partial file was already written".into())) };
+        let written = (|| -> std::io::Result<()> {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+            w.write_all(&(head.len() as u64).to_le_bytes())?;
+            w.write_all(&head)?;
+            for (_, v) in &items {
+                w.write_all(&v.data())?;
+            }
+            w.flush()?;
+            drop(w);
+            file.sync_all()
+        })();
+        drop(file);
+        written.map_err(|source| CheckpointError::Write { path: self.partial.clone(), source })?;
+        std::fs::rename(&self.partial, &self.output).map_err(|source| CheckpointError::Write { path: self.output.clone(), source })?;
+        // Renamed: nothing left for Drop to remove.
+        self.partial = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.partial.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+    }
+}
+
+/// Writes `tensors` and `metadata` as a safetensors file at `output`: [`PartialFile::create`]
+/// then [`PartialFile::finish`] (deterministic bytes, written to `OUT.partial` and renamed
+/// into place only when complete).
 ///
 /// # Errors
-/// [`CheckpointError::Metadata`] for a name given twice or data whose length disagrees with
-/// its shape and type; [`CheckpointError::Io`] when writing fails.
+/// As [`PartialFile::create`] and [`PartialFile::finish`].
 pub fn write_file<S: AsRef<str>, V: View>(tensors: Vec<(S, V)>, metadata: &BTreeMap<String, String>, output: &Path) -> Result<()> {
-    let mut items = tensors;
-    items.sort_by(|(a, x), (b, y)| y.dtype().bitsize().cmp(&x.dtype().bitsize()).then_with(|| a.as_ref().cmp(b.as_ref())));
-    let mut header = serde_json::Map::new();
-    if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| CheckpointError::Metadata(e.to_string()))?);
-    }
-    let mut offset = 0usize;
-    for (name, v) in &items {
-        let name = name.as_ref();
-        let elements: usize = v.shape().iter().product();
-        let len = v.data_len();
-        if elements.checked_mul(v.dtype().bitsize()).map(|b| b.div_ceil(8)) != Some(len) {
-            return Err(CheckpointError::Metadata(format!("tensor '{name}': {len} bytes for shape {:?} of {:?}", v.shape(), v.dtype())));
-        }
-        let entry = serde_json::json!({
-            "dtype": v.dtype(),
-            "shape": v.shape(),
-            "data_offsets": [offset, offset + len],
-        });
-        if header.insert(name.to_string(), entry).is_some() {
-            return Err(CheckpointError::Metadata(format!("tensor '{name}' is given twice")));
-        }
-        offset += len;
-    }
-    let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
-    head.resize(head.len().next_multiple_of(8), b' ');
-    let partial = partial_path(output);
-    let written = (|| -> std::io::Result<()> {
-        let file = std::fs::File::create(&partial)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
-        w.write_all(&(head.len() as u64).to_le_bytes())?;
-        w.write_all(&head)?;
-        for (_, v) in &items {
-            w.write_all(&v.data())?;
-        }
-        w.flush()?;
-        drop(w);
-        file.sync_all()?;
-        std::fs::rename(&partial, output)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&partial);
-        return Err(CheckpointError::Io(e));
-    }
-    Ok(())
+    PartialFile::create(output)?.finish(tensors, metadata)
 }
 
 #[cfg(test)]
@@ -125,7 +174,15 @@ mod tests {
         assert!(matches!(write_file(twice, &meta, &p3), Err(CheckpointError::Metadata(_))));
         assert!(!p3.exists() && !partial_path(&p3).exists());
         let missing = dir.join("no-such-dir").join("x.safetensors");
-        assert!(matches!(write_file(tensors(), &meta, &missing), Err(CheckpointError::Io(_))));
+        let err = write_file(tensors(), &meta, &missing);
+        assert!(matches!(&err, Err(CheckpointError::Create { path, .. }) if *path == partial_path(&missing)), "{err:?}");
+        assert!(err.map_err(|e| e.to_string()).unwrap_err().contains("no-such-dir"));
+        // Dropped unfinished, a claimed output leaves nothing.
+        let p4 = dir.join("four.safetensors");
+        let claimed = PartialFile::create(&p4).expect("create");
+        assert!(claimed.path().exists());
+        drop(claimed);
+        assert!(!p4.exists() && !partial_path(&p4).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -81,6 +81,46 @@ pub struct PassThrough {
     pub shape: Vec<usize>,
     /// Bytes of data.
     pub bytes: usize,
+    /// Why it was not quantized (when it was written; `None` when read back from a file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<PassReason>,
+}
+
+/// Why a tensor was copied unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum PassReason {
+    /// Not a floating-point tensor (integers, booleans).
+    NotFloat,
+    /// No elements.
+    Empty,
+    /// Not chosen (a `--skip` / `--only` pattern, or absent from a plan).
+    NotSelected,
+    /// The granularity does not fit the tensor's shape (a channel axis it does not have, a
+    /// group longer than its last axis, a scalar).
+    DoesNotFit {
+        /// What does not fit.
+        detail: String,
+    },
+    /// Quantized it would take at least as many bytes as it does now (a small tensor with a
+    /// large table, such as 256 k-means centroids per row).
+    WouldGrow {
+        /// Bytes the quantized tensor would take.
+        quantized_bytes: usize,
+    },
+}
+
+impl std::fmt::Display for PassReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PassReason::NotFloat => f.write_str("not floating point"),
+            PassReason::Empty => f.write_str("empty"),
+            PassReason::NotSelected => f.write_str("not selected"),
+            PassReason::DoesNotFit { detail } => write!(f, "granularity does not fit: {detail}"),
+            PassReason::WouldGrow { quantized_bytes } => write!(f, "quantized it would take {quantized_bytes} bytes"),
+        }
+    }
 }
 
 /// What a quantization did, or what a file holds.

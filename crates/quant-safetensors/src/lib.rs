@@ -48,8 +48,10 @@ mod read;
 mod write;
 
 pub use error::{CheckpointError, Result};
-pub use file::{partial_path, write_file};
-pub use format::{FORMAT_KEY, FORMAT_VERSION, PART_SUFFIXES, PassThrough, Progress, Report, TENSORS_KEY, TensorEntry, TensorReport};
+pub use file::{PartialFile, partial_path, write_file};
+pub use format::{
+    FORMAT_KEY, FORMAT_VERSION, PART_SUFFIXES, PassReason, PassThrough, Progress, Report, TENSORS_KEY, TensorEntry, TensorReport,
+};
 pub use read::{QuantizedCheckpoint, dequantize_checkpoint, exercise_reader, inspect};
 pub use write::{QuantizeOptions, quantize_checkpoint, quantize_checkpoint_by, quantize_checkpoint_with, quantize_tensor};
 

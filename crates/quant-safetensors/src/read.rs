@@ -245,7 +245,13 @@ impl<'a> QuantizedCheckpoint<'a> {
         let mut passthrough = Vec::new();
         for name in self.passthrough_names() {
             let v = self.st.tensor(&name)?;
-            passthrough.push(PassThrough { name, dtype: dtype_name(v.dtype()), shape: v.shape().to_vec(), bytes: v.data().len() });
+            passthrough.push(PassThrough {
+                name,
+                dtype: dtype_name(v.dtype()),
+                shape: v.shape().to_vec(),
+                bytes: v.data().len(),
+                reason: None,
+            });
         }
         Ok(Report::new(tensors, passthrough))
     }
@@ -318,6 +324,7 @@ impl View for &OutTensor<'_> {
 /// [`CheckpointError::Io`] when writing fails.
 pub fn dequantize_checkpoint(input: &[u8], output: &Path, mut progress: impl FnMut(Progress<'_>)) -> Result<usize> {
     let ckpt = QuantizedCheckpoint::parse(input)?;
+    let file = crate::file::PartialFile::create(output)?;
     let mut out: BTreeMap<String, OutTensor<'_>> = BTreeMap::new();
     let total = ckpt.entries.len();
     for (index, (name, e)) in ckpt.entries.iter().enumerate() {
@@ -333,7 +340,7 @@ pub fn dequantize_checkpoint(input: &[u8], output: &Path, mut progress: impl FnM
     }
     let meta = ckpt.user_metadata();
     let meta: BTreeMap<String, String> = meta.into_iter().collect();
-    crate::file::write_file(out.iter().map(|(k, v)| (k.as_str(), v)).collect(), &meta, output)?;
+    file.finish(out.iter().map(|(k, v)| (k.as_str(), v)).collect(), &meta)?;
     Ok(total)
 }
 
@@ -352,7 +359,13 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
     let mut passthrough = Vec::new();
     for name in names {
         let v = st.tensor(name)?;
-        passthrough.push(PassThrough { name: name.into(), dtype: dtype_name(v.dtype()), shape: v.shape().to_vec(), bytes: v.data().len() });
+        passthrough.push(PassThrough {
+            name: name.into(),
+            dtype: dtype_name(v.dtype()),
+            shape: v.shape().to_vec(),
+            bytes: v.data().len(),
+            reason: None,
+        });
     }
     Ok(Report::new(Vec::new(), passthrough))
 }

@@ -8,11 +8,14 @@ use quant_safetensors::safetensors::Dtype;
 use quant_safetensors::safetensors::tensor::TensorView;
 use quant_safetensors::{QuantizeOptions, exercise_reader, quantize_checkpoint};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+type BoxError = Box<dyn std::error::Error>;
+type TestResult = Result<(), BoxError>;
 
 /// Quantized checkpoints written under a directory of their own (`tag` keeps the tests, which
 /// run in parallel in one process, apart).
-fn quantized_files(tag: &str) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+/// Returns each file with the number of tensors its report says were quantized (a per-channel
+/// table on the 1-D bias would be larger than the bias, which is then kept as it is).
+fn quantized_files(tag: &str) -> Result<Vec<(Vec<u8>, usize)>, BoxError> {
     let w: Vec<u8> = (0..24 * 40).flat_map(|i| ((i as f32 * 0.37).sin() * 0.05).to_le_bytes()).collect();
     let b: Vec<u8> = (0..24).flat_map(|i| (i as f32 * 0.01).to_le_bytes()).collect();
     let ids: Vec<u8> = (0..6i32).flat_map(|i| i.to_le_bytes()).collect();
@@ -47,8 +50,8 @@ fn quantized_files(tag: &str) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>
     let mut files = Vec::new();
     for (k, o) in configs.iter().enumerate() {
         let path = dir.join(format!("{k}.safetensors"));
-        quantize_checkpoint(&input, &path, o, |_| true, |_| {})?;
-        files.push(std::fs::read(&path)?);
+        let report = quantize_checkpoint(&input, &path, o, |_| true, |_| {})?;
+        files.push((std::fs::read(&path)?, report.tensors.len()));
     }
     std::fs::remove_dir_all(&dir)?;
     Ok(files)
@@ -56,8 +59,12 @@ fn quantized_files(tag: &str) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>
 
 #[test]
 fn valid_files_rebuild_every_tensor() -> TestResult {
-    for f in quantized_files("valid")? {
-        assert_eq!(exercise_reader(&f), 2);
+    let files = quantized_files("valid")?;
+    // Groups, per tensor and symmetric f16 steps fit the bias; ternary's f32 α and k-means'
+    // table per element would not.
+    assert_eq!(files.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2, 2, 2, 1, 1]);
+    for (f, n) in files {
+        assert_eq!(exercise_reader(&f), n);
     }
     Ok(())
 }
@@ -71,7 +78,7 @@ fn mutated_files_never_panic() -> TestResult {
         state ^= state << 17;
         state
     };
-    for f in quantized_files("mutated")? {
+    for (f, _) in quantized_files("mutated")? {
         let header = u64::from_le_bytes(f[..8].try_into()?) as usize + 8;
         for round in 0..400 {
             let mut m = f.clone();
@@ -103,11 +110,11 @@ fn mutated_files_never_panic() -> TestResult {
 }
 
 /// `channel:AXIS` is checked per tensor, not against a 2-D stand-in: a 3-D tensor quantizes
-/// along axis 2, and a tensor without that axis is an error naming it.
+/// along axis 2, and a tensor without that axis is kept unchanged with the reason.
 #[test]
 fn channel_axes_are_checked_per_tensor() -> TestResult {
     use quant_core::{Granularity, QuantError};
-    use quant_safetensors::{CheckpointError, QuantizedCheckpoint};
+    use quant_safetensors::{PassReason, QuantizedCheckpoint};
     let w: Vec<u8> = (0..2 * 3 * 8).flat_map(|i| ((i as f32 * 0.91).cos() * 0.1).to_le_bytes()).collect();
     let b: Vec<u8> = (0..8).flat_map(|i| (i as f32 * 0.1).to_le_bytes()).collect();
     let conv = TensorView::new(Dtype::F32, vec![2, 3, 8], &w)?;
@@ -123,11 +130,23 @@ fn channel_axes_are_checked_per_tensor() -> TestResult {
     assert_eq!(QuantizedCheckpoint::parse(&bytes)?.dequantize("conv.weight")?.shape(), &[2, 3, 8]);
     let input =
         quant_safetensors::safetensors::serialize([("conv.weight", conv), ("conv.bias", TensorView::new(Dtype::F32, vec![8], &b)?)], None)?;
-    let err = quantize_checkpoint(&input, &out, &options, |_| true, |_| {});
+    let report = quantize_checkpoint(&input, &out, &options, |_| true, |_| {})?;
+    assert_eq!(report.tensors.len(), 1);
+    let kept = &report.passthrough[0];
+    let expect = QuantError::InvalidAxis { axis: 2, ndim: 1 }.to_string();
+    assert!(kept.name == "conv.bias" && matches!(&kept.reason, Some(PassReason::DoesNotFit { detail }) if *detail == expect), "{kept:?}");
+    let bytes = std::fs::read(&out)?;
+    let ckpt = QuantizedCheckpoint::parse(&bytes)?;
+    assert_eq!(ckpt.raw("conv.bias")?.data(), &b[..]);
+    // The other shapes a granularity does not fit: a scalar, a group longer than the last axis.
+    assert!(matches!(options.pass_reason(&[]), Some(PassReason::DoesNotFit { .. })));
+    let groups = QuantizeOptions { granularity: GranularityRule::Group { size: 16 }, ..options };
+    assert!(matches!(groups.pass_reason(&[]), Some(PassReason::DoesNotFit { .. })));
     assert!(
-        matches!(&err, Err(CheckpointError::Unsupported { name, source: QuantError::InvalidAxis { axis: 2, ndim: 1 } }) if name == "conv.bias"),
-        "{err:?}"
+        matches!(groups.pass_reason(&[4, 8]), Some(PassReason::DoesNotFit { detail }) if detail.contains("longer than the last axis (8)"))
     );
+    assert_eq!(groups.pass_reason(&[4, 16]), None);
+    assert_eq!(options.pass_reason(&[2, 3, 8]), None);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
