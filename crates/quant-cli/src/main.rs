@@ -284,6 +284,11 @@ enum Input {
 
 impl Input {
     fn open(path: &Path) -> Result<Self, String> {
+        if path.is_dir() {
+            let model = path.join("model.safetensors");
+            let hint = if model.is_file() { format!(" (did you mean {}?)", model.display()) } else { String::new() };
+            return Err(format!("{} is a directory, not a safetensors file{hint}", path.display()));
+        }
         let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
         if len < 4096 {
@@ -393,10 +398,11 @@ impl Bar {
             eprint!("\r\x1b[2K{} [{}{}] {}/{} {name}", self.verb, "=".repeat(filled), " ".repeat(width - filled), p.index + 1, p.total);
             let _ = std::io::stderr().flush();
         } else if self.lines {
+            // A line when another tenth of the tensors is done, with the exact share.
             let tenth = (p.index * 10).checked_div(p.total).unwrap_or(10);
             if tenth > self.last_tenth.get() {
                 self.last_tenth.set(tenth);
-                eprintln!("{}: {}/{} tensors ({}%)", self.verb, p.index, p.total, tenth * 10);
+                eprintln!("{}: {}", self.verb, progress_line(p.index, p.total));
             }
         }
     }
@@ -470,6 +476,12 @@ fn warn_low_sqnr(low: &[LowSqnr<'_>], min_db: f64) {
     if low.len() > 10 {
         eprintln!("  ... and {} more (--json lists them all)", low.len() - 10);
     }
+}
+
+/// `done/total tensors (P%)`, P the exact share rounded down.
+fn progress_line(done: usize, total: usize) -> String {
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    format!("{done}/{total} tensors done ({percent}%)")
 }
 
 fn print_report(report: &Report, json: bool) -> Result<(), String> {
@@ -653,5 +665,16 @@ fn main() -> ExitCode {
             eprintln!("error: {}", msg.replace('\n', " "));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn progress_lines_give_the_exact_share() {
+        assert_eq!(super::progress_line(1, 3), "1/3 tensors done (33%)");
+        assert_eq!(super::progress_line(2, 3), "2/3 tensors done (66%)");
+        assert_eq!(super::progress_line(11, 104), "11/104 tensors done (10%)");
+        assert_eq!(super::progress_line(0, 0), "0/0 tensors done (100%)");
     }
 }

@@ -442,6 +442,36 @@ fn bad_input_gives_one_line_errors_and_no_output() -> TestResult {
         assert_clean_failure(&quant(&["quantize", s(&p), "-o", &o]), &out_path, what);
         assert_clean_failure(&quant(&["inspect", s(&p)]), &out_path, what);
     }
+    // Header errors name the tensor: a size that disagrees with the shape, an unknown dtype,
+    // data past the end of the file.
+    let shrunk = header.replacen("\"shape\":[64,96]", "\"shape\":[64,95]", 1);
+    assert_ne!(shrunk, header, "the test's header has enc.weight at [64, 96]");
+    let f12 = with_header(&header.replacen("\"BF16\"", "\"F12\"", 1));
+    for (what, bytes, expect) in [
+        ("a shape the offsets disagree with", with_header(&shrunk), "tensor 'enc.weight': shape [64, 95] of F32 needs 24320 bytes"),
+        ("an unknown dtype", f12, "tensor 'ln.weight': unknown dtype \"F12\""),
+        ("a truncated file", good[..good.len() - 3].to_vec(), "past the file's"),
+    ] {
+        let p = d.join("named.safetensors");
+        std::fs::write(&p, bytes)?;
+        let out = quant(&["inspect", s(&p)]);
+        assert_clean_failure(&out, &out_path, what);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expect), "{what}: {err}");
+    }
+    // A directory given as the input is named as one, with the model file it holds.
+    let model_dir = d.join("model_dir");
+    std::fs::create_dir_all(&model_dir)?;
+    std::fs::copy(&input, model_dir.join("model.safetensors"))?;
+    let out = quant(&["quantize", s(&model_dir), "-o", &o]);
+    assert_clean_failure(&out, &out_path, "a directory");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is a directory") && err.contains("did you mean"), "{err}");
+    // An output directory that does not exist is named before any work.
+    let nowhere = d.join("no-such-dir").join("q.safetensors");
+    let out = quant(&["quantize", s(&input), "-o", s(&nowhere)]);
+    assert_clean_failure(&out, &nowhere, "a missing output directory");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-dir"));
 
     // Flag values out of range.
     for flags in [
@@ -465,6 +495,10 @@ fn bad_input_gives_one_line_errors_and_no_output() -> TestResult {
         a.extend(&flags);
         assert_clean_failure(&quant(&a), &out_path, &format!("{flags:?}"));
     }
+
+    // The regular expression's own message reaches the user.
+    let out = quant(&["quantize", s(&input), "-o", &o, "--only", "("]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unclosed group"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A granularity the tensors do not have, with --strict: fails before writing anything
     // (without it, the 1-D bias is kept and reported: below).

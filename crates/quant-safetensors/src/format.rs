@@ -251,6 +251,47 @@ pub(crate) fn dtype_name(d: Dtype) -> String {
 }
 
 /// The header metadata (`__metadata__`) of a safetensors buffer.
+/// Parses safetensors bytes; an error about one tensor's size or offsets names the tensor
+/// (the `safetensors` crate's message does not for a size that disagrees with the shape).
+pub(crate) fn parse_safetensors(bytes: &[u8]) -> Result<SafeTensors<'_>> {
+    SafeTensors::deserialize(bytes).map_err(|e| match diagnose(bytes) {
+        Some(detail) => crate::error::CheckpointError::Format(detail),
+        None => e.into(),
+    })
+}
+
+/// The first tensor of the header whose data does not fit: a size that disagrees with its
+/// shape and dtype, or an end past the data.
+fn diagnose(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = bytes.len() - 8 - n;
+    let mut entries: Vec<(&String, &serde_json::Value)> = header.iter().filter(|(k, _)| k.as_str() != "__metadata__").collect();
+    entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64());
+    for (name, v) in entries {
+        let Ok(dtype) = serde_json::from_value::<Dtype>(v["dtype"].clone()) else {
+            return Some(format!("tensor '{name}': unknown dtype {}", v["dtype"]));
+        };
+        let shape: Vec<usize> = serde_json::from_value(v["shape"].clone()).ok()?;
+        let (start, end) = (v["data_offsets"][0].as_u64()? as usize, v["data_offsets"][1].as_u64()? as usize);
+        let need =
+            shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|e| e.checked_mul(dtype.bitsize())).map(|b| b.div_ceil(8));
+        if need != end.checked_sub(start) {
+            let need = need.map_or("more than memory holds".to_string(), |b| format!("{b}"));
+            return Some(format!(
+                "tensor '{name}': shape {shape:?} of {dtype:?} needs {need} bytes, its offsets [{start}, {end}] give {}",
+                end.saturating_sub(start)
+            ));
+        }
+        if end > data_len {
+            return Some(format!(
+                "tensor '{name}': its data ends at byte {end}, past the file's {data_len} bytes of data (a truncated file?)"
+            ));
+        }
+    }
+    None
+}
+
 pub(crate) fn header_metadata(bytes: &[u8]) -> Result<BTreeMap<String, String>> {
     let (_, meta) = SafeTensors::read_metadata(bytes)?;
     Ok(meta.metadata().clone().unwrap_or_default().into_iter().collect())

@@ -36,7 +36,7 @@ impl<'a> QuantizedCheckpoint<'a> {
     /// [`CheckpointError::Metadata`] when the quantization metadata is missing, of another
     /// version or malformed.
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
-        let st = SafeTensors::deserialize(bytes)?;
+        let st = crate::format::parse_safetensors(bytes)?;
         let metadata = header_metadata(bytes)?;
         match metadata.get(FORMAT_KEY).map(String::as_str) {
             Some(FORMAT_VERSION) => {}
@@ -353,7 +353,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
     if QuantizedCheckpoint::is_quantized(bytes) {
         return QuantizedCheckpoint::parse(bytes)?.report();
     }
-    let st = SafeTensors::deserialize(bytes)?;
+    let st = crate::format::parse_safetensors(bytes)?;
     let mut names: Vec<&str> = st.names();
     names.sort_unstable();
     let mut passthrough = Vec::new();

@@ -11,7 +11,6 @@ use quant_core::{
     Scheme, TableDtype, TableFit,
 };
 use safetensors::Dtype;
-use safetensors::tensor::SafeTensors;
 
 use crate::error::{CheckpointError, Result};
 use crate::format::{
@@ -261,7 +260,7 @@ pub fn quantize_checkpoint_by(
     quantize: impl Fn(&str, ArrayViewD<'_, f32>, &Method) -> core::result::Result<Quantized<f32>, QuantError>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Report> {
-    let st = SafeTensors::deserialize(input)?;
+    let st = crate::format::parse_safetensors(input)?;
     let mut metadata = header_metadata(input)?;
     if metadata.contains_key(TENSORS_KEY) {
         return Err(CheckpointError::Metadata("the input is already quantized (dequantize it first)".into()));
