@@ -211,3 +211,31 @@ fn public_types_are_send_and_sync() {
     check::<quant_core::FakeQuantized<f32, ndarray::Ix2>>();
     check::<quant_core::LsqGradients<f64, ndarray::IxDyn>>();
 }
+
+/// Every method on extreme finite input: values near `±f32::MAX` and subnormal values give
+/// finite results as `docs/numerics.md` ("Zero-range and extreme slices") documents.
+#[test]
+fn every_method_gives_documented_results_on_extreme_values() -> R {
+    use quant_core::{Method, MethodKind, MethodParams};
+    let huge = array![f32::MAX, -f32::MAX, 0.0, 1.0, 3e38, -1e38, 2.5, -0.5];
+    let subnormal = array![1e-40f32, -2e-40, 3e-41, 0.0, 5e-40, -1e-39, 7e-40, 1e-45];
+    for kind in [MethodKind::Uniform, MethodKind::KMeans, MethodKind::Ternary, MethodKind::Binary] {
+        let method: Method = MethodParams { kind, bits: 2, granularity: Granularity::PerTensor, ..Default::default() }.check()?;
+        for x in [&huge, &subnormal] {
+            let back = method.quantize(x)?.dequantize();
+            assert!(back.iter().all(|v| v.is_finite()), "{kind:?} {x}: {back}");
+        }
+        // Subnormal input reconstructs within the smallest normal number of itself (the step
+        // floor of the uniform grids; the tables of the others hold subnormal values).
+        let back = method.quantize(&subnormal)?.dequantize();
+        assert!(back.iter().zip(subnormal.iter()).all(|(a, b)| (a - b).abs() <= f32::MIN_POSITIVE), "{kind:?}: {back}");
+    }
+    // The uniform grid near f32::MAX: the range is clipped to ±f32::MAX/4, so the largest
+    // values come back as ±f32::MAX/4 and the rest within one step.
+    let q = quantize(&huge, &UniformSpec::new(8, Scheme::AsymmetricGrid)?)?;
+    let back = q.dequantize();
+    let step = q.params().slices()[0].scale;
+    assert!(step.is_finite() && step > 0.0);
+    assert!((back[0] - f32::MAX / 4.0).abs() <= step && (back[1] + f32::MAX / 4.0).abs() <= step, "{back}");
+    Ok(())
+}
