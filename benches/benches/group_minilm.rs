@@ -7,7 +7,7 @@
 //! (`cargo test --release -p quant-cli --test minilm -- --ignored`). Without it, it says so
 //! and exits.
 //!
-//! `cargo bench -p quant-benches --bench group_minilm`. Results: docs/benchmarks.md.
+//! `cargo bench -p quant-benches --features candle --bench group_minilm`. Results: docs/benchmarks.md.
 
 use std::path::PathBuf;
 use std::time::Instant;

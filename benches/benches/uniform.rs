@@ -1,7 +1,7 @@
 //! Uniform quantize + pack and dequantize on a 4096 x 4096 f32 matrix, beside candle's GGML
 //! block formats (Q8_0, Q4_0, Q4_K) on the same data.
 //!
-//! `cargo bench -p quant-benches --bench uniform`. Figures: docs/benchmarks.md.
+//! `cargo bench -p quant-benches --features candle --bench uniform`. Figures: docs/benchmarks.md.
 
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4K, BlockQ8_0, GgmlType};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

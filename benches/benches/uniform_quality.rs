@@ -1,7 +1,7 @@
 //! SQNR and bits per weight of uniform configurations on 4096 x 4096 N(0, 0.02²) weights,
 //! beside candle's GGML block formats on the same matrix. Prints a Markdown table.
 //!
-//! `cargo bench -p quant-benches --bench uniform_quality`. Results: docs/benchmarks.md.
+//! `cargo bench -p quant-benches --features candle --bench uniform_quality`. Results: docs/benchmarks.md.
 
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ8_0, GgmlType};
 use quant_benches::{gaussian_weights, sqnr_db};

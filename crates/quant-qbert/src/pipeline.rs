@@ -29,9 +29,17 @@ pub trait QuantizableModel<F: Float>: Autodiff<F> + Sync {
     }
     /// Accuracy on `batch` with `hook(site, input)` applied to the input of every linear map.
     ///
+    /// Returns the same `Result` as [`Autodiff`]'s methods, so one error type serves a whole
+    /// model implementation.
+    ///
     /// # Errors
     /// The model's errors.
-    fn accuracy_hooked(&self, w: ArrayView1<'_, F>, batch: Batch<'_>, hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>)) -> Result<f64>;
+    fn accuracy_hooked(
+        &self,
+        w: ArrayView1<'_, F>,
+        batch: Batch<'_>,
+        hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>),
+    ) -> quant_hessian::Result<f64>;
 }
 
 impl<F: Real<Base = F>> QuantizableModel<F> for Encoder<F> {
@@ -41,8 +49,13 @@ impl<F: Real<Base = F>> QuantizableModel<F> for Encoder<F> {
     fn heads(&self) -> usize {
         self.config().heads
     }
-    fn accuracy_hooked(&self, w: ArrayView1<'_, F>, batch: Batch<'_>, hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>)) -> Result<f64> {
-        Ok(self.accuracy_with(w, batch, hook)?)
+    fn accuracy_hooked(
+        &self,
+        w: ArrayView1<'_, F>,
+        batch: Batch<'_>,
+        hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>),
+    ) -> quant_hessian::Result<f64> {
+        self.accuracy_with(w, batch, hook)
     }
 }
 
@@ -50,8 +63,13 @@ impl<F: Real<Base = F>> QuantizableModel<F> for Mlp<F> {
     fn weight_blocks(&self) -> Vec<MatrixBlock> {
         Mlp::weight_blocks(self)
     }
-    fn accuracy_hooked(&self, w: ArrayView1<'_, F>, batch: Batch<'_>, hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>)) -> Result<f64> {
-        Ok(self.accuracy_with(w, batch, hook)?)
+    fn accuracy_hooked(
+        &self,
+        w: ArrayView1<'_, F>,
+        batch: Batch<'_>,
+        hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, F>),
+    ) -> quant_hessian::Result<f64> {
+        self.accuracy_with(w, batch, hook)
     }
 }
 
@@ -774,7 +792,7 @@ impl<F: Float, M: QuantizableModel<F> + ?Sized> Ctx<'_, F, M> {
     /// tracked by EMA observers over the training samples (in batches of 256).
     fn accuracy(&self, wq: ArrayView1<'_, F>, activations: bool) -> Result<f64> {
         if !activations {
-            return self.model.accuracy_hooked(wq, Batch::Indices(self.test), &mut |_, _| {});
+            return Ok(self.model.accuracy_hooked(wq, Batch::Indices(self.test), &mut |_, _| {})?);
         }
         let mut observers: Vec<RangeObserver<F>> = Vec::new();
         let mut failure: Option<QbertError> = None;

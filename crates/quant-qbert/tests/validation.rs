@@ -78,7 +78,7 @@ impl QuantizableModel<f64> for Strict {
         w: ArrayView1<'_, f64>,
         batch: Batch<'_>,
         hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, f64>),
-    ) -> quant_qbert::Result<f64> {
+    ) -> quant_hessian::Result<f64> {
         self.inner.accuracy_hooked(w, batch, hook)
     }
 }

@@ -16,6 +16,9 @@ pub enum Error {
     /// From `quant-mixed`.
     #[error(transparent)]
     Mixed(#[from] quant_mixed::MixedError),
+    /// From loading or running a BERT-family checkpoint (`quant-models`).
+    #[error(transparent)]
+    Bert(#[from] quant_models::bert::BertError),
     /// From the Q-BERT pipeline, training and the data sets (`quant-qbert`).
     #[error(transparent)]
     Qbert(#[from] quant_qbert::QbertError),

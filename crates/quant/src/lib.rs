@@ -130,12 +130,17 @@ pub mod prelude {
         Float, Granularity, Method, MethodKind, MethodParams, QuantParams, Quantized, QuantizedTensor, RangeEstimator, Rounding, ScaleMode,
         Scheme, UniformSpec, calibrate, fake_quantize, quantize, ste_backward,
     };
-    pub use quant_hessian::{Autodiff, Differentiable, LinearOperator, Model, OperatorExt, Real};
-    pub use quant_qbert::pipeline::QuantizableModel;
+    pub use quant_hessian::{Autodiff, Batch, Block, Differentiable, LinearOperator, MatrixBlock, Model, OperatorExt, Real};
+    pub use quant_qbert::pipeline::{Budget, Grouping, PipelineParams, QbertPipeline, QbertReport, QuantizableModel, Strategy};
 }
 
 /// Re-export of `ndarray`, whose arrays and views appear in every signature.
 pub use ndarray;
+
+/// Re-export of `safetensors`, whose `TensorView` [`checkpoint`]'s raw tensors are (feature
+/// `safetensors`).
+#[cfg(feature = "safetensors")]
+pub use quant_safetensors::safetensors;
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

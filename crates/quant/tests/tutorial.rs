@@ -1,9 +1,9 @@
 //! The code of `docs/tutorial.md`, compiled and run: a model written outside the crate
 //! family, plugged into the Q-BERT pipeline.
 
-use quant::hessian::{Autodiff, Batch, Block, MatrixBlock, Model};
+// The tutorial's `use` lines: the prelude has everything a model implementation needs.
 use quant::ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, s};
-use quant::pipeline::{Budget, Grouping, PipelineParams, QbertPipeline, QuantizableModel, Strategy};
+use quant::prelude::*;
 
 /// A three-layer ReLU network written by hand in f64: 64 → 32 → 32 → 10, no biases.
 struct MyNet {
@@ -116,7 +116,7 @@ impl QuantizableModel<f64> for MyNet {
         w: ArrayView1<'_, f64>,
         batch: Batch<'_>,
         hook: &mut dyn FnMut(usize, ArrayViewMut2<'_, f64>),
-    ) -> quant::pipeline::Result<f64> {
+    ) -> quant::hessian::Result<f64> {
         let rows: Vec<usize> = match batch {
             Batch::All => (0..self.y.len()).collect(),
             Batch::Indices(i) => i.to_vec(),
