@@ -51,8 +51,9 @@ enum Command {
 
 Defaults depend on --bits (measured on all-MiniLM-L6-v2; see the README): at 7 and 8 bits one
 range per output channel (channel:0), f32 tables; at 6 bits and below groups of 32 with q6
-tables (4.5 bits per weight at 4 bits), and at 3 bits and below --range mse too. Flags given
-override them one by one.
+tables (4.5 bits per weight at 4 bits), and at 3 bits and below --range mse too (with
+--rounding gptq: f16 tables and min-max ranges instead). Flags given override them one by one.
+Tensors are read, quantized and written one at a time: memory holds about one tensor.
 
 Tensors that are not floating point (F32, F16, BF16, F64), empty tensors, tensors that --skip
 names (or --only does not name), tensors the granularity does not fit (unless --strict) and
@@ -275,6 +276,27 @@ fn explain(e: CheckpointError) -> String {
     }
 }
 
+/// A checkpoint to read tensor by tensor (quantize, dequantize: memory holds one tensor at a
+/// time, so a checkpoint larger than memory goes through).
+fn open_checkpoint(path: &Path) -> Result<checkpoint::SafetensorsFile, String> {
+    not_a_directory(path)?;
+    checkpoint::SafetensorsFile::open(path).map_err(explain)
+}
+
+fn file_len(path: &Path) -> usize {
+    std::fs::metadata(path).map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX))
+}
+
+/// A directory where a file is expected, named as such (with the model file inside it).
+fn not_a_directory(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        let model = path.join("model.safetensors");
+        let hint = if model.is_file() { format!(" (did you mean {}?)", model.display()) } else { String::new() };
+        return Err(format!("{} is a directory, not a safetensors file{hint}", path.display()));
+    }
+    Ok(())
+}
+
 /// A read-only view of a file: memory-mapped, so a checkpoint larger than memory is paged in
 /// on demand rather than read whole.
 enum Input {
@@ -284,11 +306,7 @@ enum Input {
 
 impl Input {
     fn open(path: &Path) -> Result<Self, String> {
-        if path.is_dir() {
-            let model = path.join("model.safetensors");
-            let hint = if model.is_file() { format!(" (did you mean {}?)", model.display()) } else { String::new() };
-            return Err(format!("{} is a directory, not a safetensors file{hint}", path.display()));
-        }
+        not_a_directory(path)?;
         let file = std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let len = file.metadata().map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
         if len < 4096 {
@@ -414,7 +432,8 @@ impl Bar {
 }
 
 /// The options the flags ask for: each flag not given takes its value from
-/// [`QuantizeOptions::recommended`] for the method and width; its q6 tables and searched
+/// [`QuantizeOptions::recommended`] for the method and width (with GPTQ rounding, f16 tables
+/// and min-max ranges where it recommends two-level tables); its q6 tables and searched
 /// ranges only where the granularity is groups (and, for the tables, under a scheme they can
 /// store).
 #[allow(clippy::too_many_arguments)]
@@ -427,8 +446,14 @@ fn resolve_defaults(
     super_group: u32,
     range: Option<RangeEstimator>,
     table_fit: TableFit,
+    gptq: bool,
 ) -> QuantizeOptions {
-    let rec = QuantizeOptions::recommended(method, bits);
+    let mut rec = QuantizeOptions::recommended(method, bits);
+    if gptq && rec.tables != ParamDtype::Native {
+        // GPTQ fixes each group's min-max grid when it reaches the group and stores it as is:
+        // f16 tables instead of two-level ones, no range search.
+        (rec.tables, rec.range) = (ParamDtype::F16, RangeEstimator::MinMax);
+    }
     let scheme = scheme.unwrap_or(rec.scheme);
     let granularity = granularity.unwrap_or(rec.granularity);
     let range = range.unwrap_or(match granularity {
@@ -548,13 +573,15 @@ fn run(cli: Cli) -> Result<(), String> {
             rounding,
         } => {
             let _partial = check_output(&input, &output, force)?;
-            let options = resolve_defaults(method, bits, scheme, granularity, table_dtype, super_group, range, table_fit);
+            let gptq = rounding.gptq.rounding == "gptq";
+            let options = resolve_defaults(method, bits, scheme, granularity, table_dtype, super_group, range, table_fit, gptq);
             // Options are checked before the input is opened.
             if !plan.active() {
                 options.check().map_err(fail)?;
             }
-            let data = Input::open(&input)?;
-            let made = if plan.active() { Some(plan::make_plan(&plan, data.bytes(), &rounding.gptq.rounding)?) } else { None };
+            let src = open_checkpoint(&input)?;
+            let shapes = plan::float_shapes(&src);
+            let made = if plan.active() { Some(plan::make_plan(&plan, &shapes, &rounding.gptq.rounding)?) } else { None };
             if let Some((p, _)) = &made {
                 plan::save(&plan, p)?;
             }
@@ -565,7 +592,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => select(name).then_some(options),
             };
             if strict {
-                for (name, shape) in plan::float_shapes(data.bytes())? {
+                for (name, shape) in shapes {
                     let reason = choose(&name, &shape).and_then(|o| o.pass_reason(&shape).filter(|_| shape.iter().product::<usize>() > 0));
                     if let Some(reason) = reason {
                         return Err(format!("tensor '{name}' {shape:?}: {reason} (--strict; without it the tensor is copied unchanged)"));
@@ -576,8 +603,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(r) => r.quantize(name, x, m),
                 None => m.quantize(&x),
             };
-            let bar = Bar::new(quiet, "quantizing", data.bytes().len());
-            let report = checkpoint::quantize_checkpoint_by(data.bytes(), &output, choose, quantize, |p| bar.update(p));
+            let bar = Bar::new(quiet, "quantizing", file_len(&input));
+            let report = checkpoint::quantize_file_by(&src, &output, choose, quantize, |p| bar.update(p));
             bar.finish();
             let report = report.map_err(fail)?;
             keep_permissions(&input, &output)?;
@@ -613,9 +640,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Dequantize { input, output, quiet, force } => {
             let _partial = check_output(&input, &output, force)?;
-            let data = Input::open(&input)?;
-            let bar = Bar::new(quiet, "dequantizing", data.bytes().len());
-            let n = checkpoint::dequantize_checkpoint(data.bytes(), &output, |p| bar.update(p));
+            let src = open_checkpoint(&input)?;
+            let bar = Bar::new(quiet, "dequantizing", file_len(&input));
+            let n = checkpoint::dequantize_file(&src, &output, |p| bar.update(p));
             bar.finish();
             let n = n.map_err(fail)?;
             keep_permissions(&input, &output)?;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use quant::checkpoint::{QuantizeOptions, safetensors};
+use quant::checkpoint::QuantizeOptions;
 use quant::plan::{CandidatePattern, Metric, Plan, TensorMenu};
 use quant::quantizers::{GranularityRule, MethodKind, ParamDtype, RangeEstimator, Scheme, TableFit};
 use quant::sensitivity::{Candidate, SensitivityReport};
@@ -91,20 +91,16 @@ fn options_of(c: &Candidate) -> QuantizeOptions {
     }
 }
 
-/// The floating-point tensors of a safetensors file with their shapes.
-pub(crate) fn float_shapes(bytes: &[u8]) -> Result<Vec<(String, Vec<usize>)>, String> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| format!("invalid checkpoint: {e}"))?;
-    let mut out: Vec<(String, Vec<usize>)> = meta
-        .tensors()
+/// The floating-point tensors of a safetensors file with their shapes, sorted by name.
+pub(crate) fn float_shapes(src: &quant::checkpoint::SafetensorsFile) -> Vec<(String, Vec<usize>)> {
+    use quant::checkpoint::safetensors::Dtype::{BF16, F16, F32, F64};
+    src.names()
         .into_iter()
-        .filter(|(_, info)| {
-            use safetensors::Dtype::{BF16, F16, F32, F64};
-            matches!(info.dtype, F32 | F16 | BF16 | F64)
+        .filter_map(|name| match src.info(&name) {
+            Some((F32 | F16 | BF16 | F64, shape)) => Some((name.clone(), shape.to_vec())),
+            _ => None,
         })
-        .map(|(name, info)| (name, info.shape.clone()))
-        .collect();
-    out.sort();
-    Ok(out)
+        .collect()
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, String> {
@@ -112,9 +108,9 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<
     serde_json::from_str(&text).map_err(|e| format!("{} is not a {what}: {e}", path.display()))
 }
 
-/// The plan the flags ask for, checked against the checkpoint `bytes`.
-pub(crate) fn make_plan(args: &PlanArgs, bytes: &[u8], rounding: &str) -> Result<(Plan, f64), String> {
-    let shapes = float_shapes(bytes)?;
+/// The plan the flags ask for, checked against the checkpoint's floating-point tensors
+/// (`shapes`, from [`float_shapes`]).
+pub(crate) fn make_plan(args: &PlanArgs, shapes: &[(String, Vec<usize>)], rounding: &str) -> Result<(Plan, f64), String> {
     let mut notes = Vec::new();
     let shape_of = |name: &str| shapes.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
     let err = |e: quant::pipeline::QbertError| e.to_string();

@@ -37,6 +37,14 @@ pub enum CheckpointError {
     /// Reading or writing a file failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The input could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The output's partial file could not be created (a directory that does not exist, no
     /// permission).
     #[error("cannot create {}: {source}", path.display())]

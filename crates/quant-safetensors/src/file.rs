@@ -19,8 +19,9 @@ pub fn partial_path(output: &Path) -> PathBuf {
 
 /// The output file claimed for a write: `OUT.partial` beside `output`, created at once (so a
 /// missing directory or a read-only location is found before any work), written by
-/// [`finish`](Self::finish) and renamed to `output`. Dropped unfinished (an error, a panic),
-/// it removes the partial file; `output` is never touched until the rename.
+/// [`finish`](Self::finish) or a [`StreamWriter`] and renamed to `output`. Dropped unfinished
+/// (an error, a panic), it removes the partial file; `output` is never touched until the
+/// rename.
 #[derive(Debug)]
 pub struct PartialFile {
     file: Option<std::fs::File>,
@@ -56,55 +57,18 @@ impl PartialFile {
     /// # Errors
     /// [`CheckpointError::Metadata`] for a name given twice or data whose length disagrees
     /// with its shape and type; [`CheckpointError::Write`] naming the path when writing fails.
-    pub fn finish<S: AsRef<str>, V: View>(mut self, tensors: Vec<(S, V)>, metadata: &BTreeMap<String, String>) -> Result<()> {
+    pub fn finish<S: AsRef<str>, V: View>(self, tensors: Vec<(S, V)>, metadata: &BTreeMap<String, String>) -> Result<()> {
         let mut items = tensors;
         items.sort_by(|(a, x), (b, y)| y.dtype().bitsize().cmp(&x.dtype().bitsize()).then_with(|| a.as_ref().cmp(b.as_ref())));
-        let mut header = serde_json::Map::new();
-        if !metadata.is_empty() {
-            header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| CheckpointError::Metadata(e.to_string()))?);
-        }
-        let mut offset = 0usize;
+        let mut w = StreamWriter::new(self);
         for (name, v) in &items {
-            let name = name.as_ref();
-            let elements: usize = v.shape().iter().product();
-            let len = v.data_len();
-            if elements.checked_mul(v.dtype().bitsize()).map(|b| b.div_ceil(8)) != Some(len) {
-                return Err(CheckpointError::Metadata(format!(
-                    "tensor '{name}': {len} bytes for shape {:?} of {:?}",
-                    v.shape(),
-                    v.dtype()
-                )));
-            }
-            let entry = serde_json::json!({
-                "dtype": v.dtype(),
-                "shape": v.shape(),
-                "data_offsets": [offset, offset + len],
-            });
-            if header.insert(name.to_string(), entry).is_some() {
-                return Err(CheckpointError::Metadata(format!("tensor '{name}' is given twice")));
-            }
-            offset += len;
+            w.add(name.as_ref(), v.dtype(), v.shape(), &v.data())?;
         }
-        let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
-        head.resize(head.len().next_multiple_of(8), b' ');
-        let Some(file) = self.file.take() else { return Err(CheckpointError::Metadata("the partial file was already written".into())) };
-        let written = (|| -> std::io::Result<()> {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
-            w.write_all(&(head.len() as u64).to_le_bytes())?;
-            w.write_all(&head)?;
-            for (_, v) in &items {
-                w.write_all(&v.data())?;
-            }
-            w.flush()?;
-            drop(w);
-            file.sync_all()
-        })();
-        drop(file);
-        written.map_err(|source| CheckpointError::Write { path: self.partial.clone(), source })?;
-        std::fs::rename(&self.partial, &self.output).map_err(|source| CheckpointError::Write { path: self.output.clone(), source })?;
-        // Renamed: nothing left for Drop to remove.
-        self.partial = PathBuf::new();
-        Ok(())
+        w.finish(metadata)
+    }
+
+    fn write_error(&self, source: std::io::Error) -> CheckpointError {
+        CheckpointError::Write { path: self.partial.clone(), source }
     }
 }
 
@@ -113,6 +77,182 @@ impl Drop for PartialFile {
         if !self.partial.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.partial);
         }
+    }
+}
+
+/// One element size's data, appended as tensors arrive: a file beside the output, unlinked
+/// as soon as it is open where the system allows it (so nothing is left behind, whatever ends
+/// the process).
+#[derive(Debug)]
+struct Spool {
+    writer: std::io::BufWriter<std::fs::File>,
+    len: u64,
+    /// The path, where it could not be unlinked while open (removed on drop).
+    path: Option<PathBuf>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A tensor written by a [`StreamWriter`]: where its bytes are.
+#[derive(Debug)]
+struct Entry {
+    name: String,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    offset: u64,
+    len: u64,
+}
+
+/// A safetensors file written tensor by tensor, so that only one tensor is in memory at a
+/// time: each tensor's bytes go at once to a spool file for its element size; [`finish`]
+/// writes the header and then the spools, largest elements first (every tensor stays aligned
+/// to its element size), into the claimed [`PartialFile`], flushes it and renames it.
+/// Tensors of one element size keep their order of arrival, so the same calls give the same
+/// bytes. Disk: the output's size twice until the end.
+///
+/// [`finish`]: Self::finish
+#[derive(Debug)]
+pub struct StreamWriter {
+    claimed: PartialFile,
+    spools: BTreeMap<usize, Spool>,
+    entries: BTreeMap<usize, Vec<Entry>>,
+    names: std::collections::HashSet<String>,
+}
+
+impl StreamWriter {
+    /// A writer into the claimed output.
+    pub fn new(claimed: PartialFile) -> Self {
+        Self { claimed, spools: BTreeMap::new(), entries: BTreeMap::new(), names: std::collections::HashSet::new() }
+    }
+
+    /// Appends tensor `name`.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Metadata`] for a name given twice or `data` whose length disagrees
+    /// with `shape` and `dtype`; [`CheckpointError::Write`] when the spool cannot be written.
+    pub fn add(&mut self, name: &str, dtype: safetensors::Dtype, shape: &[usize], data: &[u8]) -> Result<()> {
+        self.begin(name, dtype, shape, data.len() as u64)?;
+        self.append(dtype, data)
+    }
+
+    /// Registers tensor `name` of `len` bytes at the end of its element size's spool; its
+    /// bytes must follow by [`append`](Self::append) before the next tensor of that size.
+    fn begin(&mut self, name: &str, dtype: safetensors::Dtype, shape: &[usize], len: u64) -> Result<()> {
+        let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elements.and_then(|e| e.checked_mul(dtype.bitsize())).map(|b| b.div_ceil(8) as u64) != Some(len) {
+            return Err(CheckpointError::Metadata(format!("tensor '{name}': {len} bytes for shape {shape:?} of {dtype:?}")));
+        }
+        if !self.names.insert(name.to_string()) {
+            return Err(CheckpointError::Metadata(format!("tensor '{name}' is given twice")));
+        }
+        let bits = dtype.bitsize();
+        let offset = match self.spools.entry(bits) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut().len,
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let mut name = self.claimed.partial.as_os_str().to_os_string();
+                name.push(format!(".{bits}"));
+                let path = PathBuf::from(name);
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map_err(|source| CheckpointError::Create { path: path.clone(), source })?;
+                let kept = std::fs::remove_file(&path).is_err().then_some(path);
+                v.insert(Spool { writer: std::io::BufWriter::with_capacity(1 << 20, file), len: 0, path: kept }).len
+            }
+        };
+        let entries = self.entries.entry(bits).or_default();
+        entries.push(Entry { name: name.to_string(), dtype, shape: shape.to_vec(), offset, len });
+        Ok(())
+    }
+
+    /// Appends bytes to the spool of `dtype`'s element size.
+    fn append(&mut self, dtype: safetensors::Dtype, data: &[u8]) -> Result<()> {
+        let Some(spool) = self.spools.get_mut(&dtype.bitsize()) else {
+            return Err(CheckpointError::Metadata("bytes for a tensor that was not begun".into()));
+        };
+        spool.writer.write_all(data).map_err(|e| CheckpointError::Write { path: self.claimed.partial.clone(), source: e })?;
+        spool.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Appends an F32 tensor from its values, converted to bytes a block at a time (no copy
+    /// of the whole tensor).
+    ///
+    /// # Errors
+    /// As [`add`](Self::add).
+    pub fn add_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+        self.begin(name, safetensors::Dtype::F32, shape, 4 * values.len() as u64)?;
+        let mut block = Vec::with_capacity(1 << 16);
+        for chunk in values.chunks(1 << 14) {
+            block.clear();
+            block.extend(chunk.iter().flat_map(|v| v.to_le_bytes()));
+            self.append(safetensors::Dtype::F32, &block)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the header (with `metadata`) and the data, flushes the file to disk and renames
+    /// it to the output.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Write`] naming the path when writing or renaming fails.
+    pub fn finish(mut self, metadata: &BTreeMap<String, String>) -> Result<()> {
+        let mut header = serde_json::Map::new();
+        if !metadata.is_empty() {
+            header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| CheckpointError::Metadata(e.to_string()))?);
+        }
+        let mut base = 0u64;
+        for (bits, entries) in self.entries.iter().rev() {
+            for e in entries {
+                let entry = serde_json::json!({
+                    "dtype": e.dtype,
+                    "shape": e.shape,
+                    "data_offsets": [base + e.offset, base + e.offset + e.len],
+                });
+                header.insert(e.name.clone(), entry);
+            }
+            base += self.spools.get(bits).map_or(0, |s| s.len);
+        }
+        let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
+        head.resize(head.len().next_multiple_of(8), b' ');
+        let Some(file) = self.claimed.file.take() else {
+            return Err(CheckpointError::Metadata("the partial file was already written".into()));
+        };
+        let spools = std::mem::take(&mut self.spools);
+        let written = (|| -> std::io::Result<()> {
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+            w.write_all(&(head.len() as u64).to_le_bytes())?;
+            w.write_all(&head)?;
+            w.flush()?;
+            drop(w);
+            let mut out = &file;
+            for (_, mut spool) in spools.into_iter().rev() {
+                spool.writer.flush()?;
+                let source = spool.writer.get_mut();
+                std::io::Seek::seek(source, std::io::SeekFrom::Start(0))?;
+                let copied = std::io::copy(&mut std::io::Read::take(&*source, spool.len), &mut out)?;
+                if copied != spool.len {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a spool file came back short"));
+                }
+            }
+            file.sync_all()
+        })();
+        drop(file);
+        written.map_err(|e| self.claimed.write_error(e))?;
+        std::fs::rename(&self.claimed.partial, &self.claimed.output)
+            .map_err(|source| CheckpointError::Write { path: self.claimed.output.clone(), source })?;
+        // Renamed: nothing left for the claim's Drop to remove.
+        self.claimed.partial = PathBuf::new();
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use quant_core::half::{bf16, f16};
 use quant_core::{Granularity, MethodKind, ParamDtype, RangeEstimator, Scheme, TableFit};
 use safetensors::Dtype;
-use safetensors::tensor::{SafeTensors, TensorView, View};
+use safetensors::tensor::{SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -236,9 +236,8 @@ pub(crate) fn is_float(d: Dtype) -> bool {
 }
 
 /// The elements of a floating-point tensor view as f32.
-pub(crate) fn to_f32(view: &TensorView<'_>) -> Vec<f32> {
-    let d = view.data();
-    match view.dtype() {
+pub(crate) fn to_f32(dtype: Dtype, d: &[u8]) -> Vec<f32> {
+    match dtype {
         Dtype::F16 => d.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::BF16 => d.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::F64 => d.chunks_exact(8).map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32).collect(),
@@ -254,18 +253,23 @@ pub(crate) fn dtype_name(d: Dtype) -> String {
 /// Parses safetensors bytes; an error about one tensor's size or offsets names the tensor
 /// (the `safetensors` crate's message does not for a size that disagrees with the shape).
 pub(crate) fn parse_safetensors(bytes: &[u8]) -> Result<SafeTensors<'_>> {
-    SafeTensors::deserialize(bytes).map_err(|e| match diagnose(bytes) {
-        Some(detail) => crate::error::CheckpointError::Format(detail),
-        None => e.into(),
+    SafeTensors::deserialize(bytes).map_err(|e| {
+        let diagnosis = || {
+            let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+            let header = bytes.get(8..8usize.checked_add(n)?)?;
+            diagnose_header(header, bytes.len() - 8 - n)
+        };
+        match diagnosis() {
+            Some(detail) => crate::error::CheckpointError::Format(detail),
+            None => e.into(),
+        }
     })
 }
 
-/// The first tensor of the header whose data does not fit: a size that disagrees with its
-/// shape and dtype, or an end past the data.
-fn diagnose(bytes: &[u8]) -> Option<String> {
-    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
-    let data_len = bytes.len() - 8 - n;
+/// The first tensor of a header (JSON bytes) whose data does not fit `data_len` bytes: an
+/// unknown dtype, a size that disagrees with its shape and dtype, or an end past the data.
+pub(crate) fn diagnose_header(header: &[u8], data_len: usize) -> Option<String> {
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
     let mut entries: Vec<(&String, &serde_json::Value)> = header.iter().filter(|(k, _)| k.as_str() != "__metadata__").collect();
     entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64());
     for (name, v) in entries {

@@ -45,15 +45,19 @@ mod error;
 mod file;
 mod format;
 mod read;
+mod source;
 mod write;
 
 pub use error::{CheckpointError, Result};
-pub use file::{PartialFile, partial_path, write_file};
+pub use file::{PartialFile, StreamWriter, partial_path, write_file};
 pub use format::{
     FORMAT_KEY, FORMAT_VERSION, PART_SUFFIXES, PassReason, PassThrough, Progress, Report, TENSORS_KEY, TensorEntry, TensorReport,
 };
-pub use read::{QuantizedCheckpoint, dequantize_checkpoint, exercise_reader, inspect};
-pub use write::{QuantizeOptions, quantize_checkpoint, quantize_checkpoint_by, quantize_checkpoint_with, quantize_tensor};
+pub use read::{QuantizedCheckpoint, dequantize_checkpoint, dequantize_file, exercise_reader, inspect};
+pub use source::SafetensorsFile;
+pub use write::{
+    QuantizeOptions, quantize_checkpoint, quantize_checkpoint_by, quantize_checkpoint_with, quantize_file_by, quantize_tensor,
+};
 
 /// Re-export of `safetensors`, whose types the reader's [`QuantizedCheckpoint::raw`] returns.
 pub use safetensors;

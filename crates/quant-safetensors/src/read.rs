@@ -11,13 +11,34 @@ use quant_core::{
     QuantizedTensor, Scheme, SliceParams, TableDtype,
 };
 use safetensors::Dtype;
-use safetensors::tensor::{SafeTensors, TensorView, View};
+use safetensors::tensor::{SafeTensors, TensorView};
 
 use crate::error::{CheckpointError, Result};
+use crate::file::{PartialFile, StreamWriter};
 use crate::format::{
     FORMAT_KEY, FORMAT_VERSION, PART_SUFFIXES, PassThrough, Progress, Report, TENSORS_KEY, TensorEntry, TensorReport, dtype_name,
     header_metadata, to_f32,
 };
+use crate::source::{InMemory, SafetensorsFile, TensorSource};
+
+/// The quantized tensors' descriptions in a header's metadata, after checking the format
+/// version.
+fn entries_of(metadata: &BTreeMap<String, String>) -> Result<BTreeMap<String, TensorEntry>> {
+    match metadata.get(FORMAT_KEY).map(String::as_str) {
+        Some(FORMAT_VERSION) => {}
+        Some(v) => {
+            return Err(CheckpointError::Metadata(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})")));
+        }
+        None => return Err(CheckpointError::Metadata("not a quantized checkpoint (no quant.format in the header)".into())),
+    }
+    let json = metadata.get(TENSORS_KEY).ok_or_else(|| CheckpointError::Metadata(format!("no {TENSORS_KEY} in the header")))?;
+    serde_json::from_str(json).map_err(|e| CheckpointError::Metadata(format!("{TENSORS_KEY}: {e}")))
+}
+
+/// A stored floating-point part's values in f32.
+fn view_f32(v: &TensorView<'_>) -> Vec<f32> {
+    to_f32(v.dtype(), v.data())
+}
 
 /// A quantized checkpoint read from safetensors bytes (a file's contents or a memory map).
 #[derive(Debug)]
@@ -38,16 +59,7 @@ impl<'a> QuantizedCheckpoint<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
         let st = crate::format::parse_safetensors(bytes)?;
         let metadata = header_metadata(bytes)?;
-        match metadata.get(FORMAT_KEY).map(String::as_str) {
-            Some(FORMAT_VERSION) => {}
-            Some(v) => {
-                return Err(CheckpointError::Metadata(format!("format version {v} is not supported (this build reads {FORMAT_VERSION})")));
-            }
-            None => return Err(CheckpointError::Metadata("not a quantized checkpoint (no quant.format in the header)".into())),
-        }
-        let json = metadata.get(TENSORS_KEY).ok_or_else(|| CheckpointError::Metadata(format!("no {TENSORS_KEY} in the header")))?;
-        let entries: BTreeMap<String, TensorEntry> =
-            serde_json::from_str(json).map_err(|e| CheckpointError::Metadata(format!("{TENSORS_KEY}: {e}")))?;
+        let entries = entries_of(&metadata)?;
         Ok(Self { st, entries, metadata })
     }
 
@@ -164,9 +176,9 @@ impl<'a> QuantizedCheckpoint<'a> {
                     QuantParams::from_tables(&spec, t).map_err(err)?
                 } else {
                     let float_types = [Dtype::F32, Dtype::F16, Dtype::BF16];
-                    let scales = to_f32(&self.part(name, "qscales", &float_types, None)?);
+                    let scales = view_f32(&self.part(name, "qscales", &float_types, None)?);
                     let offsets = match scheme {
-                        Scheme::AsymmetricGrid => Some(to_f32(&self.part(name, "qoffsets", &float_types, Some(scales.len()))?)),
+                        Scheme::AsymmetricGrid => Some(view_f32(&self.part(name, "qoffsets", &float_types, Some(scales.len()))?)),
                         _ => None,
                     };
                     let zps = match scheme {
@@ -188,7 +200,7 @@ impl<'a> QuantizedCheckpoint<'a> {
                 Ok(Quantized::Uniform(QuantizedTensor::from_parts(e.shape.clone(), params, codes).map_err(err)?))
             }
             Method::Ternary(_) | Method::Binary(_) => {
-                let alphas = to_f32(&self.part(name, "qalphas", &[Dtype::F32], None)?);
+                let alphas = view_f32(&self.part(name, "qalphas", &[Dtype::F32], None)?);
                 let ternary = e.method == MethodKind::Ternary;
                 let tables: Vec<f32> = alphas.iter().flat_map(|&a| if ternary { vec![-a, 0.0, a] } else { vec![-a, a] }).collect();
                 let kind = if ternary { LutKind::Ternary } else { LutKind::Binary };
@@ -199,7 +211,7 @@ impl<'a> QuantizedCheckpoint<'a> {
                 let lut = self.part(name, "qlut", &[Dtype::F32, Dtype::F16], None)?;
                 let kind = LutKind::Codebook(if lut.dtype() == Dtype::F16 { TableDtype::F16 } else { TableDtype::F32 });
                 let codes = self.codes(name, n, e.bits)?;
-                Ok(Quantized::Table(LutTensor::from_parts(e.shape.clone(), g, kind, to_f32(&lut), codes).map_err(err)?))
+                Ok(Quantized::Table(LutTensor::from_parts(e.shape.clone(), g, kind, view_f32(&lut), codes).map_err(err)?))
             }
             // `Method` is non-exhaustive; this build writes no other method.
             other => Err(CheckpointError::Metadata(format!("tensor '{name}': method {} has no stored form", other.kind()))),
@@ -273,74 +285,84 @@ fn slice_count(shape: &[usize], g: Granularity) -> Option<usize> {
     }
 }
 
-/// A tensor of the dequantized output, dequantized only when written.
-struct Dequantized {
-    weight: Quantized<f32>,
-    shape: Vec<usize>,
-}
-
-/// One tensor of the dequantized output.
-enum OutTensor<'a> {
-    Dequantized(Box<Dequantized>),
-    Raw(TensorView<'a>),
-}
-
-impl View for &OutTensor<'_> {
-    fn dtype(&self) -> Dtype {
-        match self {
-            OutTensor::Dequantized(_) => Dtype::F32,
-            OutTensor::Raw(v) => v.dtype(),
-        }
-    }
-    fn shape(&self) -> &[usize] {
-        match self {
-            OutTensor::Dequantized(d) => &d.shape,
-            OutTensor::Raw(v) => v.shape(),
-        }
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        match self {
-            OutTensor::Dequantized(d) => Cow::Owned(d.weight.dequantize().iter().flat_map(|v| v.to_le_bytes()).collect()),
-            OutTensor::Raw(v) => Cow::Borrowed(v.data()),
-        }
-    }
-    fn data_len(&self) -> usize {
-        match self {
-            OutTensor::Dequantized(d) => 4 * d.shape.iter().product::<usize>(),
-            OutTensor::Raw(v) => v.data().len(),
-        }
-    }
-}
-
 /// Dequantizes a quantized checkpoint back to f32 tensors under their original names and
-/// writes it to `output` (atomically). Pass-through tensors are copied byte for byte and the
-/// original header metadata is restored. Every tensor is rebuilt and checked before anything
-/// is written; each is dequantized only when it is written.
+/// writes it to `output` (through `OUT.partial`, renamed when complete). Pass-through tensors
+/// are copied byte for byte and the original header metadata is restored. Each tensor is
+/// rebuilt from its parts (every part checked), dequantized and written before the next.
 ///
 /// Returns the number of tensors dequantized.
 ///
 /// # Errors
 /// As [`QuantizedCheckpoint::parse`] and [`QuantizedCheckpoint::tensor`];
-/// [`CheckpointError::Io`] when writing fails.
-pub fn dequantize_checkpoint(input: &[u8], output: &Path, mut progress: impl FnMut(Progress<'_>)) -> Result<usize> {
-    let ckpt = QuantizedCheckpoint::parse(input)?;
-    let file = crate::file::PartialFile::create(output)?;
-    let mut out: BTreeMap<String, OutTensor<'_>> = BTreeMap::new();
-    let total = ckpt.entries.len();
-    for (index, (name, e)) in ckpt.entries.iter().enumerate() {
-        progress(Progress { index, total, name });
-        out.insert(name.clone(), OutTensor::Dequantized(Box::new(Dequantized { weight: ckpt.tensor(name)?, shape: e.shape.clone() })));
-    }
-    for name in ckpt.passthrough_names() {
-        if out.contains_key(&name) {
-            return Err(CheckpointError::Metadata(format!("tensor '{name}' is both quantized and stored raw")));
+/// [`CheckpointError::Create`] / [`CheckpointError::Write`] when the output cannot be written.
+/// On an error nothing is left under `output`'s name.
+pub fn dequantize_checkpoint(input: &[u8], output: &Path, progress: impl FnMut(Progress<'_>)) -> Result<usize> {
+    dequantize_from(&InMemory::parse(input)?, output, progress)
+}
+
+/// As [`dequantize_checkpoint`], reading the input one tensor at a time from a file (memory
+/// holds one tensor's parts and its f32 values at a time).
+///
+/// # Errors
+/// As [`dequantize_checkpoint`]; [`CheckpointError::Open`] when reading the input fails.
+pub fn dequantize_file(input: &SafetensorsFile, output: &Path, progress: impl FnMut(Progress<'_>)) -> Result<usize> {
+    dequantize_from(input, output, progress)
+}
+
+fn dequantize_from(src: &impl TensorSource, output: &Path, mut progress: impl FnMut(Progress<'_>)) -> Result<usize> {
+    let metadata = src.metadata();
+    let entries = entries_of(&metadata)?;
+    let stored = src.names();
+    let owner = |n: &str| {
+        n.rsplit_once('.')
+            .filter(|(base, suffix)| PART_SUFFIXES.contains(suffix) && entries.contains_key(*base))
+            .map(|(b, _)| b.to_string())
+    };
+    let mut parts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut raw = Vec::new();
+    for n in &stored {
+        match owner(n) {
+            Some(base) => parts.entry(base).or_default().push(n.clone()),
+            None if entries.contains_key(n) => {
+                return Err(CheckpointError::Metadata(format!("tensor '{n}' is both quantized and stored raw")));
+            }
+            None => raw.push(n.clone()),
         }
-        let v = ckpt.raw(&name)?;
-        out.insert(name, OutTensor::Raw(v));
     }
-    let meta = ckpt.user_metadata();
-    let meta: BTreeMap<String, String> = meta.into_iter().collect();
-    file.finish(out.iter().map(|(k, v)| (k.as_str(), v)).collect(), &meta)?;
+    let mut out = StreamWriter::new(PartialFile::create(output)?);
+    let total = entries.len();
+    for (index, (name, e)) in entries.iter().enumerate() {
+        progress(Progress { index, total, name });
+        // A one-tensor checkpoint of this tensor's parts, rebuilt and checked by the reader.
+        let mine = parts.get(name).map(Vec::as_slice).unwrap_or_default();
+        let bytes: Vec<Cow<'_, [u8]>> = mine.iter().map(|p| src.bytes(p)).collect::<Result<_>>()?;
+        let mut views = Vec::with_capacity(mine.len());
+        for (p, b) in mine.iter().zip(&bytes) {
+            let (dtype, shape) = src.info(p)?;
+            views.push((p.as_str(), TensorView::new(dtype, shape, b)?));
+        }
+        let one = std::collections::HashMap::from([
+            (FORMAT_KEY.to_string(), FORMAT_VERSION.to_string()),
+            (
+                TENSORS_KEY.to_string(),
+                serde_json::to_string(&BTreeMap::from([(name, e)])).map_err(|x| CheckpointError::Metadata(x.to_string()))?,
+            ),
+        ]);
+        let buffer = safetensors::serialize(views, Some(one))?;
+        drop(bytes);
+        let weight = QuantizedCheckpoint::parse(&buffer)?.tensor(name)?;
+        drop(buffer);
+        let values = weight.dequantize();
+        drop(weight);
+        let values = values.as_standard_layout();
+        out.add_f32(name, &e.shape, values.as_slice().unwrap_or_default())?;
+    }
+    for name in &raw {
+        let (dtype, shape) = src.info(name)?;
+        out.add(name, dtype, &shape, &src.bytes(name)?)?;
+    }
+    let user: BTreeMap<String, String> = metadata.into_iter().filter(|(k, _)| k != FORMAT_KEY && k != TENSORS_KEY).collect();
+    out.finish(&user)?;
     Ok(total)
 }
 
@@ -371,12 +393,19 @@ pub fn inspect(bytes: &[u8]) -> Result<Report> {
 }
 
 /// Runs every reading entry point on arbitrary bytes (the body of the `checkpoint` fuzz target,
-/// also run by the test suite): [`inspect`], [`QuantizedCheckpoint::parse`], and for every
-/// described tensor [`QuantizedCheckpoint::tensor`] and its dequantization. Never panics;
+/// also run by the test suite): [`inspect`], the header check of [`SafetensorsFile`],
+/// [`QuantizedCheckpoint::parse`], and for every described tensor
+/// [`QuantizedCheckpoint::tensor`] and its dequantization. Never panics;
 /// returns how many tensors were rebuilt.
 #[doc(hidden)]
 pub fn exercise_reader(bytes: &[u8]) -> usize {
     let _ = inspect(bytes);
+    // The file reader's header check, on the same bytes.
+    if let Some(n) = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+        && let Some(header) = usize::try_from(n).ok().and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+    {
+        let _ = crate::source::parse_header(header, (bytes.len() - 8 - header.len()) as u64);
+    }
     let Ok(ckpt) = QuantizedCheckpoint::parse(bytes) else { return 0 };
     let _ = ckpt.passthrough_names();
     let _ = ckpt.report();

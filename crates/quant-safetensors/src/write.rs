@@ -13,10 +13,12 @@ use quant_core::{
 use safetensors::Dtype;
 
 use crate::error::{CheckpointError, Result};
+use crate::file::{PartialFile, StreamWriter};
 use crate::format::{
     FORMAT_KEY, FORMAT_VERSION, PART_SUFFIXES, Part, PassReason, PassThrough, Progress, Report, TENSORS_KEY, TensorEntry, TensorReport,
-    dtype_name, f16_part, f32_part, header_metadata, is_float, table_dtype_name, table_part, to_f32, u8_part,
+    dtype_name, f16_part, f32_part, is_float, table_dtype_name, table_part, to_f32, u8_part,
 };
+use crate::source::{SafetensorsFile, TensorSource};
 
 /// What to do with each selected floating-point tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -258,71 +260,96 @@ pub fn quantize_checkpoint_by(
     output: &Path,
     choose: impl Fn(&str, &[usize]) -> Option<QuantizeOptions>,
     quantize: impl Fn(&str, ArrayViewD<'_, f32>, &Method) -> core::result::Result<Quantized<f32>, QuantError>,
+    progress: impl FnMut(Progress<'_>),
+) -> Result<Report> {
+    quantize_from(&crate::source::InMemory::parse(input)?, output, choose, quantize, progress)
+}
+
+/// As [`quantize_checkpoint_by`], reading the input one tensor at a time from a file (so a
+/// checkpoint larger than memory goes through: memory holds one tensor's bytes, its f32
+/// values, its quantized form and its reconstruction at a time).
+///
+/// # Errors
+/// As [`quantize_checkpoint_by`]; [`CheckpointError::Open`] when reading the input fails.
+pub fn quantize_file_by(
+    input: &SafetensorsFile,
+    output: &Path,
+    choose: impl Fn(&str, &[usize]) -> Option<QuantizeOptions>,
+    quantize: impl Fn(&str, ArrayViewD<'_, f32>, &Method) -> core::result::Result<Quantized<f32>, QuantError>,
+    progress: impl FnMut(Progress<'_>),
+) -> Result<Report> {
+    quantize_from(input, output, choose, quantize, progress)
+}
+
+/// Writes a tensor unchanged and returns its report row.
+fn keep(out: &mut StreamWriter, name: &str, dtype: Dtype, shape: &[usize], data: &[u8], reason: PassReason) -> Result<PassThrough> {
+    out.add(name, dtype, shape, data)?;
+    Ok(PassThrough { name: name.into(), dtype: dtype_name(dtype), shape: shape.to_vec(), bytes: data.len(), reason: Some(reason) })
+}
+
+/// The quantize loop over any input: each tensor is read, quantized (or not) and written to
+/// the output's spools before the next is read.
+fn quantize_from(
+    src: &impl TensorSource,
+    output: &Path,
+    choose: impl Fn(&str, &[usize]) -> Option<QuantizeOptions>,
+    quantize: impl Fn(&str, ArrayViewD<'_, f32>, &Method) -> core::result::Result<Quantized<f32>, QuantError>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Report> {
-    let st = crate::format::parse_safetensors(input)?;
-    let mut metadata = header_metadata(input)?;
+    let mut metadata = src.metadata();
     if metadata.contains_key(TENSORS_KEY) {
         return Err(CheckpointError::Metadata("the input is already quantized (dequantize it first)".into()));
     }
     // Claimed before the work, so that an output that cannot be written fails at once.
-    let file = crate::file::PartialFile::create(output)?;
-    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-    names.sort();
+    let mut out = StreamWriter::new(PartialFile::create(output)?);
+    let names = src.names();
     let total = names.len();
-    let mut parts: BTreeMap<String, Part<'_>> = BTreeMap::new();
     let (mut reports, mut passthrough) = (Vec::new(), Vec::new());
     for (index, name) in names.iter().enumerate() {
         progress(Progress { index, total, name });
-        let view = st.tensor(name)?;
-        let shape = view.shape().to_vec();
+        let (dtype, shape) = src.info(name)?;
+        let data = src.bytes(name)?;
         let n: usize = shape.iter().product();
-        let chosen = match (is_float(view.dtype()), n) {
+        let chosen = match (is_float(dtype), n) {
             (false, _) => Err(PassReason::NotFloat),
             (true, 0) => Err(PassReason::Empty),
             _ => choose(name, &shape).ok_or(PassReason::NotSelected),
         };
-        let data = view.data();
-        let pass = |reason: PassReason| {
-            let entry = PassThrough {
-                name: name.clone(),
-                dtype: dtype_name(view.dtype()),
-                shape: shape.clone(),
-                bytes: data.len(),
-                reason: Some(reason),
-            };
-            (entry, Part { dtype: view.dtype(), shape: shape.clone(), data: Cow::Borrowed(data) })
-        };
         let options = match chosen.and_then(|o| o.pass_reason(&shape).map_or(Ok(o), Err)) {
             Ok(o) => o,
             Err(reason) => {
-                let (entry, part) = pass(reason);
-                passthrough.push(entry);
-                insert_part(&mut parts, name.clone(), part)?;
+                passthrough.push(keep(&mut out, name, dtype, &shape, &data, reason)?);
                 continue;
             }
         };
         let options = &options.check()?;
-        let values = to_f32(&view);
+        let values = to_f32(dtype, &data);
+        // Only the f32 copy is kept while quantizing (a tensor that would grow is read again).
+        drop(data);
         let x = ArrayViewD::from_shape(IxDyn(&shape), &values).map_err(|e| CheckpointError::Format(format!("tensor '{name}': {e}")))?;
         let method = options.method_for(name, x.shape())?;
         let q = quantize(name, x.view(), &method).map_err(|source| CheckpointError::Tensor { name: name.into(), source })?;
         if q.shape() != x.shape() || q.bits() != method.bits() {
             return Err(CheckpointError::Metadata(format!("tensor '{name}': the quantizer returned another shape or width")));
         }
-        if q.storage_bytes() >= view.data().len() {
-            let (entry, part) = pass(PassReason::WouldGrow { quantized_bytes: q.storage_bytes() });
-            passthrough.push(entry);
-            insert_part(&mut parts, name.clone(), part)?;
+        let original_bytes = n * dtype.bitsize() / 8;
+        if q.storage_bytes() >= original_bytes {
+            let reason = PassReason::WouldGrow { quantized_bytes: q.storage_bytes() };
+            passthrough.push(keep(&mut out, name, dtype, &shape, &src.bytes(name)?, reason)?);
             continue;
         }
         let back = q.dequantize();
         let stats = ErrorStats::of(values.iter().copied(), back.iter().copied());
+        drop(back);
         let (sqnr_db, max_abs_err) = (stats.sqnr_db(), stats.max_abs);
         let mut quantized_bytes = 0;
         for (suffix, part) in parts_of(&q) {
             quantized_bytes += part.data.len();
-            insert_part(&mut parts, format!("{name}.{suffix}"), part)?;
+            let stored = format!("{name}.{suffix}");
+            if src.info(&stored).is_ok() {
+                return Err(CheckpointError::Metadata(format!("tensor '{stored}' collides with a stored part name")));
+            }
+            out.add(&stored, part.dtype, &part.shape, &part.data)?;
         }
         if quantized_bytes != q.storage_bytes() {
             return Err(CheckpointError::Metadata(format!(
@@ -338,7 +365,7 @@ pub fn quantize_checkpoint_by(
         };
         let entry = TensorEntry {
             shape,
-            dtype: dtype_name(view.dtype()),
+            dtype: dtype_name(dtype),
             method: options.method,
             bits: q.bits(),
             scheme,
@@ -350,7 +377,7 @@ pub fn quantize_checkpoint_by(
             bits_per_weight: q.bits_per_weight(),
             sqnr_db,
             max_abs_err,
-            original_bytes: view.data().len(),
+            original_bytes,
             quantized_bytes,
         };
         reports.push(TensorReport { name: name.clone(), entry });
@@ -371,14 +398,6 @@ pub fn quantize_checkpoint_by(
     let json = serde_json::to_string(&entries).map_err(|e| CheckpointError::Metadata(e.to_string()))?;
     metadata.insert(FORMAT_KEY.into(), FORMAT_VERSION.into());
     metadata.insert(TENSORS_KEY.into(), json);
-    file.finish(parts.iter().map(|(k, v)| (k.as_str(), v)).collect(), &metadata)?;
+    out.finish(&metadata)?;
     Ok(Report::new(reports, passthrough))
-}
-
-fn insert_part<'a>(parts: &mut BTreeMap<String, Part<'a>>, name: String, part: Part<'a>) -> Result<()> {
-    if parts.contains_key(&name) {
-        return Err(CheckpointError::Metadata(format!("tensor '{name}' collides with a stored part name")));
-    }
-    parts.insert(name, part);
-    Ok(())
 }

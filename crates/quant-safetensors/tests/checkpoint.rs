@@ -150,3 +150,48 @@ fn channel_axes_are_checked_per_tensor() -> TestResult {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// Reading the input tensor by tensor from a file gives the same output bytes as reading it
+/// from memory, for quantize and for dequantize; a file that lies about its length is a
+/// format error naming the tensor.
+#[test]
+fn file_and_memory_inputs_give_the_same_bytes() -> TestResult {
+    use quant_safetensors::{CheckpointError, SafetensorsFile, dequantize_checkpoint, dequantize_file, quantize_file_by};
+    let dir = std::env::temp_dir().join(format!("quant-ckpt-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let w: Vec<u8> = (0..48 * 64).flat_map(|i| ((i as f32 * 0.37).sin() * 0.05).to_le_bytes()).collect();
+    let e: Vec<u8> = (0..16 * 64).flat_map(|i| quant_core::half::f16::from_f32((i as f32 * 0.11).cos()).to_le_bytes()).collect();
+    let ids: Vec<u8> = (0..6i64).flat_map(|i| i.to_le_bytes()).collect();
+    let input = quant_safetensors::safetensors::serialize(
+        [
+            ("a.weight", TensorView::new(Dtype::F32, vec![48, 64], &w)?),
+            ("emb", TensorView::new(Dtype::F16, vec![16, 64], &e)?),
+            ("ids", TensorView::new(Dtype::I64, vec![6], &ids)?),
+        ],
+        Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())])),
+    )?;
+    let path = dir.join("in.safetensors");
+    std::fs::write(&path, &input)?;
+    let options = QuantizeOptions::recommended(MethodKind::Uniform, 4);
+    let (from_memory, from_file) = (dir.join("m.safetensors"), dir.join("f.safetensors"));
+    let a = quantize_checkpoint(&input, &from_memory, &options, |_| true, |_| {})?;
+    let src = SafetensorsFile::open(&path)?;
+    let b = quantize_file_by(&src, &from_file, |_, _| Some(options), |_, x, m| m.quantize(&x), |_| {})?;
+    assert_eq!(a, b);
+    let q = std::fs::read(&from_memory)?;
+    assert_eq!(q, std::fs::read(&from_file)?);
+    let (back_m, back_f) = (dir.join("bm.safetensors"), dir.join("bf.safetensors"));
+    assert_eq!(dequantize_checkpoint(&q, &back_m, |_| {})?, 2);
+    assert_eq!(dequantize_file(&SafetensorsFile::open(&from_file)?, &back_f, |_| {})?, 2);
+    let back = std::fs::read(&back_m)?;
+    assert_eq!(back, std::fs::read(&back_f)?);
+    let restored = quant_safetensors::safetensors::SafeTensors::deserialize(&back)?;
+    assert_eq!(restored.tensor("ids")?.data(), &ids[..]);
+    assert_eq!(restored.tensor("a.weight")?.shape(), &[48, 64]);
+    // Truncated by three bytes: the last tensor in the file is named.
+    std::fs::write(&path, &input[..input.len() - 3])?;
+    let err = SafetensorsFile::open(&path).map(|_| ());
+    assert!(matches!(&err, Err(CheckpointError::Format(m)) if m.contains("tensor '") && m.contains("past the file's")), "{err:?}");
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
