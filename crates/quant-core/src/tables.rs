@@ -256,9 +256,21 @@ impl Tabler {
             let inv_dm = if dm == 0.0 { 0.0 } else { 1.0 / dm };
             let codes = &mut out.offset_codes[at..at + n];
             for (p, c) in chunk.iter_mut().zip(codes.iter_mut()) {
-                let b = nearest_code(p.offset.as_f64() * inv_dm);
+                let exact = p.offset.as_f64() * inv_dm;
+                let b = nearest_code(exact);
+                let m = dm * f64::from(b);
+                if (exact - f64::from(b)).abs() > 0.5 {
+                    // The code was clamped (offsets of both signs in one super-group): the
+                    // offset falls to 0, at or below the slice's own, so the step grows until
+                    // the grid still reaches the slice's maximum, as the cover fit does.
+                    let (l, s) = (p.offset.as_f64(), p.scale.as_f64());
+                    let need = (l + s * self.levels - m) / self.levels;
+                    if need > s {
+                        p.scale = F::cast(need);
+                    }
+                }
                 *c = b as u8;
-                p.offset = F::cast(dm * f64::from(b));
+                p.offset = F::cast(m);
             }
             // `dm` is an f16 value (or 0), so this is exact.
             out.super_offsets.push(f16::from_f32(dm as f32));
