@@ -670,3 +670,31 @@ fn unfit_tensors_are_kept_and_reported_and_low_sqnr_is_warned() -> TestResult {
     assert!(err.contains(&format!("warning: {quantized} tensor(s) below 300 dB SQNR")), "{err}");
     Ok(())
 }
+
+/// `channel:AXIS` with AXIS >= 2 on a 3-D tensor works from the command line (it was refused
+/// against a 2-D stand-in), and the 2-D and 1-D tensors without that axis are kept and named.
+#[test]
+fn channel_two_quantizes_a_3d_tensor() -> TestResult {
+    let d = dir("conv3d");
+    let input = d.join("conv.safetensors");
+    let w = f32_bytes(&values(4 * 3 * 16, 21));
+    let b = f32_bytes(&values(16, 22));
+    safetensors::serialize_to_file(
+        vec![("conv.weight", TensorView::new(Dtype::F32, vec![4, 3, 16], &w)?), ("conv.bias", TensorView::new(Dtype::F32, vec![16], &b)?)],
+        None,
+        &input,
+    )?;
+    let q = d.join("q.safetensors");
+    let out = quant(&["quantize", s(&input), "-o", s(&q), "--bits", "8", "--granularity", "channel:2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Report = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report.tensors.len(), 1);
+    assert_eq!(report.tensors[0].name, "conv.weight");
+    assert_eq!(report.tensors[0].entry.granularity, quant::quantizers::Granularity::PerChannel { axis: 2 });
+    assert!(matches!(&report.passthrough[0].reason, Some(PassReason::DoesNotFit { .. })), "{:?}", report.passthrough);
+    let back = d.join("back.safetensors");
+    assert!(quant(&["dequantize", s(&q), "-o", s(&back), "--quiet"]).status.success());
+    let bytes = std::fs::read(&back)?;
+    assert_eq!(SafeTensors::deserialize(&bytes)?.tensor("conv.weight")?.shape(), &[4, 3, 16]);
+    Ok(())
+}

@@ -412,9 +412,10 @@ mod tests {
                     .check()
                     .unwrap_or_else(|e| panic!("valid spec: {e}"));
                 let back = quantize(&x, &spec).unwrap_or_else(|e| panic!("{e}")).dequantize();
-                let (sig, err) = x.iter().zip(back.iter()).fold((0.0f64, 0.0f64), |(s, e), (&a, &b)| {
-                    (s + f64::from(a).powi(2), e + f64::from(a - b).powi(2))
-                });
+                let (sig, err) = x
+                    .iter()
+                    .zip(back.iter())
+                    .fold((0.0f64, 0.0f64), |(s, e), (&a, &b)| (s + f64::from(a).powi(2), e + f64::from(a - b).powi(2)));
                 sqnr.push(10.0 * (sig / err).log10());
             }
             let floor = 6.02 * f64::from(bits) - 12.0;
