@@ -9,11 +9,17 @@
 //! metadata under the key [`TENSORS_KEY`]. Other tensors (integers, booleans, skipped or empty
 //! tensors) are copied byte for byte under their own names.
 //!
+//! Outputs are written through `OUT.partial` and renamed when complete ([`PartialFile`],
+//! [`StreamWriter`]). For a checkpoint larger than memory, [`SafetensorsFile`] reads one
+//! tensor at a time and [`quantize_file_by`] / [`dequantize_file`] keep about one tensor in
+//! memory.
+//!
 //! ```
 //! use quant_safetensors::{QuantizeOptions, QuantizedCheckpoint, quantize_checkpoint};
 //! use quant_core::{GranularityRule, ParamDtype};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // A tiny checkpoint built in memory (normally: std::fs::read or a memory map of a file).
+//! // A tiny checkpoint built in memory (normally a file's bytes, or `SafetensorsFile::open`
+//! // and `quantize_file_by` to read it one tensor at a time).
 //! let w: Vec<u8> = (0..64 * 32).flat_map(|i| ((i % 17) as f32 / 17.0 - 0.5).to_le_bytes()).collect();
 //! let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![64, 32], &w)?;
 //! let input = safetensors::serialize([("layer.weight", view)], None)?;

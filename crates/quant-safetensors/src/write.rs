@@ -214,8 +214,9 @@ pub fn quantize_tensor(name: &str, x: ArrayViewD<'_, f32>, options: &QuantizeOpt
 /// `OUT.partial` beside it and renamed only on success: see [`write_file`](crate::write_file)). Other tensors are copied byte for byte; the input's
 /// own header metadata is kept. `progress` is called before each tensor.
 ///
-/// Memory: `input` may be a memory map; only one tensor is converted to f32 at a time, but
-/// the quantized output (a fraction of the input) is held until it is written.
+/// Memory: `input` may be a memory map; one tensor at a time is converted, quantized and
+/// written (to a spool file: see [`StreamWriter`]). For a checkpoint larger than memory use
+/// [`quantize_file_by`], which reads the input one tensor at a time too.
 ///
 /// # Errors
 /// [`CheckpointError::Format`] for an invalid input file; [`CheckpointError::Metadata`] for an
