@@ -7,7 +7,7 @@ use std::time::Instant;
 use quant::checkpoint::QuantizeOptions;
 use quant::plan::{CandidatePattern, Metric, Plan, TensorMenu};
 use quant::quantizers::{GranularityRule, MethodKind, ParamDtype, RangeEstimator, Scheme, TableFit};
-use quant::sensitivity::{Candidate, SensitivityReport};
+use quant::sensitivity::{Candidate, EmbeddingRows, SensitivityReport};
 
 /// The flags that give each tensor its own quantization.
 #[derive(clap::Args)]
@@ -190,11 +190,32 @@ pub(crate) fn make_plan(args: &PlanArgs, shapes: &[(String, Vec<usize>)], roundi
             plan = plan.with_fixed(name, shape, EMBEDDING_CANDIDATE).map_err(err)?;
         }
     } else {
-        plan.notes.push(
-            "word-embedding rows of tokens the calibration text never uses have no measured curvature: their error is not priced".into(),
-        );
+        let rows = report.as_ref().map(|r| r.embedding_rows.as_slice()).unwrap_or_default();
+        if rows.is_empty() {
+            plan.notes.push(
+                "word-embedding rows of tokens the calibration text never uses have no measured curvature: their error is not priced"
+                    .into(),
+            );
+        }
+        plan.notes.extend(unused_rows_notes(rows));
     }
     Ok((plan, seconds))
+}
+
+/// One note per embedding table with rows the calibration sentences never use.
+pub(crate) fn unused_rows_notes(rows: &[EmbeddingRows]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r.used < r.rows)
+        .map(|r| {
+            format!(
+                "{}: {} of its {} rows ({:.1}%) are never used by the calibration sentences; they have no measured curvature and their error is not priced",
+                r.name,
+                r.rows - r.used,
+                r.rows,
+                100.0 * (r.rows - r.used) as f64 / r.rows as f64
+            )
+        })
+        .collect()
 }
 
 /// The options of tensor `name` under `plan` (`None`: copied unchanged).
@@ -239,5 +260,21 @@ pub(crate) fn print_table(plan: &Plan, seconds: f64) {
     );
     for n in &plan.notes {
         println!("note: {n}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unused_rows_are_counted_per_table() {
+        let rows = [
+            EmbeddingRows { name: "embeddings.word_embeddings.weight".into(), rows: 30522, used: 2847 },
+            EmbeddingRows { name: "embeddings.token_type_embeddings.weight".into(), rows: 2, used: 2 },
+        ];
+        let notes = unused_rows_notes(&rows);
+        assert_eq!(notes.len(), 1, "a table whose rows are all used gets no note");
+        assert!(notes[0].starts_with("embeddings.word_embeddings.weight: 27675 of its 30522 rows (90.7%)"), "{}", notes[0]);
     }
 }

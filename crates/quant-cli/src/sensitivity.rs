@@ -128,6 +128,9 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
         for m in &report.matrices {
             println!("{:<56} {:>10.4e} {:>10.4e} {:>10.4e} {:>12.4e}", m.name, m.mean, m.std, m.omega, m.average_trace);
         }
+        for r in &report.embedding_rows {
+            println!("{}: the calibration sentences use {} of {} rows", r.name, r.used, r.rows);
+        }
         for s in &report.stages {
             println!(
                 "{}: {} block products, {} quadratic forms, {} loss evaluations, {:.1} s",

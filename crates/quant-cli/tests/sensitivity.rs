@@ -55,6 +55,34 @@ fn writes_the_report_and_refuses_too_few_sentences() -> TestResult {
         assert!(c[1]["quadratic"].as_f64() > c[0]["quadratic"].as_f64(), "{m}");
     }
     assert_eq!(r["stages"].as_array().map(Vec::len), Some(3));
+    // The embedding rows the six sentences reach, counted here from the tokenizer: distinct
+    // token ids, the longest sentence's positions, one segment.
+    let lines = [
+        "the cat sat on the mat",
+        "a dog ran in the park",
+        "hello world",
+        "she sells sea shells",
+        "the quick brown fox",
+        "over the lazy dog",
+    ];
+    let batch = quant::models::bert::BertTokenizer::from_dir(&dir, 512)?.encode(&lines)?;
+    let mut ids: Vec<u32> = batch.sentences().iter().flat_map(|x| x.ids.iter().copied()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    let positions = config["max_position_embeddings"].as_u64().ok_or("max_position_embeddings")? as usize;
+    // Sentences longer than the model's positions are truncated to them.
+    let longest = batch.sentences().iter().map(|x| x.ids.len()).max().ok_or("sentences")?.min(positions);
+    let rows = r["embedding_rows"].as_array().ok_or("embedding_rows")?;
+    let used: Vec<(&str, u64)> = rows.iter().map(|e| (e["name"].as_str().unwrap_or(""), e["used"].as_u64().unwrap_or(0))).collect();
+    assert_eq!(
+        used,
+        [
+            ("embeddings.word_embeddings.weight", ids.len() as u64),
+            ("embeddings.position_embeddings.weight", longest as u64),
+            ("embeddings.token_type_embeddings.weight", 1)
+        ]
+    );
     // Same seed, same numbers.
     let again = d.join("again.json");
     let mut args2 = args.to_vec();

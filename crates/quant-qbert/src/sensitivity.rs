@@ -236,6 +236,49 @@ pub struct MatrixSensitivity {
     pub candidates: Vec<CandidateSensitivity>,
 }
 
+/// How many rows of an embedding table the calibration sentences reach: the rows of tokens,
+/// positions or segments they never use have no measured curvature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct EmbeddingRows {
+    /// The table (as the model names it).
+    pub name: String,
+    /// Its rows.
+    pub rows: usize,
+    /// Rows the calibration sentences use.
+    pub used: usize,
+}
+
+impl EmbeddingRows {
+    /// The three embedding tables' row use by `sentences`: distinct token ids, positions up
+    /// to the longest sentence, distinct segment ids.
+    pub fn of(config: &quant_models::bert::BertConfig, sentences: &[quant_models::bert::Sentence]) -> Vec<Self> {
+        let distinct = |ids: &mut dyn Iterator<Item = u32>, rows: usize| {
+            let mut seen = vec![false; rows];
+            ids.filter(|&i| (i as usize) < rows).for_each(|i| seen[i as usize] = true);
+            seen.iter().filter(|&&b| b).count()
+        };
+        let longest = sentences.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        vec![
+            EmbeddingRows {
+                name: "embeddings.word_embeddings.weight".into(),
+                rows: config.vocab_size,
+                used: distinct(&mut sentences.iter().flat_map(|s| s.ids.iter().copied()), config.vocab_size),
+            },
+            EmbeddingRows {
+                name: "embeddings.position_embeddings.weight".into(),
+                rows: config.max_position_embeddings,
+                used: longest.min(config.max_position_embeddings),
+            },
+            EmbeddingRows {
+                name: "embeddings.token_type_embeddings.weight".into(),
+                rows: config.type_vocab_size,
+                used: distinct(&mut sentences.iter().flat_map(|s| s.type_ids.iter().copied()), config.type_vocab_size),
+            },
+        ]
+    }
+}
+
 /// Work and time of one stage.
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -280,6 +323,10 @@ pub struct SensitivityReport {
     /// How the candidates' codes were chosen (`"nearest"` or `"gptq"`).
     #[cfg_attr(feature = "serde", serde(default = "nearest"))]
     pub rounding: String,
+    /// How many rows of each embedding table the calibration sentences use (empty in reports
+    /// written before it was recorded).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub embedding_rows: Vec<EmbeddingRows>,
 }
 
 #[cfg(feature = "serde")]
@@ -308,6 +355,7 @@ pub fn bert_sensitivity(
     let order = rng::permutation(calibration.len(), params.seed);
     let chosen = TokenBatch::new(order[..needed].iter().map(|&i| calibration.sentences()[i].clone()).collect())?;
     let tokens = chosen.tokens();
+    let embedding_rows = EmbeddingRows::of(model.config(), chosen.sentences());
     let loss = SelfDistillation::with_variables(model.clone(), chosen, tensors)?;
     let w0 = loss.weights().to_owned();
     let parts = split_subsets(needed, subsets, params.seed)?;
@@ -467,5 +515,6 @@ pub fn bert_sensitivity(
         matrices,
         stages,
         rounding: params.rounding.name().into(),
+        embedding_rows,
     })
 }

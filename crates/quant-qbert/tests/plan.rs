@@ -56,7 +56,16 @@ fn report(names: &[&str], seed: u64) -> SensitivityReport {
             }
         })
         .collect();
-    SensitivityReport { sentences: 4, tokens: 40, subsets: 3, seed, matrices, stages: vec![], rounding: "nearest".into() }
+    SensitivityReport {
+        sentences: 4,
+        tokens: 40,
+        subsets: 3,
+        seed,
+        matrices,
+        stages: vec![],
+        rounding: "nearest".into(),
+        embedding_rows: vec![],
+    }
 }
 
 const NAMES: [&str; 4] = [
