@@ -1,6 +1,5 @@
 //! Reading a quantized checkpoint back: parsing, rebuilding tensors, dequantizing, reports.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -40,72 +39,15 @@ fn view_f32(v: &TensorView<'_>) -> Vec<f32> {
     to_f32(v.dtype(), v.data())
 }
 
-/// A quantized checkpoint read from safetensors bytes (a file's contents or a memory map).
-#[derive(Debug)]
-pub struct QuantizedCheckpoint<'a> {
-    st: SafeTensors<'a>,
-    entries: BTreeMap<String, TensorEntry>,
-    metadata: BTreeMap<String, String>,
-}
+/// A quantized tensor's stored parts, looked up by their full names (`NAME.SUFFIX`): from a
+/// whole file in memory ([`QuantizedCheckpoint`]) or from the parts of one tensor read from
+/// a file ([`dequantize_file`]). One rebuild, with every part checked, serves both.
+struct Parts<L>(L);
 
-impl<'a> QuantizedCheckpoint<'a> {
-    /// Parses the header and the quantization metadata. Tensors are rebuilt on demand
-    /// ([`tensor`](Self::tensor)).
-    ///
-    /// # Errors
-    /// [`CheckpointError::Format`] for bytes that are not a valid safetensors file;
-    /// [`CheckpointError::Metadata`] when the quantization metadata is missing, of another
-    /// version or malformed.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
-        let st = crate::format::parse_safetensors(bytes)?;
-        let metadata = header_metadata(bytes)?;
-        let entries = entries_of(&metadata)?;
-        Ok(Self { st, entries, metadata })
-    }
-
-    /// Whether `bytes` look like a quantized checkpoint (a valid header with the format key).
-    pub fn is_quantized(bytes: &[u8]) -> bool {
-        header_metadata(bytes).is_ok_and(|m| m.contains_key(FORMAT_KEY))
-    }
-
-    /// The quantized tensors and their descriptions, by name.
-    pub fn entries(&self) -> &BTreeMap<String, TensorEntry> {
-        &self.entries
-    }
-
-    /// The header metadata other than the quantization keys (the original checkpoint's).
-    pub fn user_metadata(&self) -> BTreeMap<String, String> {
-        self.metadata
-            .iter()
-            .filter(|(k, _)| k.as_str() != FORMAT_KEY && k.as_str() != TENSORS_KEY)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-
-    /// Names of the tensors stored unchanged (everything that is not a part of a quantized tensor).
-    pub fn passthrough_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.st.names().into_iter().filter(|n| self.owner_of(n).is_none()).map(String::from).collect();
-        names.sort();
-        names
-    }
-
-    /// The quantized tensor a stored name is a part of.
-    fn owner_of<'s>(&self, stored: &'s str) -> Option<&'s str> {
-        let (base, suffix) = stored.rsplit_once('.')?;
-        (PART_SUFFIXES.contains(&suffix) && self.entries.contains_key(base)).then_some(base)
-    }
-
-    /// A stored pass-through tensor, as safetensors sees it.
-    ///
-    /// # Errors
-    /// [`CheckpointError::Format`] when there is no such tensor.
-    pub fn raw(&self, name: &str) -> Result<TensorView<'a>> {
-        Ok(self.st.tensor(name)?)
-    }
-
-    fn part(&self, name: &str, suffix: &str, dtypes: &[Dtype], len: Option<usize>) -> Result<TensorView<'a>> {
+impl<'p, L: Fn(&str) -> Option<TensorView<'p>>> Parts<L> {
+    fn part(&self, name: &str, suffix: &str, dtypes: &[Dtype], len: Option<usize>) -> Result<TensorView<'p>> {
         let full = format!("{name}.{suffix}");
-        let v = self.st.tensor(&full).map_err(|_| CheckpointError::Metadata(format!("tensor '{name}': part {full} is missing")))?;
+        let v = (self.0)(&full).ok_or_else(|| CheckpointError::Metadata(format!("tensor '{name}': part {full} is missing")))?;
         if !dtypes.contains(&v.dtype()) {
             return Err(CheckpointError::Metadata(format!("tensor '{name}': part {full} has dtype {:?}", v.dtype())));
         }
@@ -121,14 +63,8 @@ impl<'a> QuantizedCheckpoint<'a> {
         PackedCodes::from_bytes(v.data().to_vec(), n, bits).map_err(|source| CheckpointError::Tensor { name: name.into(), source })
     }
 
-    /// Rebuilds quantized tensor `name` from its stored parts, checking every part.
-    ///
-    /// # Errors
-    /// [`CheckpointError::Metadata`] for an unknown name or a missing or mis-shaped part;
-    /// [`CheckpointError::Tensor`] when the parts do not form a valid tensor (for example a
-    /// code past its table, or a zero step).
-    pub fn tensor(&self, name: &str) -> Result<Quantized<f32>> {
-        let e = self.entries.get(name).ok_or_else(|| CheckpointError::Metadata(format!("no quantized tensor '{name}'")))?;
+    /// Rebuilds tensor `name` described by `e` from its parts, checking every part.
+    fn rebuild(&self, name: &str, e: &TensorEntry) -> Result<Quantized<f32>> {
         let n = e
             .shape
             .iter()
@@ -216,6 +152,81 @@ impl<'a> QuantizedCheckpoint<'a> {
             // `Method` is non-exhaustive; this build writes no other method.
             other => Err(CheckpointError::Metadata(format!("tensor '{name}': method {} has no stored form", other.kind()))),
         }
+    }
+}
+
+/// A quantized checkpoint read from safetensors bytes (a file's contents or a memory map).
+#[derive(Debug)]
+pub struct QuantizedCheckpoint<'a> {
+    st: SafeTensors<'a>,
+    entries: BTreeMap<String, TensorEntry>,
+    metadata: BTreeMap<String, String>,
+}
+
+impl<'a> QuantizedCheckpoint<'a> {
+    /// Parses the header and the quantization metadata. Tensors are rebuilt on demand
+    /// ([`tensor`](Self::tensor)).
+    ///
+    /// # Errors
+    /// [`CheckpointError::Format`] for bytes that are not a valid safetensors file;
+    /// [`CheckpointError::Metadata`] when the quantization metadata is missing, of another
+    /// version or malformed.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        let st = crate::format::parse_safetensors(bytes)?;
+        let metadata = header_metadata(bytes)?;
+        let entries = entries_of(&metadata)?;
+        Ok(Self { st, entries, metadata })
+    }
+
+    /// Whether `bytes` look like a quantized checkpoint (a valid header with the format key).
+    pub fn is_quantized(bytes: &[u8]) -> bool {
+        header_metadata(bytes).is_ok_and(|m| m.contains_key(FORMAT_KEY))
+    }
+
+    /// The quantized tensors and their descriptions, by name.
+    pub fn entries(&self) -> &BTreeMap<String, TensorEntry> {
+        &self.entries
+    }
+
+    /// The header metadata other than the quantization keys (the original checkpoint's).
+    pub fn user_metadata(&self) -> BTreeMap<String, String> {
+        self.metadata
+            .iter()
+            .filter(|(k, _)| k.as_str() != FORMAT_KEY && k.as_str() != TENSORS_KEY)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Names of the tensors stored unchanged (everything that is not a part of a quantized tensor).
+    pub fn passthrough_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.st.names().into_iter().filter(|n| self.owner_of(n).is_none()).map(String::from).collect();
+        names.sort();
+        names
+    }
+
+    /// The quantized tensor a stored name is a part of.
+    fn owner_of<'s>(&self, stored: &'s str) -> Option<&'s str> {
+        let (base, suffix) = stored.rsplit_once('.')?;
+        (PART_SUFFIXES.contains(&suffix) && self.entries.contains_key(base)).then_some(base)
+    }
+
+    /// A stored pass-through tensor, as safetensors sees it.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Format`] when there is no such tensor.
+    pub fn raw(&self, name: &str) -> Result<TensorView<'a>> {
+        Ok(self.st.tensor(name)?)
+    }
+
+    /// Rebuilds quantized tensor `name` from its stored parts, checking every part.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Metadata`] for an unknown name or a missing or mis-shaped part;
+    /// [`CheckpointError::Tensor`] when the parts do not form a valid tensor (for example a
+    /// code past its table, or a zero step).
+    pub fn tensor(&self, name: &str) -> Result<Quantized<f32>> {
+        let e = self.entries.get(name).ok_or_else(|| CheckpointError::Metadata(format!("no quantized tensor '{name}'")))?;
+        Parts(|full: &str| self.st.tensor(full).ok()).rebuild(name, e)
     }
 
     /// Rebuilds and dequantizes tensor `name` (f32, original shape).
@@ -333,25 +344,16 @@ fn dequantize_from(src: &impl TensorSource, output: &Path, mut progress: impl Fn
     let total = entries.len();
     for (index, (name, e)) in entries.iter().enumerate() {
         progress(Progress { index, total, name });
-        // A one-tensor checkpoint of this tensor's parts, rebuilt and checked by the reader.
+        // This tensor's parts, read and rebuilt (every part checked) before the next.
         let mine = parts.get(name).map(Vec::as_slice).unwrap_or_default();
-        let bytes: Vec<Cow<'_, [u8]>> = mine.iter().map(|p| src.bytes(p)).collect::<Result<_>>()?;
-        let mut views = Vec::with_capacity(mine.len());
-        for (p, b) in mine.iter().zip(&bytes) {
+        let mut read = BTreeMap::new();
+        for p in mine {
             let (dtype, shape) = src.info(p)?;
-            views.push((p.as_str(), TensorView::new(dtype, shape, b)?));
+            read.insert(p.as_str(), (dtype, shape, src.bytes(p)?));
         }
-        let one = std::collections::HashMap::from([
-            (FORMAT_KEY.to_string(), FORMAT_VERSION.to_string()),
-            (
-                TENSORS_KEY.to_string(),
-                serde_json::to_string(&BTreeMap::from([(name, e)])).map_err(|x| CheckpointError::Metadata(x.to_string()))?,
-            ),
-        ]);
-        let buffer = safetensors::serialize(views, Some(one))?;
-        drop(bytes);
-        let weight = QuantizedCheckpoint::parse(&buffer)?.tensor(name)?;
-        drop(buffer);
+        let lookup = |full: &str| read.get(full).and_then(|(d, s, b)| TensorView::new(*d, s.clone(), b).ok());
+        let weight = Parts(lookup).rebuild(name, e)?;
+        drop(read);
         let values = weight.dequantize();
         drop(weight);
         let values = values.as_standard_layout();
