@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use quant::checkpoint::{self, CheckpointError, Progress, QuantizeOptions, Report};
+use quant::checkpoint::{self, CheckpointError, PassReason, Progress, QuantizeOptions, Report};
 use quant::quantizers::{GranularityRule, MethodKind, ParamDtype, QuantError, RangeEstimator, Scheme, TableFit};
 use regex::Regex;
 
@@ -592,9 +592,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => select(name).then_some(options),
             };
             if strict {
-                for (name, shape) in shapes {
-                    let reason = choose(&name, &shape).and_then(|o| o.pass_reason(&shape).filter(|_| shape.iter().product::<usize>() > 0));
-                    if let Some(reason) = reason {
+                for name in src.names() {
+                    let Some((dtype, shape)) = src.info(&name) else { continue };
+                    if let Err(reason @ PassReason::DoesNotFit { .. }) = checkpoint::selection(&name, dtype, shape, &choose) {
                         return Err(format!("tensor '{name}' {shape:?}: {reason} (--strict; without it the tensor is copied unchanged)"));
                     }
                 }

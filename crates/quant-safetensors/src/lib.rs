@@ -62,7 +62,7 @@ pub use format::{
 pub use read::{QuantizedCheckpoint, dequantize_checkpoint, dequantize_file, exercise_reader, inspect};
 pub use source::SafetensorsFile;
 pub use write::{
-    QuantizeOptions, quantize_checkpoint, quantize_checkpoint_by, quantize_checkpoint_with, quantize_file_by, quantize_tensor,
+    QuantizeOptions, quantize_checkpoint, quantize_checkpoint_by, quantize_checkpoint_with, quantize_file_by, quantize_tensor, selection,
 };
 
 /// Re-export of `safetensors`, whose types the reader's [`QuantizedCheckpoint::raw`] returns.

@@ -282,6 +282,30 @@ pub fn quantize_file_by(
     quantize_from(input, output, choose, quantize, progress)
 }
 
+/// What the checkpoint functions do with tensor `name` of `dtype` and `shape`: quantize it
+/// with the options `choose` gives, or keep it unchanged for the reason returned (not
+/// floating point, empty, not chosen, or a granularity that does not fit: see
+/// [`QuantizeOptions::pass_reason`]). A caller can run it over a header first to refuse
+/// what would be kept.
+///
+/// # Errors
+/// The [`PassReason`] when the tensor is kept.
+pub fn selection(
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    choose: impl Fn(&str, &[usize]) -> Option<QuantizeOptions>,
+) -> core::result::Result<QuantizeOptions, PassReason> {
+    if !is_float(dtype) {
+        return Err(PassReason::NotFloat);
+    }
+    if shape.iter().product::<usize>() == 0 {
+        return Err(PassReason::Empty);
+    }
+    let options = choose(name, shape).ok_or(PassReason::NotSelected)?;
+    options.pass_reason(shape).map_or(Ok(options), Err)
+}
+
 /// Writes a tensor unchanged and returns its report row.
 fn keep(out: &mut StreamWriter, name: &str, dtype: Dtype, shape: &[usize], data: &[u8], reason: PassReason) -> Result<PassThrough> {
     out.add(name, dtype, shape, data)?;
@@ -311,12 +335,7 @@ fn quantize_from(
         let (dtype, shape) = src.info(name)?;
         let data = src.bytes(name)?;
         let n: usize = shape.iter().product();
-        let chosen = match (is_float(dtype), n) {
-            (false, _) => Err(PassReason::NotFloat),
-            (true, 0) => Err(PassReason::Empty),
-            _ => choose(name, &shape).ok_or(PassReason::NotSelected),
-        };
-        let options = match chosen.and_then(|o| o.pass_reason(&shape).map_or(Ok(o), Err)) {
+        let options = match selection(name, dtype, &shape, &choose) {
             Ok(o) => o,
             Err(reason) => {
                 passthrough.push(keep(&mut out, name, dtype, &shape, &data, reason)?);
