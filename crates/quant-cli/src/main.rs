@@ -594,7 +594,7 @@ fn run(cli: Cli) -> Result<(), String> {
             if strict {
                 for name in src.names() {
                     let Some((dtype, shape)) = src.info(&name) else { continue };
-                    if let Err(reason @ PassReason::DoesNotFit { .. }) = checkpoint::selection(&name, dtype, shape, &choose) {
+                    if let Err(reason @ PassReason::DoesNotFit { .. }) = checkpoint::selection(&name, dtype, shape, choose) {
                         return Err(format!("tensor '{name}' {shape:?}: {reason} (--strict; without it the tensor is copied unchanged)"));
                     }
                 }
