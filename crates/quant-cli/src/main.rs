@@ -375,13 +375,8 @@ fn same_inode(_: &Path, _: &std::fs::Metadata) -> bool {
 /// Writes `bytes` to `path` through `PATH.partial` (renamed into place when complete), so an
 /// interrupted or failed write leaves no truncated file under the output's name.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let partial = checkpoint::partial_path(path);
     let _registered = signals::Partial::register(path);
-    let written = std::fs::write(&partial, bytes).and_then(|()| std::fs::rename(&partial, path));
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&partial);
-        format!("cannot write {}: {e}", path.display())
-    })
+    checkpoint::PartialFile::create(path).and_then(|f| f.finish_bytes(bytes)).map_err(explain)
 }
 
 /// Gives `output` the permission bits of `input` (the writer's temporary file, renamed into

@@ -67,6 +67,26 @@ impl PartialFile {
         w.finish(metadata)
     }
 
+    /// Writes `bytes` (any file: a JSON report, a plan) and renames the file to the output.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Write`] naming the path when writing or renaming fails (the partial
+    /// file is then removed).
+    pub fn finish_bytes(mut self, bytes: &[u8]) -> Result<()> {
+        let Some(mut file) = self.file.take() else { return Err(CheckpointError::Metadata("the partial file was already written".into())) };
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        drop(file);
+        written.map_err(|e| self.write_error(e))?;
+        self.rename_into_place()
+    }
+
+    /// Renames the written partial file to the output; nothing is left for `Drop` to remove.
+    fn rename_into_place(&mut self) -> Result<()> {
+        std::fs::rename(&self.partial, &self.output).map_err(|source| CheckpointError::Write { path: self.output.clone(), source })?;
+        self.partial = PathBuf::new();
+        Ok(())
+    }
+
     fn write_error(&self, source: std::io::Error) -> CheckpointError {
         CheckpointError::Write { path: self.partial.clone(), source }
     }
@@ -248,11 +268,7 @@ impl StreamWriter {
         })();
         drop(file);
         written.map_err(|e| self.claimed.write_error(e))?;
-        std::fs::rename(&self.claimed.partial, &self.claimed.output)
-            .map_err(|source| CheckpointError::Write { path: self.claimed.output.clone(), source })?;
-        // Renamed: nothing left for the claim's Drop to remove.
-        self.claimed.partial = PathBuf::new();
-        Ok(())
+        self.claimed.rename_into_place()
     }
 }
 
@@ -317,6 +333,11 @@ mod tests {
         let err = write_file(tensors(), &meta, &missing);
         assert!(matches!(&err, Err(CheckpointError::Create { path, .. }) if *path == partial_path(&missing)), "{err:?}");
         assert!(err.map_err(|e| e.to_string()).unwrap_err().contains("no-such-dir"));
+        // Any bytes through the same claim.
+        let p5 = dir.join("five.json");
+        PartialFile::create(&p5).expect("create").finish_bytes(b"{}\n").expect("bytes");
+        assert_eq!(std::fs::read(&p5).expect("read"), b"{}\n");
+        assert!(!partial_path(&p5).exists());
         // Dropped unfinished, a claimed output leaves nothing.
         let p4 = dir.join("four.safetensors");
         let claimed = PartialFile::create(&p4).expect("create");
