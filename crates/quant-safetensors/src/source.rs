@@ -78,8 +78,9 @@ impl SafetensorsFile {
     pub fn open(path: &Path) -> Result<Self> {
         let io = |source| CheckpointError::Open { path: path.to_path_buf(), source };
         let mut file = std::fs::File::open(path).map_err(io)?;
-        let file_len = file.metadata().map_err(io)?.len();
-        if file.metadata().map_err(io)?.is_dir() {
+        let meta = file.metadata().map_err(io)?;
+        let file_len = meta.len();
+        if meta.is_dir() {
             return Err(CheckpointError::Open { path: path.to_path_buf(), source: std::io::Error::other("it is a directory") });
         }
         let mut n = [0u8; 8];
