@@ -383,11 +383,27 @@ fn slice_sse<F: Float>(xs: &[F], s: F, m: F, lo: F, hi: F) -> F {
     sse
 }
 
+/// [`slice_sse`] with weights: `Σ h (x − x̂)²` (plain loop; importance-weighted fits only).
+fn weighted_sse<F: Float>(xs: &[F], hs: &[F], s: F, m: F, lo: F, hi: F) -> F {
+    let inv = F::one() / s;
+    xs.iter().zip(hs).fold(F::zero(), |acc, (&x, &h)| {
+        let y = (x - m) * inv;
+        let y = if y > lo { y } else { lo };
+        let y = if y < hi { y } else { hi };
+        let e = x - (y.round_ties_even_bounded() * s + m);
+        acc + h * e * e
+    })
+}
+
 /// Refines the table codes on the data, with the super-scales fixed: for each slice, the
 /// step code in `a−2 ..= a+1` and (grid scheme) the offset code in `b−1 ..= b+1` around the
 /// covering choice `(a, b)`, least squared error wins, ties keep the covering choice (so no
-/// slice's error grows). `slice(i)` gives slice `i`'s elements.
-pub(crate) fn refine_tables<'a, F: Float + 'a>(params: &mut QuantParams<F>, slice: impl Fn(usize) -> &'a [F] + Sync) -> Result<()> {
+/// slice's error grows). `slice(i)` gives slice `i`'s elements and, for importance-weighted
+/// fits, their weights (the error is then `Σ h (x − x̂)²`).
+pub(crate) fn refine_tables<'a, F: Float + 'a>(
+    params: &mut QuantParams<F>,
+    slice: impl Fn(usize) -> (&'a [F], Option<&'a [F]>) + Sync,
+) -> Result<()> {
     let Some(tables) = params.tables.take() else { return Ok(()) };
     let spec = params.spec;
     let top = (1u16 << tables.bits()) - 1;
@@ -408,10 +424,16 @@ pub(crate) fn refine_tables<'a, F: Float + 'a>(params: &mut QuantParams<F>, slic
                 let g = i / group;
                 let d = tables.super_scales[g].to_f64();
                 let dm = tables.super_offsets.get(g).map_or(0.0, |v| v.to_f64());
-                let xs = slice(i);
+                let (xs, hs) = slice(i);
                 let a0 = u16::from(a_codes[i]);
                 let b0 = b_codes.as_ref().map_or(0, |b| u16::from(b[i]));
-                let eval = |a: u16, b: u16| slice_sse(xs, F::cast(d * f64::from(a)), F::cast(dm * f64::from(b)), lo, hi);
+                let eval = |a: u16, b: u16| {
+                    let (s, m) = (F::cast(d * f64::from(a)), F::cast(dm * f64::from(b)));
+                    match hs {
+                        Some(hs) => weighted_sse(xs, hs, s, m, lo, hi),
+                        None => slice_sse(xs, s, m, lo, hi),
+                    }
+                };
                 let mut best = (eval(a0, b0), a0, b0);
                 let b_window = if b_codes.is_some() { window(b0, 1, 1, 0) } else { 0..=0 };
                 for b in b_window {

@@ -110,10 +110,10 @@ fn calibrate_params<F: Float>(data: &[F], layout: &Layout, spec: &UniformSpec) -
     let mut params = QuantParams::from_calibrated(spec, slices)?;
     if params.tables.is_some() {
         match layout.contiguous_runs() {
-            Some(runs) if runs == params.slices.len() => refine_tables(&mut params, |i| &data[layout.run(i)])?,
+            Some(runs) if runs == params.slices.len() => refine_tables(&mut params, |i| (&data[layout.run(i)], None))?,
             _ => {
                 let gathered = layout.gather(data);
-                refine_tables(&mut params, |i| &gathered[i])?;
+                refine_tables(&mut params, |i| (&gathered[i], None))?;
             }
         }
     }
