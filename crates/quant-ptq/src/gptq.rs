@@ -11,7 +11,8 @@
 
 use ndarray::{Array2, ArrayView2, Axis, s};
 use quant_core::{
-    Granularity, MethodKind, QuantError, QuantParams, QuantizedTensor, RangeEstimator, Result, Rounding, SliceParams, UniformSpec,
+    Granularity, MethodKind, PackedCodes, QuantError, QuantParams, QuantizedTables, QuantizedTensor, Result, Rounding, SliceParams,
+    UniformSpec,
 };
 
 /// GPTQ's settings (a record; checked by [`gptq`]).
@@ -98,12 +99,6 @@ fn check_h(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>) -> Result<()> {
 /// handles: per tensor, per output channel (axis 0) or groups along the input (axis 1).
 fn group_columns(spec: &UniformSpec, n: usize) -> Result<(usize, bool)> {
     let unsupported = |setting: String| QuantError::UnsupportedSetting { method: MethodKind::Uniform, setting };
-    if spec.range() != RangeEstimator::MinMax {
-        return Err(unsupported(format!("range {} with GPTQ (min-max only)", spec.range())));
-    }
-    if matches!(spec.param_dtype(), quant_core::ParamDtype::Quantized { .. }) {
-        return Err(unsupported(format!("table dtype {} with GPTQ", spec.param_dtype())));
-    }
     if spec.rounding() != Rounding::HalfEven {
         return Err(unsupported("stochastic or half-away rounding with GPTQ".into()));
     }
@@ -123,26 +118,76 @@ fn round_to_grid(p: &SliceParams<f32>, max_code: i32, x: f64) -> f64 {
     s * (u - z) + m
 }
 
-/// Slice parameters for the values `xs` (min-max range).
-fn fit(xs: impl Iterator<Item = f64>, spec: &UniformSpec) -> SliceParams<f32> {
-    let (lo, hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
-    let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 0.0) };
-    SliceParams::for_spec(lo as f32, hi as f32, spec)
+/// Slice parameters for the values `xs`, as the plain quantizer fits a slice (the spec's
+/// range estimate and table fit; untabled values for two-level tables).
+fn fit(xs: impl Iterator<Item = f64>, spec: &UniformSpec) -> Result<SliceParams<f32>> {
+    let xs: Vec<f32> = xs.map(|v| v as f32).collect();
+    quant_core::fit_slice(&xs, None, spec)
+}
+
+/// Two-level tables whose super-scales (and super-offsets) were fixed on the original
+/// weights; every slice fitted later is snapped to its nearest table codes.
+struct FixedTables {
+    tables: QuantizedTables,
+    scale_codes: Vec<u8>,
+    offset_codes: Vec<u8>,
+}
+
+impl FixedTables {
+    fn new(tables: QuantizedTables) -> Self {
+        let scale_codes = tables.scale_codes().unpack();
+        let offset_codes = tables.offset_codes().map_or_else(Vec::new, |c| c.unpack());
+        Self { tables, scale_codes, offset_codes }
+    }
+
+    /// Replaces slice `i`'s codes by those nearest to `p` and returns the slice's values.
+    fn snap(&mut self, i: usize, p: SliceParams<f32>) -> SliceParams<f32> {
+        let g = i / self.tables.super_group();
+        let top = f64::from((1u16 << self.tables.bits()) - 1);
+        let d = self.tables.super_scales()[g].to_f64();
+        let a = (f64::from(p.scale) / d).round().clamp(1.0, top);
+        self.scale_codes[i] = a as u8;
+        let mut offset = 0.0;
+        if let Some(dm) = self.tables.super_offsets().get(g).map(|v| v.to_f64()) {
+            let b = if dm == 0.0 { 0.0 } else { (f64::from(p.offset) / dm).round().clamp(0.0, top) };
+            self.offset_codes[i] = b as u8;
+            offset = dm * b;
+        }
+        // The products the tables' own reader forms (`QuantizedTables::slices`).
+        SliceParams { scale: (d * a) as f32, zero_point: p.zero_point, offset: offset as f32 }
+    }
+
+    fn finish(self, spec: &UniformSpec) -> Result<QuantParams<f32>> {
+        let t = self.tables;
+        let bits = t.bits();
+        let offsets = match t.offset_codes() {
+            Some(_) => Some((t.super_offsets().to_vec(), PackedCodes::pack(&self.offset_codes, bits)?)),
+            None => None,
+        };
+        let tables =
+            QuantizedTables::from_parts(t.super_group(), t.super_scales().to_vec(), PackedCodes::pack(&self.scale_codes, bits)?, offsets)?;
+        QuantParams::from_tables(spec, tables)
+    }
 }
 
 /// Quantizes `w` (`out × in`) with `spec` by GPTQ under the layer Hessian `h` (`in × in`,
 /// symmetric positive semi-definite, for example `2 XᵀX` of the layer's calibration inputs).
 ///
 /// Inputs whose `H_ii` is 0 (never active) have their weights set to 0 before quantizing.
-/// Each group's parameters (min-max of its weights) are fixed when its first column is
-/// reached, on the weights as updated so far (with `act_order`, on the original weights).
+/// Each group's parameters are fixed when its first column is reached, on the weights as
+/// updated so far (with `act_order`, on the original weights), by the plain quantizer's fit
+/// for the spec: its range estimator (min-max, percentile, MSE) and table fit
+/// ([`quant_core::fit_slice`]). Per tensor and per output channel the parameters are the plain
+/// quantizer's on the original weights. Two-level tables ([`quant_core::ParamDtype::Quantized`])
+/// take their super-scales from the plain quantizer's tables of the original weights; each
+/// group fitted on the fly then takes the nearest table codes under them, so the stored
+/// layout is the plain quantizer's.
 /// To quantize one matrix several ways (candidate widths, groups), prepare the Hessian once
 /// with [`GptqHessian::new`] and call [`GptqHessian::quantize`] for each.
 ///
 /// # Errors
 /// [`QuantError::ShapeMismatch`], [`QuantError::NonFinite`], [`QuantError::Empty`];
-/// [`QuantError::UnsupportedSetting`] for a range other than min-max, two-level tables,
-/// rounding other than half-even, or a granularity other than per tensor, per output channel
+/// [`QuantError::UnsupportedSetting`] for rounding other than half-even, or a granularity other than per tensor, per output channel
 /// or groups along the input; [`QuantError::NotPositiveDefinite`] when `H` is singular even
 /// after dampening; the settings' errors.
 pub fn gptq(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>, spec: &UniformSpec, params: &GptqParams) -> Result<Gptq> {
@@ -242,26 +287,20 @@ impl GptqHessian {
             _ => rows * groups,
         };
         let mut slices: Vec<Option<SliceParams<f32>>> = vec![None; n_slices];
-        let fit_all = |wm: &Array2<f64>, slices: &mut Vec<Option<SliceParams<f32>>>| match spec.granularity() {
-            Granularity::PerTensor => slices[0] = Some(fit(wm.iter().copied(), spec)),
-            Granularity::PerChannel { .. } => {
-                for (r, row) in wm.rows().into_iter().enumerate() {
-                    slices[r] = Some(fit(row.iter().copied(), spec));
-                }
-            }
-            _ => {
-                for r in 0..rows {
-                    for g in 0..groups {
-                        let cols = g * gs..((g + 1) * gs).min(n);
-                        slices[r * groups + g] = Some(fit(wm.slice(s![r, cols]).iter().copied(), spec));
-                    }
-                }
-            }
-        };
         // Per tensor and per channel the parameters see all columns at once, before any update;
-        // so do static groups.
-        if !grouped || params.act_order {
-            fit_all(&wm, &mut slices);
+        // so do static groups: the plain quantizer's parameters of the (dead-zeroed) weights.
+        // Two-level tables fix their super-scales there too; groups fitted later take the
+        // nearest codes under them.
+        let needs_start = !grouped || params.act_order || matches!(spec.param_dtype(), quant_core::ParamDtype::Quantized { .. });
+        let mut tables = None;
+        if needs_start {
+            let start = quant_core::calibrate(&wm.mapv(|v| v as f32), spec)?;
+            if !grouped || params.act_order {
+                for (slot, p) in slices.iter_mut().zip(start.slices()) {
+                    *slot = Some(*p);
+                }
+            }
+            tables = start.tables().cloned().map(FixedTables::new);
         }
 
         // Processing order.
@@ -287,7 +326,12 @@ impl GptqHessian {
                 if grouped && !params.act_order && col % gs == 0 {
                     let len = gs.min(n - col);
                     for r in 0..rows {
-                        slices[r * groups + col / gs] = Some(fit(w1.slice(s![r, i..i + len]).iter().copied(), spec));
+                        let k = r * groups + col / gs;
+                        let p = fit(w1.slice(s![r, i..i + len]).iter().copied(), spec)?;
+                        slices[k] = Some(match tables.as_mut() {
+                            Some(t) => t.snap(k, p),
+                            None => p,
+                        });
                     }
                 }
                 let d = u[[col, col]];
@@ -320,10 +364,13 @@ impl GptqHessian {
         for (col, &orig) in perm.iter().enumerate() {
             out.column_mut(orig).assign(&q.column(col).mapv(|v| v as f32));
         }
-        let slices: Vec<SliceParams<f32>> = slices.into_iter().collect::<Option<_>>().ok_or(QuantError::Empty)?;
+        let params = match tables {
+            Some(t) => t.finish(spec)?,
+            None => QuantParams::from_slices(spec, slices.into_iter().collect::<Option<_>>().ok_or(QuantError::Empty)?)?,
+        };
         // The values lie on their slices' grids, so the plain quantizer with these parameters
         // gives back exactly GPTQ's codes.
-        QuantParams::from_slices(spec, slices)?.quantize(&out)
+        params.quantize(&out)
     }
 }
 
