@@ -116,6 +116,12 @@ pub enum BertError {
         /// The vector's length.
         got: usize,
     },
+    /// A statistics file (input Gram matrices or an imatrix) that cannot be read or written.
+    #[error("input statistics: {reason}")]
+    Statistics {
+        /// What is wrong.
+        reason: String,
+    },
     /// A text file that is not UTF-8.
     #[error("{path}: line {line} is not valid UTF-8")]
     InvalidUtf8 {

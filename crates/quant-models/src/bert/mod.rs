@@ -15,6 +15,7 @@ mod config;
 mod distill;
 mod error;
 mod model;
+mod stats;
 mod tangent;
 mod text;
 mod tokenize;
@@ -28,6 +29,7 @@ pub use config::{BertConfig, HiddenAct, Pooling, PoolingMode};
 pub use distill::{LayerInputs, SelfDistillation};
 pub use error::{BertError, Result};
 pub use model::{Bert, InputGrams};
+pub use stats::{Importance, TOKENS_KEY, llama_cpp_name};
 pub use text::TextLines;
 pub use tokenize::{BertTokenizer, Sentence, TokenBatch};
 
