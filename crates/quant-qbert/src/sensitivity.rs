@@ -15,7 +15,7 @@ use quant_core::{GranularityRule, MethodParams, ParamDtype, rng};
 use quant_hessian::{
     BlockOperator, HutchPlusPlus, Lanczos, Model, OperatorExt, Product, QbertParams, TopEigen, qbert_statistics_for, split_subsets,
 };
-use quant_models::bert::{Bert, InputGrams, SelfDistillation, TokenBatch};
+use quant_models::bert::{Bert, Importance, InputGrams, SelfDistillation, TokenBatch};
 use quant_ptq::GptqParams;
 
 use crate::error::{QbertError, Result};
@@ -70,6 +70,13 @@ pub enum CandidateRounding {
     /// Round to nearest (the quantizer's own codes).
     #[default]
     Nearest,
+    /// Importance-weighted fits ([`quant_core::quantize_weighted`]) with each matrix's
+    /// per-input importance (the diagonal of `XᵀX` per token, from [`InputGrams::importance`]
+    /// or an imatrix file); matrices without one are rounded to nearest.
+    Weighted {
+        /// The per-input importance.
+        importance: std::sync::Arc<Importance>,
+    },
     /// GPTQ with each matrix's input Gram matrix (`Bert::input_grams` of calibration text);
     /// matrices without one are rounded to nearest.
     Gptq {
@@ -81,17 +88,18 @@ pub enum CandidateRounding {
 }
 
 impl CandidateRounding {
-    /// `"nearest"` or `"gptq"`, as the report and the command line spell it.
+    /// `"nearest"`, `"weighted"` or `"gptq"`, as the report and the command line spell it.
     pub fn name(&self) -> &'static str {
         match self {
             CandidateRounding::Nearest => "nearest",
+            CandidateRounding::Weighted { .. } => "weighted",
             CandidateRounding::Gptq { .. } => "gptq",
         }
     }
 
-    /// `method` applied to the matrix `w` (`out × in`) named `name`: by GPTQ when the
-    /// rounding is GPTQ, the matrix has input statistics and the method is uniform; otherwise
-    /// by the method itself.
+    /// `method` applied to the matrix `w` (`out × in`) named `name`: by GPTQ or the
+    /// importance-weighted fit when the rounding says so, the matrix has input statistics and
+    /// the method is uniform; otherwise by the method itself.
     ///
     /// # Errors
     /// The core's errors; GPTQ's ([`quant_ptq::gptq`]).
@@ -115,10 +123,17 @@ impl CandidateRounding {
             }
             _ => None,
         };
+        let importance: Option<Vec<f32>> = match self {
+            CandidateRounding::Weighted { importance } => importance.get(name).map(|h| h.iter().map(|&v| v as f32).collect()),
+            _ => None,
+        };
         methods
             .iter()
-            .map(|method| match (&prepared, method) {
-                (Some(p), quant_core::Method::Uniform(spec)) => Ok(quant_core::Quantized::Uniform(p.quantize(w, spec)?)),
+            .map(|method| match (&prepared, &importance, method) {
+                (Some(p), _, quant_core::Method::Uniform(spec)) => Ok(quant_core::Quantized::Uniform(p.quantize(w, spec)?)),
+                (_, Some(h), quant_core::Method::Uniform(spec)) => {
+                    Ok(quant_core::Quantized::Uniform(quant_core::quantize_weighted(&w, spec, h)?))
+                }
                 _ => Ok(method.quantize(&w)?),
             })
             .collect()
@@ -135,7 +150,7 @@ impl CandidateRounding {
 /// | `lanczos_tol` | 1e-3 | relative residual of each top eigenvalue | `(0, 1)` |
 /// | `trace_budget` | 9 | Hutch++ products per matrix and subset | `≥ 3` |
 /// | `candidates` | 2, 3, 4, 6, 8 bits × groups of 32 and 128 | the quantizations scored | non-empty |
-/// | `rounding` | nearest | how the candidates' codes are chosen | nearest, or GPTQ with input statistics |
+/// | `rounding` | nearest | how the candidates' codes are chosen | nearest, importance-weighted or GPTQ with input statistics |
 #[derive(Debug, Clone, PartialEq)]
 pub struct SensitivityParams {
     /// Calibration subsets.
@@ -517,4 +532,67 @@ pub fn bert_sensitivity(
         rounding: params.rounding.name().into(),
         embedding_rows,
     })
+}
+
+/// What [`gptq_sequential`] made: every matrix it quantized, and the layer Hessians (`XᵀX`)
+/// it used for each.
+#[derive(Debug, Clone)]
+pub struct SequentialGptq {
+    /// The quantized matrices by name.
+    pub quantized: std::collections::BTreeMap<String, quant_core::Quantized<f32>>,
+    /// For each quantized matrix, `XᵀX` of its inputs as they were when it was rounded.
+    pub grams: InputGrams,
+}
+
+/// GPTQ in sequential mode: the encoder's layers in order, each layer's matrices rounded with
+/// the layer Hessians of inputs that already passed the quantized earlier layers (so the
+/// rounding of layer `l` compensates what layers `0..l` lost). Within a layer all six
+/// matrices take the statistics of the same pass. `method_for` gives each matrix's method by
+/// name and shape (`None` leaves it unquantized); uniform methods are rounded by GPTQ, the
+/// others by their own quantizer, and every quantized matrix's dequantized values replace it
+/// before the next layer's statistics are collected. One forward pass over `batch` per layer
+/// (in chunks of `chunk` sentences).
+///
+/// # Errors
+/// The model's errors on the batch, the core's and GPTQ's errors, and
+/// [`QbertError::Empty`] for a matrix the model does not hold.
+pub fn gptq_sequential(
+    model: &Bert<f32>,
+    batch: &TokenBatch,
+    chunk: usize,
+    params: &GptqParams,
+    method_for: impl Fn(&str, &[usize]) -> Option<quant_core::Method>,
+) -> Result<SequentialGptq> {
+    let mut current = model.clone();
+    let mut out = SequentialGptq { quantized: std::collections::BTreeMap::new(), grams: InputGrams::default() };
+    // The statistics name the matrices six per layer, in the model's order.
+    let mut grams = current.input_grams(batch, chunk)?;
+    let names = grams.names.clone();
+    for (l, layer) in names.chunks(6).enumerate() {
+        if l > 0 {
+            grams = current.input_grams(batch, chunk)?;
+        }
+        for name in layer {
+            let shape = current.tensor_shape(name).ok_or(QbertError::Empty { what: "tensor of that name" })?;
+            let Some(method) = method_for(name, &shape) else { continue };
+            let block = current.blocks().iter().find(|b| b.name() == name).ok_or(QbertError::Empty { what: "tensor of that name" })?;
+            let w = current.weights().slice(s![block.range()]).to_owned();
+            let w2 = w
+                .into_shape_with_order((shape[0], shape[1]))
+                .map_err(|_| QbertError::InvalidParameter { what: "matrix rank", value: shape.len() as f64 })?;
+            let h = grams.get(name).ok_or(QbertError::Empty { what: "input statistics of that matrix" })?;
+            let rounding = CandidateRounding::Gptq {
+                grams: std::sync::Arc::new(InputGrams { names: vec![name.clone()], grams: vec![h.clone()], tokens: grams.tokens }),
+                params: *params,
+            };
+            let q = rounding.quantize(name, w2.view(), &method)?;
+            let deq = q.dequantize();
+            current.set_tensor(name, deq.as_slice().ok_or(QbertError::Empty { what: "contiguous dequantized tensor" })?)?;
+            out.grams.names.push(name.clone());
+            out.grams.grams.push(h.clone());
+            out.grams.tokens = grams.tokens;
+            out.quantized.insert(name.clone(), q);
+        }
+    }
+    Ok(out)
 }
