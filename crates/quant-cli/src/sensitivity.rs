@@ -40,9 +40,9 @@ pub(crate) struct SensitivityArgs {
     /// Hutch++ products per matrix and subset.
     #[arg(long, default_value_t = 9)]
     pub(crate) trace_budget: usize,
-    /// How the candidates' codes are chosen (with gptq, the layer Hessians come from all the
-    /// calibration sentences, so the scores are those of the checkpoint that
-    /// `quant quantize --rounding gptq` writes).
+    /// How the candidates' codes are chosen (with weighted or gptq, the input statistics come
+    /// from all the calibration sentences, so the scores are those of the checkpoint that
+    /// `quant quantize --rounding weighted|gptq --calibration` with the same file writes).
     #[command(flatten)]
     pub(crate) gptq: crate::rounding::GptqArgs,
     /// Also measure the embedding tables.
