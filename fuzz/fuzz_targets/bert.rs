@@ -1,5 +1,6 @@
 //! Arbitrary bytes through the BERT-family loader (config.json, model.safetensors, the
-//! pooling config, the text-file splitter) and a forward pass: never panics.
+//! pooling config, the text-file splitter, the statistics and imatrix readers) and a forward
+//! pass: never panics.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -51,6 +51,15 @@ fn malformed_statistics_files_are_typed_errors() -> Result<(), BertError> {
     assert!(is_statistics_error(bad.to_safetensors()));
     let nan = InputGrams { names: vec!["a".into()], grams: vec![array![[f64::NAN]]], tokens: 3 };
     assert!(is_statistics_error(InputGrams::from_safetensors(&nan.to_safetensors()?)));
+    // Every truncation and single-byte change of a valid file: an error or a value, no panic.
+    for cut in (0..bytes.len()).step_by(5) {
+        assert!(InputGrams::from_safetensors(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    for i in (0..bytes.len()).step_by(7) {
+        let mut m = bytes.clone();
+        m[i] ^= 0xa5;
+        let _ = InputGrams::from_safetensors(&m);
+    }
     let twice = InputGrams { names: vec!["a".into(), "a".into()], grams: vec![array![[1.0]], array![[2.0]]], tokens: 3 };
     assert!(is_statistics_error(twice.to_safetensors()));
     Ok(())

@@ -150,11 +150,14 @@ pub struct Embedded {
 /// Fuzzing entry point (not part of the API): the first two bytes (little-endian) give the
 /// length of a `config.json` text that follows, the rest is a `model.safetensors`; both go
 /// through the loader and, if that succeeds, two sentences with ids from the input through
-/// the forward pass; the whole input also goes through the text-file splitter and the pooling
-/// config parser. Never panics; returns how many embeddings were computed.
+/// the forward pass; the whole input also goes through the text-file splitter, the pooling
+/// config parser and the statistics readers (statistics file, imatrix). Never panics; returns
+/// how many embeddings were computed.
 #[doc(hidden)]
 pub fn exercise_loader(data: &[u8]) -> usize {
     let _ = TextLines::parse(data, Path::new("fuzz.txt"));
+    let _ = InputGrams::from_safetensors(data);
+    let _ = Importance::from_imatrix(data);
     let _ = Pooling::mode_from_json(&String::from_utf8_lossy(data));
     let Some((len, rest)) = data.split_first_chunk::<2>() else { return 0 };
     let len = usize::from(u16::from_le_bytes(*len)).min(rest.len());
