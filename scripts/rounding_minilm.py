@@ -3,7 +3,8 @@
 the cosine between the f32 model's sentence embeddings and the quantized model's, for round to
 nearest, importance-weighted fits, GPTQ and sequential GPTQ.
 
-Usage: python3 scripts/rounding_minilm.py MODEL_DIR [QUANT_BINARY] > out.md
+Usage: python3 scripts/rounding_minilm.py MODEL_DIR [QUANT_BINARY] [SETTINGS] > out.md
+(SETTINGS: how many of the settings below to run, from the first; all by default.)
 Needs a release build of the CLI (cargo build --release -p quant-cli) and the checkpoint (see
 the README). Statistics come from data/wordnet/calibration.txt (1,000 sentences); the cosine is
 measured on 200 other sentences (the queries and documents of the first 100 evaluation pairs of
@@ -14,6 +15,7 @@ import json, os, subprocess, sys, tempfile, time
 
 model = sys.argv[1]
 quant = sys.argv[2] if len(sys.argv) > 2 else "target/release/quant"
+only = int(sys.argv[3]) if len(sys.argv) > 3 else None
 tmp = tempfile.mkdtemp(prefix="quant-rounding-")
 cal = "data/wordnet/calibration.txt"
 text = os.path.join(tmp, "eval.txt")
@@ -47,6 +49,7 @@ def run(args):
 per_matrix = {}
 print("| setting | rounding | bits/weight | cosine mean (p5) | objective / nearest's | seconds |")
 print("|---|---|---|---|---|---|")
+SETTINGS = SETTINGS[:only]
 for slabel, sflags in SETTINGS:
     for rlabel, rflags in ROUNDINGS:
         q = os.path.join(tmp, "q.safetensors")
@@ -60,16 +63,18 @@ for slabel, sflags in SETTINGS:
         c = ev["cosine"]
         obj = rep.get("layer_objectives", [])
         ratio = sum(o["rounded"] for o in obj) / sum(o["nearest"] for o in obj) if obj else 1.0
+        # Each run's ratio is to round-to-nearest under that run's own statistics (sequential
+        # GPTQ's later layers see other inputs).
         for o in obj:
-            per_matrix.setdefault(slabel, {}).setdefault(o["name"], {"nearest": o["nearest"]})[rlabel] = o["rounded"]
+            per_matrix.setdefault(slabel, {}).setdefault(o["name"], {})[rlabel] = (o["rounded"], o["nearest"])
         print(f"| {slabel} | {rlabel} | {bpw:.2f} | {c['mean']:.4f} ({c['p5']:.3f}) | {ratio:.3f} | {seconds:.1f} |", flush=True)
 
 for slabel in [s for s, _ in SETTINGS[:2]]:
     rows = per_matrix.get(slabel, {})
     print(f"\nPer-matrix layer objective, {slabel} (ratio to round-to-nearest's):\n")
-    print("| matrix | nearest | weighted | gptq | gptq, sequential |")
+    print("| matrix | nearest (parallel statistics) | weighted | gptq | gptq, sequential |")
     print("|---|---|---|---|---|")
     for name in sorted(rows, key=lambda n: (int(n.split(".")[2]) if n.split(".")[2].isdigit() else 0, n)):
         r = rows[name]
-        cells = [f"{r[k] / r['nearest']:.3f}" if k in r else "" for k in ["weighted", "gptq", "gptq, sequential"]]
-        print(f"| {name.replace('encoder.layer.', '')} | {r['nearest']:.4g} | " + " | ".join(cells) + " |")
+        cells = [f"{r[k][0] / r[k][1]:.3f}" if k in r else "" for k in ["weighted", "gptq", "gptq, sequential"]]
+        print(f"| {name.replace('encoder.layer.', '')} | {r['gptq'][1]:.4g} | " + " | ".join(cells) + " |")

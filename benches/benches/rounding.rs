@@ -1,5 +1,6 @@
 //! Rounding a MiniLM FFN-shaped matrix (1536 x 384, f32) at 4 bits in groups of 32: round to
-//! nearest (the peer), the importance-weighted fit, and GPTQ with a correlated layer Hessian.
+//! nearest (the peers: min-max ranges, and the MSE range search), the importance-weighted fit, and
+//! GPTQ with a correlated layer Hessian.
 //!
 //! `cargo bench -p quant-benches --bench rounding`. Figures: docs/benchmarks.md.
 
@@ -7,7 +8,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ndarray::Array2;
 use quant::ptq::{GptqHessian, GptqParams};
 use quant_benches::gaussian_weights;
-use quant_core::{ParamDtype, UniformSpec, quantize, quantize_weighted};
+use quant_core::{ParamDtype, RangeEstimator, UniformSpec, quantize, quantize_weighted};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ fn bench(c: &mut Criterion) {
     for (label, dtype) in [("f32 params", ParamDtype::Native), ("q6 tables", ParamDtype::Quantized { bits: 6, super_group: 8 })] {
         let spec = UniformSpec::builder().bits(4).per_group(1, 32).param_dtype(dtype).check().unwrap_or_else(|e| panic!("spec: {e}"));
         group.bench_function(BenchmarkId::new("nearest", label), |b| b.iter(|| black_box(quantize(&w, &spec))));
+        // Round to nearest with the MSE range search (the CLI's default at 3 bits and below).
+        let mse = UniformSpec::builder().bits(4).per_group(1, 32).param_dtype(dtype).range(RangeEstimator::Mse { steps: 100 }).check();
+        let mse = mse.unwrap_or_else(|e| panic!("spec: {e}"));
+        group.bench_function(BenchmarkId::new("nearest, mse range", label), |b| b.iter(|| black_box(quantize(&w, &mse))));
         group.bench_function(BenchmarkId::new("weighted", label), |b| b.iter(|| black_box(quantize_weighted(&w, &spec, &importance))));
         group.bench_function(BenchmarkId::new("gptq", label), |b| b.iter(|| black_box(prepared.quantize(w.view(), &spec))));
     }

@@ -35,7 +35,6 @@ use ndarray::{ArrayBase, Data, Dimension};
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
-use crate::kernel::Kernel;
 use crate::par;
 use crate::params::{QuantParams, SliceParams};
 use crate::range::{estimate, min_max};
@@ -51,15 +50,107 @@ pub const WEIGHTED_SEARCH_STEPS: u16 = 20;
 /// setting of their own.
 pub const WEIGHTED_REFINE_ROUNDS: u8 = 3;
 
-/// `Σ h (x − x̂)²` under kernel `k` (nearest codes, ties to even), summed in f64.
-fn weighted_error<F: Float>(k: &Kernel<F>, xs: &[F], hs: &[F]) -> f64 {
+/// Lanes of the sums below (independent partial sums, so the loops vectorise; summed in a
+/// fixed order, so results do not depend on the CPU).
+const LANES: usize = 8;
+
+/// The signed codes `t = round((x − m)/S)` of `p`'s grid, clamped to its range: what the
+/// kernels compute (half-even ties, the spec's scale mode; the clamp to integer bounds before
+/// rounding equals the clamp after it).
+struct Signed<F> {
+    s: F,
+    inv: F,
+    m: F,
+    lo: F,
+    hi: F,
+    divide: bool,
+}
+
+impl<F: Float> Signed<F> {
+    fn new(p: &SliceParams<F>, spec: &UniformSpec) -> Self {
+        Self {
+            s: p.scale,
+            inv: F::one() / p.scale,
+            m: p.offset,
+            lo: F::from_int(-p.zero_point),
+            hi: F::from_int(i32::from(spec.max_code()) - p.zero_point),
+            divide: spec.scale_mode() == crate::spec::ScaleMode::Divide,
+        }
+    }
+
+    #[inline(always)]
+    fn code(&self, x: F) -> F {
+        let y = if self.divide { (x - self.m) / self.s } else { (x - self.m) * self.inv };
+        let y = if y > self.lo { y } else { self.lo };
+        let y = if y < self.hi { y } else { self.hi };
+        y.round_ties_even_bounded()
+    }
+}
+
+/// `Σ h (x − x̂)²` on the grid of `g`, each term in f64.
+#[inline(always)]
+fn weighted_sse<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
+    if g.divide { sse_in_mode::<F, true>(xs, hs, g) } else { sse_in_mode::<F, false>(xs, hs, g) }
+}
+
+/// One term `h (x − x̂)²` of [`weighted_sse`] (a function, not a closure: closures do not
+/// inherit the target features of the function that calls them).
+#[inline(always)]
+fn sse_term<F: Float, const DIVIDE: bool>(x: F, h: F, g: &Signed<F>) -> F {
+    let y = if DIVIDE { (x - g.m) / g.s } else { (x - g.m) * g.inv };
+    let y = if y > g.lo { y } else { g.lo };
+    let y = if y < g.hi { y } else { g.hi };
+    let e = y.round_ties_even_bounded() * g.s + g.m - x;
+    h * (e * e)
+}
+
+/// [`weighted_sse`] for one scale mode: sixteen lanes in the element type (so the loop fills
+/// the vector units), summed in f64 at the end. Used to rank candidates; the search's result
+/// is checked against the start in f64 ([`exact_weighted_sse`]).
+#[inline(always)]
+fn sse_in_mode<F: Float, const DIVIDE: bool>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
+    const W: usize = 2 * LANES;
+    let mut acc = [F::zero(); W];
+    let n = xs.len().min(hs.len());
+    let full = n / W * W;
+    let (xa, ha) = (&xs[..full], &hs[..full]);
+    for k in (0..full).step_by(W) {
+        let (a, b) = (&xa[k..k + W], &ha[k..k + W]);
+        for l in 0..W {
+            acc[l] += sse_term::<F, DIVIDE>(a[l], b[l], g);
+        }
+    }
+    let mut sum = acc.iter().fold(0f64, |t, v| t + v.as_f64());
+    for k in full..n {
+        sum += sse_term::<F, DIVIDE>(xs[k], hs[k], g).as_f64();
+    }
+    sum
+}
+
+/// `Σ h (x − x̂)²` with every term and the sum in f64, in element order.
+fn exact_weighted_sse<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
     xs.iter()
         .zip(hs)
         .map(|(&x, &h)| {
-            let e = (k.dequant(k.code_half_even(x)) - x).as_f64();
+            let e = (g.code(x) * g.s + g.m - x).as_f64();
             h.as_f64() * e * e
         })
         .sum()
+}
+
+/// `[Σh, Σht, Σht², Σhx, Σhtx]` for the codes `t` of the grid of `g`, in f64.
+#[inline(always)]
+fn weighted_moments<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> [f64; 5] {
+    let mut out = [0f64; 5];
+    for (&x, &h) in xs.iter().zip(hs) {
+        let (t, h, x) = (g.code(x).as_f64(), h.as_f64(), x.as_f64());
+        out[0] += h;
+        out[1] += h * t;
+        out[2] += h * t * t;
+        out[3] += h * x;
+        out[4] += h * t * x;
+    }
+    out
 }
 
 /// The range `[lo, hi]` whose grid under `spec` has step `s` and offset `m` (the inverse of
@@ -81,18 +172,9 @@ fn range_of<F: Float>(s: f64, m: f64, spec: &UniformSpec) -> (F, F) {
 
 /// One round of weighted least squares for the codes of `p`: the refitted `(s, m)`, or `None`
 /// when the fit is degenerate (one code, or a non-positive or non-finite step).
+#[inline(always)]
 fn least_squares_step<F: Float>(p: &SliceParams<F>, spec: &UniformSpec, xs: &[F], hs: &[F]) -> Option<(f64, f64)> {
-    let k = Kernel::new(p, spec.max_code(), spec.scale_mode());
-    let (mut sw, mut st, mut stt, mut sx, mut stx) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for (&x, &h) in xs.iter().zip(hs) {
-        let (h, x) = (h.as_f64(), x.as_f64());
-        let t = f64::from(k.code_half_even(F::cast(x)) - p.zero_point);
-        sw += h;
-        st += h * t;
-        stt += h * t * t;
-        sx += h * x;
-        stx += h * t * x;
-    }
+    let [sw, st, stt, sx, stx] = weighted_moments(xs, hs, &Signed::new(p, spec));
     let (s, m) = if spec.scheme() == Scheme::AsymmetricGrid {
         let den = sw * stt - st * st;
         let s = (sw * stx - st * sx) / den;
@@ -103,69 +185,73 @@ fn least_squares_step<F: Float>(p: &SliceParams<F>, spec: &UniformSpec, xs: &[F]
     (s > 0.0 && s.is_finite() && m.is_finite()).then_some((s, m))
 }
 
-/// The grid of one slice: importance-weighted with `search` (see the module documentation),
-/// otherwise the spec's range estimate followed, for [`TableFit::LeastSquares`], by its
-/// least-squares rounds (with `hs` all ones). `Err(j)` for the local index of a non-finite
-/// element.
-fn fit_one<F: Float>(xs: &[F], hs: &[F], spec: &UniformSpec, search: bool) -> core::result::Result<SliceParams<F>, usize> {
-    let (lo, hi) = estimate(xs, spec, &mut Vec::new())?;
-    let start = SliceParams::for_spec(lo, hi, spec);
-    if hs.iter().all(|&h| h == F::zero()) {
-        return Ok(start);
-    }
-    let err = |p: &SliceParams<F>| weighted_error(&Kernel::new(p, spec.max_code(), spec.scale_mode()), xs, hs);
-    let mut best = (err(&start), start);
-    // The search shrinks the min-max range (the start may already be clipped), and that of
-    // the elements with a nonzero weight when it is narrower (the others cost nothing).
-    let (lo, hi) = min_max(xs)?;
-    let active = xs
-        .iter()
-        .zip(hs)
-        .filter(|(_, h)| **h > F::zero())
-        .fold((hi, lo), |(a, b), (&x, _)| (if x < a { x } else { a }, if x > b { x } else { b }));
-    let alphas: Vec<f64> = match spec.range() {
-        RangeEstimator::Mse { steps } => (1..=steps).rev().map(|k| f64::from(k) / f64::from(steps)).collect(),
-        _ => (0..=WEIGHTED_SEARCH_STEPS).map(|k| 1.0 - f64::from(k) / 40.0).collect(),
-    };
-    let bases = match (search, active == (lo, hi)) {
-        (false, _) => vec![],
-        (true, true) => vec![(lo, hi)],
-        (true, false) => vec![(lo, hi), active],
-    };
-    for (lo, hi) in bases {
-        for &alpha in &alphas {
-            let a = F::cast(alpha);
-            let l = if lo < F::zero() { lo * a } else { lo };
-            let h = if hi > F::zero() { hi * a } else { hi };
-            let p = SliceParams::for_spec(l, h, spec);
-            let e = err(&p);
-            if e < best.0 {
-                best = (e, p);
-            }
+multiversion! {
+    /// The grid of one slice: importance-weighted with `search` (see the module documentation),
+    /// otherwise the spec's range estimate followed, for [`TableFit::LeastSquares`], by its
+    /// least-squares rounds (with `hs` all ones). `Err(j)` for the local index of a non-finite
+    /// element.
+    fn fit_one<F: Float>(xs: &[F], hs: &[F], spec: &UniformSpec, search: bool) -> core::result::Result<SliceParams<F>, usize> {
+        let (lo, hi) = estimate(xs, spec, &mut Vec::new())?;
+        let start = SliceParams::for_spec(lo, hi, spec);
+        if hs.iter().all(|&h| h == F::zero()) {
+            return Ok(start);
         }
-    }
-    if spec.scheme() != Scheme::AsymmetricExactZero {
-        let rounds = match spec.table_fit() {
-            TableFit::LeastSquares { iterations } => iterations,
-            TableFit::Cover if search => WEIGHTED_REFINE_ROUNDS,
-            TableFit::Cover => 0,
+            let mut best = (weighted_sse(xs, hs, &Signed::new(&start, spec)), start);
+        // The search shrinks the min-max range (the start may already be clipped), and that of
+        // the elements with a nonzero weight when it is narrower (the others cost nothing).
+        let (lo, hi) = min_max(xs)?;
+        let active = xs
+            .iter()
+            .zip(hs)
+            .filter(|(_, h)| **h > F::zero())
+            .fold((hi, lo), |(a, b), (&x, _)| (if x < a { x } else { a }, if x > b { x } else { b }));
+        let alphas: Vec<f64> = match spec.range() {
+            RangeEstimator::Mse { steps } => (1..=steps).rev().map(|k| f64::from(k) / f64::from(steps)).collect(),
+            _ => (0..=WEIGHTED_SEARCH_STEPS).map(|k| 1.0 - f64::from(k) / 40.0).collect(),
         };
-        for _ in 0..rounds {
-            let Some((s, m)) = least_squares_step(&best.1, spec, xs, hs) else { break };
-            let (l, h) = range_of::<F>(s, m, spec);
-            if !(l.is_finite() && h.is_finite()) {
-                break;
-            }
-            let p = SliceParams::for_spec(l, h, spec);
-            let e = err(&p);
-            if e < best.0 {
-                best = (e, p);
-            } else {
-                break;
+        let bases = match (search, active == (lo, hi)) {
+            (false, _) => vec![],
+            (true, true) => vec![(lo, hi)],
+            (true, false) => vec![(lo, hi), active],
+        };
+        for (lo, hi) in bases {
+            for &alpha in &alphas {
+                let a = F::cast(alpha);
+                let l = if lo < F::zero() { lo * a } else { lo };
+                let h = if hi > F::zero() { hi * a } else { hi };
+                let p = SliceParams::for_spec(l, h, spec);
+                let e = weighted_sse(xs, hs, &Signed::new(&p, spec));
+                if e < best.0 {
+                    best = (e, p);
+                }
             }
         }
+        if spec.scheme() != Scheme::AsymmetricExactZero {
+            let rounds = match spec.table_fit() {
+                TableFit::LeastSquares { iterations } => iterations,
+                TableFit::Cover if search => WEIGHTED_REFINE_ROUNDS,
+                TableFit::Cover => 0,
+            };
+            for _ in 0..rounds {
+                let Some((s, m)) = least_squares_step(&best.1, spec, xs, hs) else { break };
+                let (l, h) = range_of::<F>(s, m, spec);
+                if !(l.is_finite() && h.is_finite()) {
+                    break;
+                }
+                let p = SliceParams::for_spec(l, h, spec);
+                let e = weighted_sse(xs, hs, &Signed::new(&p, spec));
+                if e < best.0 {
+                    best = (e, p);
+                } else {
+                    break;
+                }
+            }
+        }
+        // The ranking above sums in the element type; keep the start unless the choice is no
+    // worse in f64.
+    let exact = |p: &SliceParams<F>| exact_weighted_sse(xs, hs, &Signed::new(p, spec));
+    Ok(if best.1 != start && exact(&best.1) > exact(&start) { start } else { best.1 })
     }
-    Ok(best.1)
 }
 
 /// The parameters of one slice with elements `xs`, as the quantizers fit them: with
