@@ -120,7 +120,15 @@ fn sse_in_mode<F: Float, const DIVIDE: bool>(xs: &[F], hs: &[F], g: &Signed<F>) 
             acc[l] += sse_term::<F, DIVIDE>(a[l], b[l], g);
         }
     }
-    let mut sum = acc.iter().fold(0f64, |t, v| t + v.as_f64());
+    // Tree reduction in the lanes (vector adds), then one conversion.
+    let mut w = W / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    let mut sum = acc[0].as_f64();
     for k in full..n {
         sum += sse_term::<F, DIVIDE>(xs[k], hs[k], g).as_f64();
     }
@@ -196,7 +204,7 @@ multiversion! {
         if hs.iter().all(|&h| h == F::zero()) {
             return Ok(start);
         }
-            let mut best = (weighted_sse(xs, hs, &Signed::new(&start, spec)), start);
+        let mut best = (weighted_sse(xs, hs, &Signed::new(&start, spec)), start);
         // The search shrinks the min-max range (the start may already be clipped), and that of
         // the elements with a nonzero weight when it is narrower (the others cost nothing).
         let (lo, hi) = min_max(xs)?;
@@ -205,17 +213,18 @@ multiversion! {
             .zip(hs)
             .filter(|(_, h)| **h > F::zero())
             .fold((hi, lo), |(a, b), (&x, _)| (if x < a { x } else { a }, if x > b { x } else { b }));
-        let alphas: Vec<f64> = match spec.range() {
-            RangeEstimator::Mse { steps } => (1..=steps).rev().map(|k| f64::from(k) / f64::from(steps)).collect(),
-            _ => (0..=WEIGHTED_SEARCH_STEPS).map(|k| 1.0 - f64::from(k) / 40.0).collect(),
+        let (count, alpha_of): (u16, fn(u16, u16) -> f64) = match spec.range() {
+            RangeEstimator::Mse { steps } => (steps, |k, steps| f64::from(steps - k) / f64::from(steps)),
+            _ => (WEIGHTED_SEARCH_STEPS + 1, |k, _| 1.0 - f64::from(k) / 40.0),
         };
         let bases = match (search, active == (lo, hi)) {
-            (false, _) => vec![],
-            (true, true) => vec![(lo, hi)],
-            (true, false) => vec![(lo, hi), active],
+            (false, _) => [None, None],
+            (true, true) => [Some((lo, hi)), None],
+            (true, false) => [Some((lo, hi)), Some(active)],
         };
-        for (lo, hi) in bases {
-            for &alpha in &alphas {
+        for (lo, hi) in bases.into_iter().flatten() {
+            for k in 0..count {
+                let alpha = alpha_of(k, count);
                 let a = F::cast(alpha);
                 let l = if lo < F::zero() { lo * a } else { lo };
                 let h = if hi > F::zero() { hi * a } else { hi };
@@ -248,9 +257,10 @@ multiversion! {
             }
         }
         // The ranking above sums in the element type; keep the start unless the choice is no
-    // worse in f64.
-    let exact = |p: &SliceParams<F>| exact_weighted_sse(xs, hs, &Signed::new(p, spec));
-    Ok(if best.1 != start && exact(&best.1) > exact(&start) { start } else { best.1 })
+        // worse in f64.
+        let worse = best.1 != start
+            && exact_weighted_sse(xs, hs, &Signed::new(&best.1, spec)) > exact_weighted_sse(xs, hs, &Signed::new(&start, spec));
+        Ok(if worse { start } else { best.1 })
     }
 }
 
@@ -266,8 +276,8 @@ multiversion! {
 ///
 /// # Errors
 /// [`QuantError::Empty`] for no elements, [`QuantError::ShapeMismatch`] when `importance` is
-/// not as long as `xs`, [`QuantError::NonFinite`] (index into `xs`, then into `importance`),
-/// [`QuantError::NegativeCurvature`].
+/// not as long as `xs`, [`QuantError::NonFinite`] (the index of the first non-finite weight,
+/// else of the first non-finite element), [`QuantError::NegativeCurvature`].
 pub fn fit_slice<F: Float>(xs: &[F], importance: Option<&[F]>, spec: &UniformSpec) -> Result<SliceParams<F>> {
     if xs.is_empty() {
         return Err(QuantError::Empty);
@@ -304,7 +314,17 @@ fn check_importance<F: Float>(shape: &[usize], importance: &[F]) -> Result<usize
 
 /// Estimates every slice's parameters of `x` for the least importance-weighted squared error
 /// `Σ_j h_j (x_j − x̂_j)²`, with `importance[j]` the weight of every element at position `j`
-/// of the last axis (see the [module documentation](self) for the search).
+/// of the last axis (for a weight matrix `out × in`, the diagonal of its inputs' `XᵀX`).
+///
+/// Per slice, the best grid on the weighted error among: the spec's own range estimate; the
+/// ranges `[α·lo, α·hi]` of the min-max range and, when narrower, of the range of the
+/// elements with a nonzero weight (`α = k/steps` for a [`RangeEstimator::Mse`] spec,
+/// otherwise `α = 1 − k/40` for `k = 0..=`[`WEIGHTED_SEARCH_STEPS`]); then, for the grid and
+/// symmetric schemes, weighted least-squares refits of step and offset for the current codes
+/// (the table fit's iterations, otherwise [`WEIGHTED_REFINE_ROUNDS`]), kept while the error
+/// falls. No slice's weighted error is above that of the spec's own grid (before two-level
+/// tables, which then refine their codes on the weighted error); a slice whose weights are
+/// all zero keeps the spec's grid. The formulas are in `docs/numerics.md`.
 ///
 /// # Errors
 /// As [`calibrate`](crate::calibrate), plus [`QuantError::ShapeMismatch`] when `importance`

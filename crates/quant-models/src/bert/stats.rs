@@ -53,7 +53,10 @@ pub fn llama_cpp_name(name: &str) -> Option<String> {
 }
 
 impl InputGrams {
-    /// The statistics file's bytes (see the [module documentation](self)).
+    /// The statistics file's bytes: a safetensors file with one `F64` tensor `in × in` per
+    /// matrix, named as the matrix is in the checkpoint, holding `XᵀX` summed over real
+    /// tokens, and one metadata entry, [`TOKENS_KEY`], with the token count. Names are sorted
+    /// and there is a single metadata entry, so the same statistics give the same bytes.
     ///
     /// # Errors
     /// [`BertError::Statistics`] when names repeat or a matrix is not square.
@@ -82,7 +85,7 @@ impl InputGrams {
         safetensors::serialize(views, Some(metadata)).map_err(|e| invalid(e.to_string()))
     }
 
-    /// Reads a statistics file (see the [module documentation](self)).
+    /// Reads a statistics file ([`to_safetensors`](Self::to_safetensors)' layout).
     ///
     /// # Errors
     /// [`BertError::Statistics`] for a malformed file, a tensor that is not a square `F64`
@@ -147,9 +150,13 @@ impl Importance {
         find(name).or_else(|| llama_cpp_name(name).and_then(|n| find(&n))).map(|i| &self.values[i][..])
     }
 
-    /// llama.cpp's imatrix bytes (see the [module documentation](self)): entries under
-    /// llama.cpp's names where the name maps ([`llama_cpp_name`]), in name order, `ncall = 1`,
-    /// one chunk, and `dataset` as the dataset name.
+    /// llama.cpp's imatrix bytes, the legacy layout `llama-imatrix --output-format dat` writes
+    /// and `llama-quantize --imatrix` reads. Little-endian: `i32` entry count; per entry an
+    /// `i32` name length, the name, `i32` `ncall`, `i32` value count and that many `f32`
+    /// values (the mean of each input's square over the tokens, times `ncall`); then an `i32`
+    /// chunk count and an `i32`-prefixed dataset name. Entries are under llama.cpp's names
+    /// where the name maps ([`llama_cpp_name`]), in name order, with `ncall = 1`, one chunk,
+    /// and `dataset` as the dataset name.
     ///
     /// # Errors
     /// [`BertError::Statistics`] when there are no entries, a name or the dataset name is
