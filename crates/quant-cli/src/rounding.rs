@@ -33,11 +33,19 @@ pub(crate) struct GptqArgs {
     /// GPTQ: quantize the inputs of largest X^T X diagonal first (groups fitted up front).
     #[arg(long)]
     pub(crate) act_order: bool,
+    /// GPTQ: how each group's grid is fitted when GPTQ reaches it: weighted (the
+    /// importance-weighted fit, with the group's X^T X diagonal as weights) or plain (the
+    /// quantizer's own fit, as in the GPTQ paper).
+    #[arg(long, default_value = "weighted", value_parser = ["weighted", "plain"])]
+    pub(crate) group_fit: String,
 }
 
 impl GptqArgs {
     fn params(&self) -> Result<GptqParams, String> {
-        GptqParams { damp: self.damp, act_order: self.act_order, ..GptqParams::default() }.check().map_err(|e| e.to_string())
+        let importance_fit = self.group_fit == "weighted";
+        GptqParams { damp: self.damp, act_order: self.act_order, importance_fit, ..GptqParams::default() }
+            .check()
+            .map_err(|e| e.to_string())
     }
 
     /// The rounding from statistics already collected (checked settings first).

@@ -110,6 +110,7 @@ fn gptq_refusals() -> TestResult {
     fails(&["quantize", s(&input), "--calibration", s(&cal), "-o", s(&out)], "--rounding weighted or gptq only");
     fails(&["quantize", s(&input), "--rounding", "best", "-o", s(&out)], "[possible values: nearest, weighted, gptq]");
     fails(&["quantize", s(&input), "--sequential", "-o", s(&out)], "--rounding gptq only");
+    fails(&["quantize", s(&input), "--rounding", "gptq", "--group-fit", "best", "-o", s(&out)], "[possible values: weighted, plain]");
     fails(
         &["quantize", s(&input), "--rounding", "weighted", "--calibration", s(&cal), "--sequential", "-o", s(&out)],
         "--rounding gptq only",
@@ -209,6 +210,14 @@ fn sequential_gptq_writes_a_different_deterministic_checkpoint() -> TestResult {
     quantize_json(&input, &again, &["--rounding", "gptq", "--calibration", s(&cal), "--sequential"])?;
     let rp = quantize_json(&input, &par, &["--rounding", "gptq", "--calibration", s(&cal)])?;
     assert!(std::fs::read(&seq)? == std::fs::read(&again)?, "deterministic");
+    // GPTQ's group fit: weighted by default, the paper's plain fit on request.
+    let plain = d.join("plain.safetensors");
+    let rq = quantize_json(&input, &plain, &["--rounding", "gptq", "--calibration", s(&cal), "--group-fit", "plain"])?;
+    assert!(std::fs::read(&plain)? != std::fs::read(&par)?, "the group fits differ");
+    let total = |v: &serde_json::Value| -> f64 {
+        v["layer_objectives"].as_array().into_iter().flatten().filter_map(|o| o["rounded"].as_f64()).sum()
+    };
+    assert!(total(&rp) < total(&rq), "weighted group fits lower the total objective: {} vs {}", total(&rp), total(&rq));
     assert!(std::fs::read(&seq)? != std::fs::read(&par)?, "the later layers see other statistics");
     let objectives = r["layer_objectives"].as_array().ok_or("objectives")?;
     assert_eq!(objectives.len(), 12);

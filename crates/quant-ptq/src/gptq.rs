@@ -22,6 +22,7 @@ use quant_core::{
 /// | `damp` | 0.01 | added to the diagonal of `H` as a fraction of its mean diagonal | finite, `≥ 0` |
 /// | `block_size` | 128 | columns per lazy batch (rounded to whole groups) | `≥ 1` |
 /// | `act_order` | false | columns by descending `H_ii`, groups fitted up front on `W` (static) | |
+/// | `importance_fit` | false | groups fitted on the fly by the importance-weighted fit with weights `H_jj` | |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptqParams {
     /// Dampening, as a fraction of the mean diagonal of `H`.
@@ -32,11 +33,16 @@ pub struct GptqParams {
     /// fitted on the original weights before any update ("static groups"), so the stored
     /// layout is that of the plain quantizer.
     pub act_order: bool,
+    /// Fit each group reached on the fly by the importance-weighted fit
+    /// ([`quant_core::fit_slice`] with the group's `H_jj` as weights) instead of the plain
+    /// quantizer's fit: the grid is chosen for the inputs that weigh most in the objective.
+    /// (Static groups, per tensor and per channel keep the plain quantizer's parameters.)
+    pub importance_fit: bool,
 }
 
 impl Default for GptqParams {
     fn default() -> Self {
-        Self { damp: 0.01, block_size: 128, act_order: false }
+        Self { damp: 0.01, block_size: 128, act_order: false, importance_fit: false }
     }
 }
 
@@ -189,7 +195,8 @@ impl FixedTables {
 /// [`QuantError::ShapeMismatch`], [`QuantError::NonFinite`], [`QuantError::Empty`];
 /// [`QuantError::UnsupportedSetting`] for rounding other than half-even, or a granularity other than per tensor, per output channel
 /// or groups along the input; [`QuantError::NotPositiveDefinite`] when `H` is singular even
-/// after dampening; the settings' errors.
+/// after dampening; [`QuantError::NegativeCurvature`] for a negative `H_jj` with
+/// [`GptqParams::importance_fit`]; the settings' errors.
 pub fn gptq(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>, spec: &UniformSpec, params: &GptqParams) -> Result<Gptq> {
     check_h(w, h)?;
     let quantized = GptqHessian::new(h, params)?.quantize(w, spec)?;
@@ -211,6 +218,8 @@ pub struct GptqHessian {
     perm: Vec<usize>,
     /// Upper Cholesky factor of the (dampened, permuted) `H⁻¹`.
     u: Array2<f64>,
+    /// `H_jj` as given (before dampening), in the original column order.
+    diag: Vec<f64>,
 }
 
 impl GptqHessian {
@@ -232,6 +241,7 @@ impl GptqHessian {
             return Err(QuantError::NonFinite { index });
         }
         let mut hm = h.to_owned();
+        let diag = hm.diag().to_vec();
         let dead: Vec<usize> = (0..n).filter(|&i| hm[[i, i]] == 0.0).collect();
         for &i in &dead {
             hm[[i, i]] = 1.0;
@@ -246,7 +256,7 @@ impl GptqHessian {
             hm = hm.select(Axis(0), &perm).select(Axis(1), &perm);
         }
         let u = upper_cholesky_of_inverse(&hm)?;
-        Ok(Self { params, dead, perm, u })
+        Ok(Self { params, dead, perm, u, diag })
     }
 
     /// Quantizes `w` (`out × in`, `in` the prepared Hessian's size) with `spec` by GPTQ (see
@@ -327,7 +337,19 @@ impl GptqHessian {
                     let len = gs.min(n - col);
                     for r in 0..rows {
                         let k = r * groups + col / gs;
-                        let p = fit(w1.slice(s![r, i..i + len]).iter().copied(), spec)?;
+                        let xs = w1.slice(s![r, i..i + len]);
+                        let p = if params.importance_fit {
+                            // Grouped without act order: column `col` is input `col`.
+                            let xs: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
+                            // Scaled to a largest weight of 1 (the fit does not depend on the
+                            // scale, and f32 sums of large `H_jj` stay finite).
+                            let top = self.diag[col..col + len].iter().fold(0.0f64, |a, &v| a.max(v));
+                            let top = if top > 0.0 { top } else { 1.0 };
+                            let hs: Vec<f32> = self.diag[col..col + len].iter().map(|&v| (v / top) as f32).collect();
+                            quant_core::fit_slice(&xs, Some(&hs), spec)?
+                        } else {
+                            fit(xs.iter().copied(), spec)?
+                        };
                         slices[k] = Some(match tables.as_mut() {
                             Some(t) => t.snap(k, p),
                             None => p,
