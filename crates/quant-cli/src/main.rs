@@ -225,8 +225,9 @@ reported too.")]
 For every encoder weight matrix, X^T X of its inputs summed over the real (not padding) tokens
 of the file's sentences, in f64 (safetensors, one in x in tensor per matrix under the
 checkpoint's names, and the token count in the metadata); or with --format imatrix only its
-diagonal per token (the mean square of each input) in llama.cpp's legacy imatrix layout under
-llama.cpp's tensor names (blk.N.attn_q.weight, ...), which llama-quantize --imatrix reads.")]
+diagonal per token (the mean square of each input) in llama.cpp's legacy imatrix layout (the
+.dat files llama-imatrix writes with --output-format dat) under llama.cpp's tensor names
+(blk.N.attn_q.weight, ...).")]
     Statistics(rounding::StatisticsArgs),
     /// Compare a quantized checkpoint's sentence embeddings with the f32 model's, and measure
     /// retrieval on query / document pairs.

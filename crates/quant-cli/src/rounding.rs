@@ -298,7 +298,8 @@ pub(crate) struct StatisticsArgs {
     pub(crate) output: PathBuf,
     /// safetensors (X^T X of every encoder matrix in f64, for --rounding weighted and gptq) or
     /// imatrix (llama.cpp's .dat importance matrix: the mean square of each input, under
-    /// llama.cpp's tensor names; for --rounding weighted and llama-quantize --imatrix).
+    /// llama.cpp's tensor names, the layout of llama-imatrix's .dat files; for --rounding
+    /// weighted).
     #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "imatrix"])]
     pub(crate) format: String,
     /// No progress on stderr.
