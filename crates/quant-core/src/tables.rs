@@ -383,18 +383,6 @@ fn slice_sse<F: Float>(xs: &[F], s: F, m: F, lo: F, hi: F) -> F {
     sse
 }
 
-/// [`slice_sse`] with weights: `Σ h (x − x̂)²` (plain loop; importance-weighted fits only).
-fn weighted_sse<F: Float>(xs: &[F], hs: &[F], s: F, m: F, lo: F, hi: F) -> F {
-    let inv = F::one() / s;
-    xs.iter().zip(hs).fold(F::zero(), |acc, (&x, &h)| {
-        let y = (x - m) * inv;
-        let y = if y > lo { y } else { lo };
-        let y = if y < hi { y } else { hi };
-        let e = x - (y.round_ties_even_bounded() * s + m);
-        acc + h * e * e
-    })
-}
-
 /// Refines the table codes on the data, with the super-scales fixed: for each slice, the
 /// step code in `a−2 ..= a+1` and (grid scheme) the offset code in `b−1 ..= b+1` around the
 /// covering choice `(a, b)`, least squared error wins, ties keep the covering choice (so no
@@ -430,8 +418,8 @@ pub(crate) fn refine_tables<'a, F: Float + 'a>(
                 let eval = |a: u16, b: u16| {
                     let (s, m) = (F::cast(d * f64::from(a)), F::cast(dm * f64::from(b)));
                     match hs {
-                        Some(hs) => weighted_sse(xs, hs, s, m, lo, hi),
-                        None => slice_sse(xs, s, m, lo, hi),
+                        Some(hs) => crate::weighted::weighted_sse(xs, hs, &crate::weighted::Signed::multiply(s, m, lo, hi)),
+                        None => slice_sse(xs, s, m, lo, hi).as_f64(),
                     }
                 };
                 let mut best = (eval(a0, b0), a0, b0);

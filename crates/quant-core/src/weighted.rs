@@ -57,7 +57,7 @@ const LANES: usize = 8;
 /// The signed codes `t = round((x − m)/S)` of `p`'s grid, clamped to its range: what the
 /// kernels compute (half-even ties, the spec's scale mode; the clamp to integer bounds before
 /// rounding equals the clamp after it).
-struct Signed<F> {
+pub(crate) struct Signed<F> {
     s: F,
     inv: F,
     m: F,
@@ -67,6 +67,12 @@ struct Signed<F> {
 }
 
 impl<F: Float> Signed<F> {
+    /// A grid with step `s`, offset `m` and signed codes `lo..=hi` (integers), reciprocal
+    /// multiply (the default scale mode).
+    pub(crate) fn multiply(s: F, m: F, lo: F, hi: F) -> Self {
+        Self { s, inv: F::one() / s, m, lo, hi, divide: false }
+    }
+
     fn new(p: &SliceParams<F>, spec: &UniformSpec) -> Self {
         Self {
             s: p.scale,
@@ -80,16 +86,22 @@ impl<F: Float> Signed<F> {
 
     #[inline(always)]
     fn code(&self, x: F) -> F {
-        let y = if self.divide { (x - self.m) / self.s } else { (x - self.m) * self.inv };
+        if self.divide { self.code_in::<true>(x) } else { self.code_in::<false>(x) }
+    }
+
+    /// [`code`](Self::code) for one scale mode.
+    #[inline(always)]
+    fn code_in<const DIVIDE: bool>(&self, x: F) -> F {
+        let y = if DIVIDE { (x - self.m) / self.s } else { (x - self.m) * self.inv };
         let y = if y > self.lo { y } else { self.lo };
         let y = if y < self.hi { y } else { self.hi };
         y.round_ties_even_bounded()
     }
 }
 
-/// `Σ h (x − x̂)²` on the grid of `g`, each term in f64.
+/// `Σ h (x − x̂)²` on the grid of `g` (ranked in lanes of the element type, summed in f64).
 #[inline(always)]
-fn weighted_sse<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
+pub(crate) fn weighted_sse<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
     if g.divide { sse_in_mode::<F, true>(xs, hs, g) } else { sse_in_mode::<F, false>(xs, hs, g) }
 }
 
@@ -97,10 +109,7 @@ fn weighted_sse<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
 /// inherit the target features of the function that calls them).
 #[inline(always)]
 fn sse_term<F: Float, const DIVIDE: bool>(x: F, h: F, g: &Signed<F>) -> F {
-    let y = if DIVIDE { (x - g.m) / g.s } else { (x - g.m) * g.inv };
-    let y = if y > g.lo { y } else { g.lo };
-    let y = if y < g.hi { y } else { g.hi };
-    let e = y.round_ties_even_bounded() * g.s + g.m - x;
+    let e = g.code_in::<DIVIDE>(x) * g.s + g.m - x;
     h * (e * e)
 }
 

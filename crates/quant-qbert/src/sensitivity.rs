@@ -566,12 +566,14 @@ pub fn gptq_sequential(
     let mut current = model.clone();
     let mut out = SequentialGptq { quantized: std::collections::BTreeMap::new(), grams: InputGrams::default() };
     // The statistics name the matrices six per layer, in the model's order.
-    let mut grams = current.input_grams(batch, chunk)?;
+    let mut grams = std::sync::Arc::new(current.input_grams(batch, chunk)?);
     let names = grams.names.clone();
     for (l, layer) in names.chunks(6).enumerate() {
         if l > 0 {
-            grams = current.input_grams(batch, chunk)?;
+            grams = std::sync::Arc::new(current.input_grams(batch, chunk)?);
         }
+        // The layer's statistics, shared by its six matrices.
+        let rounding = CandidateRounding::Gptq { grams: grams.clone(), params: *params };
         for name in layer {
             let shape = current.tensor_shape(name).ok_or(QbertError::Empty { what: "tensor of that name" })?;
             let Some(method) = method_for(name, &shape) else { continue };
@@ -581,10 +583,6 @@ pub fn gptq_sequential(
                 .into_shape_with_order((shape[0], shape[1]))
                 .map_err(|_| QbertError::InvalidParameter { what: "matrix rank", value: shape.len() as f64 })?;
             let h = grams.get(name).ok_or(QbertError::Empty { what: "input statistics of that matrix" })?;
-            let rounding = CandidateRounding::Gptq {
-                grams: std::sync::Arc::new(InputGrams { names: vec![name.clone()], grams: vec![h.clone()], tokens: grams.tokens }),
-                params: *params,
-            };
             let q = rounding.quantize(name, w2.view(), &method)?;
             let deq = q.dequantize();
             current.set_tensor(name, deq.as_slice().ok_or(QbertError::Empty { what: "contiguous dequantized tensor" })?)?;
