@@ -1,6 +1,6 @@
 //! Rounding a MiniLM FFN-shaped matrix (1536 x 384, f32) at 4 bits in groups of 32: round to
 //! nearest (the peers: min-max ranges, and the MSE range search), the importance-weighted fit, and
-//! GPTQ with a correlated layer Hessian.
+//! GPTQ with a correlated layer Hessian (plain group fits, and the CLI's importance-weighted ones).
 //!
 //! `cargo bench -p quant-benches --bench rounding`. Figures: docs/benchmarks.md.
 
@@ -25,6 +25,9 @@ fn bench(c: &mut Criterion) {
     let h = x.t().dot(&x);
     let importance: Vec<f32> = h.diag().iter().map(|&v| v as f32).collect();
     let prepared = GptqHessian::new(h.view(), &GptqParams::default()).unwrap_or_else(|e| panic!("hessian: {e}"));
+    // The CLI's default: groups fitted by the importance-weighted fit as GPTQ reaches them.
+    let importance_fit = GptqParams { importance_fit: true, ..GptqParams::default() };
+    let weighted_groups = GptqHessian::new(h.view(), &importance_fit).unwrap_or_else(|e| panic!("hessian: {e}"));
     let mut group = c.benchmark_group("rounding 1536x384 4-bit group 32");
     group.throughput(Throughput::Elements((ROWS * COLS) as u64)).measurement_time(Duration::from_secs(3)).sample_size(10);
     for (label, dtype) in [("f32 params", ParamDtype::Native), ("q6 tables", ParamDtype::Quantized { bits: 6, super_group: 8 })] {
@@ -36,6 +39,9 @@ fn bench(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("nearest, mse range", label), |b| b.iter(|| black_box(quantize(&w, &mse))));
         group.bench_function(BenchmarkId::new("weighted", label), |b| b.iter(|| black_box(quantize_weighted(&w, &spec, &importance))));
         group.bench_function(BenchmarkId::new("gptq", label), |b| b.iter(|| black_box(prepared.quantize(w.view(), &spec))));
+        group.bench_function(BenchmarkId::new("gptq, weighted group fits", label), |b| {
+            b.iter(|| black_box(weighted_groups.quantize(w.view(), &spec)))
+        });
     }
     group.finish();
 }

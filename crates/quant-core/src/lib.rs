@@ -99,7 +99,7 @@ pub use tables::QuantizedTables;
 pub use tensor::{FakeQuantized, QuantizedTensor};
 pub use ternary::{LatInfo, TernarySpec, TernarySpecBuilder, binarize, clip_mask, ternarize, ternarize_lat, ternarize_stochastic};
 pub use uniform::{calibrate, fake_quantize, quantize};
-pub use weighted::{WEIGHTED_REFINE_ROUNDS, WEIGHTED_SEARCH_STEPS, calibrate_weighted, fit_slice, quantize_weighted};
+pub use weighted::{WEIGHTED_REFINE_ROUNDS, WEIGHTED_SEARCH_STEPS, calibrate_weighted, fit_slice, fit_slices, quantize_weighted};
 
 /// Re-export of `half`, whose `f16` stores two-level table scales.
 pub use half;

@@ -29,6 +29,7 @@ impl<F: Float> SliceParams<F> {
     ///
     /// The range is first clipped to `±F::MAX/4`, so that no dequantized value overflows;
     /// only values beyond that (absurd for weights) are affected.
+    #[inline(always)]
     pub fn from_range(lo: F, hi: F, bits: u8, scheme: Scheme) -> Self {
         // No dequantized value (nor S·umax on the way) may overflow: ranges reaching past
         // ±F::MAX/4 are clipped there.
@@ -89,6 +90,7 @@ impl<F: Float> SliceParams<F> {
     /// sees, so codes are computed against them). For [`ParamDtype::Quantized`] the range is
     /// only clipped to `±32752`: two-level tables are built from all slices together by
     /// [`QuantParams::from_ranges`] and the quantizers.
+    #[inline(always)]
     pub fn for_spec(lo: F, hi: F, spec: &UniformSpec) -> Self {
         let dtype = spec.param_dtype();
         // Keep steps and offsets finite in the stored type (a quarter of its largest value,

@@ -25,19 +25,28 @@
 //! Every candidate passes through [`SliceParams::for_spec`], so steps and offsets are the
 //! values of the spec's parameter type. Two-level tables ([`ParamDtype::Quantized`]) are then
 //! built from the fitted slices; with [`TableFit::Cover`] their codes are refined on the
-//! weighted error. Since the start is the unweighted estimate and nothing is accepted that
-//! raises the weighted error, a slice's weighted error is never above that of the spec's
-//! own grid (before two-level tables, which round the fitted values).
+//! weighted error. Each candidate's weighted error is summed term by term in f64 in element
+//! order (the codes and the reconstruction in the element type, as the quantizer computes
+//! them), and a candidate replaces the best only when strictly lower; since the start is the
+//! unweighted estimate, a slice's weighted error is never above that of the spec's own grid
+//! (before two-level tables, which round the fitted values).
 //!
 //! A slice whose weights are all zero (inputs never active) keeps the spec's own grid.
+//!
+//! Slices that are contiguous runs of one length (groups along the last axis, rows) are fitted
+//! sixteen at a time, one per vector lane, from a column-wise copy; every lane does exactly
+//! the operations, in the same order, of a slice fitted alone ([`fit_slice`]), so results do
+//! not depend on batching, threads or the CPU (on x86-64 with AVX-512 the same code is also
+//! compiled for those units and chosen at run time). Other layouts are gathered slice by slice.
 
 use ndarray::{ArrayBase, Data, Dimension};
 
 use crate::error::{QuantError, Result};
 use crate::float::Float;
+use crate::layout::Layout;
 use crate::par;
 use crate::params::{QuantParams, SliceParams};
-use crate::range::{estimate, min_max};
+use crate::range::estimate;
 use crate::spec::{ParamDtype, RangeEstimator, Scheme, TableFit, UniformSpec};
 use crate::tables::refine_tables;
 use crate::tensor::QuantizedTensor;
@@ -50,75 +59,39 @@ pub const WEIGHTED_SEARCH_STEPS: u16 = 20;
 /// setting of their own.
 pub const WEIGHTED_REFINE_ROUNDS: u8 = 3;
 
-/// Lanes of the sums below (independent partial sums, so the loops vectorise; summed in a
-/// fixed order, so results do not depend on the CPU).
-const LANES: usize = 8;
-
-/// The signed codes `t = round((x − m)/S)` of `p`'s grid, clamped to its range: what the
-/// kernels compute (half-even ties, the spec's scale mode; the clamp to integer bounds before
-/// rounding equals the clamp after it).
+/// A grid with step `s`, offset `m` and signed codes `lo..=hi` (integers), coded by the
+/// reciprocal multiply (the default scale mode) with half-even ties, as the kernels code:
+/// what the refinement of two-level table codes ranks its candidates on.
 pub(crate) struct Signed<F> {
     s: F,
     inv: F,
     m: F,
     lo: F,
     hi: F,
-    divide: bool,
 }
 
 impl<F: Float> Signed<F> {
-    /// A grid with step `s`, offset `m` and signed codes `lo..=hi` (integers), reciprocal
-    /// multiply (the default scale mode).
+    /// The grid of step `s`, offset `m` and codes `lo..=hi`.
     pub(crate) fn multiply(s: F, m: F, lo: F, hi: F) -> Self {
-        Self { s, inv: F::one() / s, m, lo, hi, divide: false }
+        Self { s, inv: F::one() / s, m, lo, hi }
     }
 
-    fn new(p: &SliceParams<F>, spec: &UniformSpec) -> Self {
-        Self {
-            s: p.scale,
-            inv: F::one() / p.scale,
-            m: p.offset,
-            lo: F::from_int(-p.zero_point),
-            hi: F::from_int(i32::from(spec.max_code()) - p.zero_point),
-            divide: spec.scale_mode() == crate::spec::ScaleMode::Divide,
-        }
-    }
-
+    /// One term `h (x − x̂)²` of [`weighted_sse`].
     #[inline(always)]
-    fn code(&self, x: F) -> F {
-        if self.divide { self.code_in::<true>(x) } else { self.code_in::<false>(x) }
-    }
-
-    /// [`code`](Self::code) for one scale mode.
-    #[inline(always)]
-    fn code_in<const DIVIDE: bool>(&self, x: F) -> F {
-        let y = if DIVIDE { (x - self.m) / self.s } else { (x - self.m) * self.inv };
+    fn term(&self, x: F, h: F) -> F {
+        let y = (x - self.m) * self.inv;
         let y = if y > self.lo { y } else { self.lo };
         let y = if y < self.hi { y } else { self.hi };
-        y.round_ties_even_bounded()
+        let e = y.round_ties_even_bounded() * self.s + self.m - x;
+        h * (e * e)
     }
 }
 
-/// `Σ h (x − x̂)²` on the grid of `g` (ranked in lanes of the element type, summed in f64).
+/// `Σ h (x − x̂)²` on the grid of `g`: sixteen partial sums in the element type (so the loop
+/// fills the vector units), added in a fixed order and converted to f64 at the end.
 #[inline(always)]
 pub(crate) fn weighted_sse<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
-    if g.divide { sse_in_mode::<F, true>(xs, hs, g) } else { sse_in_mode::<F, false>(xs, hs, g) }
-}
-
-/// One term `h (x − x̂)²` of [`weighted_sse`] (a function, not a closure: closures do not
-/// inherit the target features of the function that calls them).
-#[inline(always)]
-fn sse_term<F: Float, const DIVIDE: bool>(x: F, h: F, g: &Signed<F>) -> F {
-    let e = g.code_in::<DIVIDE>(x) * g.s + g.m - x;
-    h * (e * e)
-}
-
-/// [`weighted_sse`] for one scale mode: sixteen lanes in the element type (so the loop fills
-/// the vector units), summed in f64 at the end. Used to rank candidates; the search's result
-/// is checked against the start in f64 ([`exact_weighted_sse`]).
-#[inline(always)]
-fn sse_in_mode<F: Float, const DIVIDE: bool>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
-    const W: usize = 2 * LANES;
+    const W: usize = 16;
     let mut acc = [F::zero(); W];
     let n = xs.len().min(hs.len());
     let full = n / W * W;
@@ -126,7 +99,7 @@ fn sse_in_mode<F: Float, const DIVIDE: bool>(xs: &[F], hs: &[F], g: &Signed<F>) 
     for k in (0..full).step_by(W) {
         let (a, b) = (&xa[k..k + W], &ha[k..k + W]);
         for l in 0..W {
-            acc[l] += sse_term::<F, DIVIDE>(a[l], b[l], g);
+            acc[l] += g.term(a[l], b[l]);
         }
     }
     // Tree reduction in the lanes (vector adds), then one conversion.
@@ -139,35 +112,9 @@ fn sse_in_mode<F: Float, const DIVIDE: bool>(xs: &[F], hs: &[F], g: &Signed<F>) 
     }
     let mut sum = acc[0].as_f64();
     for k in full..n {
-        sum += sse_term::<F, DIVIDE>(xs[k], hs[k], g).as_f64();
+        sum += g.term(xs[k], hs[k]).as_f64();
     }
     sum
-}
-
-/// `Σ h (x − x̂)²` with every term and the sum in f64, in element order.
-fn exact_weighted_sse<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> f64 {
-    xs.iter()
-        .zip(hs)
-        .map(|(&x, &h)| {
-            let e = (g.code(x) * g.s + g.m - x).as_f64();
-            h.as_f64() * e * e
-        })
-        .sum()
-}
-
-/// `[Σh, Σht, Σht², Σhx, Σhtx]` for the codes `t` of the grid of `g`, in f64.
-#[inline(always)]
-fn weighted_moments<F: Float>(xs: &[F], hs: &[F], g: &Signed<F>) -> [f64; 5] {
-    let mut out = [0f64; 5];
-    for (&x, &h) in xs.iter().zip(hs) {
-        let (t, h, x) = (g.code(x).as_f64(), h.as_f64(), x.as_f64());
-        out[0] += h;
-        out[1] += h * t;
-        out[2] += h * t * t;
-        out[3] += h * x;
-        out[4] += h * t * x;
-    }
-    out
 }
 
 /// The range `[lo, hi]` whose grid under `spec` has step `s` and offset `m` (the inverse of
@@ -187,12 +134,133 @@ fn range_of<F: Float>(s: f64, m: f64, spec: &UniformSpec) -> (F, F) {
     }
 }
 
-/// One round of weighted least squares for the codes of `p`: the refitted `(s, m)`, or `None`
-/// when the fit is degenerate (one code, or a non-positive or non-finite step).
+/// Slices fitted side by side, one per vector lane.
+const SIDE: usize = 16;
+/// Slices per parallel work item (a multiple of [`SIDE`]).
+const ITEM: usize = 64 * SIDE;
+
+/// What the fit of every slice shares, from the spec.
+#[derive(Clone, Copy)]
+struct Fit {
+    spec: UniformSpec,
+    /// The clipping search (importance-weighted fits); off for the plain fit.
+    search: bool,
+    max_code: i32,
+    /// Candidates per base range, and whether `α = k/steps` (the spec's MSE search) rather
+    /// than `α = 1 − k/40`.
+    count: u16,
+    own_steps: bool,
+    /// Least-squares rounds, and whether they fit an offset (grid scheme) or go through 0.
+    rounds: u8,
+    affine: bool,
+    divide: bool,
+}
+
+impl Fit {
+    fn new(spec: &UniformSpec, search: bool) -> Self {
+        let (count, own_steps) = match spec.range() {
+            RangeEstimator::Mse { steps } => (steps, true),
+            _ => (WEIGHTED_SEARCH_STEPS + 1, false),
+        };
+        let rounds = match (spec.scheme(), spec.table_fit()) {
+            (Scheme::AsymmetricExactZero, _) => 0,
+            (_, TableFit::LeastSquares { iterations }) => iterations,
+            (_, TableFit::Cover) if search => WEIGHTED_REFINE_ROUNDS,
+            (_, TableFit::Cover) => 0,
+        };
+        Self {
+            spec: *spec,
+            search,
+            max_code: i32::from(spec.max_code()),
+            count,
+            own_steps,
+            rounds,
+            affine: spec.scheme() == Scheme::AsymmetricGrid,
+            divide: spec.scale_mode() == crate::spec::ScaleMode::Divide,
+        }
+    }
+
+    /// The shrink factor of candidate `k`.
+    fn alpha(&self, k: u16) -> f64 {
+        if self.own_steps { f64::from(self.count - k) / f64::from(self.count) } else { 1.0 - f64::from(k) / 40.0 }
+    }
+}
+
+/// The parameters a slot holds before its fit fills it.
+fn blank<F: Float>() -> SliceParams<F> {
+    SliceParams { scale: F::one(), zero_point: 0, offset: F::zero() }
+}
+
+/// The grids of `W` slices, one per lane, coded as the kernels code (half-even ties, the
+/// spec's scale mode; the clamp to integer bounds before rounding equals the clamp after it).
+struct Grids<F, const W: usize> {
+    s: [F; W],
+    inv: [F; W],
+    m: [F; W],
+    lo: [F; W],
+    hi: [F; W],
+}
+
+impl<F: Float, const W: usize> Grids<F, W> {
+    #[inline(always)]
+    fn of(params: &[SliceParams<F>; W], max_code: i32) -> Self {
+        let mut g = Self { s: [F::one(); W], inv: [F::one(); W], m: [F::zero(); W], lo: [F::zero(); W], hi: [F::zero(); W] };
+        for (l, p) in params.iter().enumerate() {
+            g.s[l] = p.scale;
+            g.inv[l] = F::one() / p.scale;
+            g.m[l] = p.offset;
+            g.lo[l] = F::from_int(-p.zero_point);
+            g.hi[l] = F::from_int(max_code - p.zero_point);
+        }
+        g
+    }
+
+    /// Lane `l`'s signed code of `x`: `round((x − m)/S)` clamped to the code range.
+    #[inline(always)]
+    fn code<const DIVIDE: bool>(&self, l: usize, x: F) -> F {
+        let y = if DIVIDE { (x - self.m[l]) / self.s[l] } else { (x - self.m[l]) * self.inv[l] };
+        let y = if y > self.lo[l] { y } else { self.lo[l] };
+        let y = if y < self.hi[l] { y } else { self.hi[l] };
+        y.round_ties_even_bounded()
+    }
+}
+
+/// Every lane's `Σ h (x − x̂)²` on its grid: each term and the sum in f64, in element order.
 #[inline(always)]
-fn least_squares_step<F: Float>(p: &SliceParams<F>, spec: &UniformSpec, xs: &[F], hs: &[F]) -> Option<(f64, f64)> {
-    let [sw, st, stt, sx, stx] = weighted_moments(xs, hs, &Signed::new(p, spec));
-    let (s, m) = if spec.scheme() == Scheme::AsymmetricGrid {
+fn lane_sse<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[f64; W]], g: &Grids<F, W>) -> [f64; W] {
+    let mut acc = [0f64; W];
+    for (x, h) in xs.iter().zip(hs) {
+        for l in 0..W {
+            let e = (g.code::<DIVIDE>(l, x[l]) * g.s[l] + g.m[l] - x[l]).as_f64();
+            acc[l] += h[l] * (e * e);
+        }
+    }
+    acc
+}
+
+/// Every lane's `[Σh, Σht, Σht², Σhx, Σhtx]` for the codes `t` of its grid, in f64.
+#[inline(always)]
+fn lane_moments<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[f64; W]], g: &Grids<F, W>) -> [[f64; W]; 5] {
+    let mut out = [[0f64; W]; 5];
+    for (x, h) in xs.iter().zip(hs) {
+        for l in 0..W {
+            let (t, h, x) = (g.code::<DIVIDE>(l, x[l]).as_f64(), h[l], x[l].as_f64());
+            let ht = h * t;
+            out[0][l] += h;
+            out[1][l] += ht;
+            out[2][l] += ht * t;
+            out[3][l] += h * x;
+            out[4][l] += ht * x;
+        }
+    }
+    out
+}
+
+/// The refitted `(s, m)` of one round of weighted least squares from a lane's moments, or
+/// `None` when the fit is degenerate (one code, or a non-positive or non-finite step).
+#[inline(always)]
+fn least_squares_step(fit: &Fit, [sw, st, stt, sx, stx]: [f64; 5]) -> Option<(f64, f64)> {
+    let (s, m) = if fit.affine {
         let den = sw * stt - st * st;
         let s = (sw * stx - st * sx) / den;
         (s, (sx - s * st) / sw)
@@ -202,74 +270,209 @@ fn least_squares_step<F: Float>(p: &SliceParams<F>, spec: &UniformSpec, xs: &[F]
     (s > 0.0 && s.is_finite() && m.is_finite()).then_some((s, m))
 }
 
+/// Fits `W` slices held column-wise (`xs[j][l]` is element `j` of slice `l`, `hs[j][l]` its
+/// weight; elements finite, weights finite and non-negative, at least one element) into
+/// `out`, as the module documentation says. Every lane does exactly the operations, in the
+/// same order, of a slice fitted alone (`W = 1`), so results do not depend on batching,
+/// threads or the CPU.
+#[inline(always)]
+fn fit_lanes<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[f64; W]], fit: &Fit, out: &mut [SliceParams<F>]) {
+    let spec = &fit.spec;
+    // The min-max range of each lane, and that of its elements with a nonzero weight.
+    let (mut lo, mut hi) = (xs[0], xs[0]);
+    let (mut alo, mut ahi) = ([F::infinity(); W], [F::neg_infinity(); W]);
+    for (x, h) in xs.iter().zip(hs) {
+        for l in 0..W {
+            lo[l] = if lo[l] < x[l] { lo[l] } else { x[l] };
+            hi[l] = if hi[l] > x[l] { hi[l] } else { x[l] };
+            let on = h[l] > 0.0;
+            alo[l] = if on && x[l] < alo[l] { x[l] } else { alo[l] };
+            ahi[l] = if on && x[l] > ahi[l] { x[l] } else { ahi[l] };
+        }
+    }
+    // The spec's own estimate starts every lane.
+    let mut start = [blank(); W];
+    let mut column = Vec::new();
+    let mut scratch = Vec::new();
+    for l in 0..W {
+        let (a, b) = match spec.range() {
+            RangeEstimator::MinMax => (lo[l], hi[l]),
+            _ => {
+                column.clear();
+                column.extend(xs.iter().map(|x| x[l]));
+                // Elements are finite, so the estimate is.
+                estimate(&column, spec, &mut scratch).unwrap_or((lo[l], hi[l]))
+            }
+        };
+        start[l] = SliceParams::for_spec(a, b, spec);
+    }
+    let mut best = start;
+    let mut best_e = lane_sse::<F, W, DIVIDE>(xs, hs, &Grids::of(&best, fit.max_code));
+    // No weight (all zero): the spec's grid.
+    let idle: [bool; W] = core::array::from_fn(|l| alo[l] > ahi[l]);
+    if fit.search {
+        // The min-max range for every lane, then the narrower range of the active elements
+        // for the lanes that have one.
+        let narrower: [bool; W] = core::array::from_fn(|l| !idle[l] && (alo[l], ahi[l]) != (lo[l], hi[l]));
+        let second: [(F, F); W] = core::array::from_fn(|l| if narrower[l] { (alo[l], ahi[l]) } else { (lo[l], hi[l]) });
+        let first: [(F, F); W] = core::array::from_fn(|l| (lo[l], hi[l]));
+        for (base, mask) in [(first, [true; W]), (second, narrower)] {
+            if !mask.contains(&true) {
+                continue;
+            }
+            for k in 0..fit.count {
+                let a = F::cast(fit.alpha(k));
+                let mut candidate = [blank(); W];
+                for (c, &(lo, hi)) in candidate.iter_mut().zip(&base) {
+                    let l = if lo < F::zero() { lo * a } else { lo };
+                    let h = if hi > F::zero() { hi * a } else { hi };
+                    *c = SliceParams::for_spec(l, h, spec);
+                }
+                let e = lane_sse::<F, W, DIVIDE>(xs, hs, &Grids::of(&candidate, fit.max_code));
+                for l in 0..W {
+                    if mask[l] && e[l] < best_e[l] {
+                        best_e[l] = e[l];
+                        best[l] = candidate[l];
+                    }
+                }
+            }
+        }
+    }
+    // Least-squares rounds, each lane until its error stops falling.
+    let mut live: [bool; W] = core::array::from_fn(|l| !idle[l]);
+    for _ in 0..fit.rounds {
+        if !live.contains(&true) {
+            break;
+        }
+        let moments = lane_moments::<F, W, DIVIDE>(xs, hs, &Grids::of(&best, fit.max_code));
+        let mut candidate = best;
+        for l in 0..W {
+            if !live[l] {
+                continue;
+            }
+            let step = least_squares_step(fit, core::array::from_fn(|i| moments[i][l]));
+            let range = step.map(|(s, m)| range_of::<F>(s, m, spec)).filter(|(a, b)| a.is_finite() && b.is_finite());
+            match range {
+                Some((a, b)) => candidate[l] = SliceParams::for_spec(a, b, spec),
+                None => live[l] = false,
+            }
+        }
+        let e = lane_sse::<F, W, DIVIDE>(xs, hs, &Grids::of(&candidate, fit.max_code));
+        for l in 0..W {
+            if live[l] && e[l] < best_e[l] {
+                best_e[l] = e[l];
+                best[l] = candidate[l];
+            } else {
+                live[l] = false;
+            }
+        }
+    }
+    for l in 0..W {
+        out[l] = if idle[l] { start[l] } else { best[l] };
+    }
+}
+
+/// [`fit_lanes`] for the spec's scale mode.
+#[inline(always)]
+fn fit_lanes_for<F: Float, const W: usize>(xs: &[[F; W]], hs: &[[f64; W]], fit: &Fit, out: &mut [SliceParams<F>]) {
+    if fit.divide { fit_lanes::<F, W, true>(xs, hs, fit, out) } else { fit_lanes::<F, W, false>(xs, hs, fit, out) }
+}
+
+/// The weights of one slice, `weights[(first + j) mod n]` for its `j`-th element, into lane
+/// `l` of `hs`.
+#[inline(always)]
+fn weights_into<F: Float, const W: usize>(weights: &[F], first: usize, hs: &mut [[f64; W]], l: usize) {
+    let n = weights.len();
+    let mut i = first % n;
+    for row in hs.iter_mut() {
+        row[l] = weights[i].as_f64();
+        i += 1;
+        if i == n {
+            i = 0;
+        }
+    }
+}
+
+/// [`fit_runs`] compiled for the baseline target only (the tests compare the two).
+#[inline(always)]
+fn fit_runs_portable<F: Float>(xs: &[F], len: usize, weights: &[F], first: usize, fit: &Fit, out: &mut [SliceParams<F>]) {
+    if len == 0 || weights.is_empty() {
+        out.fill(SliceParams::for_spec(F::zero(), F::zero(), &fit.spec));
+        return;
+    }
+    let mut cols: Vec<[F; SIDE]> = vec![[F::zero(); SIDE]; len];
+    let mut hs: Vec<[f64; SIDE]> = vec![[0.0; SIDE]; len];
+    let mut one_x: Vec<[F; 1]> = vec![[F::zero()]; len];
+    let mut one_h: Vec<[f64; 1]> = vec![[0.0]; len];
+    let token = crate::simd::Avx512::new();
+    let mut k = 0;
+    while k < out.len() {
+        if out.len() - k >= SIDE {
+            let src = &xs[k * len..(k + SIDE) * len];
+            match (token, F::as_f32_slice(src), F::as_f32_slice_mut(cols.as_flattened_mut())) {
+                (Some(t), Some(src), Some(dst)) => crate::simd::transpose16(t, src, len, dst),
+                _ => {
+                    for (j, row) in cols.iter_mut().enumerate() {
+                        for (l, v) in row.iter_mut().enumerate() {
+                            *v = src[l * len + j];
+                        }
+                    }
+                }
+            }
+            for l in 0..SIDE {
+                weights_into(weights, first + (k + l) * len, &mut hs, l);
+            }
+            fit_lanes_for(&cols, &hs, fit, &mut out[k..k + SIDE]);
+            k += SIDE;
+        } else {
+            for (v, &x) in one_x.iter_mut().zip(&xs[k * len..(k + 1) * len]) {
+                *v = [x];
+            }
+            weights_into(weights, first + k * len, &mut one_h, 0);
+            fit_lanes_for(&one_x, &one_h, fit, &mut out[k..=k]);
+            k += 1;
+        }
+    }
+}
+
 multiversion! {
-    /// The grid of one slice: importance-weighted with `search` (see the module documentation),
-    /// otherwise the spec's range estimate followed, for [`TableFit::LeastSquares`], by its
-    /// least-squares rounds (with `hs` all ones). `Err(j)` for the local index of a non-finite
-    /// element.
-    fn fit_one<F: Float>(xs: &[F], hs: &[F], spec: &UniformSpec, search: bool) -> core::result::Result<SliceParams<F>, usize> {
-        let (lo, hi) = estimate(xs, spec, &mut Vec::new())?;
-        let start = SliceParams::for_spec(lo, hi, spec);
-        if hs.iter().all(|&h| h == F::zero()) {
-            return Ok(start);
+    /// Fits the `out.len()` consecutive slices of `len` finite elements in `xs`: sixteen at a
+    /// time from a column-wise copy, the rest one by one. Element `j` of slice `k` has the
+    /// weight `weights[(first + k·len + j) mod weights.len()]`.
+    fn fit_runs<F: Float>(xs: &[F], len: usize, weights: &[F], first: usize, fit: &Fit, out: &mut [SliceParams<F>]) {
+        fit_runs_portable(xs, len, weights, first, fit, out)
+    }
+}
+
+/// Fits the consecutive slices of `len` elements of `data` (finite), the weight of element
+/// `e` being `weights[e mod weights.len()]`, in work items of [`ITEM`] slices.
+fn fit_equal_runs<F: Float>(data: &[F], len: usize, weights: &[F], fit: &Fit) -> Vec<SliceParams<F>> {
+    let n = data.len().checked_div(len).unwrap_or(0);
+    let mut out = vec![blank(); n];
+    let items: Vec<(usize, &mut [SliceParams<F>])> = out.chunks_mut(ITEM).enumerate().map(|(i, o)| (i * ITEM, o)).collect();
+    par::map(items, |(first, out)| {
+        let xs = &data[first * len..(first + out.len()) * len];
+        fit_runs(xs, len, weights, first * len, fit, out);
+    });
+    out
+}
+
+/// Fits every slice of `data` (finite) under `layout`, the weight of element `e` (row-major)
+/// being `weights[e mod weights.len()]`: contiguous runs of equal length directly, in work
+/// items of [`ITEM`] slices; other layouts gathered slice by slice.
+fn fit_all<F: Float>(data: &[F], layout: &Layout, weights: &[F], fit: &Fit) -> Vec<SliceParams<F>> {
+    let n = layout.num_params();
+    match (layout.contiguous_runs(), layout.equal_runs()) {
+        (Some(runs), Some(len)) if runs == n => fit_equal_runs(data, len, weights, fit),
+        _ => {
+            let all: Vec<F> = weights.iter().copied().cycle().take(data.len()).collect();
+            let items: Vec<(Vec<F>, Vec<F>)> = layout.gather(data).into_iter().zip(layout.gather(&all)).collect();
+            par::map(items, |(xs, hs)| {
+                let mut p = [blank()];
+                fit_runs(&xs, xs.len(), &hs, 0, fit, &mut p);
+                p[0]
+            })
         }
-        let mut best = (weighted_sse(xs, hs, &Signed::new(&start, spec)), start);
-        // The search shrinks the min-max range (the start may already be clipped), and that of
-        // the elements with a nonzero weight when it is narrower (the others cost nothing).
-        let (lo, hi) = min_max(xs)?;
-        let active = xs
-            .iter()
-            .zip(hs)
-            .filter(|(_, h)| **h > F::zero())
-            .fold((hi, lo), |(a, b), (&x, _)| (if x < a { x } else { a }, if x > b { x } else { b }));
-        let (count, alpha_of): (u16, fn(u16, u16) -> f64) = match spec.range() {
-            RangeEstimator::Mse { steps } => (steps, |k, steps| f64::from(steps - k) / f64::from(steps)),
-            _ => (WEIGHTED_SEARCH_STEPS + 1, |k, _| 1.0 - f64::from(k) / 40.0),
-        };
-        let bases = match (search, active == (lo, hi)) {
-            (false, _) => [None, None],
-            (true, true) => [Some((lo, hi)), None],
-            (true, false) => [Some((lo, hi)), Some(active)],
-        };
-        for (lo, hi) in bases.into_iter().flatten() {
-            for k in 0..count {
-                let alpha = alpha_of(k, count);
-                let a = F::cast(alpha);
-                let l = if lo < F::zero() { lo * a } else { lo };
-                let h = if hi > F::zero() { hi * a } else { hi };
-                let p = SliceParams::for_spec(l, h, spec);
-                let e = weighted_sse(xs, hs, &Signed::new(&p, spec));
-                if e < best.0 {
-                    best = (e, p);
-                }
-            }
-        }
-        if spec.scheme() != Scheme::AsymmetricExactZero {
-            let rounds = match spec.table_fit() {
-                TableFit::LeastSquares { iterations } => iterations,
-                TableFit::Cover if search => WEIGHTED_REFINE_ROUNDS,
-                TableFit::Cover => 0,
-            };
-            for _ in 0..rounds {
-                let Some((s, m)) = least_squares_step(&best.1, spec, xs, hs) else { break };
-                let (l, h) = range_of::<F>(s, m, spec);
-                if !(l.is_finite() && h.is_finite()) {
-                    break;
-                }
-                let p = SliceParams::for_spec(l, h, spec);
-                let e = weighted_sse(xs, hs, &Signed::new(&p, spec));
-                if e < best.0 {
-                    best = (e, p);
-                } else {
-                    break;
-                }
-            }
-        }
-        // The ranking above sums in the element type; keep the start unless the choice is no
-        // worse in f64.
-        let worse = best.1 != start
-            && exact_weighted_sse(xs, hs, &Signed::new(&best.1, spec)) > exact_weighted_sse(xs, hs, &Signed::new(&start, spec));
-        Ok(if worse { start } else { best.1 })
     }
 }
 
@@ -288,21 +491,38 @@ multiversion! {
 /// not as long as `xs`, [`QuantError::NonFinite`] (the index of the first non-finite weight,
 /// else of the first non-finite element), [`QuantError::NegativeCurvature`].
 pub fn fit_slice<F: Float>(xs: &[F], importance: Option<&[F]>, spec: &UniformSpec) -> Result<SliceParams<F>> {
-    if xs.is_empty() {
+    Ok(fit_slices(xs, xs.len(), importance, spec)?[0])
+}
+
+/// [`fit_slice`] for the consecutive slices of `len` elements in `xs` (`xs.len()` a multiple
+/// of `len`), all with the same `importance` (`len` weights) or none: one parameter set per
+/// slice, each exactly what [`fit_slice`] gives for that slice alone, fitted sixteen at a
+/// time in vector lanes.
+///
+/// For GPTQ fitting a column group of every row when its first column is reached.
+///
+/// # Errors
+/// [`QuantError::Empty`] for no elements or `len = 0`, [`QuantError::ShapeMismatch`] when
+/// `xs.len()` is not a multiple of `len` or `importance` is not `len` long,
+/// [`QuantError::NonFinite`] (the index of the first non-finite weight, else of the first
+/// non-finite element), [`QuantError::NegativeCurvature`].
+pub fn fit_slices<F: Float>(xs: &[F], len: usize, importance: Option<&[F]>, spec: &UniformSpec) -> Result<Vec<SliceParams<F>>> {
+    if xs.is_empty() || len == 0 {
         return Err(QuantError::Empty);
     }
-    let ones;
+    if !xs.len().is_multiple_of(len) {
+        return Err(QuantError::ShapeMismatch { expected: vec![xs.len() / len + 1, len], got: vec![xs.len()] });
+    }
+    let one = [F::one()];
     let (hs, search) = match importance {
         Some(h) => {
-            check_importance(&[xs.len()], h)?;
+            check_importance(&[len], h)?;
             (h, true)
         }
-        None => {
-            ones = vec![F::one(); xs.len()];
-            (&ones[..], false)
-        }
+        None => (&one[..], false),
     };
-    fit_one(xs, hs, spec, search).map_err(|index| QuantError::NonFinite { index })
+    first_non_finite(xs)?;
+    Ok(fit_equal_runs(xs, len, hs, &Fit::new(spec, search)))
 }
 
 /// Checks `importance` against a tensor of `shape`: one finite, non-negative weight per
@@ -346,18 +566,23 @@ pub fn calibrate_weighted<F: Float, S: Data<Elem = F>, D: Dimension>(
     importance: &[F],
 ) -> Result<QuantParams<F>> {
     let layout = layout_of(x.shape(), spec)?;
-    let n = check_importance(x.shape(), importance)?;
+    check_importance(x.shape(), importance)?;
     let data = row_major(x);
     first_non_finite(&data)?;
-    let weights: Vec<F> = (0..data.len()).map(|e| importance[e % n]).collect();
-    let xs = layout.gather(&data);
-    let hs = layout.gather(&weights);
-    let fitted = par::map(xs.iter().zip(&hs).collect(), |(x, h)| fit_one(x, h, spec, true));
-    // Elements are finite (checked above), so no slice fails.
-    let slices = fitted.into_iter().collect::<core::result::Result<Vec<_>, usize>>().map_err(|index| QuantError::NonFinite { index })?;
+    let slices = fit_all(&data, &layout, importance, &Fit::new(spec, true));
     let mut params = QuantParams::from_calibrated(spec, slices)?;
     if matches!(spec.param_dtype(), ParamDtype::Quantized { .. }) && spec.table_fit() == TableFit::Cover {
-        refine_tables(&mut params, |i| (&xs[i], Some(&hs[i])))?;
+        let weights: Vec<F> = importance.iter().copied().cycle().take(data.len()).collect();
+        match (layout.contiguous_runs(), layout.equal_runs()) {
+            (Some(runs), Some(len)) if runs == layout.num_params() => {
+                let run = |i: usize| i * len..(i + 1) * len;
+                refine_tables(&mut params, |i| (&data[run(i)], Some(&weights[run(i)])))?;
+            }
+            _ => {
+                let (xs, hs) = (layout.gather(&data), layout.gather(&weights));
+                refine_tables(&mut params, |i| (&xs[i], Some(&hs[i])))?;
+            }
+        }
     }
     Ok(params)
 }
@@ -392,4 +617,129 @@ pub fn quantize_weighted<F: Float, S: Data<Elem = F>, D: Dimension>(
     importance: &[F],
 ) -> Result<QuantizedTensor<F>> {
     calibrate_weighted(x, spec, importance)?.quantize(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Granularity, ScaleMode};
+    use proptest::prelude::*;
+
+    fn bits(p: &[SliceParams<f32>]) -> Vec<(u32, u32, i32)> {
+        p.iter().map(|p| (p.scale.to_bits(), p.offset.to_bits(), p.zero_point)).collect()
+    }
+
+    fn specs() -> impl Strategy<Value = UniformSpec> {
+        let scheme = prop_oneof![
+            Just(Scheme::AsymmetricGrid),
+            Just(Scheme::AsymmetricExactZero),
+            Just(Scheme::SymmetricNarrow),
+            Just(Scheme::SymmetricFull),
+        ];
+        let dtype = prop_oneof![
+            Just(ParamDtype::Native),
+            Just(ParamDtype::F16),
+            Just(ParamDtype::Bf16),
+            Just(ParamDtype::Quantized { bits: 6, super_group: 8 })
+        ];
+        let range = prop_oneof![
+            3 => Just(RangeEstimator::MinMax),
+            1 => (1u16..30).prop_map(|steps| RangeEstimator::Mse { steps }),
+            1 => Just(RangeEstimator::Percentile { lower: 5.0, upper: 95.0 }),
+        ];
+        let fit = prop_oneof![Just(TableFit::Cover), (1u8..4).prop_map(|iterations| TableFit::LeastSquares { iterations })];
+        let mode = prop_oneof![Just(ScaleMode::Reciprocal), Just(ScaleMode::Divide)];
+        (scheme, 2u8..=8, dtype, range, fit, mode).prop_filter_map("valid spec", |(scheme, bits, dtype, range, fit, mode)| {
+            let fit = if matches!(dtype, ParamDtype::Quantized { .. }) { fit } else { TableFit::Cover };
+            let b = UniformSpec::builder().bits(bits.max(scheme.min_bits())).scheme(scheme).param_dtype(dtype);
+            b.range(range).table_fit(fit).scale_mode(mode).per_group(1, 8).check().ok()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Sixteen slices to the vector (and AVX-512 where the CPU has it) give, bit for bit,
+        /// what each slice fitted alone gives, for every scheme, parameter type, range
+        /// estimator, table fit and scale mode; weights with zeros (inactive inputs) and
+        /// rows where every weight is zero included.
+        #[test]
+        fn lanes_one_by_one_and_vector_units_agree(
+            rows in 1usize..40,
+            len in 1usize..24,
+            groups in 1usize..4,
+            spec in specs(),
+            search in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let cols = len * groups;
+            let data: Vec<f32> = (0..rows * cols).map(|i| {
+                let v = (crate::rng::unit(seed, i as u64) - 0.5) as f32;
+                if i % 11 == 3 { v * 20.0 } else { v }
+            }).collect();
+            let weights: Vec<f32> = (0..cols).map(|j| {
+                let u = crate::rng::unit(seed ^ 0x5eed, j as u64);
+                if u < 0.25 || (seed % 5 == 0) { 0.0 } else { (u * 8.0).exp() as f32 }
+            }).collect();
+            let spec = spec.with_granularity(Granularity::PerGroup { axis: 1, size: len }).unwrap();
+            let layout = Layout::new(&[rows, cols], spec.granularity()).unwrap();
+            let fit = Fit::new(&spec, search);
+            let all = fit_all(&data, &layout, &weights, &fit);
+            // One by one, each from its own copy.
+            let alone: Vec<SliceParams<f32>> = (0..rows * groups).map(|k| {
+                let (r, g) = (k / groups, k % groups);
+                let xs = &data[r * cols + g * len..r * cols + (g + 1) * len];
+                let mut p = [blank()];
+                fit_runs_portable(xs, len, &weights[g * len..(g + 1) * len], 0, &fit, &mut p);
+                p[0]
+            }).collect();
+            prop_assert_eq!(bits(&all), bits(&alone));
+            // The portable compilation of the whole batch.
+            let mut plain = vec![blank(); rows * groups];
+            fit_runs_portable(&data, len, &weights, 0, &fit, &mut plain);
+            prop_assert_eq!(bits(&all), bits(&plain));
+            // Strided slices (the transpose, grouped down its columns) are gathered: each
+            // equals its gathered elements and weights fitted alone.
+            let t: Vec<f32> = (0..rows * cols).map(|i| data[(i % rows) * cols + i / rows]).collect();
+            let strided = Layout::new(&[cols, rows], Granularity::PerGroup { axis: 0, size: len }).unwrap();
+            let wt: Vec<f32> = (0..rows).map(|r| weights[r % cols]).collect();
+            let every: Vec<f32> = (0..t.len()).map(|e| wt[e % rows]).collect();
+            let gathered = fit_all(&t, &strided, &wt, &fit);
+            let alone: Vec<SliceParams<f32>> = strided.gather(&t).iter().zip(strided.gather(&every)).map(|(xs, hs)| {
+                let mut p = [blank()];
+                fit_runs_portable(xs, xs.len(), &hs, 0, &fit, &mut p);
+                p[0]
+            }).collect();
+            prop_assert_eq!(bits(&gathered), bits(&alone));
+        }
+    }
+
+    /// The f64 ranking keeps the start unless a candidate is strictly better, so a slice is
+    /// never above the spec's own grid on the weighted error (here: computed independently).
+    #[test]
+    fn never_above_the_start() {
+        let spec = UniformSpec::builder().bits(3).per_group(1, 16).check().unwrap();
+        let xs: Vec<f32> = (0..16 * 40).map(|i| ((crate::rng::unit(7, i as u64) - 0.5) * 4.0) as f32).collect();
+        let hs: Vec<f32> = (0..16).map(|j| if j % 3 == 0 { 50.0 } else { 0.5 }).collect();
+        let fitted = fit_slices(&xs, 16, Some(&hs), &spec).unwrap();
+        let plain = fit_slices(&xs, 16, None, &spec).unwrap();
+        let cost = |x: &[f32], p: &SliceParams<f32>| -> f64 {
+            let top = f64::from(spec.max_code());
+            x.iter()
+                .zip(&hs)
+                .map(|(&x, &h)| {
+                    let (s, m) = (f64::from(p.scale), f64::from(p.offset));
+                    let q = ((f64::from(x) - m) / s).round().clamp(0.0, top);
+                    f64::from(h) * (q * s + m - f64::from(x)).powi(2)
+                })
+                .sum()
+        };
+        let mut better = 0;
+        for (k, (f, p)) in fitted.iter().zip(&plain).enumerate() {
+            let x = &xs[k * 16..(k + 1) * 16];
+            assert!(cost(x, f) <= cost(x, p) * (1.0 + 1e-6), "slice {k}");
+            better += usize::from(cost(x, f) < cost(x, p) * 0.999);
+        }
+        assert!(better > 20, "{better} of 40 slices improved");
+    }
 }

@@ -3,7 +3,8 @@
 
 use ndarray::{Array2, ArrayD};
 use quant_core::{
-    ParamDtype, QuantError, RangeEstimator, Scheme, TableFit, UniformSpec, calibrate_weighted, quantize, quantize_weighted, rng,
+    ParamDtype, QuantError, RangeEstimator, Scheme, TableFit, UniformSpec, calibrate_weighted, fit_slice, fit_slices, quantize,
+    quantize_weighted, rng,
 };
 
 type R = Result<(), QuantError>;
@@ -150,5 +151,33 @@ fn bad_weights_are_typed_errors() -> R {
     assert!(matches!(quantize_weighted(&bad, &spec, &[1.0; 8]), Err(QuantError::NonFinite { index: 11 })));
     let empty = Array2::<f32>::zeros((0, 8));
     assert!(matches!(quantize_weighted(&empty, &spec, &[1.0; 8]), Err(QuantError::Empty)));
+    // Many slices at once: the same checks, and the length must divide the elements.
+    let xs: Vec<f32> = w.iter().copied().collect();
+    assert!(matches!(fit_slices(&xs, 0, None, &spec), Err(QuantError::Empty)));
+    assert!(matches!(fit_slices::<f32>(&[], 8, None, &spec), Err(QuantError::Empty)));
+    assert!(matches!(fit_slices(&xs, 7, None, &spec), Err(QuantError::ShapeMismatch { .. })));
+    assert!(matches!(fit_slices(&xs, 8, Some(&[1.0; 7]), &spec), Err(QuantError::ShapeMismatch { .. })));
+    let mut nan = xs.clone();
+    nan[17] = f32::NAN;
+    assert!(matches!(fit_slices(&nan, 8, Some(&[1.0; 8]), &spec), Err(QuantError::NonFinite { index: 17 })));
+    Ok(())
+}
+
+/// `fit_slices` gives every slice what `fit_slice` gives it alone (sixteen to the vector
+/// there, one here), with weights and without.
+#[test]
+fn many_slices_at_once_equal_each_alone() -> R {
+    let w = matrix(37, 24, 5);
+    let h = importance(24, 6);
+    let xs: Vec<f32> = w.iter().copied().collect();
+    for spec in specs().iter().step_by(5) {
+        for weights in [Some(&h[..]), None] {
+            let many = fit_slices(&xs, 24, weights, spec)?;
+            assert_eq!(many.len(), 37);
+            for (r, p) in many.iter().enumerate() {
+                assert_eq!(*p, fit_slice(&xs[r * 24..(r + 1) * 24], weights, spec)?, "{spec:?} row {r}");
+            }
+        }
+    }
     Ok(())
 }

@@ -124,13 +124,6 @@ fn round_to_grid(p: &SliceParams<f32>, max_code: i32, x: f64) -> f64 {
     s * (u - z) + m
 }
 
-/// Slice parameters for the values `xs`, as the plain quantizer fits a slice (the spec's
-/// range estimate and table fit; untabled values for two-level tables).
-fn fit(xs: impl Iterator<Item = f64>, spec: &UniformSpec) -> Result<SliceParams<f32>> {
-    let xs: Vec<f32> = xs.map(|v| v as f32).collect();
-    quant_core::fit_slice(&xs, None, spec)
-}
-
 /// Two-level tables whose super-scales (and super-offsets) were fixed on the original
 /// weights; every slice fitted later is snapped to its nearest table codes.
 struct FixedTables {
@@ -335,21 +328,19 @@ impl GptqHessian {
                 let col = i1 + i;
                 if grouped && !params.act_order && col % gs == 0 {
                     let len = gs.min(n - col);
-                    for r in 0..rows {
+                    // Every row's group at once, fitted sixteen rows to the vector.
+                    let xs: Vec<f32> = w1.slice(s![.., i..i + len]).iter().map(|&v| v as f32).collect();
+                    let hs: Option<Vec<f32>> = params.importance_fit.then(|| {
+                        // Grouped without act order: column `col` is input `col`. Scaled to a
+                        // largest weight of 1 (the fit does not depend on the scale, and f32
+                        // sums of large `H_jj` stay finite).
+                        let top = self.diag[col..col + len].iter().fold(0.0f64, |a, &v| a.max(v));
+                        let top = if top > 0.0 { top } else { 1.0 };
+                        self.diag[col..col + len].iter().map(|&v| (v / top) as f32).collect()
+                    });
+                    let fitted = quant_core::fit_slices(&xs, len, hs.as_deref(), spec)?;
+                    for (r, p) in fitted.into_iter().enumerate() {
                         let k = r * groups + col / gs;
-                        let xs = w1.slice(s![r, i..i + len]);
-                        let p = if params.importance_fit {
-                            // Grouped without act order: column `col` is input `col`.
-                            let xs: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
-                            // Scaled to a largest weight of 1 (the fit does not depend on the
-                            // scale, and f32 sums of large `H_jj` stay finite).
-                            let top = self.diag[col..col + len].iter().fold(0.0f64, |a, &v| a.max(v));
-                            let top = if top > 0.0 { top } else { 1.0 };
-                            let hs: Vec<f32> = self.diag[col..col + len].iter().map(|&v| (v / top) as f32).collect();
-                            quant_core::fit_slice(&xs, Some(&hs), spec)?
-                        } else {
-                            fit(xs.iter().copied(), spec)?
-                        };
                         slices[k] = Some(match tables.as_mut() {
                             Some(t) => t.snap(k, p),
                             None => p,
