@@ -1,9 +1,11 @@
 //! GGML block codecs, bit-exact with ggml's layouts.
 //!
 //! Decoders equal ggml's reference dequantization (`dequantize_row_*` in `ggml-quants.c`):
-//! every value is computed with the same f32 operations in the same order. Encoders here are
-//! ggml's reference quantizers (`quantize_row_*_ref`), so the same input gives the same bytes;
-//! the crate's better encoders build on the same block writers.
+//! every value is computed with the same f32 operations in the same order (tested against
+//! llama.cpp's Python package and candle, bit for bit). Encoders of the 32-value types are
+//! ggml's reference quantizers (`quantize_row_*_ref`: the same input gives the same bytes);
+//! the k-quant encoders are this crate's own (see below), and ggml decodes their bytes like
+//! any other.
 //!
 //! | type | block | layout (little-endian) | value |
 //! |---|---|---|---|
@@ -13,15 +15,43 @@
 //! | `q4_1` | 32 | `d, m: f16`, `qs: [u8; 16]` | `d·q + m` |
 //! | `q5_0` | 32 | `d: f16`, `qh: u32` (bit `j` = bit 4 of `q_j`), `qs: [u8; 16]` | `d·(q − 16)` |
 //! | `q5_1` | 32 | `d, m: f16`, `qh: u32`, `qs: [u8; 16]` | `d·q + m` |
+//! | `q2_K` | 256 | `scales: [u8; 16]` (4-bit scale and minimum codes per 16 values), `qs: [u8; 64]`, `d, dmin: f16` | `d·sc·q − dmin·m` |
+//! | `q3_K` | 256 | `hmask: [u8; 32]` (third bits), `qs: [u8; 64]`, `scales: [u8; 12]` (6-bit, offset 32, per 16 values), `d: f16` | `d·(sc − 32)·(q − 4)` |
+//! | `q4_K` | 256 | `d, dmin: f16`, `scales: [u8; 12]` (6-bit scale and minimum codes per 32 values), `qs: [u8; 128]` | `d·sc·q − dmin·m` |
+//! | `q5_K` | 256 | as `q4_K`, then `qh: [u8; 32]` (fifth bits) before `qs` | `d·sc·q − dmin·m` |
+//! | `q6_K` | 256 | `ql: [u8; 128]`, `qh: [u8; 64]`, `scales: [i8; 16]` (per 16 values), `d: f16` | `d·sc·(q − 32)` |
+//!
+//! The k-quant encoders fit each sub-block's step (and minimum) for the least squared error
+//! (a clipping search, each candidate refitted by least squares for its codes), code the
+//! sub-block scales under f16 super-scales (the nearest f16 value to the largest sub-block
+//! step over the largest code, or one of its four f16 neighbours where the block's error is
+//! lower), recompute every code for the coded scales, and move each sub-block's scale (and
+//! minimum) code by one where that lowers its error. On Gaussian-like weights with outliers
+//! that is 0.3 to 0.7 dB above candle's encoders, which follow ggml's reference
+//! (`tests/candle.rs`).
 
 use half::f16;
 
 use crate::error::{GgufError, Result};
+use crate::kquants;
 use crate::types::GgmlType;
 
 /// The types [`dequantize`] decodes and [`quantize`] encodes.
-pub const SUPPORTED: &[GgmlType] =
-    &[GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1];
+pub const SUPPORTED: &[GgmlType] = &[
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
 
 /// Decodes `n` values of type `ty` from `bytes` (exactly their size).
 ///
@@ -55,13 +85,19 @@ pub fn dequantize_into(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()
         GgmlType::Q4_1 => each(decode_q4_1),
         GgmlType::Q5_0 => each(decode_q5_0),
         GgmlType::Q5_1 => each(decode_q5_1),
+        GgmlType::Q2_K => each(kquants::decode_q2_k),
+        GgmlType::Q3_K => each(kquants::decode_q3_k),
+        GgmlType::Q4_K => each(kquants::decode_q4_k),
+        GgmlType::Q5_K => each(kquants::decode_q5_k),
+        GgmlType::Q6_K => each(kquants::decode_q6_k),
         other => return Err(GgufError::NoCodec(other.name())),
     }
     Ok(())
 }
 
-/// Encodes `xs` as type `ty` with ggml's reference quantizer (the same bytes as
-/// `quantize_row_*_ref`; `f16` and `bf16` round to nearest, ties to even, NaN kept quiet).
+/// Encodes `xs` as type `ty`: the 32-value types with ggml's reference quantizer (the same
+/// bytes as `quantize_row_*_ref`), the k-quants with this crate's least-squares encoder (see
+/// the module documentation); `f16` and `bf16` round to nearest, ties to even, NaN kept quiet.
 ///
 /// # Errors
 /// [`GgufError::NoCodec`] for a type outside [`SUPPORTED`], [`GgufError::Length`] when
@@ -90,6 +126,11 @@ pub fn quantize(ty: GgmlType, xs: &[f32]) -> Result<Vec<u8>> {
         GgmlType::Q4_1 => each(encode_affine::<4>, &mut out),
         GgmlType::Q5_0 => each(encode_symmetric::<5>, &mut out),
         GgmlType::Q5_1 => each(encode_affine::<5>, &mut out),
+        GgmlType::Q2_K => each(kquants::encode_q2_k, &mut out),
+        GgmlType::Q3_K => each(kquants::encode_q3_k, &mut out),
+        GgmlType::Q4_K => each(kquants::encode_q4_k, &mut out),
+        GgmlType::Q5_K => each(kquants::encode_q5_k, &mut out),
+        GgmlType::Q6_K => each(kquants::encode_q6_k, &mut out),
         other => return Err(GgufError::NoCodec(other.name())),
     }
     Ok(out)

@@ -25,6 +25,7 @@ pub mod codec;
 mod error;
 #[doc(hidden)]
 pub mod fuzz;
+mod kquants;
 mod read;
 mod types;
 mod value;

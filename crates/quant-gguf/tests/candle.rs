@@ -73,3 +73,38 @@ fn candle_reads_our_files_and_decodes_as_we_do() -> R {
     }
     Ok(())
 }
+
+/// Signal-to-quantization-noise ratio in dB.
+fn sqnr(x: &[f32], y: &[f32]) -> f64 {
+    let s: f64 = x.iter().map(|&v| f64::from(v).powi(2)).sum();
+    let n: f64 = x.iter().zip(y).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
+    10.0 * (s / n).log10()
+}
+
+/// Gaussian-like weights (sum of uniforms) with a few outliers and rows of different scales.
+fn weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let u = values(rows * cols * 4, seed);
+    (0..rows * cols)
+        .map(|i| {
+            let g: f32 = u[4 * i..4 * i + 4].iter().map(|v| v / 10f32.powi((4 * i / 256 % 5) as i32 - 2)).sum();
+            let row_scale = 1.0 + (i / cols) as f32 * 0.25;
+            if i % 97 == 13 { g * row_scale * 8.0 } else { g * row_scale }
+        })
+        .collect()
+}
+
+#[test]
+fn our_encoders_are_at_least_candles() -> R {
+    let (rows, cols) = (16usize, 1024usize);
+    for &ty in codec::SUPPORTED.iter().filter(|t| t.block_size() > 1) {
+        let x = weights(rows, cols, 3);
+        let ours = codec::dequantize(ty, &codec::quantize(ty, &x)?, x.len())?;
+        let t = candle_core::Tensor::from_vec(x.clone(), (rows, cols), &Device::Cpu)?;
+        let q = candle_core::quantized::QTensor::quantize(&t, candle_type(ty))?;
+        let theirs = q.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        let (a, b) = (sqnr(&x, &ours), sqnr(&x, &theirs));
+        eprintln!("{ty}: ours {a:.2} dB, candle {b:.2} dB");
+        assert!(a >= b - 1e-9, "{ty}: ours {a:.3} dB < candle's {b:.3} dB");
+    }
+    Ok(())
+}

@@ -6,6 +6,9 @@ golden.gguf holds, for each type of quant_gguf::codec::SUPPORTED:
                   one with a single outlier, one with values of mixed scales)
   <type>          the bytes of gguf.quants.quantize(input, type) (ggml's reference quantizers)
   decoded.<type>  f32, gguf.quants.dequantize of those bytes
+and for each k-quant type (which the package decodes but does not encode):
+  <type>          8 super-blocks of random bytes, their f16 scales set to random moderate values
+  decoded.<type>  f32, gguf.quants.dequantize of those bytes
 and metadata of every value type (in this order), so the reader is tested on a file written
 by the reference writer and the writer on producing the same bytes.
 
@@ -49,6 +52,18 @@ for t in [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1]:
     w.add_tensor(f"input.{name}", x.reshape(8, 32))
     w.add_tensor(name, q, raw_dtype=t)
     w.add_tensor(f"decoded.{name}", d.reshape(8, 32))
+# Where each k-quant block keeps its f16 scales (byte offsets within the block).
+K_SCALES = {T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208]}
+for t, offsets in K_SCALES.items():
+    name = t.name.lower()
+    size = gguf.GGML_QUANT_SIZES[t][1]
+    blocks = rng.integers(0, 256, size=(8, size), dtype=np.uint8)
+    for o in offsets:
+        d = (rng.standard_normal(8) * 0.05).astype(np.float16)
+        blocks[:, o:o + 2] = d.view(np.uint8).reshape(8, 2)
+    d = gguf.quants.dequantize(blocks, t).astype(np.float32).reshape(8, 256)
+    w.add_tensor(name, blocks, raw_dtype=t)
+    w.add_tensor(f"decoded.{name}", d)
 w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()
