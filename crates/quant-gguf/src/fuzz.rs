@@ -5,7 +5,7 @@ use crate::read::Header;
 use crate::write::GgufWriter;
 
 /// Parses `bytes` as a whole GGUF file; when it parses, decodes every tensor whose type has a
-/// codec (up to a million values each), writes the file again and checks that the copy parses
+/// codec (up to a million values each) and converts those with a quant-core form and back, writes the file again and checks that the copy parses
 /// to the same metadata, tensors and data. Panics only on a broken invariant.
 pub fn exercise(bytes: &[u8]) {
     let Ok(h) = Header::parse(bytes, Some(bytes.len() as u64)) else { return };
@@ -18,6 +18,19 @@ pub fn exercise(bytes: &[u8]) {
         if codec::SUPPORTED.contains(&t.ggml_type) && n <= 1 << 20 {
             let values = codec::dequantize(t.ggml_type, data(t), n as usize);
             assert!(values.is_ok(), "{}: {values:?}", t.name);
+            // A convertible tensor becomes a quant-core tensor with exactly those values (or a
+            // typed error for a non-finite scale), and a GGML layout goes back to its bytes.
+            if let (Ok(values), true) = (values, crate::convert::CONVERTIBLE.contains(&t.ggml_type))
+                && let Ok(q) = crate::convert::to_quantized(t.ggml_type, data(t), &t.shape())
+            {
+                let got = q.dequantize();
+                assert!(got.iter().zip(&values).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())), "{}: values changed", t.name);
+                if let Some(ty) = crate::convert::ggml_type_of(&q) {
+                    let back = crate::convert::from_quantized(&q).map(|(_, b)| codec::dequantize(ty, &b, n as usize));
+                    let ok = matches!(&back, Ok(Ok(v)) if v.iter().zip(&values).all(|(a, b)| a == b || (a.is_nan() && b.is_nan())));
+                    assert!(ok, "{}: values changed on the way back", t.name);
+                }
+            }
         }
     }
     let mut w = GgufWriter::new();

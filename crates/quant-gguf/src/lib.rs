@@ -22,6 +22,7 @@
 //! ```
 
 pub mod codec;
+pub mod convert;
 mod error;
 #[doc(hidden)]
 pub mod fuzz;

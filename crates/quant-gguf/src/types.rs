@@ -131,6 +131,32 @@ impl GgmlType {
         (elements / block).checked_mul(self.block_bytes() as u64)
     }
 
+    /// The type llama.cpp's quantizer stores a tensor with rows of `row` values in when this
+    /// type was asked for (`tensor_type_fallback` in `llama-quant.cpp`): this type when a row
+    /// is a whole number of its blocks; otherwise q2_K and q3_K fall back to q4_0, q4_K to
+    /// q5_0, q5_K to q5_1, q6_K to q8_0, and where even that does not fit, f16.
+    pub fn fallback_for_row(self, row: u64) -> Self {
+        if row.is_multiple_of(self.block_size() as u64) {
+            return self;
+        }
+        let next = match self {
+            GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
+            GgmlType::Q4_K => GgmlType::Q5_0,
+            GgmlType::Q5_K => GgmlType::Q5_1,
+            GgmlType::Q6_K => GgmlType::Q8_0,
+            GgmlType::IQ1_S
+            | GgmlType::IQ1_M
+            | GgmlType::IQ2_XXS
+            | GgmlType::IQ2_XS
+            | GgmlType::IQ2_S
+            | GgmlType::IQ3_XXS
+            | GgmlType::IQ3_S
+            | GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+            _ => GgmlType::F16,
+        };
+        if row.is_multiple_of(next.block_size() as u64) { next } else { GgmlType::F16 }
+    }
+
     /// The type named `name` (ggml's names, any case: `q4_k`, `Q8_0`, `bf16`).
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
