@@ -117,6 +117,12 @@ pub mod checkpoint {
     pub use quant_safetensors::*;
 }
 
+/// GGUF, llama.cpp's format: the reader, the writer and the GGML block codecs (the
+/// `quant-gguf` crate); BERT-family models in GGUF are in [`models::bert`].
+pub mod gguf {
+    pub use quant_gguf::*;
+}
+
 /// Group-wise quantization (the `quant-group` crate).
 pub mod group {
     pub use quant_group::*;

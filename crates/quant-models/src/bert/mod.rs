@@ -14,6 +14,7 @@
 mod config;
 mod distill;
 mod error;
+mod gguf;
 mod model;
 mod stats;
 mod tangent;
@@ -28,6 +29,7 @@ use ndarray::Array2;
 pub use config::{BertConfig, HiddenAct, Pooling, PoolingMode};
 pub use distill::{LayerInputs, SelfDistillation};
 pub use error::{BertError, Result};
+pub use gguf::{GgufModelInfo, gguf_tensor_name, hf_tensor_name};
 pub use model::{Bert, InputGrams};
 pub use stats::{Importance, TOKENS_KEY, llama_cpp_name};
 pub use text::TextLines;
