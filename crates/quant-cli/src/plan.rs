@@ -22,9 +22,10 @@ pub(crate) struct PlanArgs {
     pub(crate) target_bpw: Option<f64>,
     /// What the allocation minimises: quadratic (1/2 d^T H d), measured (L(W0 + d)), trace
     /// (HAWQ-V2's Tr(H)/n x ||d||^2), omega (Omega x ||d||^2) or omega-rank (Q-BERT: rank by
-    /// Omega, the most sensitive share one step wider).
-    #[arg(long, default_value = "quadratic", value_parser = parse_metric, conflicts_with_all = ["plan", "recipe"])]
-    pub(crate) metric: Metric,
+    /// Omega, the most sensitive share one step wider). Default: quadratic; trace for
+    /// --format gguf, whose GGML types the report does not price (trace and omega there).
+    #[arg(long, value_parser = parse_metric, conflicts_with_all = ["plan", "recipe"])]
+    pub(crate) metric: Option<Metric>,
     /// The candidates allowed, comma-separated: BITS, BITS@GRANULARITY or
     /// BITS@GRANULARITY@TABLES (default: all the report's; for --recipe without a report,
     /// 2, 3, 4, 6 and 8 bits at groups of 128).
@@ -179,7 +180,7 @@ pub(crate) fn make_plan(args: &PlanArgs, shapes: &[(String, Vec<usize>)], roundi
     };
     let mut plan = match (&args.recipe, args.target_bpw) {
         (Some(_), target) => menu.recipe_q4_k_m(target).map_err(err)?,
-        (None, Some(target)) if report.is_some() => menu.allocate(args.metric, target).map_err(err)?,
+        (None, Some(target)) if report.is_some() => menu.allocate(args.metric.unwrap_or(Metric::Quadratic), target).map_err(err)?,
         (None, Some(_)) => return Err("--target-bpw needs --sensitivity (or --recipe)".into()),
         (None, None) => return Err("--sensitivity needs --target-bpw".into()),
     };
