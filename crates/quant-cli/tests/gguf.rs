@@ -24,7 +24,7 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
 
 /// A model directory like the tiny `plain` one but 256 wide (so the k-quants fit its rows),
 /// with seeded random weights.
-fn wide_model(dir: &Path) -> TestResult {
+fn wide_model(dir: &Path, layers: usize) -> TestResult {
     let plain = common::tiny_model("plain");
     for f in ["tokenizer.json", "modules.json"] {
         std::fs::copy(plain.join(f), dir.join(f))?;
@@ -34,7 +34,7 @@ fn wide_model(dir: &Path) -> TestResult {
     let config = BertConfig {
         hidden_size: 256,
         num_attention_heads: 4,
-        num_hidden_layers: 8,
+        num_hidden_layers: layers,
         intermediate_size: 512,
         vocab_size: 104,
         max_position_embeddings: 16,
@@ -44,9 +44,11 @@ fn wide_model(dir: &Path) -> TestResult {
     };
     std::fs::write(
         dir.join("config.json"),
-        r#"{"model_type": "bert", "hidden_size": 256, "num_attention_heads": 4, "num_hidden_layers": 8,
-            "intermediate_size": 512, "vocab_size": 104, "max_position_embeddings": 16, "type_vocab_size": 2,
-            "layer_norm_eps": 1e-12, "hidden_act": "gelu"}"#,
+        format!(
+            r#"{{"model_type": "bert", "hidden_size": 256, "num_attention_heads": 4, "num_hidden_layers": {layers},
+                "intermediate_size": 512, "vocab_size": 104, "max_position_embeddings": 16, "type_vocab_size": 2,
+                "layer_norm_eps": 1e-12, "hidden_act": "gelu"}}"#
+        ),
     )?;
     let model = Bert::<f32>::random(config, Pooling::default(), 7)?;
     let w = model.weights();
@@ -167,7 +169,7 @@ fn embeddings_of_the_gguf_equal_those_of_its_dequantized_safetensors() -> TestRe
 #[test]
 fn q4_k_m_recipe_follows_llama_cpp_and_k_quants_decode_well() -> TestResult {
     let d = scratch("recipe");
-    wide_model(&d)?;
+    wide_model(&d, 8)?;
     let g = d.join("m.gguf");
     let o = quant(&["quantize", s(&d), "-o", s(&g), "--recipe", "q4_k_m", "--json", "--quiet"]);
     ok(&o);
@@ -233,6 +235,75 @@ fn bad_requests_are_refused_with_the_reason() -> TestResult {
     std::fs::write(&g, b"GGUF\x03\x00\x00\x00garbage")?;
     let e = err(&["inspect", s(&g)]);
     assert!(e.starts_with("error:"), "{e}");
+    std::fs::remove_dir_all(&d)?;
+    Ok(())
+}
+
+#[test]
+fn the_allocator_spends_the_budget_where_the_trace_says() -> TestResult {
+    let d = scratch("allocate");
+    wide_model(&d, 2)?;
+    let text = d.join("cal.txt");
+    std::fs::write(&text, "the cat sat on the mat\nhello world\nthe dog ran far\na cat and a dog\nworld of cats\nthe mat\n")?;
+    let sens = d.join("sens.json");
+    ok(&quant(&[
+        "sensitivity",
+        s(&d),
+        "--calibration",
+        s(&text),
+        "--subsets",
+        "2",
+        "--per-subset",
+        "3",
+        "--bits",
+        "4",
+        "--granularity",
+        "group:32",
+        "-o",
+        s(&sens),
+    ]));
+    let g = d.join("m.gguf");
+    let o = quant(&["quantize", s(&d), "-o", s(&g), "--sensitivity", s(&sens), "--target-bpw", "5", "--json", "--quiet"]);
+    ok(&o);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let a = &r["allocation"];
+    assert_eq!(a["metric"], "trace");
+    let bpw = a["bits_per_weight"].as_f64().ok_or("bpw")?;
+    assert!(bpw <= 5.0 + 1e-9, "{bpw}");
+    let chosen = a["tensors"].as_array().ok_or("tensors")?;
+    assert_eq!(chosen.len(), 12);
+    // The file holds the chosen types; the word embeddings are q8_0, outside the budget.
+    let f = GgufFile::open(&g)?;
+    for t in chosen {
+        let name = quant::models::bert::gguf_tensor_name(t["name"].as_str().ok_or("name")?).ok_or("gguf name")?;
+        assert_eq!(f.header().tensor(&name).map(|i| i.ggml_type.to_string()), t["type"].as_str().map(str::to_string), "{name}");
+    }
+    assert_eq!(f.header().tensor("token_embd.weight").map(|t| t.ggml_type), Some(GgmlType::Q8_0));
+    // No single type that fits the budget predicts less: the allocation is at most the best
+    // uniform assignment (every matrix's trace times its measured perturbation).
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&sens)?)?;
+    let model = Bert::<f32>::load(&d)?;
+    let total = a["predicted"].as_f64().ok_or("predicted")?;
+    for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q4_1] {
+        let (mut pred, mut bits, mut n) = (0.0, 0.0, 0.0);
+        for m in report["matrices"].as_array().ok_or("matrices")? {
+            let name = m["name"].as_str().ok_or("name")?;
+            let b = model.blocks().iter().find(|b| b.name() == name).ok_or("block")?;
+            let x = &model.weights().to_vec()[b.range()];
+            let y = codec::dequantize(ty, &codec::quantize(ty, x)?, x.len())?;
+            let d2: f64 = x.iter().zip(&y).map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2)).sum();
+            pred += m["average_trace"].as_f64().ok_or("trace")?.abs() * d2;
+            bits += 8.0 * ty.bytes_for(256, x.len() as u64).ok_or("bytes")? as f64;
+            n += x.len() as f64;
+        }
+        if bits / n <= 5.0 {
+            assert!(total <= pred * (1.0 + 1e-9), "{ty}: uniform {pred} < allocated {total}");
+        }
+    }
+    // quadratic has no meaning for GGML types here: refused with the reason.
+    let o = quant(&["quantize", s(&d), "-o", s(&g), "--force", "--sensitivity", s(&sens), "--target-bpw", "5", "--metric", "quadratic"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("trace"));
     std::fs::remove_dir_all(&d)?;
     Ok(())
 }
