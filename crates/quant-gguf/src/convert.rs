@@ -21,6 +21,24 @@
 //! parameters per group instead ([`ParamDtype::Native`]), still exactly, and does not convert
 //! back. `q3_K` and `q6_K` have signed sub-block scales, which quant-core's grids (positive
 //! steps) do not hold: they, and the float types, are read as values ([`crate::codec::dequantize`]).
+//!
+//! ```no_run
+//! use quant_gguf::{GgufFile, convert};
+//!
+//! let file = GgufFile::open("model.q4_k_m.gguf")?;
+//! for t in &file.header().tensors {
+//!     if convert::CONVERTIBLE.contains(&t.ggml_type) {
+//!         let q = convert::to_quantized(t.ggml_type, file.data(t), &t.shape())?; // quant-core's form
+//!         // Back to blocks, where its spec is a GGML layout (q4_0 and q5_0 are read as grids
+//!         // with f32 parameters, which are not).
+//!         if let Ok((ty, bytes)) = convert::from_quantized(&q) {
+//!             assert_eq!(ty, t.ggml_type);
+//!             let _ = bytes;
+//!         }
+//!     }
+//! }
+//! # Ok::<(), quant_gguf::GgufError>(())
+//! ```
 
 use half::f16;
 use quant_core::{Granularity, PackedCodes, ParamDtype, QuantParams, QuantizedTables, QuantizedTensor, Scheme, SliceParams, UniformSpec};
