@@ -22,6 +22,8 @@ use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+/// A tensor: name, shape, values.
+type Named = (String, Vec<usize>, Vec<f32>);
 
 const TYPES: [(GgmlType, GgmlDType); 7] = [
     (GgmlType::Q8_0, GgmlDType::Q8_0),
@@ -33,7 +35,7 @@ const TYPES: [(GgmlType, GgmlDType); 7] = [
     (GgmlType::Q6_K, GgmlDType::Q6K),
 ];
 
-fn load() -> BenchResult<Option<Vec<(String, Vec<usize>, Vec<f32>)>>> {
+fn load() -> BenchResult<Option<Vec<Named>>> {
     let Some(path) = quant_benches::minilm_checkpoint() else { return Ok(None) };
     let bytes = std::fs::read(&path)?;
     let st = SafeTensors::deserialize(&bytes)?;
