@@ -417,6 +417,7 @@ pub(crate) struct QuantizeArgs {
     pub(crate) input: PathBuf,
     pub(crate) output: PathBuf,
     pub(crate) ggml_type: Option<GgmlType>,
+    pub(crate) embedding_type: Option<GgmlType>,
     pub(crate) plan: crate::plan::PlanArgs,
     pub(crate) rounding: crate::rounding::RoundingArgs,
     pub(crate) json: bool,
@@ -450,7 +451,7 @@ pub(crate) fn quantize(a: QuantizeArgs) -> Result<(), String> {
             }
             let (list, alloc) = allocate(&model, path, target, metric)?;
             allocation = Some(alloc);
-            TypeRule::PerTensor(list, EMBEDDING_TYPE)
+            TypeRule::PerTensor(list, a.embedding_type.unwrap_or(EMBEDDING_TYPE))
         }
         (None, Some(_), Some(_)) => return Err("--recipe and --sensitivity: choose one".into()),
         (None, None, None) => return Err("--format gguf needs --type TYPE, --recipe q4_k_m or --sensitivity with --target-bpw".into()),

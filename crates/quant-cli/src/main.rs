@@ -155,6 +155,10 @@ SIGTERM) removes the partial file.")]
         #[arg(long = "type", value_name = "TYPE", value_parser = gguf::parse_type,
               conflicts_with_all = ["method", "bits", "scheme", "granularity", "range", "table_dtype", "plan", "recipe", "sensitivity"])]
         ggml_type: Option<quant::gguf::GgmlType>,
+        /// GGUF with --sensitivity: the GGML type of the word embeddings, which stay outside
+        /// the budget (default q8_0, as Q-BERT kept them at 8 bits).
+        #[arg(long, value_name = "TYPE", value_parser = gguf::parse_type, requires = "sensitivity")]
+        embedding_type: Option<quant::gguf::GgmlType>,
         #[command(flatten)]
         plan: plan::PlanArgs,
         #[command(flatten)]
@@ -603,6 +607,7 @@ fn run(cli: Cli) -> Result<(), String> {
             min_sqnr,
             format,
             ggml_type,
+            embedding_type,
             plan,
             rounding,
         } => {
@@ -612,10 +617,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => output.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")),
             };
             if to_gguf {
-                return gguf::quantize(gguf::QuantizeArgs { input, output, ggml_type, plan, rounding, json, quiet });
+                return gguf::quantize(gguf::QuantizeArgs { input, output, ggml_type, embedding_type, plan, rounding, json, quiet });
             }
-            if ggml_type.is_some() {
-                return Err("--type is a GGML type for --format gguf (or an OUTPUT ending in .gguf)".into());
+            if ggml_type.is_some() || embedding_type.is_some() {
+                return Err("--type and --embedding-type are GGML types for --format gguf (or an OUTPUT ending in .gguf)".into());
             }
             let options = resolve_defaults(method, bits, scheme, granularity, table_dtype, super_group, range, table_fit);
             // Options are checked before the input is opened.

@@ -300,6 +300,23 @@ fn the_allocator_spends_the_budget_where_the_trace_says() -> TestResult {
             assert!(total <= pred * (1.0 + 1e-9), "{ty}: uniform {pred} < allocated {total}");
         }
     }
+    // The word embeddings' type can be chosen (outside the budget).
+    let o = quant(&[
+        "quantize",
+        s(&d),
+        "-o",
+        s(&g),
+        "--force",
+        "--sensitivity",
+        s(&sens),
+        "--target-bpw",
+        "5",
+        "--embedding-type",
+        "q4_0",
+        "--quiet",
+    ]);
+    ok(&o);
+    assert_eq!(GgufFile::open(&g)?.header().tensor("token_embd.weight").map(|t| t.ggml_type), Some(GgmlType::Q4_0));
     // quadratic has no meaning for GGML types here: refused with the reason.
     let o = quant(&["quantize", s(&d), "-o", s(&g), "--force", "--sensitivity", s(&sens), "--target-bpw", "5", "--metric", "quadratic"]);
     assert!(!o.status.success());
