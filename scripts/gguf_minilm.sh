@@ -46,7 +46,11 @@ for t in q8_0 q6_k q5_k q5_1 q5_0 q4_k q4_1 q4_0 q3_k q2_k; do row "$t" --type "
 row q4_k_m --recipe q4_k_m
 for b in 4.5 5.0 5.5; do row "alloc-trace-$b" --sensitivity "$SENS" --target-bpw "$b"; done
 row alloc-omega-5.5 --sensitivity "$SENS" --target-bpw 5.5 --metric omega
-# The same word-embedding type as the single-type files and the recipe, at their budgets.
+# The recipe's budget, word embeddings q8_0 as the recipe gives them (llama.cpp's BERT has no
+# output matrix, so its word embeddings take the output's q8_0 / q6_K).
+row alloc-trace-5.479 --sensitivity "$SENS" --target-bpw 5.479
+row alloc-omega-5.479 --sensitivity "$SENS" --target-bpw 5.479 --metric omega
+# The same word-embedding type as the single-type files, at their budgets.
 row alloc-trace-4.5-q4_0 --sensitivity "$SENS" --target-bpw 4.5 --embedding-type q4_0
 row alloc-trace-5.0-q4_1 --sensitivity "$SENS" --target-bpw 5.0 --embedding-type q4_1
 row alloc-trace-5.479-q5_0 --sensitivity "$SENS" --target-bpw 5.479 --embedding-type q5_0

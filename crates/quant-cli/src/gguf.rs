@@ -33,7 +33,8 @@ pub(crate) fn parse_type(s: &str) -> Result<GgmlType, String> {
 
 /// How each tensor's type is chosen.
 pub(crate) enum TypeRule {
-    /// One type for every tensor llama.cpp's quantizer quantizes (with its fallbacks).
+    /// One type for every tensor llama.cpp's quantizer quantizes (with its fallbacks), as
+    /// `llama-quantize --pure` does.
     Uniform(GgmlType),
     /// llama.cpp's `Q4_K_M` mixture.
     RecipeQ4KM,
@@ -132,6 +133,16 @@ fn type_for(rule: &TypeRule, gguf_name: &str, shape: &[usize], layers: usize) ->
     }
     let requested = match rule {
         TypeRule::Uniform(t) => *t,
+        // BERT has no output matrix, so llama.cpp treats its word embeddings as tied to one
+        // and gives them the output's type: q8_0 when their rows are not whole k-blocks,
+        // else q6_K.
+        TypeRule::RecipeQ4KM if gguf_name == "token_embd.weight" => {
+            if shape.last().is_some_and(|&r| r % GgmlType::Q4_K.block_size() == 0) {
+                GgmlType::Q6_K
+            } else {
+                GgmlType::Q8_0
+            }
+        }
         TypeRule::RecipeQ4KM => {
             let layer = gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<usize>().ok());
             let wider =
@@ -408,7 +419,10 @@ mod tests {
         assert_eq!(type_for(&r, "blk.0.attn_output_norm.weight", &[384], 6).1, GgmlType::F32);
         assert_eq!(type_for(&r, "position_embd.weight", &[512, 384], 6).1, GgmlType::F32);
         assert_eq!(type_for(&r, "token_types.weight", &[2, 384], 6).1, GgmlType::F32);
-        assert_eq!(type_for(&r, "token_embd.weight", &[30522, 384], 6).1, GgmlType::Q5_0);
+        // The word embeddings take the (absent) output matrix's type, as llama.cpp's quantizer
+        // gives it: q8_0 on 384-wide rows, q6_K on whole k-blocks.
+        assert_eq!(type_for(&r, "token_embd.weight", &[30522, 384], 6), (GgmlType::Q8_0, GgmlType::Q8_0, None));
+        assert_eq!(type_for(&r, "token_embd.weight", &[30522, 512], 6).1, GgmlType::Q6_K);
     }
 }
 

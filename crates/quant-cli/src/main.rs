@@ -150,8 +150,9 @@ SIGTERM) removes the partial file.")]
         #[arg(long, value_parser = ["safetensors", "gguf"])]
         format: Option<String>,
         /// GGUF: the GGML type of every matrix llama.cpp's quantizer quantizes (f32, f16,
-        /// bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k); rows that are
-        /// not whole blocks fall back as llama.cpp does (q4_k to q5_0 on 384-wide rows).
+        /// bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k), as
+        /// `llama-quantize --pure` gives it; rows that are not whole blocks fall back as
+        /// llama.cpp does (q4_k to q5_0 on 384-wide rows).
         #[arg(long = "type", value_name = "TYPE", value_parser = gguf::parse_type,
               conflicts_with_all = ["method", "bits", "scheme", "granularity", "range", "table_dtype", "plan", "recipe", "sensitivity"])]
         ggml_type: Option<quant::gguf::GgmlType>,

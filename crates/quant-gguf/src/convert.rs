@@ -11,16 +11,20 @@
 //! | `q4_1`, `q5_1` | 4 / 5 bits, [`Scheme::AsymmetricGrid`], groups of 32, f16 |
 //! | `q4_K`, `q5_K` | 4 / 5 bits, grid, groups of 32, [`ParamDtype::Quantized`] 6-bit codes, super-groups of 8 |
 //! | `q2_K` | 2 bits, grid, groups of 16, 4-bit table codes, super-groups of 16 |
+//! | `q3_K`, `q6_K` | from GGML only: 4 / 7 bits, [`Scheme::SymmetricFull`], groups of 16, f32 parameters (below) |
 //!
 //! ggml's reference quantizer gives a `q4_0` / `q5_0` block a negative step when its value of
 //! largest magnitude is positive, so that value takes the extra negative level; quant-core's
-//! symmetric grids have positive steps, so these types are read as 4- / 5-bit
-//! [`Scheme::AsymmetricGrid`] groups with f32 parameters ([`ParamDtype::Native`]), exactly,
-//! and do not convert back to the same bytes. A k-quant block whose super-scale or one of whose sub-block scale codes is 0 has no
-//! two-level form in quant-core (its steps must be positive); such a tensor converts to f32
-//! parameters per group instead ([`ParamDtype::Native`]), still exactly, and does not convert
-//! back. `q3_K` and `q6_K` have signed sub-block scales, which quant-core's grids (positive
-//! steps) do not hold: they, and the float types, are read as values ([`crate::codec::dequantize`]).
+//! grids have positive steps, so these types are read as 4- / 5-bit [`Scheme::AsymmetricGrid`]
+//! groups with f32 parameters ([`ParamDtype::Native`]). `q3_K` and `q6_K` have signed
+//! sub-block scales for the same reason: they are read as symmetric 4- and 7-bit grids in
+//! groups of 16 with f32 parameters (a negative scale becomes its magnitude with the codes'
+//! signs flipped, which needs one more level than the type's codes). All four are exact and
+//! do not convert back to the same bytes. A k-quant block whose super-scale or one of whose
+//! sub-block scale codes is 0 has no two-level form in quant-core (its steps must be
+//! positive); such a `q2_K` / `q4_K` / `q5_K` tensor converts to f32 parameters per group
+//! instead, still exactly, and does not convert back. The float types are values
+//! ([`crate::codec::dequantize`]).
 //!
 //! ```no_run
 //! use quant_gguf::{GgufFile, convert};
@@ -68,14 +72,29 @@ fn layout(ty: GgmlType) -> Option<Layout> {
         GgmlType::Q4_K => (4, Scheme::AsymmetricGrid, 32, ParamDtype::Quantized { bits: 6, super_group: 8 }),
         GgmlType::Q5_K => (5, Scheme::AsymmetricGrid, 32, ParamDtype::Quantized { bits: 6, super_group: 8 }),
         GgmlType::Q2_K => (2, Scheme::AsymmetricGrid, 16, ParamDtype::Quantized { bits: 4, super_group: 16 }),
+        // Signed sub-block scales: a negative one flips the codes' signs, so the signed codes
+        // -4..=3 (q3_K) and -32..=31 (q6_K) take -4..=4 and -32..=32, which 4- and 7-bit
+        // symmetric grids hold; f32 parameters hold every step d·sc exactly.
+        GgmlType::Q3_K => (4, Scheme::SymmetricFull, 16, ParamDtype::Native),
+        GgmlType::Q6_K => (7, Scheme::SymmetricFull, 16, ParamDtype::Native),
         _ => return None,
     };
     Some(Layout { bits, scheme, group, params })
 }
 
 /// The GGML types [`to_quantized`] converts.
-pub const CONVERTIBLE: &[GgmlType] =
-    &[GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_1, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::Q5_K];
+pub const CONVERTIBLE: &[GgmlType] = &[
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q5_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_1,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+];
 
 fn no_form(ty: GgmlType, why: &str) -> GgufError {
     GgufError::Tensor { name: ty.name().into(), reason: format!("no exact quant-core form: {why}") }
@@ -128,6 +147,14 @@ fn groups(ty: GgmlType, b: &[u8]) -> Vec<Group> {
                 })
                 .collect()
         }
+        GgmlType::Q3_K => {
+            let d = half(b, 108);
+            crate::kquants::q3_scales(&b[96..108]).iter().map(|&sc| plain(d * f32::from(sc), 0.0)).collect()
+        }
+        GgmlType::Q6_K => {
+            let d = half(b, 208);
+            b[192..208].iter().map(|&sc| plain(d * f32::from(sc as i8), 0.0)).collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -157,17 +184,25 @@ pub fn to_quantized(ty: GgmlType, bytes: &[u8], shape: &[usize]) -> Result<Quant
             if !(g.step.is_finite() && g.offset.is_finite()) {
                 return Err(no_form(ty, "a block's scale is not finite"));
             }
-            // ggml's encoders never write one; quant-core's steps are positive.
-            if g.step < 0.0 {
+            // A symmetric grid takes a negative step as its magnitude with the codes' signs
+            // flipped (the same products); ggml's encoders never give the affine types one.
+            let symmetric = l.scheme != Scheme::AsymmetricGrid;
+            if g.step < 0.0 && !symmetric {
                 return Err(no_form(ty, "a block has a negative step"));
             }
+            let magnitude = g.step.abs();
             for &v in ys {
-                let q = if g.step == 0.0 { zero } else { ((v - g.offset) / g.step).round() as i32 + zero };
-                codes.push(q.clamp(0, max) as u8);
+                let q = if magnitude == 0.0 { zero } else { ((v - g.offset) / magnitude).round() as i32 + zero };
+                // Only a flipped code can fall outside (q8_0's −128 under a negative step, which
+                // ggml's encoder never writes).
+                if !(0..=max).contains(&q) {
+                    return Err(no_form(ty, "a code falls outside the grid"));
+                }
+                codes.push(q as u8);
             }
             // A zero step (an all-equal group) becomes the smallest positive one: its codes
             // sit at the zero point, so every value is still the offset.
-            let step = if g.step > 0.0 { g.step } else { f32::from(f16::from_bits(1)) };
+            let step = if magnitude > 0.0 { magnitude } else { f32::from(f16::from_bits(1)) };
             slices.push(SliceParams { scale: step, zero_point: zero, offset: g.offset });
             tables.push(g.table);
         }

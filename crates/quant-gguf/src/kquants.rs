@@ -34,7 +34,7 @@ fn pack_scale_min_k4(sc: &[u8; 8], m: &[u8; 8], out: &mut [u8]) {
 
 /// The sixteen 6-bit scale codes of a q3_K block, each minus 32 (ggml's unpacking of
 /// `scales[12]`).
-fn q3_scales(s: &[u8]) -> [i8; 16] {
+pub(crate) fn q3_scales(s: &[u8]) -> [i8; 16] {
     let mut out = [0i8; 16];
     for j in 0..16 {
         let low = if j < 8 { s[j] & 0x0f } else { s[j - 8] >> 4 };

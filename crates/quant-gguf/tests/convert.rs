@@ -31,8 +31,8 @@ fn every_convertible_type_keeps_its_values_and_its_bytes() -> R {
             assert_eq!(q.shape(), &shape);
             let got: Vec<f32> = q.dequantize().iter().copied().collect();
             assert!(got == want, "{ty}: values differ");
-            if matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0) {
-                // Read as grids with f32 parameters: exact, but not a GGML layout.
+            if matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q3_K | GgmlType::Q6_K) {
+                // Read with f32 parameters: exact, but not a GGML layout.
                 assert_eq!(q.params().spec().param_dtype(), ParamDtype::Native);
                 assert!(from_quantized(&q).is_err(), "{ty}");
                 continue;
@@ -76,8 +76,8 @@ fn quant_core_tensors_of_a_ggml_layout_become_its_blocks() -> R {
 
 #[test]
 fn what_has_no_exact_form_is_refused() -> R {
-    // Signed sub-block scales, and the float types: no quant-core grid.
-    for ty in [GgmlType::Q6_K, GgmlType::Q3_K, GgmlType::F16] {
+    // The float types are values, not grids.
+    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
         let x = data(256, 1);
         let bytes = codec::quantize(ty, &x)?;
         assert!(to_quantized(ty, &bytes, &[256]).is_err(), "{ty}");
@@ -122,9 +122,36 @@ fn all_zero_blocks_come_back_as_the_same_bytes() -> R {
         let q = to_quantized(ty, &bytes, &[128])?;
         assert!(from_quantized(&q)?.1 == bytes, "{ty}");
     }
-    // A negative step (no ggml encoder writes one) is refused, not misread.
+    // A negative q8_0 step (no ggml encoder writes one) flips the codes' signs, exactly; with
+    // a code of −128 under it there is no 8-bit form, and that is an error, not a misreading.
     let mut bytes = codec::quantize(GgmlType::Q8_0, &data(32, 6))?;
     bytes[1] |= 0x80;
+    let q = to_quantized(GgmlType::Q8_0, &bytes, &[32])?;
+    assert!(q.dequantize().iter().copied().collect::<Vec<f32>>() == codec::dequantize(GgmlType::Q8_0, &bytes, 32)?);
+    bytes[2] = 0x80;
     assert!(to_quantized(GgmlType::Q8_0, &bytes, &[32]).is_err());
+    // A negative step in an affine type is refused.
+    let mut bytes = codec::quantize(GgmlType::Q4_1, &data(32, 6))?;
+    bytes[1] |= 0x80;
+    assert!(to_quantized(GgmlType::Q4_1, &bytes, &[32]).is_err());
+    Ok(())
+}
+
+#[test]
+fn signed_k_scales_take_one_more_level_and_keep_every_value() -> R {
+    // q6_K and q3_K put each sub-block's extreme on the extra negative code under a scale of
+    // either sign: the symmetric 7- and 4-bit grids hold both signs' products exactly.
+    for (ty, bits) in [(GgmlType::Q6_K, 7), (GgmlType::Q3_K, 4)] {
+        let mut x = data(1024, 8);
+        // Sub-blocks whose extreme is positive, and some whose extreme is negative.
+        x[3] = 0.5;
+        x[20] = -0.5;
+        let bytes = codec::quantize(ty, &x)?;
+        let q = to_quantized(ty, &bytes, &[4, 256])?;
+        assert_eq!(q.params().spec().bits(), bits);
+        assert_eq!(q.params().spec().scheme(), Scheme::SymmetricFull);
+        let got: Vec<f32> = q.dequantize().iter().copied().collect();
+        assert!(got == codec::dequantize(ty, &bytes, x.len())?, "{ty}: values differ");
+    }
     Ok(())
 }
