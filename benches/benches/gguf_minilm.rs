@@ -52,15 +52,6 @@ fn load() -> BenchResult<Option<Vec<Named>>> {
     Ok(Some(out))
 }
 
-fn sqnr(x: &[f32], y: &[f32]) -> f64 {
-    let (mut s, mut n) = (0f64, 0f64);
-    for (&a, &b) in x.iter().zip(y) {
-        s += f64::from(a) * f64::from(a);
-        n += (f64::from(a) - f64::from(b)).powi(2);
-    }
-    10.0 * (s / n).log10()
-}
-
 /// The row width both encoders use: the tensor's own when it is whole blocks, else one block.
 fn row_for(ty: GgmlType, shape: &[usize]) -> usize {
     let row = shape[shape.len() - 1];
@@ -93,7 +84,7 @@ fn main() -> BenchResult<()> {
         for (k, (ty, dt)) in TYPES.iter().enumerate() {
             let row = row_for(*ty, shape);
             let (a, b) = (ours(*ty, x)?, candle(*dt, x, row)?);
-            let (sa, sb) = (sqnr(x, &a), sqnr(x, &b));
+            let (sa, sb) = (quant_benches::sqnr_db(x, &a), quant_benches::sqnr_db(x, &b));
             worst[k] = worst[k].min(sa - sb);
             let t = &mut totals[k];
             for ((&v, &p), &q) in x.iter().zip(&a).zip(&b) {

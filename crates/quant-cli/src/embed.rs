@@ -55,7 +55,7 @@ pub(crate) struct EmbedArgs {
 
 pub(crate) fn run(a: EmbedArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>) -> Result<(), String> {
     let start = Instant::now();
-    let dir = if a.model_dir.is_file() { a.model_dir.parent().map(Path::to_path_buf).unwrap_or_default() } else { a.model_dir.clone() };
+    let dir = crate::model_dir(&a.model_dir);
     let lines = TextLines::read(&a.text).map_err(bert_error)?;
     let mut model = Bert::<f32>::load(&dir).map_err(bert_error)?;
     let replaced = match &a.weights {

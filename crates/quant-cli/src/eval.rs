@@ -46,7 +46,7 @@ fn read_pairs(path: &Path) -> Result<(Vec<String>, Vec<String>), String> {
 
 pub(crate) fn run(a: EvalArgs, open: impl Fn(&Path) -> Result<Vec<u8>, String>) -> Result<(), String> {
     let start = Instant::now();
-    let dir = if a.model_dir.is_file() { a.model_dir.parent().map(Path::to_path_buf).unwrap_or_default() } else { a.model_dir.clone() };
+    let dir = crate::model_dir(&a.model_dir);
     let lines = TextLines::read(&a.text).map_err(bert_error)?;
     if lines.sentences.is_empty() {
         return Err(format!("{} holds no sentences", a.text.display()));

@@ -6,10 +6,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use quant::gguf::{GgmlType, GgufFile, GgufWriter, codec};
+use quant::gguf::{GgmlType, GgufFile, GgufWriter, MAGIC, codec};
 use quant::mixed::{Budget, LayerOption, LayerSpec, MixedError, Problem};
 use quant::models::bert::{Bert, GgufModelInfo, gguf_tensor_name, hf_tensor_name};
-use quant::plan::Metric;
+use quant::plan::{Metric, llama_cpp_more_bits};
+use quant::quantizers::ErrorStats;
 use quant::sensitivity::SensitivityReport;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -18,7 +19,7 @@ use serde::Serialize;
 pub(crate) fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == MAGIC
 }
 
 /// Parses a GGML type name for `--type`: the types this crate encodes.
@@ -41,12 +42,6 @@ pub(crate) enum TypeRule {
     /// A type per tensor, chosen elsewhere (the allocator), by checkpoint name; the other
     /// tensors llama.cpp quantizes (the word embeddings) take the second type.
     PerTensor(Vec<(String, GgmlType)>, GgmlType),
-}
-
-/// llama.cpp's `use_more_bits(i, n)`: the first and last eighth of the layers and every third
-/// layer between.
-fn more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i as isize - (n / 8) as isize).rem_euclid(3) == 2
 }
 
 /// Whether llama.cpp's quantizer quantizes a tensor (`tensor_allows_quantization`): matrices
@@ -145,8 +140,7 @@ fn type_for(rule: &TypeRule, gguf_name: &str, shape: &[usize], layers: usize) ->
         }
         TypeRule::RecipeQ4KM => {
             let layer = gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(l, _)| l.parse::<usize>().ok());
-            let wider =
-                matches!(layer, Some(i) if (gguf_name.contains(".attn_v.") || gguf_name.contains(".ffn_down.")) && more_bits(i, layers));
+            let wider = matches!(layer, Some(i) if (gguf_name.contains(".attn_v.") || gguf_name.contains(".ffn_down.")) && llama_cpp_more_bits(i, layers));
             if wider { GgmlType::Q6_K } else { GgmlType::Q4_K }
         }
         TypeRule::PerTensor(list, other) => {
@@ -159,16 +153,6 @@ fn type_for(rule: &TypeRule, gguf_name: &str, shape: &[usize], layers: usize) ->
         format!("rows of {row} are not whole {} blocks of {}; {written} as llama.cpp falls back", requested, requested.block_size())
     });
     (requested, written, note)
-}
-
-/// SQNR in dB of `y` against `x`; `None` when equal.
-fn sqnr_db(x: &[f32], y: &[f32]) -> Option<f64> {
-    let (mut s, mut n) = (0f64, 0f64);
-    for (&a, &b) in x.iter().zip(y) {
-        s += f64::from(a) * f64::from(a);
-        n += (f64::from(a) - f64::from(b)).powi(2);
-    }
-    (n > 0.0).then(|| 10.0 * (s / n).log10())
 }
 
 /// Encodes `values` (rows of `row` values) as `ty`, rows in parallel.
@@ -229,7 +213,7 @@ pub(crate) fn write_bert(dir: &Path, model: &Bert<f32>, rule: &TypeRule, output:
             fallback: fallback.clone(),
             bits_per_weight: 8.0 * bytes.len() as f64 / x.len().max(1) as f64,
             bytes: bytes.len() as u64,
-            sqnr_db: sqnr_db(x, &y),
+            sqnr_db: ErrorStats::of(x.iter().copied(), y.iter().copied()).sqnr_db(),
         });
         Ok(())
     })
@@ -317,15 +301,6 @@ struct InspectReport {
     total_bytes: u64,
 }
 
-/// A short form of a metadata value (arrays by their length).
-fn short(v: &quant::gguf::Value) -> String {
-    match v {
-        quant::gguf::Value::Array(t, items) => format!("[{} x {t:?}]", items.len()),
-        quant::gguf::Value::String(s) => format!("{s:?}"),
-        other => format!("{other:?}").split_once('(').map(|(_, r)| r.trim_end_matches(')').to_string()).unwrap_or_default(),
-    }
-}
-
 pub(crate) fn inspect(path: &Path, json: bool) -> Result<(), String> {
     let file = GgufFile::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let h = file.header();
@@ -345,7 +320,7 @@ pub(crate) fn inspect(path: &Path, json: bool) -> Result<(), String> {
         format: "gguf",
         version: h.version,
         alignment: h.alignment,
-        metadata: h.metadata.iter().map(|(k, v)| (k.clone(), short(v))).collect(),
+        metadata: h.metadata.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
         total_bytes: tensors.iter().map(|t| t.bytes).sum(),
         tensors,
     };
@@ -390,20 +365,9 @@ pub(crate) fn dequantize(input: &Path, output: &Path) -> Result<usize, String> {
     Ok(n)
 }
 
-/// The model directory of an input that is a directory or a file inside one.
-pub(crate) fn model_dir(input: &Path) -> PathBuf {
-    if input.is_dir() { input.to_path_buf() } else { input.parent().map(Path::to_path_buf).unwrap_or_default() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn llama_cpp_more_bits_layers() {
-        assert_eq!((0..6).filter(|&i| more_bits(i, 6)).collect::<Vec<_>>(), [2, 5]);
-        assert_eq!((0..12).filter(|&i| more_bits(i, 12)).collect::<Vec<_>>(), [0, 3, 6, 9, 10, 11]);
-    }
 
     #[test]
     fn q4_k_m_on_minilm_shapes() {
@@ -446,7 +410,7 @@ pub(crate) fn quantize(a: QuantizeArgs) -> Result<(), String> {
     if a.plan.plan.is_some() || a.plan.save_plan.is_some() {
         return Err("--plan and --save-plan apply to the safetensors format; for GGUF use --type, --recipe q4_k_m or --sensitivity with --target-bpw".into());
     }
-    let dir = model_dir(&a.input);
+    let dir = crate::model_dir(&a.input);
     let model = Bert::<f32>::load(&dir).map_err(|e| e.to_string())?;
     let mut allocation = None;
     let rule = match (a.ggml_type, &a.plan.recipe, &a.plan.sensitivity) {
@@ -535,8 +499,7 @@ pub(crate) struct GgufAllocation {
 fn perturbation(ty: GgmlType, values: &[f32], row: usize) -> Result<(f64, u64), String> {
     let bytes = encode(ty, values, row)?;
     let y = decode(ty, &bytes, values.len(), row)?;
-    let d = values.iter().zip(&y).map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2)).sum();
-    Ok((d, bytes.len() as u64))
+    Ok((ErrorStats::of(values.iter().copied(), y).squared_error, bytes.len() as u64))
 }
 
 /// The least total of `metric` (HAWQ-V2's `Tr(H)/n · ‖d‖²` or `Ω · ‖d‖²`) over the encoder's
@@ -602,13 +565,13 @@ pub(crate) fn allocate(
                 bops: 0,
                 sensitivity: curvature * d,
             });
-            types.push((ty, d));
+            types.push((ty, d, bytes));
         }
         if types.len() < ALLOCATABLE.len() && notes.is_empty() {
             notes.push(format!("rows of {row} values: the k-quants (blocks of 256) are not offered to such matrices"));
         }
         layers.push(LayerSpec::new(m.name.clone(), x.len() as u64, opts));
-        options_of.push((m.name.clone(), types, curvature));
+        options_of.push((m.name.clone(), types, curvature, x.len()));
     }
     if layers.is_empty() {
         return Err(format!("{} has no encoder matrix of this model", path.display()));
@@ -625,20 +588,15 @@ pub(crate) fn allocate(
     let mut list = Vec::new();
     let mut tensors = Vec::new();
     let (mut bytes, mut predicted) = (0u64, 0f64);
-    for ((name, types, curvature), l) in options_of.iter().zip(&solution.layers) {
-        let (ty, d) = types[l.option];
-        let n = model
-            .tensor_shape(name)
-            .or_else(|| model.tensor_shape(&format!("{}{name}", model.prefix())))
-            .map_or(1, |s| s.iter().product::<usize>());
-        let b = ty.bytes_for(ty.block_size() as u64, n as u64).unwrap_or(0);
+    for ((name, types, curvature, n), l) in options_of.iter().zip(&solution.layers) {
+        let (ty, d, b) = types[l.option];
         bytes += b;
         predicted += curvature * d;
         list.push((name.clone(), ty));
         tensors.push(AllocatedTensor {
             name: name.clone(),
             ty: ty.to_string(),
-            bits_per_weight: 8.0 * b as f64 / n as f64,
+            bits_per_weight: 8.0 * b as f64 / *n as f64,
             perturbation: d,
             predicted: curvature * d,
         });

@@ -332,6 +332,12 @@ fn file_len(path: &Path) -> usize {
     std::fs::metadata(path).map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX))
 }
 
+/// The model directory of an argument that names it or a file inside it (`config.json`,
+/// `model.safetensors`).
+pub(crate) fn model_dir(path: &Path) -> PathBuf {
+    if path.is_file() { path.parent().map(Path::to_path_buf).unwrap_or_default() } else { path.to_path_buf() }
+}
+
 /// A directory where a file is expected, named as such (with the model file inside it).
 fn not_a_directory(path: &Path) -> Result<(), String> {
     if path.is_dir() {

@@ -311,7 +311,7 @@ pub(crate) struct StatisticsArgs {
 }
 
 pub(crate) fn run_statistics(a: StatisticsArgs) -> Result<(), String> {
-    let dir = if a.model_dir.is_file() { a.model_dir.parent().map(Path::to_path_buf).unwrap_or_default() } else { a.model_dir.clone() };
+    let dir = crate::model_dir(&a.model_dir);
     let _partial = crate::check_output(&a.calibration, &a.output, a.force)?;
     let (model, batch) = calibration_batch(&dir, &a.calibration, a.quiet)?;
     let grams = model.input_grams(&batch, CHUNK).map_err(bert_error)?;

@@ -1,7 +1,7 @@
 //! `quant sensitivity`: per-matrix Hessian sensitivity of a BERT-family checkpoint on
 //! calibration text, written as JSON.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use quant::models::bert::{Bert, BertTokenizer, TextLines};
@@ -75,7 +75,7 @@ struct SensitivityFile<'a> {
 
 pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
     let start = Instant::now();
-    let dir = if a.model_dir.is_file() { a.model_dir.parent().map(Path::to_path_buf).unwrap_or_default() } else { a.model_dir.clone() };
+    let dir = crate::model_dir(&a.model_dir);
     let lines = TextLines::read(&a.calibration).map_err(bert_error)?;
     let model = Bert::<f32>::load(&dir).map_err(bert_error)?;
     let tokenizer = BertTokenizer::from_dir(&dir, model.config().max_position_embeddings).map_err(bert_error)?;

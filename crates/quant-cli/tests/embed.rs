@@ -1,11 +1,9 @@
 //! `quant embed` on the tiny golden checkpoints of quant-models (no download).
 
-use std::path::{Path, PathBuf};
-
-use safetensors::SafeTensors;
+use std::path::PathBuf;
 
 mod common;
-use common::{TestResult, quant, s};
+use common::{TestResult, embeddings, quant, s};
 
 fn model(name: &str) -> PathBuf {
     common::tiny_model(name)
@@ -13,14 +11,6 @@ fn model(name: &str) -> PathBuf {
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("embed", name)
-}
-
-fn embeddings(path: &Path) -> Result<(Vec<usize>, Vec<f32>), Box<dyn std::error::Error>> {
-    let bytes = std::fs::read(path)?;
-    let st = SafeTensors::deserialize(&bytes)?;
-    let t = st.tensor("embeddings")?;
-    let v = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    Ok((t.shape().to_vec(), v))
 }
 
 #[test]

@@ -8,7 +8,7 @@ use quant::models::bert::{Bert, BertConfig, HiddenAct, Pooling, hf_tensor_name};
 use safetensors::SafeTensors;
 
 mod common;
-use common::{TestResult, quant, s};
+use common::{TestResult, embeddings, f32s, quant, s};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("gguf", name)
@@ -16,10 +16,6 @@ fn scratch(name: &str) -> PathBuf {
 
 fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 /// A model directory like the tiny `plain` one but 256 wide (so the k-quants fit its rows),
@@ -146,16 +142,12 @@ fn embeddings_of_the_gguf_equal_those_of_its_dequantized_safetensors() -> TestRe
     let (a, b) = (d.join("a.safetensors"), d.join("b.safetensors"));
     ok(&quant(&["embed", s(&plain), "--text", s(&text), "--weights", s(&g), "-o", s(&a), "--quiet"]));
     ok(&quant(&["embed", s(&deq_dir), "--text", s(&text), "-o", s(&b), "--quiet"]));
-    let read = |p: &Path| -> Result<Vec<f32>, Box<dyn std::error::Error>> {
-        let bytes = std::fs::read(p)?;
-        Ok(f32s(SafeTensors::deserialize(&bytes)?.tensor("embeddings")?.data()))
-    };
-    let (ea, eb) = (read(&a)?, read(&b)?);
+    let (ea, eb) = (embeddings(&a)?.1, embeddings(&b)?.1);
     assert_eq!(ea, eb);
     // and the quantized weights did change them.
     let c = d.join("c.safetensors");
     ok(&quant(&["embed", s(&plain), "--text", s(&text), "-o", s(&c), "--quiet"]));
-    assert_ne!(read(&c)?, ea);
+    assert_ne!(embeddings(&c)?.1, ea);
     // inspect lists the tensors with their types.
     let o = quant(&["inspect", s(&g), "--json"]);
     ok(&o);

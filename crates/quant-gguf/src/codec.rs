@@ -225,7 +225,7 @@ fn encode_q8_0(x: &[f32], o: &mut [u8]) {
 }
 
 /// Writes 32 codes of `BITS` (4 or 5) bits into `qs` (and the fifth bits into `qh`).
-fn put_codes<const BITS: u32>(q: &[u8; 32], qh: &mut [u8], qs: &mut [u8]) {
+pub(crate) fn put_codes<const BITS: u32>(q: &[u8; 32], qh: &mut [u8], qs: &mut [u8]) {
     for j in 0..16 {
         qs[j] = (q[j] & 0x0f) | ((q[j + 16] & 0x0f) << 4);
     }

@@ -31,7 +31,7 @@
 //!
 //! let file = GgufFile::open("model.q4_k_m.gguf")?;
 //! for t in &file.header().tensors {
-//!     if convert::CONVERTIBLE.contains(&t.ggml_type) {
+//!     if convert::convertible(t.ggml_type) {
 //!         let q = convert::to_quantized(t.ggml_type, file.data(t), &t.shape())?; // quant-core's form
 //!         // Back to blocks, where its spec is a GGML layout (q4_0 and q5_0 are read as grids
 //!         // with f32 parameters, which are not).
@@ -82,19 +82,17 @@ fn layout(ty: GgmlType) -> Option<Layout> {
     Some(Layout { bits, scheme, group, params })
 }
 
-/// The GGML types [`to_quantized`] converts.
-pub const CONVERTIBLE: &[GgmlType] = &[
-    GgmlType::Q8_0,
-    GgmlType::Q4_0,
-    GgmlType::Q5_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_1,
-    GgmlType::Q2_K,
-    GgmlType::Q3_K,
-    GgmlType::Q4_K,
-    GgmlType::Q5_K,
-    GgmlType::Q6_K,
-];
+/// Whether [`to_quantized`] converts tensors of type `ty`: every quantized type with a codec
+/// (the float types are values).
+pub fn convertible(ty: GgmlType) -> bool {
+    layout(ty).is_some()
+}
+
+/// The step that stands for a zero one (an all-equal group): the smallest positive f16, with
+/// every code at the zero point, so the values are still the offset.
+fn zero_step() -> f32 {
+    f32::from(f16::from_bits(1))
+}
 
 fn no_form(ty: GgmlType, why: &str) -> GgufError {
     GgufError::Tensor { name: ty.name().into(), reason: format!("no exact quant-core form: {why}") }
@@ -163,14 +161,14 @@ fn groups(ty: GgmlType, b: &[u8]) -> Vec<Group> {
 /// quantized tensor holding exactly the values GGML decodes.
 ///
 /// # Errors
-/// [`GgufError::NoCodec`] for a type outside [`CONVERTIBLE`]; [`GgufError::Length`] for bytes
+/// [`GgufError::NoCodec`] for a type that is not [`convertible`]; [`GgufError::Length`] for bytes
 /// or a shape that do not match; [`GgufError::Tensor`] when a block holds a non-finite or
 /// negative step (which ggml's encoders do not write).
 pub fn to_quantized(ty: GgmlType, bytes: &[u8], shape: &[usize]) -> Result<QuantizedTensor<f32>> {
     let l = layout(ty).ok_or(GgufError::NoCodec(ty.name()))?;
     let n: usize = shape.iter().product();
     let row = shape.last().copied().unwrap_or(0);
-    if n == 0 || !row.is_multiple_of(ty.block_size()) {
+    if shape.is_empty() || n == 0 || !row.is_multiple_of(ty.block_size()) {
         return Err(GgufError::Length { what: "rows of whole blocks", expected: ty.block_size(), got: row });
     }
     let values = codec::dequantize(ty, bytes, n)?;
@@ -200,9 +198,7 @@ pub fn to_quantized(ty: GgmlType, bytes: &[u8], shape: &[usize]) -> Result<Quant
                 }
                 codes.push(q as u8);
             }
-            // A zero step (an all-equal group) becomes the smallest positive one: its codes
-            // sit at the zero point, so every value is still the offset.
-            let step = if magnitude > 0.0 { magnitude } else { f32::from(f16::from_bits(1)) };
+            let step = if magnitude > 0.0 { magnitude } else { zero_step() };
             slices.push(SliceParams { scale: step, zero_point: zero, offset: g.offset });
             tables.push(g.table);
         }
@@ -287,24 +283,26 @@ pub fn from_quantized(q: &QuantizedTensor<f32>) -> Result<(GgmlType, Vec<u8>)> {
                 GgmlType::Q5_0 => 16,
                 _ => 0,
             };
-            let tiny = f32::from(f16::from_bits(1));
             for (s, c) in slices.iter().zip(codes.chunks_exact(32)) {
-                // The smallest step with every code at the zero point is how `to_quantized`
-                // holds a block whose scale is 0: write it back as 0 (the same values).
-                let zero_block = s.scale == tiny && c.iter().all(|&u| i32::from(u) == zero);
+                // `to_quantized`'s stand-in for a zero scale goes back as 0 (the same values).
+                let zero_block = s.scale == zero_step() && c.iter().all(|&u| i32::from(u) == zero);
                 let d = if zero_block { f16::ZERO } else { f16::from_f32(s.scale) };
                 out.extend_from_slice(&d.to_le_bytes());
                 if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
                     out.extend_from_slice(&f16::from_f32(s.offset).to_le_bytes());
                 }
-                let q: Vec<i32> = c.iter().map(|&u| signed(u) + ggml_zero).collect();
+                let q: [u8; 32] = core::array::from_fn(|j| (signed(c[j]) + ggml_zero) as u8);
+                let start = out.len();
                 match ty {
-                    GgmlType::Q8_0 => out.extend(q.iter().map(|&v| v as i8 as u8)),
-                    GgmlType::Q4_0 | GgmlType::Q4_1 => out.extend((0..16).map(|j| (q[j] as u8) | ((q[j + 16] as u8) << 4))),
+                    GgmlType::Q8_0 => out.extend_from_slice(&q),
+                    GgmlType::Q4_0 | GgmlType::Q4_1 => {
+                        out.resize(start + 16, 0);
+                        codec::put_codes::<4>(&q, &mut [], &mut out[start..]);
+                    }
                     _ => {
-                        let qh: u32 = q.iter().enumerate().map(|(j, &v)| (((v as u32) >> 4) & 1) << j).sum();
-                        out.extend_from_slice(&qh.to_le_bytes());
-                        out.extend((0..16).map(|j| ((q[j] as u8) & 0x0f) | (((q[j + 16] as u8) & 0x0f) << 4)));
+                        out.resize(start + 20, 0);
+                        let (qh, qs) = out[start..].split_at_mut(4);
+                        codec::put_codes::<5>(&q, qh, qs);
                     }
                 }
             }

@@ -20,7 +20,7 @@ pub fn exercise(bytes: &[u8]) {
             assert!(values.is_ok(), "{}: {values:?}", t.name);
             // A convertible tensor becomes a quant-core tensor with exactly those values (or a
             // typed error for a non-finite scale), and a GGML layout goes back to its bytes.
-            if let (Ok(values), true) = (values, crate::convert::CONVERTIBLE.contains(&t.ggml_type))
+            if let (Ok(values), true) = (values, crate::convert::convertible(t.ggml_type))
                 && let Ok(q) = crate::convert::to_quantized(t.ggml_type, data(t), &t.shape())
             {
                 let got = q.dequantize();

@@ -197,3 +197,13 @@ fn the_fuzz_body_holds_on_mutated_files() -> R {
     }
     Ok(())
 }
+
+#[test]
+fn values_print_short() {
+    use quant_gguf::{Value, ValueType};
+    assert_eq!(Value::U32(6).to_string(), "6");
+    assert_eq!(Value::I32(-3).to_string(), "-3");
+    assert_eq!(Value::Bool(false).to_string(), "false");
+    assert_eq!(Value::String("bert".into()).to_string(), "\"bert\"");
+    assert_eq!(Value::Array(ValueType::I32, vec![Value::I32(1), Value::I32(3)]).to_string(), "[2 x I32]");
+}

@@ -584,7 +584,7 @@ impl TensorMenu {
                 let name = &self.names[t];
                 let role = name.ends_with("attention.self.value.weight")
                     || (name.ends_with("output.dense.weight") && !name.ends_with("attention.output.dense.weight"));
-                role && layer_index(name).is_some_and(|i| more_bits(i, layers))
+                role && layer_index(name).is_some_and(|i| llama_cpp_more_bits(i, layers))
             })
             .collect();
         let ladder = self.ladder();
@@ -624,8 +624,10 @@ impl TensorMenu {
     }
 }
 
-/// llama.cpp's `use_more_bits(i, n)`.
-fn more_bits(i: usize, n: usize) -> bool {
+/// llama.cpp's `use_more_bits(i, n)`: whether layer `i` of `n` is in the first or last eighth
+/// of the layers or every third layer between, where its `q4_k_m` mixture widens the attention
+/// value and FFN-down matrices.
+pub fn llama_cpp_more_bits(i: usize, n: usize) -> bool {
     let eighth = n / 8;
     i < eighth || i >= 7 * n / 8 || i.checked_sub(eighth).is_some_and(|d| d % 3 == 2)
 }
@@ -662,11 +664,11 @@ mod tests {
     #[test]
     fn llama_cpp_more_bits_rule() {
         // Six layers (MiniLM): n/8 = 0, 7n/8 = 5, so layers 2 and 5.
-        assert_eq!((0..6).filter(|&i| more_bits(i, 6)).collect::<Vec<_>>(), [2, 5]);
+        assert_eq!((0..6).filter(|&i| llama_cpp_more_bits(i, 6)).collect::<Vec<_>>(), [2, 5]);
         // Twelve layers (BERT-base): n/8 = 1, 7n/8 = 10: 0, 3, 6, 9, 10, 11.
-        assert_eq!((0..12).filter(|&i| more_bits(i, 12)).collect::<Vec<_>>(), [0, 3, 6, 9, 10, 11]);
+        assert_eq!((0..12).filter(|&i| llama_cpp_more_bits(i, 12)).collect::<Vec<_>>(), [0, 3, 6, 9, 10, 11]);
         // Thirty-two layers (LLaMA-7B): 0..4, 6, 9, …, 27, 28..32.
-        let l32: Vec<usize> = (0..32).filter(|&i| more_bits(i, 32)).collect();
+        let l32: Vec<usize> = (0..32).filter(|&i| llama_cpp_more_bits(i, 32)).collect();
         assert_eq!(l32, [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]);
     }
 

@@ -30,3 +30,16 @@ pub(crate) fn scratch(suite: &str, name: &str) -> PathBuf {
 pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// The little-endian f32 values of `bytes`.
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+/// The `embeddings` tensor of a file `quant embed` wrote: shape and values.
+pub(crate) fn embeddings(path: &Path) -> Result<(Vec<usize>, Vec<f32>), Box<dyn std::error::Error>> {
+    let bytes = std::fs::read(path)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let t = st.tensor("embeddings")?;
+    Ok((t.shape().to_vec(), f32s(t.data())))
+}

@@ -27,28 +27,44 @@ pub fn gguf_tensor_name(name: &str) -> Option<String> {
     if !matches!(kind, "weight" | "bias") {
         return None;
     }
-    let embedding = match module {
-        "embeddings.word_embeddings" => Some("token_embd"),
-        "embeddings.token_type_embeddings" => Some("token_types"),
-        "embeddings.position_embeddings" => Some("position_embd"),
-        "embeddings.LayerNorm" => Some("token_embd_norm"),
-        _ => None,
-    };
-    if let Some(short) = embedding {
-        // The embedding tables have no bias.
+    if let Some(&(_, short)) = EMBEDDING_MODULES.iter().find(|(m, _)| *m == module) {
+        // The embedding tables have no bias; their norm has.
         return (kind == "weight" || short == "token_embd_norm").then(|| format!("{short}.{kind}"));
     }
-    if let Some(n) = super::llama_cpp_name(rest) {
-        return Some(n);
-    }
-    let tail = rest.strip_prefix("encoder.layer.")?;
-    let (layer, module) = tail.split_once('.')?;
+    layer_tensor_name(rest, &LAYER_MODULES)
+}
+
+/// The embeddings' modules in the checkpoint and llama.cpp's names for them.
+const EMBEDDING_MODULES: [(&str, &str); 4] = [
+    ("embeddings.word_embeddings", "token_embd"),
+    ("embeddings.token_type_embeddings", "token_types"),
+    ("embeddings.position_embeddings", "position_embd"),
+    ("embeddings.LayerNorm", "token_embd_norm"),
+];
+
+/// Each encoder layer's modules in the checkpoint and llama.cpp's names for them: the six
+/// weight matrices first, then the two norms.
+pub(crate) const LAYER_MODULES: [(&str, &str); 8] = [
+    ("attention.self.query", "attn_q"),
+    ("attention.self.key", "attn_k"),
+    ("attention.self.value", "attn_v"),
+    ("attention.output.dense", "attn_output"),
+    ("intermediate.dense", "ffn_up"),
+    ("output.dense", "ffn_down"),
+    ("attention.output.LayerNorm", "attn_output_norm"),
+    ("output.LayerNorm", "layer_output_norm"),
+];
+
+/// `[bert.]encoder.layer.N.MODULE.KIND` → `blk.N.SHORT.KIND` for the `modules` given.
+pub(crate) fn layer_tensor_name(name: &str, modules: &[(&str, &str)]) -> Option<String> {
+    let rest = name.strip_prefix("bert.").unwrap_or(name);
+    let (layer, tail) = rest.strip_prefix("encoder.layer.")?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
-    let short = match module.strip_suffix(kind)?.strip_suffix('.')? {
-        "attention.output.LayerNorm" => "attn_output_norm",
-        "output.LayerNorm" => "layer_output_norm",
-        _ => return None,
-    };
+    let (module, kind) = tail.rsplit_once('.')?;
+    if !matches!(kind, "weight" | "bias") {
+        return None;
+    }
+    let &(_, short) = modules.iter().find(|(m, _)| *m == module)?;
     Some(format!("blk.{layer}.{short}.{kind}"))
 }
 
@@ -56,29 +72,12 @@ pub fn gguf_tensor_name(name: &str) -> Option<String> {
 /// [`gguf_tensor_name`]; `None` for other names.
 pub fn hf_tensor_name(gguf: &str) -> Option<String> {
     let (module, kind) = gguf.rsplit_once('.')?;
-    if !matches!(kind, "weight" | "bias") {
-        return None;
-    }
-    let hf = match module {
-        "token_embd" => "embeddings.word_embeddings".to_string(),
-        "token_types" => "embeddings.token_type_embeddings".to_string(),
-        "position_embd" => "embeddings.position_embeddings".to_string(),
-        "token_embd_norm" => "embeddings.LayerNorm".to_string(),
-        _ => {
-            let tail = module.strip_prefix("blk.")?;
-            let (layer, short) = tail.split_once('.')?;
+    let hf = match EMBEDDING_MODULES.iter().find(|(_, short)| *short == module) {
+        Some((m, _)) => m.to_string(),
+        None => {
+            let (layer, short) = module.strip_prefix("blk.")?.split_once('.')?;
             let layer: usize = layer.parse().ok()?;
-            let m = match short {
-                "attn_q" => "attention.self.query",
-                "attn_k" => "attention.self.key",
-                "attn_v" => "attention.self.value",
-                "attn_output" => "attention.output.dense",
-                "attn_output_norm" => "attention.output.LayerNorm",
-                "ffn_up" => "intermediate.dense",
-                "ffn_down" => "output.dense",
-                "layer_output_norm" => "output.LayerNorm",
-                _ => return None,
-            };
+            let (m, _) = LAYER_MODULES.iter().find(|(_, s)| *s == short)?;
             format!("encoder.layer.{layer}.{m}")
         }
     };

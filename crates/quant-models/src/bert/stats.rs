@@ -35,21 +35,7 @@ fn invalid(reason: impl Into<String>) -> BertError {
 /// `attn_v`, `attn_output`, `ffn_up`, `ffn_down`), as its GGUF converter writes them; `None`
 /// for other names.
 pub fn llama_cpp_name(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("bert.").unwrap_or(name);
-    let rest = rest.strip_prefix("encoder.layer.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, kind) = tail.rsplit_once('.')?;
-    let short = match module {
-        "attention.self.query" => "attn_q",
-        "attention.self.key" => "attn_k",
-        "attention.self.value" => "attn_v",
-        "attention.output.dense" => "attn_output",
-        "intermediate.dense" => "ffn_up",
-        "output.dense" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{short}.{kind}"))
+    super::gguf::layer_tensor_name(name, &super::gguf::LAYER_MODULES[..6])
 }
 
 impl InputGrams {
