@@ -47,6 +47,7 @@ mod dualmm;
 mod eigen;
 mod error;
 mod ext;
+mod gemm;
 mod lanczos;
 mod linalg;
 mod model;

@@ -92,7 +92,7 @@ pub trait Real: Float {
 }
 
 macro_rules! impl_real {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $gemm:path),*) => {$(
         impl Real for $t {
             type Base = $t;
             type Primal = $t;
@@ -114,8 +114,8 @@ macro_rules! impl_real {
             fn base(self) -> $t {
                 self
             }
-            fn matmul_into(a: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>, accumulate: bool, mut out: ArrayViewMut2<'_, $t>) {
-                ndarray::linalg::general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut out);
+            fn matmul_into(a: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>, accumulate: bool, out: ArrayViewMut2<'_, $t>) {
+                $gemm(a, b, accumulate, out);
             }
             fn matmul_base_into(c: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>, accumulate: bool, out: ArrayViewMut2<'_, $t>) {
                 Self::matmul_into(c, b, accumulate, out);
@@ -134,7 +134,7 @@ macro_rules! impl_real {
         }
     )*};
 }
-impl_real!(f32, f64);
+impl_real!(f32 => crate::gemm::gemm_f32, f64 => crate::gemm::gemm_f64);
 
 /// The base types with a dual product kernel (AVX-512, see `dualmm`) and their `tanh`.
 trait DualKernel: Sized {

@@ -1,7 +1,7 @@
 //! A multilayer perceptron with softmax cross-entropy; no hidden layers gives softmax
 //! regression.
 
-use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Axis, CowArray, Data, Ix2, Zip, s};
+use ndarray::{Array1, Array2, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis, CowArray, Data, Ix2, Zip, s};
 
 use crate::common::{accuracy_of, matrix, softmax_cross_entropy};
 use quant_hessian::{HessianError, Result};
@@ -413,53 +413,25 @@ impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
     }
 
     /// `M_bb v` for the weight or bias of one layer.
+    ///
+    /// Rows (samples) are independent until the block's gradient sums them, so the product
+    /// runs in chunks of [`CHUNK`] rows, each through forward mode and the reverse pass with
+    /// its intermediates in cache, and the chunks' gradients are added in order (the same
+    /// bits on any thread count).
     fn product(&self, product: Product, block: usize, v: ArrayView1<'_, F>, mut out: ArrayViewMut1<'_, F>) {
         let mlp = self.mlp;
         let (m, is_bias) = (block / 2, block % 2 == 1);
-        let layers = mlp.widths.len() - 1;
         let (fi, fo) = (mlp.widths[m], mlp.widths[m + 1]);
         let v = v.as_standard_layout();
-        // Work arrays of this size are kept between products: fresh ones of a megabyte or more
-        // come from the kernel page by page on every call (a fifth of a product's time).
+        // Work arrays are kept between products: fresh ones every call cost page faults.
         let mut work = self.work.lock().map(|mut pool| pool.pop()).unwrap_or(None).unwrap_or_else(|| self.new_work());
-        let MlpWork { z, a, g, grad } = &mut work;
-        // Forward mode: the tangent of z_m, then of every layer above.
-        if is_bias {
-            z[m].fill(F::zero());
-            z[m] += &v;
-        } else {
-            let vm = v.view().into_shape_with_order((fi, fo)).unwrap_or_else(|_| unreachable!("the block is fan_in × fan_out"));
-            F::matmul_into(self.inputs[m].view(), vm, false, z[m].view_mut());
+        let rows = self.inputs[0].nrows();
+        let mut sum = Array2::<F>::zeros(if is_bias { (1, fo) } else { (fi, fo) });
+        for r0 in (0..rows).step_by(CHUNK) {
+            let r1 = (r0 + CHUNK).min(rows);
+            self.chunk(product, m, is_bias, v.view(), r0..r1, &mut work, sum.view_mut());
         }
-        for l in m + 1..layers {
-            let (weight, _) = mlp.layer(self.w, l);
-            Zip::from(&mut a[l]).and(&z[l - 1]).and(&self.slope[l - 1]).for_each(|a, &z, &s| *a = z * s);
-            F::matmul_into(a[l].view(), weight.view(), false, z[l].view_mut());
-        }
-        // The softmax cross-entropy's Hessian of the logits: (diag p − p pᵀ) / n per row.
-        g[layers - 1].assign(&z[layers - 1]);
-        for (mut row, p) in g[layers - 1].outer_iter_mut().zip(self.probs.outer_iter()) {
-            let inner = row.iter().zip(p).fold(F::zero(), |a, (&t, &pi)| a + t * pi);
-            row.zip_mut_with(&p, |t, &pi| *t = pi * (*t - inner) * self.inv);
-        }
-        // Reverse: back to layer m.
-        for l in (m + 1..layers).rev() {
-            let (weight, _) = mlp.layer(self.w, l);
-            let (below, above) = g.split_at_mut(l);
-            F::matmul_into(above[0].view(), weight.t(), false, below[l - 1].view_mut());
-            let zip = Zip::from(&mut below[l - 1]).and(&self.slope[l - 1]);
-            if product == Product::Hessian {
-                zip.and(&self.bend[l - 1]).and(&z[l - 1]).for_each(|g, &s, &b, &z| *g = *g * s + b * z);
-            } else {
-                zip.for_each(|g, &s| *g *= s);
-            }
-        }
-        if is_bias {
-            out.assign(&g[m].sum_axis(Axis(0)));
-        } else {
-            F::matmul_into(self.inputs[m].t(), g[m].view(), false, grad[m].view_mut());
-            out.iter_mut().zip(grad[m].iter()).for_each(|(o, &v)| *o = v);
-        }
+        out.iter_mut().zip(sum.iter()).for_each(|(o, &x)| *o = x);
         if mlp.l2 > F::zero() {
             out.scaled_add(mlp.l2, &v);
         }
@@ -468,26 +440,116 @@ impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
         }
     }
 
-    /// Work arrays for one product: per layer the tangents of its output and of its input
-    /// activation, the second-order reverse pass's array, and the weight's gradient.
+    /// Rows `rows` of [`product`](Self::product): their share of `M_bb v` added to `sum`
+    /// (`fan_in × fan_out` for a weight, `1 × fan_out` for a bias).
+    #[allow(clippy::too_many_arguments)]
+    fn chunk(
+        &self,
+        product: Product,
+        m: usize,
+        is_bias: bool,
+        v: ArrayView1<'_, F>,
+        rows: std::ops::Range<usize>,
+        work: &mut MlpWork<F>,
+        mut sum: ArrayViewMut2<'_, F>,
+    ) {
+        let mlp = self.mlp;
+        let layers = mlp.widths.len() - 1;
+        let (fi, fo) = (mlp.widths[m], mlp.widths[m + 1]);
+        let n = rows.len();
+        let r = s![rows.clone(), ..];
+        let MlpWork { z, a, g } = work;
+        let mut z: Vec<ArrayViewMut2<'_, F>> = z.iter_mut().map(|z| z.slice_mut(s![..n, ..])).collect();
+        let mut a: Vec<ArrayViewMut2<'_, F>> = a
+            .iter_mut()
+            .map(|a| {
+                let k = n.min(a.nrows());
+                a.slice_mut(s![..k, ..])
+            })
+            .collect();
+        let mut g: Vec<ArrayViewMut2<'_, F>> = g.iter_mut().map(|g| g.slice_mut(s![..n, ..])).collect();
+        // Forward mode: the tangent of z_m, then of every layer above.
+        if is_bias {
+            z[m].fill(F::zero());
+            z[m] += &v;
+        } else {
+            let vm = v.into_shape_with_order((fi, fo)).unwrap_or_else(|_| unreachable!("the block is fan_in × fan_out"));
+            F::matmul_into(self.inputs[m].slice(r), vm, false, z[m].view_mut());
+        }
+        for l in m + 1..layers {
+            let (weight, _) = mlp.layer(self.w, l);
+            product_into(a[l].view_mut(), z[l - 1].view(), self.slope[l - 1].slice(r));
+            F::matmul_into(a[l].view(), weight.view(), false, z[l].view_mut());
+        }
+        // The softmax cross-entropy's Hessian of the logits: (diag p − p pᵀ) / n per row.
+        g[layers - 1].assign(&z[layers - 1]);
+        for (mut row, p) in g[layers - 1].outer_iter_mut().zip(self.probs.slice(r).outer_iter()) {
+            let inner = row.iter().zip(p).fold(F::zero(), |a, (&t, &pi)| a + t * pi);
+            row.zip_mut_with(&p, |t, &pi| *t = pi * (*t - inner) * self.inv);
+        }
+        // Reverse: back to layer m.
+        for l in (m + 1..layers).rev() {
+            let (weight, _) = mlp.layer(self.w, l);
+            let (below, above) = g.split_at_mut(l);
+            F::matmul_into(above[0].view(), weight.t(), false, below[l - 1].view_mut());
+            let bend = (product == Product::Hessian).then(|| (self.bend[l - 1].slice(r), z[l - 1].view()));
+            second_order_back(below[l - 1].view_mut(), self.slope[l - 1].slice(r), bend);
+        }
+        if is_bias {
+            let mut total = sum.row_mut(0);
+            total += &g[m].sum_axis(Axis(0));
+        } else {
+            F::matmul_into(self.inputs[m].slice(r).t(), g[m].view(), true, sum);
+        }
+    }
+
+    /// Work arrays for one product's chunks: per layer the tangents of its output and of its
+    /// input activation, and the second-order reverse pass's array, [`CHUNK`] rows each.
     fn new_work(&self) -> MlpWork<F> {
-        let (rows, w) = (self.inputs[0].nrows(), &self.mlp.widths);
+        let (rows, w) = (self.inputs[0].nrows().min(CHUNK), &self.mlp.widths);
         let layers = w.len() - 1;
         MlpWork {
             z: (0..layers).map(|l| Array2::zeros((rows, w[l + 1]))).collect(),
             a: (0..layers).map(|l| Array2::zeros((if l == 0 { 0 } else { rows }, w[l]))).collect(),
             g: (0..layers).map(|l| Array2::zeros((rows, w[l + 1]))).collect(),
-            grad: (0..layers).map(|l| Array2::zeros((w[l], w[l + 1]))).collect(),
         }
     }
 }
+
+/// `a = z ⊙ s` (flat loops over contiguous rows, which the compiler vectorises; `Zip`
+/// otherwise).
+fn product_into<F: Real>(mut a: ArrayViewMut2<'_, F>, z: ArrayView2<'_, F>, s: ArrayView2<'_, F>) {
+    if let (Some(a), Some(z), Some(s)) = (a.as_slice_mut(), z.as_slice(), s.as_slice()) {
+        a.iter_mut().zip(z.iter().zip(s)).for_each(|(a, (&z, &s))| *a = z * s);
+    } else {
+        Zip::from(&mut a).and(&z).and(&s).for_each(|a, &z, &s| *a = z * s);
+    }
+}
+
+/// The reverse pass through an activation: `g = g ⊙ σ'(z) + (∂L/∂a ⊙ σ''(z)) ⊙ ż` with
+/// `bend = (∂L/∂a ⊙ σ''(z), ż)` for the Hessian, `g = g ⊙ σ'(z)` without it (Gauss-Newton).
+fn second_order_back<F: Real>(mut g: ArrayViewMut2<'_, F>, slope: ArrayView2<'_, F>, bend: Option<(ArrayView2<'_, F>, ArrayView2<'_, F>)>) {
+    match bend {
+        Some((b, z)) => {
+            if let (Some(g), Some(s), Some(b), Some(z)) = (g.as_slice_mut(), slope.as_slice(), b.as_slice(), z.as_slice()) {
+                g.iter_mut().zip(s.iter().zip(b.iter().zip(z))).for_each(|(g, (&s, (&b, &z)))| *g = *g * s + b * z);
+            } else {
+                Zip::from(&mut g).and(&slope).and(&b).and(&z).for_each(|g, &s, &b, &z| *g = *g * s + b * z);
+            }
+        }
+        None => g.zip_mut_with(&slope, |g, &s| *g *= s),
+    }
+}
+
+/// Rows per chunk of a block product: small enough that a chunk's intermediates stay in the
+/// core's cache at the widths of the reference models, large enough for full-speed products.
+const CHUNK: usize = 256;
 
 /// [`MlpCurvature`]'s work arrays for one product (see `new_work`).
 struct MlpWork<F> {
     z: Vec<Array2<F>>,
     a: Vec<Array2<F>>,
     g: Vec<Array2<F>>,
-    grad: Vec<Array2<F>>,
 }
 
 impl<F: Real<Base = F>> BlockCurvature<F> for MlpCurvature<'_, F> {

@@ -27,7 +27,10 @@ fn max_abs(a: &Array1<f64>) -> f64 {
 #[test]
 fn mlp_block_hessian_products_equal_the_restricted_whole_model_product() {
     let subset = [3usize, 3, 17, 0, 39];
-    for (name, m) in mlps() {
+    // Products run in chunks of 128 rows: 300 rows make two whole chunks and a partial one.
+    let (x, y) = toy_data(300, 5, 3, 2);
+    let many = Mlp::new(&x, &y, &[7, 5], 3, Activation::Gelu).expect("valid");
+    for (name, m) in mlps().into_iter().chain([("gelu, 300 rows", many)]) {
         let w = m.init(5);
         for batch in [Batch::All, Batch::Indices(&subset)] {
             let curvature = m.curvature(w.view(), batch).expect("prepares");
@@ -36,6 +39,7 @@ fn mlp_block_hessian_products_equal_the_restricted_whole_model_product() {
                 let reference = restricted(&m, &w, batch, b, &v);
                 let mut out = Array1::from_elem(block.len(), f64::NAN);
                 curvature.block_product_into(Product::Hessian, b, v.view(), out.view_mut()).expect("product");
+                assert!(out.iter().all(|x| x.is_finite()), "{name} {}: entries not written", block.name());
                 let err = max_abs(&(&out - &reference));
                 assert!(err <= 1e-12 * max_abs(&reference), "{name} {batch:?} {}: error {err:e}", block.name());
                 // ReLU has no second derivative (and softmax regression no activation): there

@@ -1,0 +1,113 @@
+//! The matrix products behind [`Real::matmul_into`](crate::Real::matmul_into), in place on
+//! ndarray views, on the calling thread (callers parallelise above it, so a product gives the
+//! same bits whatever the thread count).
+//!
+//! `f64` goes through faer's packed kernels (run-time dispatch to the CPU's widest vectors):
+//! 15–30% faster than ndarray's `general_mat_mul` (matrixmultiply) on the digits MLP's shapes
+//! in isolation, and its block products 20–25% faster with them (docs/benchmarks.md, "Block
+//! products that pay only for their block"). `f32` stays on matrixmultiply: faer was faster
+//! in isolation on BERT's shapes too, but not inside the sensitivity run (two threads of
+//! forward passes were 30% slower with it, the stacked tangent passes 15% faster; measured,
+//! not understood), so the `f32` models keep the path they were measured on.
+#![allow(unsafe_code)]
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+macro_rules! gemm_for {
+    ($($name:ident: $t:ty),*) => {$(
+        /// `out = a · b`, or `out += a · b` when `accumulate`. Shapes must agree
+        /// (`a: m×k`, `b: k×n`, `out: m×n`); the callers check them, and a mismatch panics
+        /// here rather than reading out of bounds.
+        pub(crate) fn $name(a: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>, accumulate: bool, mut out: ArrayViewMut2<'_, $t>) {
+            let ((m, k), (k2, n)) = (a.dim(), b.dim());
+            assert!(k == k2 && out.dim() == (m, n), "matrix product of {m}×{k} and {k2}×{n} into {:?}", out.dim());
+            if m == 0 || n == 0 {
+                return;
+            }
+            if k == 0 {
+                if !accumulate {
+                    out.fill(0.0);
+                }
+                return;
+            }
+            let (sa, sb) = (a.strides(), b.strides());
+            let so = [out.strides()[0], out.strides()[1]];
+            // SAFETY: an ndarray view of shape (r, c) and element strides (s0, s1) guarantees
+            // that `ptr + i·s0 + j·s1` is a valid, initialised element for every i < r, j < c
+            // for the view's lifetime, which outlives this call; that is faer's contract for
+            // `from_raw_parts` (any strides, negative and zero included, for reading). `a` and
+            // `b` are shared borrows, so nothing writes to them meanwhile.
+            let (fa, fb) = unsafe {
+                (
+                    MatRef::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]),
+                    MatRef::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]),
+                )
+            };
+            // SAFETY: as above for validity; `out` is a unique borrow, and a mutable ndarray
+            // view never has two indices at one address (its constructors refuse overlapping
+            // strides), so the writes faer makes do not alias each other, `a` or `b`.
+            let fo = unsafe { MatMut::from_raw_parts_mut(out.as_mut_ptr(), m, n, so[0], so[1]) };
+            let accum = if accumulate { Accum::Add } else { Accum::Replace };
+            matmul(fo, accum, fa, fb, 1.0, Par::Seq);
+        }
+    )*};
+}
+
+gemm_for!(gemm_f64: f64);
+
+/// `out = a · b` or `out += a · b` in `f32` by matrixmultiply.
+pub(crate) fn gemm_f32(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, accumulate: bool, mut out: ArrayViewMut2<'_, f32>) {
+    ndarray::linalg::general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, s};
+
+    /// The plain triple loop.
+    fn reference(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -> Array2<f64> {
+        Array2::from_shape_fn((a.nrows(), b.ncols()), |(i, j)| (0..a.ncols()).map(|l| a[[i, l]] * b[[l, j]]).sum())
+    }
+
+    fn filled(r: usize, c: usize, seed: usize) -> Array2<f64> {
+        Array2::from_shape_fn((r, c), |(i, j)| (((i * 31 + j * 17 + seed * 7) % 23) as f64 - 11.0) / 8.0)
+    }
+
+    #[test]
+    fn every_layout_matches_the_triple_loop() {
+        for &(m, k, n) in &[(1, 1, 1), (3, 5, 2), (17, 33, 9), (64, 7, 130), (0, 3, 4), (4, 0, 3), (5, 3, 0)] {
+            let a = filled(m, k, 1);
+            let b = filled(k, n, 2);
+            let want = reference(a.view(), b.view());
+            // Row-major, transposed (column-major) and strided (every other row) operands.
+            let at = a.t().to_owned();
+            let wide = filled(2 * m.max(1), k, 3);
+            let mut strided = wide.clone();
+            strided.slice_mut(s![..;2, ..]).slice_mut(s![..m, ..]).assign(&a);
+            for (name, av) in [("row", a.view()), ("col", at.t()), ("strided", strided.slice(s![..2 * m;2, ..]))] {
+                let mut out = Array2::from_elem((m, n), 9.0);
+                gemm_f64(av, b.t().to_owned().t(), false, out.view_mut());
+                assert_eq!(out, want, "{name} {m}×{k}×{n}");
+                gemm_f64(av, b.view(), true, out.view_mut());
+                assert_eq!(out, &want * 2.0, "{name} accumulate {m}×{k}×{n}");
+            }
+            // A transposed output.
+            let mut out_t = Array2::from_elem((n, m), 9.0);
+            gemm_f64(a.view(), b.view(), false, out_t.view_mut().reversed_axes());
+            assert_eq!(out_t.t(), want, "transposed out {m}×{k}×{n}");
+        }
+    }
+
+    #[test]
+    fn f32_agrees_with_the_f64_product() {
+        let (a, b) = (filled(40, 50, 4), filled(50, 30, 5));
+        let want = reference(a.view(), b.view());
+        let mut out = Array2::<f32>::zeros((40, 30));
+        gemm_f32(a.mapv(|v| v as f32).view(), b.mapv(|v| v as f32).view(), false, out.view_mut());
+        // Products of multiples of 1/8 with sums under 2^24/64: exact in f32 too.
+        assert_eq!(out.mapv(f64::from), want);
+    }
+}
