@@ -168,7 +168,7 @@ fn qbert_statistics(model: &Bert<f32>, encode: &Encode, texts: &[String], what: 
     let batch = encode(&texts[..320]);
     let loss = SelfDistillation::with_variables(model.clone(), batch, &model.weight_matrices()).unwrap_or_else(|e| panic!("{e}"));
     let lanczos = Lanczos::builder().tol(1e-3).smallest(false).check().unwrap_or_else(|e| panic!("{e}"));
-    let params = QbertParams { subsets: 10, seed: 0, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian };
+    let params = QbertParams { subsets: 10, seed: 0, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian, warm_start: false };
     let start = Instant::now();
     let stats = quant::hessian::qbert_statistics(&loss, loss.weights(), &params).unwrap_or_else(|e| panic!("{e}"));
     let secs = start.elapsed().as_secs_f64();

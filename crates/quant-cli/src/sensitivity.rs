@@ -37,7 +37,7 @@ pub(crate) struct SensitivityArgs {
     /// Storage of the candidates' scales and offsets (f32, f16, bf16, qN), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "f32", value_parser = crate::parse::<ParamDtype>)]
     pub(crate) param_dtype: Vec<ParamDtype>,
-    /// Hutch++ products per matrix and subset.
+    /// Hutch++'s budget per matrix and subset (a third block products, the rest quadratic forms).
     #[arg(long, default_value_t = 9)]
     pub(crate) trace_budget: usize,
     /// How the candidates' codes are chosen (with weighted or gptq, the input statistics come
@@ -48,6 +48,11 @@ pub(crate) struct SensitivityArgs {
     /// Also measure the embedding tables.
     #[arg(long)]
     pub(crate) include_embeddings: bool,
+    /// Also Q-BERT's grouping: the top eigenvalue of each encoder layer's whole Hessian block
+    /// (its matrices together) on each subset, with the layer's Omega ("layers" in the report);
+    /// `quant quantize --metric omega|omega-rank` then gives each matrix its layer's Omega.
+    #[arg(long)]
+    pub(crate) layer_blocks: bool,
     /// The JSON file to write.
     #[arg(short, long)]
     pub(crate) output: PathBuf,
@@ -91,6 +96,7 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
         per_subset: a.per_subset,
         seed: a.seed,
         trace_budget: a.trace_budget,
+        layer_blocks: a.layer_blocks,
         candidates: a
             .param_dtype
             .iter()
@@ -127,6 +133,12 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
         println!("{:<56} {:>10} {:>10} {:>10} {:>12}", "tensor", "mean", "std", "Omega", "Tr(H)/n");
         for m in &report.matrices {
             println!("{:<56} {:>10.4e} {:>10.4e} {:>10.4e} {:>12.4e}", m.name, m.mean, m.std, m.omega, m.average_trace);
+        }
+        if !report.layers.is_empty() {
+            println!("{:<56} {:>10} {:>10} {:>10}", "layer (Q-BERT's grouping)", "mean", "std", "Omega");
+            for l in &report.layers {
+                println!("{:<56} {:>10.4e} {:>10.4e} {:>10.4e}", l.name, l.mean, l.std, l.omega);
+            }
         }
         for r in &report.embedding_rows {
             println!("{}: the calibration sentences use {} of {} rows", r.name, r.used, r.rows);

@@ -232,3 +232,53 @@ fn a_stale_partial_file_is_reported_and_replaced() -> TestResult {
     assert!(out.exists() && !partial.exists());
     Ok(())
 }
+
+#[test]
+fn layer_blocks_report_each_layers_omega_and_omega_rank_uses_them() -> TestResult {
+    let d = scratch("layers");
+    let text = d.join("cal.txt");
+    std::fs::write(&text, "the cat sat on the mat\na dog ran in the park\nhello world\nshe sells sea shells\n")?;
+    let sens = d.join("sens.json");
+    let dir = model();
+    let args = ["--subsets", "2", "--per-subset", "2", "--bits", "2,4", "--granularity", "group:16", "-o", s(&sens)];
+    let o = quant(&[&["sensitivity", s(&dir), "--calibration", s(&text), "--layer-blocks"][..], &args].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("layer (Q-BERT's grouping)"));
+    let r: Value = serde_json::from_slice(&std::fs::read(&sens)?)?;
+    let layers = r["layers"].as_array().ok_or("layers")?;
+    assert_eq!(layers.len(), 2);
+    for (l, layer) in layers.iter().enumerate() {
+        assert!(layer["name"].as_str().ok_or("name")?.ends_with(&format!("layer.{l}")));
+        assert_eq!(layer["tensors"].as_array().ok_or("tensors")?.len(), 6);
+        assert_eq!(layer["eigenvalues"].as_array().ok_or("eigenvalues")?.len(), 2);
+    }
+    assert!(r["stages"].as_array().ok_or("stages")?.iter().any(|s| s["name"] == "top eigenvalues per layer (Lanczos)"));
+    // Q-BERT's ranking by layer: at 7 bits per weight (halfway between 6 and 8) the more
+    // sensitive layer's six matrices take 4 bits and the other's 2.
+    let input = model().join("model.safetensors");
+    let out = d.join("q.safetensors");
+    let o = quant(&[
+        "quantize",
+        s(&input),
+        "--sensitivity",
+        s(&sens),
+        "--target-bpw",
+        "7",
+        "--metric",
+        "omega-rank",
+        "-o",
+        s(&out),
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan: Value = serde_json::from_slice(&o.stdout)?;
+    let omegas: Vec<f64> = layers.iter().filter_map(|l| l["omega"].as_f64()).collect();
+    let wide = if omegas[0] > omegas[1] { 0 } else { 1 };
+    for t in plan["plan"]["tensors"].as_array().ok_or("tensors")?.iter().filter(|t| t["allocated"] == true) {
+        let name = t["name"].as_str().ok_or("name")?;
+        let layer = layers.iter().position(|l| l["tensors"].as_array().is_some_and(|m| m.iter().any(|m| m == name))).ok_or("a layer")?;
+        assert_eq!(t["bits"], if layer == wide { 4 } else { 2 }, "{name}");
+    }
+    Ok(())
+}

@@ -193,6 +193,15 @@ impl<F: Float> LinearOperator<F> for BlockOperator<'_, F> {
         self.curvature.block_product_into(self.product, self.block, x, out.view_mut())?;
         check_finite(out.iter())
     }
+
+    /// The curvature's own quadratic forms (forward mode alone for a Gauss-Newton block).
+    fn quadratic_forms_into(&self, x: ArrayView2<'_, F>, mut out: ArrayViewMut1<'_, F>) -> Result<()> {
+        check_len(self.len, x.ncols())?;
+        check_len(x.nrows(), out.len())?;
+        check_finite(x.iter())?;
+        self.curvature.block_quadratic_forms_into(self.product, self.block, x, out.view_mut())?;
+        check_finite(out.iter())
+    }
 }
 
 /// Checks `w` and `batch` against `model` as every prepared curvature must.

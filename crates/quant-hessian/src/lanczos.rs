@@ -218,9 +218,26 @@ impl<F: Float> Extremes<F> {
 }
 
 pub(crate) fn lanczos<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &Lanczos) -> Result<Extremes<F>> {
+    lanczos_from(op, p, None)
+}
+
+/// [`lanczos`] from `hint` (an approximate top eigenvector, such as the same block's on
+/// another data subset) mixed in equal parts with the seeded random start: the Krylov space
+/// then holds the top direction at once, and the random half keeps every other direction in
+/// it, so a hint that is wrong (another eigenvector) costs steps, not the answer. A hint of
+/// another length or without a finite, non-zero norm is ignored.
+pub(crate) fn lanczos_from<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &Lanczos, hint: Option<&Array1<F>>) -> Result<Extremes<F>> {
     let n = solver_dim(op, p.k)?;
     let cap = p.max_iter.min(n);
-    let mut kr = Krylov::new(rng::normal::<F>(n, p.seed, 0));
+    let mut start = rng::normal::<F>(n, p.seed, 0);
+    if let Some(h) = hint.filter(|h| h.len() == n) {
+        let (hn, sn) = (h.dot(h).sqrt(), start.dot(&start).sqrt());
+        if hn.is_finite() && hn > F::zero() && sn > F::zero() {
+            start.mapv_inplace(|x| x / sn);
+            start.scaled_add(F::one() / hn, h);
+        }
+    }
+    let mut kr = Krylov::new(start);
     let mut w = Array1::zeros(n);
     let mut converged = false;
     while kr.len() < cap && kr.can_continue() {

@@ -3,7 +3,7 @@
 use core::marker::PhantomData;
 use std::sync::Arc;
 
-use ndarray::{Array1, ArrayBase, ArrayView1, ArrayViewMut1, Data, Ix2};
+use ndarray::{Array1, ArrayBase, ArrayView1, ArrayView2, ArrayViewMut1, Data, Ix2};
 use quant_core::Float;
 
 use crate::curvature::{BlockCurvature, Product};
@@ -34,6 +34,24 @@ pub trait LinearOperator<F: Float> {
         self.apply_into(x, out.view_mut())?;
         Ok(out)
     }
+
+    /// Writes the quadratic form `xᵢᵀ A xᵢ` of each row `xᵢ` of `x` into `out[i]`. By default
+    /// one application per row; an operator with a cheaper way overrides it (a Gauss-Newton
+    /// block `(2/n) JᵀJ`: `(2/n)‖J xᵢ‖²`, one forward-mode pass for all the rows).
+    ///
+    /// # Errors
+    /// [`HessianError::ShapeMismatch`] for rows of another length than [`dim`](Self::dim) or
+    /// an `out` of another length than the rows; as [`apply_into`](Self::apply_into).
+    fn quadratic_forms_into(&self, x: ArrayView2<'_, F>, mut out: ArrayViewMut1<'_, F>) -> Result<()> {
+        check_len(self.dim(), x.ncols())?;
+        check_len(x.nrows(), out.len())?;
+        let mut w = Array1::zeros(self.dim());
+        for (row, o) in x.outer_iter().zip(out.iter_mut()) {
+            self.apply_into(row, w.view_mut())?;
+            *o = row.dot(&w);
+        }
+        Ok(())
+    }
 }
 
 impl<F: Float, T: LinearOperator<F> + ?Sized> LinearOperator<F> for &T {
@@ -42,6 +60,9 @@ impl<F: Float, T: LinearOperator<F> + ?Sized> LinearOperator<F> for &T {
     }
     fn apply_into(&self, x: ArrayView1<'_, F>, out: ArrayViewMut1<'_, F>) -> Result<()> {
         (**self).apply_into(x, out)
+    }
+    fn quadratic_forms_into(&self, x: ArrayView2<'_, F>, out: ArrayViewMut1<'_, F>) -> Result<()> {
+        (**self).quadratic_forms_into(x, out)
     }
 }
 

@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array2};
 use quant_core::Float;
 
-use crate::error::{Result, check_at_least, check_tol};
+use crate::error::{Result, check_at_least, check_finite, check_tol};
 use crate::linalg::{orthogonalize, solver_dim};
 use crate::operator::LinearOperator;
 use crate::power::apply_checked;
@@ -19,8 +19,12 @@ pub struct TraceEstimate {
     pub std_error: f64,
     /// Probe vectors used in the stochastic part.
     pub samples: usize,
-    /// Operator applications used in total.
+    /// Operator applications (`A x`): every probe of Hutchinson, the sketch of Hutch++.
     pub hvps: usize,
+    /// Quadratic forms `xᵀ A x` asked of the operator
+    /// ([`LinearOperator::quadratic_forms_into`]; Hutch++ only, which takes its two trace
+    /// terms as forms: for a Gauss-Newton block a forward-mode pass instead of a product).
+    pub quadratic_forms: usize,
     /// The operator's dimension `n`.
     pub dim: usize,
     /// Whether the tolerance was met before the sample cap (always true for Hutch++, which
@@ -140,7 +144,7 @@ pub(crate) fn hutchinson<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &Hu
             break;
         }
     }
-    Ok(TraceEstimate { trace: acc.mean, std_error: acc.std_error(), samples: acc.n, hvps: acc.n, dim: n, converged })
+    Ok(TraceEstimate { trace: acc.mean, std_error: acc.std_error(), samples: acc.n, hvps: acc.n, quadratic_forms: 0, dim: n, converged })
 }
 
 /// Validated parameters of Hutch++ (Meyer, Musco, Musco and Woodruff, 2021).
@@ -197,24 +201,33 @@ pub(crate) fn hutch_pp<F: Float, O: LinearOperator<F> + ?Sized>(op: &O, p: &Hutc
             basis.push(y);
         }
     }
-    // Exact trace of the projection.
-    let mut low_rank = 0.0;
-    for q in &basis {
-        apply_checked(op, q, &mut w)?;
-        hvps += 1;
-        low_rank += q.dot(&w).as_f64();
-    }
-    // Hutchinson on the deflated remainder.
+    // Exact trace of the projection, Tr(QᵀAQ) = Σ qᵀAq, and Hutchinson on the deflated
+    // remainder: both are sums of quadratic forms, asked of the operator all at once.
+    let forms = |rows: &[Array1<F>]| -> Result<Array1<F>> {
+        let mut x = Array2::zeros((rows.len(), n));
+        for (mut r, v) in x.outer_iter_mut().zip(rows) {
+            r.assign(v);
+        }
+        let mut out = Array1::zeros(rows.len());
+        op.quadratic_forms_into(x.view(), out.view_mut())?;
+        check_finite(out.iter())?;
+        Ok(out)
+    };
+    let low_rank: f64 = forms(&basis)?.iter().map(|v| v.as_f64()).sum();
+    let probes: Vec<Array1<F>> = (0..s)
+        .map(|j| {
+            let mut g = rng::rademacher::<F>(n, p.seed, (s + j) as u64);
+            orthogonalize(&mut g, &basis);
+            g
+        })
+        .collect();
     let mut acc = Welford::default();
-    for j in 0..s {
-        let mut g = rng::rademacher::<F>(n, p.seed, (s + j) as u64);
-        orthogonalize(&mut g, &basis);
-        apply_checked(op, &g, &mut w)?;
-        hvps += 1;
-        acc.push(g.dot(&w).as_f64());
+    for v in forms(&probes)? {
+        acc.push(v.as_f64());
     }
     let std_error = if s >= 2 { acc.std_error() } else { f64::INFINITY };
-    Ok(TraceEstimate { trace: low_rank + acc.mean, std_error, samples: s, hvps, dim: n, converged: true })
+    let quadratic_forms = basis.len() + s;
+    Ok(TraceEstimate { trace: low_rank + acc.mean, std_error, samples: s, hvps, quadratic_forms, dim: n, converged: true })
 }
 
 /// A spectral density estimate from stochastic Lanczos quadrature: Ritz values (nodes) and

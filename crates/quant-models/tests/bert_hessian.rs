@@ -232,6 +232,7 @@ fn block_products_at_the_loaded_weights_equal_the_whole_model_product_for_every_
                 for product in [Product::Hessian, Product::GaussNewton] {
                     let mut out = Array1::from_elem(block.len(), f64::NAN);
                     curvature.block_product_into(product, *b, v.view(), out.view_mut()).expect("product");
+                    assert!(out.iter().all(|x| x.is_finite()), "{dir} {}: entries not written", block.name());
                     let err = (&out - reference).iter().fold(0.0f64, |a, x| a.max(x.abs()));
                     // Relative to the block's own scale, and to the largest product for the
                     // blocks whose curvature is zero (rounding of O(1e-16) of the products).
@@ -357,5 +358,54 @@ fn the_loss_with_one_block_changed_runs_from_its_layer_and_equals_the_full_loss(
         }
         assert!(m.loss_with_block(&inputs, 999, ndarray::Array1::zeros(3).view()).is_err());
         assert!(m.loss_with_block(&inputs, 0, ndarray::Array1::zeros(3).view()).is_err());
+    }
+}
+
+#[test]
+fn layer_blocks_equal_the_whole_model_product_restricted_to_the_layer() {
+    // Q-BERT's grouping: one block per encoder layer (all its variables), the embeddings'
+    // variables their own blocks. Each product injects tangents at every tensor of the layer
+    // and runs the reverse pass through the whole layer.
+    let subset = [3usize, 1, 4];
+    for dir in ["plain", "cls"] {
+        let full = loss_of(dir);
+        let model = full.model().clone();
+        let all: Vec<usize> = (0..model.blocks().len()).collect();
+        let matrices = model.weight_matrices();
+        for vars in [all, matrices] {
+            let m = SelfDistillation::with_variables(model.clone(), full.sentences().clone(), &vars).expect("valid").grouped_by_layer();
+            let layers = model.config().num_hidden_layers;
+            let groups: Vec<usize> = (0..m.blocks().len()).filter(|&b| m.block_tensors(b).len() > 1).collect();
+            assert_eq!(groups.len(), layers, "{dir}: one block per layer");
+            for (l, &g) in groups.iter().enumerate() {
+                assert!(m.blocks()[g].name().ends_with(&format!("layer.{l}")), "{}", m.blocks()[g].name());
+            }
+            let covered: usize = (0..m.blocks().len()).map(|b| m.blocks()[b].len()).sum();
+            assert_eq!(covered, m.dim(), "the groups cover the variables");
+            for batch in [Batch::All, Batch::Indices(&subset)] {
+                let curvature = m.curvature(m.weights(), batch).expect("prepares");
+                for b in 0..m.blocks().len() {
+                    let block = &m.blocks()[b];
+                    let v = rng::normal::<f64>(block.len(), 70 + b as u64, 1);
+                    let reference = full_block_hvp(&m, m.weights(), batch, b, &v);
+                    let scale = reference.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+                    let mut out = Array1::from_elem(block.len(), f64::NAN);
+                    curvature.block_product_into(Product::Hessian, b, v.view(), out.view_mut()).expect("product");
+                    // (`max` would skip a NaN left where no gradient was written.)
+                    assert!(out.iter().all(|x| x.is_finite()), "{dir} {}: entries not written", block.name());
+                    let err = (&out - &reference).iter().fold(0.0f64, |a, x| a.max(x.abs()));
+                    let flat = block.name().contains("token_type");
+                    assert!(scale > 0.0 || flat, "{dir} {}: a zero reference", block.name());
+                    assert!(err <= 1e-10 * scale + 1e-16, "{dir} {batch:?} {}: error {err:e} of {scale:e}", block.name());
+                    // The quadratic form by forward mode alone agrees with vᵀ(Hv).
+                    let mut q = Array1::zeros(1);
+                    curvature
+                        .block_quadratic_forms_into(Product::Hessian, b, v.view().insert_axis(ndarray::Axis(0)), q.view_mut())
+                        .expect("form");
+                    let vhv = v.dot(&reference);
+                    assert!((q[0] - vhv).abs() <= 1e-9 * vhv.abs().max(1e-300), "{dir} {}: form {} vs {vhv}", block.name(), q[0]);
+                }
+            }
+        }
     }
 }

@@ -146,3 +146,35 @@ fn public_types_are_send_and_sync() {
     check::<QbertParams>();
     check::<HessianOperator<'static, f64, Mlp<f64>>>();
 }
+
+#[test]
+fn warm_started_lanczos_finds_the_same_eigenvalues_with_fewer_products() {
+    // Each subset's solve starts from the previous subset's top Ritz vector (mixed with its
+    // random start). The eigenvalues still meet the tolerance against the dense blocks.
+    let (x, y) = toy_data(400, 12, 4, 3);
+    let m = Mlp::new(&x, &y, &[20], 4, Activation::Gelu).expect("valid").with_l2(0.01).expect("valid");
+    let w = m.init(4);
+    let lanczos = Lanczos::builder().tol(1e-6).smallest(false).check().expect("valid");
+    let cold = QbertParams { subsets: 6, seed: 3, solver: TopEigen::Lanczos(lanczos), ..QbertParams::default() };
+    let warm = QbertParams { warm_start: true, ..cold };
+    let (c, h) = (qbert_statistics(&m, w.view(), &cold).expect("runs"), qbert_statistics(&m, w.view(), &warm).expect("runs"));
+    assert_eq!(h, qbert_statistics(&m, w.view(), &warm).expect("runs"), "deterministic");
+    let subsets = split_subsets(m.samples(), 6, 3).expect("valid");
+    for (b, (cs, hs)) in c.iter().zip(&h).enumerate() {
+        assert!(hs.converged.iter().all(|&v| v));
+        for (s, subset) in subsets.iter().enumerate() {
+            let op = HessianOperator::block(&m, w.view(), Batch::Indices(subset), b).expect("valid");
+            let (eigs, _) = jacobi_eigen(&dense(&op));
+            let top = eigs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            // A relative residual r bounds the error of the Ritz value by r·|θ|.
+            assert!((hs.eigenvalues[s] - top).abs() <= 1e-6 * top.abs(), "{} subset {s}: {} vs {top}", hs.name, hs.eigenvalues[s]);
+            assert!((cs.eigenvalues[s] - top).abs() <= 1e-6 * top.abs());
+        }
+    }
+    let (cold_products, warm_products): (usize, usize) = (c.iter().map(|s| s.hvps).sum(), h.iter().map(|s| s.hvps).sum());
+    assert!(warm_products < cold_products, "warm {warm_products} vs cold {cold_products}");
+    // The first subset has nothing to start from: the same solve as cold.
+    for (cs, hs) in c.iter().zip(&h) {
+        assert_eq!(cs.eigenvalues[0], hs.eigenvalues[0]);
+    }
+}

@@ -226,7 +226,9 @@ fn trace_estimates_agree_with_the_exact_trace_within_their_standard_errors() {
     assert!((hut.per_parameter() - exact / m.dim() as f64).abs() <= 4.0 * hut.std_error / m.dim() as f64);
     // Budget 30: a 10-column sketch of a 15-dimensional Hessian (so the stochastic part is not empty).
     let hpp = op.hutch_plus_plus(&HutchPlusPlus::new(30, 3).expect("valid")).expect("valid");
-    assert_eq!(hpp.hvps, 30);
+    // The sketch's 10 applications, then 10 + 10 quadratic forms (the trace of the
+    // sketch's range and the deflated probes).
+    assert_eq!((hpp.hvps, hpp.quadratic_forms), (10, 20));
     assert!((hpp.trace - exact).abs() <= 4.0 * hpp.std_error, "{} ± {} vs {exact}", hpp.trace, hpp.std_error);
 }
 

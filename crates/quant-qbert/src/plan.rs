@@ -31,9 +31,12 @@ use crate::sensitivity::{Candidate, SensitivityReport};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Metric {
     /// Q-BERT: rank the tensors by `Ω`; the most sensitive share gets the next wider
-    /// candidate, as large a share as the budget allows.
+    /// candidate, as large a share as the budget allows. With a report made with
+    /// [`layer_blocks`](crate::sensitivity::SensitivityParams::layer_blocks) each matrix takes
+    /// its layer's `Ω` (Q-BERT's grouping: a layer's matrices rank together).
     OmegaRank,
-    /// `Ω · ‖d‖²` per candidate, allocated exactly.
+    /// `Ω · ‖d‖²` per candidate, allocated exactly (`Ω` per layer as for
+    /// [`OmegaRank`](Self::OmegaRank)).
     Omega,
     /// HAWQ-V2: `Tr(H)/n · ‖d‖²` per candidate, allocated exactly.
     Trace,
@@ -292,7 +295,8 @@ pub struct TensorMenu {
 
 impl TensorMenu {
     /// The menu of a sensitivity report, restricted to the candidates matching any of
-    /// `patterns` (all of them when `patterns` is empty).
+    /// `patterns` (all of them when `patterns` is empty). A matrix in one of the report's
+    /// [`layers`](SensitivityReport::layers) takes that layer's `Ω`.
     ///
     /// # Errors
     /// [`QbertError::Empty`] for a report without tensors or candidates; [`QbertError::UnknownCandidate`]
@@ -329,7 +333,12 @@ impl TensorMenu {
             shapes.push(m.shape.clone());
             bytes.push(b);
             scores.push(s);
-            curvature.push((m.omega, m.average_trace));
+            // Q-BERT's grouping, when the report has it: a matrix takes its layer's Ω.
+            let omega = report.layers.iter().find(|l| l.tensors.contains(&m.name)).map_or(m.omega, |l| l.omega);
+            if !omega.is_finite() {
+                return Err(bad("has a non-finite layer Omega in the report".into()));
+            }
+            curvature.push((omega, m.average_trace));
         }
         Ok(Self {
             names,

@@ -148,9 +148,10 @@ impl CandidateRounding {
 /// | `per_subset` | 32 | sentences per subset | `≥ 1` |
 /// | `seed` | 0 | the choice and split of the sentences, every solver start and probe | any |
 /// | `lanczos_tol` | 1e-3 | relative residual of each top eigenvalue | `(0, 1)` |
-/// | `trace_budget` | 9 | Hutch++ products per matrix and subset | `≥ 3` |
+/// | `trace_budget` | 9 | Hutch++'s budget per matrix and subset: a third block products (the sketch), the rest quadratic forms | `≥ 3` |
 /// | `candidates` | 2, 3, 4, 6, 8 bits × groups of 32 and 128 | the quantizations scored | non-empty |
 /// | `rounding` | nearest | how the candidates' codes are chosen | nearest, importance-weighted or GPTQ with input statistics |
+/// | `layer_blocks` | false | also Q-BERT's grouping: each encoder layer's whole Hessian block | |
 #[derive(Debug, Clone, PartialEq)]
 pub struct SensitivityParams {
     /// Calibration subsets.
@@ -161,12 +162,17 @@ pub struct SensitivityParams {
     pub seed: u64,
     /// Relative residual tolerance of the top eigenvalues.
     pub lanczos_tol: f64,
-    /// Hutch++ products per matrix and subset.
+    /// Hutch++'s budget per matrix and subset: a third block products (the sketch), two
+    /// thirds quadratic forms (the two trace terms; forward mode only).
     pub trace_budget: usize,
     /// The candidate quantizations.
     pub candidates: Vec<Candidate>,
     /// How the candidates' codes are chosen.
     pub rounding: CandidateRounding,
+    /// Also the top eigenvalues of each encoder layer's Hessian block (all the layer's
+    /// measured matrices as one block, Q-BERT's grouping) per subset, with their Ω
+    /// ([`SensitivityReport::layers`]).
+    pub layer_blocks: bool,
 }
 
 impl Default for SensitivityParams {
@@ -179,6 +185,7 @@ impl Default for SensitivityParams {
             trace_budget: 9,
             candidates: Candidate::grid(&[2, 3, 4, 6, 8], &[GranularityRule::Group { size: 32 }, GranularityRule::Group { size: 128 }]),
             rounding: CandidateRounding::Nearest,
+            layer_blocks: false,
         }
     }
 }
@@ -251,6 +258,29 @@ pub struct MatrixSensitivity {
     pub candidates: Vec<CandidateSensitivity>,
 }
 
+/// One encoder layer's sensitivity under Q-BERT's grouping: the top eigenvalue of the Hessian
+/// block of all its measured matrices together.
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LayerSensitivity {
+    /// The layer (the checkpoint's prefix, `encoder.layer.3` for example).
+    pub name: String,
+    /// The matrices in the block, in the model's order.
+    pub tensors: Vec<String>,
+    /// The block's parameters.
+    pub params: usize,
+    /// The top eigenvalue of the block on each subset (negative values are kept).
+    pub eigenvalues: Vec<f64>,
+    /// Whether each subset's Lanczos run met its tolerance.
+    pub converged: Vec<bool>,
+    /// Mean of `eigenvalues`.
+    pub mean: f64,
+    /// Population standard deviation of `eigenvalues`.
+    pub std: f64,
+    /// Q-BERT's `Ω = |mean| + std`.
+    pub omega: f64,
+}
+
 /// How many rows of an embedding table the calibration sentences reach: the rows of tokens,
 /// positions or segments they never use have no measured curvature.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -316,6 +346,8 @@ struct SubsetTerms {
     trace: f64,
     std_error: f64,
     products: usize,
+    /// The trace estimate's own quadratic forms.
+    trace_forms: usize,
     forms: Array1<f32>,
 }
 
@@ -342,6 +374,10 @@ pub struct SensitivityReport {
     /// written before it was recorded).
     #[cfg_attr(feature = "serde", serde(default))]
     pub embedding_rows: Vec<EmbeddingRows>,
+    /// Per encoder layer, Q-BERT's grouping ([`SensitivityParams::layer_blocks`]; empty
+    /// without it). A plan's Ω metrics then take each matrix's layer Ω.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub layers: Vec<LayerSensitivity>,
 }
 
 #[cfg(feature = "serde")]
@@ -379,7 +415,7 @@ pub fn bert_sensitivity(
     // Stage 1: top eigenvalues (Lanczos) on every subset.
     let start = Instant::now();
     let lanczos = Lanczos::builder().tol(params.lanczos_tol).smallest(false).check()?;
-    let qp = QbertParams { subsets, seed: params.seed, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian };
+    let qp = QbertParams { subsets, seed: params.seed, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian, warm_start: true };
     let all: Vec<usize> = (0..needed).collect();
     let blocks: Vec<usize> = (0..loss.blocks().len()).collect();
     let stats = qbert_statistics_for(&loss, w0.view(), &all, &blocks, &qp)?;
@@ -391,6 +427,35 @@ pub fn bert_sensitivity(
         loss_evaluations: 0,
         seconds: start.elapsed().as_secs_f64(),
     });
+
+    // Q-BERT's grouping: the same on one block per encoder layer.
+    let mut layers = Vec::new();
+    if params.layer_blocks {
+        let start = Instant::now();
+        let grouped = loss.clone().grouped_by_layer();
+        let groups: Vec<usize> = (0..grouped.blocks().len()).filter(|&b| grouped.block_layer(b).is_some()).collect();
+        let stats = qbert_statistics_for(&grouped, w0.view(), &all, &groups, &qp)?;
+        stages.push(Stage {
+            name: "top eigenvalues per layer (Lanczos)".into(),
+            block_products: stats.iter().map(|s| s.hvps).sum(),
+            quadratic_forms: 0,
+            loss_evaluations: 0,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        for (st, &g) in stats.into_iter().zip(&groups) {
+            let tensors = grouped.block_tensors(g).into_iter().map(|t| model.blocks()[t].name().to_string()).collect();
+            layers.push(LayerSensitivity {
+                name: st.name,
+                tensors,
+                params: st.params,
+                eigenvalues: st.eigenvalues,
+                converged: st.converged,
+                mean: st.mean,
+                std: st.std,
+                omega: st.omega,
+            });
+        }
+    }
 
     // The candidates' perturbations d = Q(W) − W, per matrix (rows: candidates).
     let mut shapes = Vec::with_capacity(blocks.len());
@@ -435,7 +500,7 @@ pub fn bert_sensitivity(
             let d = &perturbations[b];
             let mut q = Array1::zeros(d.nrows());
             curvature.block_quadratic_forms_into(Product::Hessian, b, d.view(), q.view_mut())?;
-            Ok(SubsetTerms { trace: t.trace, std_error: t.std_error, products: t.hvps, forms: q })
+            Ok(SubsetTerms { trace: t.trace, std_error: t.std_error, products: t.hvps, trace_forms: t.quadratic_forms, forms: q })
         };
         #[cfg(feature = "rayon")]
         let results: Vec<Result<SubsetTerms>> = {
@@ -445,11 +510,11 @@ pub fn bert_sensitivity(
         #[cfg(not(feature = "rayon"))]
         let results: Vec<Result<SubsetTerms>> = blocks.iter().map(job).collect();
         for (b, r) in results.into_iter().enumerate() {
-            let SubsetTerms { trace: t, std_error: se, products: hvps, forms: q } = r?;
+            let SubsetTerms { trace: t, std_error: se, products: hvps, trace_forms, forms: q } = r?;
             trace_sum[b] += t;
             trace_var[b] += se * se;
             trace_products += hvps;
-            forms += q.len();
+            forms += q.len() + trace_forms;
             for (acc, &v) in quad[b].iter_mut().zip(&q) {
                 *acc += f64::from(v);
             }
@@ -531,6 +596,7 @@ pub fn bert_sensitivity(
         stages,
         rounding: params.rounding.name().into(),
         embedding_rows,
+        layers,
     })
 }
 

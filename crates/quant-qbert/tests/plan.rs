@@ -4,7 +4,7 @@
 use quant_core::{GranularityRule, ParamDtype};
 use quant_qbert::QbertError;
 use quant_qbert::plan::{CandidatePattern, Metric, Plan, PlanEntry, TensorMenu};
-use quant_qbert::sensitivity::{Candidate, CandidateSensitivity, MatrixSensitivity, SensitivityReport};
+use quant_qbert::sensitivity::{Candidate, CandidateSensitivity, LayerSensitivity, MatrixSensitivity, SensitivityReport};
 
 fn cand(bits: u8, group: usize) -> Candidate {
     Candidate { bits, granularity: GranularityRule::Group { size: group }, param_dtype: ParamDtype::Native }
@@ -65,6 +65,7 @@ fn report(names: &[&str], seed: u64) -> SensitivityReport {
         stages: vec![],
         rounding: "nearest".into(),
         embedding_rows: vec![],
+        layers: vec![],
     }
 }
 
@@ -162,6 +163,35 @@ fn omega_rank_gives_the_most_sensitive_the_wider_step() {
     assert!(menu.ranked(&[0, 1, 2, 2], 7.5, "x".into()).is_err());
     let p = menu.ranked(&[3, 2, 1, 0], 7.5, "random".into()).unwrap();
     assert_eq!(p.tensors.iter().map(|e| e.candidate.bits).collect::<Vec<_>>(), [3, 3, 4, 4]);
+}
+
+#[test]
+fn layer_omegas_rank_a_layers_matrices_together() {
+    // Q-BERT's grouping: with per-layer Ω in the report, each matrix ranks by its layer's Ω,
+    // whatever its own.
+    let mut r = report(&NAMES, 3);
+    let layer = |name: &str, tensors: &[usize], omega: f64| LayerSensitivity {
+        name: name.into(),
+        tensors: tensors.iter().map(|&t| NAMES[t].to_string()).collect(),
+        params: 256,
+        eigenvalues: vec![omega; 3],
+        converged: vec![true; 3],
+        mean: omega,
+        std: 0.0,
+        omega,
+    };
+    // Tensors 0 and 3 share the most sensitive layer; 1 and 2 the other.
+    r.layers = vec![layer("layer.0", &[1, 2], 1.0), layer("layer.1", &[0, 3], 50.0)];
+    let pats = ["2@group:16".parse().unwrap(), "3@group:16".parse().unwrap(), "4@group:16".parse().unwrap()];
+    let plan = TensorMenu::from_report(&r, &pats).unwrap().allocate(Metric::OmegaRank, 7.5).unwrap();
+    assert_eq!(plan.tensors.iter().map(|e| e.candidate.bits).collect::<Vec<_>>(), [4, 3, 3, 4]);
+    // Without the layers the matrices' own Ω decide (another order for this report).
+    r.layers.clear();
+    let own = TensorMenu::from_report(&r, &pats).unwrap().allocate(Metric::OmegaRank, 7.5).unwrap();
+    assert_ne!(own.tensors.iter().map(|e| e.candidate.bits).collect::<Vec<_>>(), [4, 3, 3, 4]);
+    // A non-finite layer Ω is refused, naming a member.
+    r.layers = vec![layer("layer.0", &[1, 2], f64::NAN)];
+    assert!(matches!(TensorMenu::from_report(&r, &pats), Err(QbertError::Plan { tensor, .. }) if tensor == NAMES[1]));
 }
 
 #[test]

@@ -31,6 +31,7 @@ fn params(seed: u64) -> SensitivityParams {
         trace_budget: 6,
         candidates: Candidate::grid(&[8, 2], &[GranularityRule::Group { size: 16 }]),
         rounding: CandidateRounding::Nearest,
+        layer_blocks: false,
     }
 }
 
@@ -42,7 +43,10 @@ fn the_second_order_form_predicts_small_perturbations_and_bounds_by_the_top_eige
     assert_eq!((report.sentences, report.subsets, report.matrices.len()), (6, 2, 12));
     assert_eq!(report.stages.len(), 3);
     assert!(report.stages.iter().all(|s| s.block_products + s.quadratic_forms + s.loss_evaluations > 0 && s.seconds >= 0.0));
-    assert_eq!(report.stages[1].quadratic_forms, 2 * 12 * 2);
+    // Per matrix and subset: the 2 candidates' forms and Hutch++'s 4 (budget 6: a sketch of
+    // 2 products, then 2 + 2 forms).
+    assert_eq!(report.stages[1].quadratic_forms, 2 * 12 * (2 + 4));
+    assert_eq!(report.stages[1].block_products, 2 * 12 * 2);
     assert_eq!(report.stages[2].loss_evaluations, 12 * 2);
     for m in &report.matrices {
         assert_eq!(m.eigenvalues.len(), 2);
@@ -70,6 +74,40 @@ fn the_second_order_form_predicts_small_perturbations_and_bounds_by_the_top_eige
             assert!(rayleigh <= m.mean * (1.0 + 1e-3), "{}: dᵀHd/‖d‖² {rayleigh} above the mean top eigenvalue {}", m.name, m.mean);
         }
     }
+}
+
+#[test]
+fn layer_blocks_bound_and_are_bounded_by_their_matrices() {
+    // Q-BERT's grouping. The layer's Gauss-Newton block is PSD, so its top eigenvalue is at
+    // least each member's (interlacing) and at most their sum (‖[X₁ … X₆]‖² ≤ Σ ‖X_i‖²),
+    // subset by subset.
+    let (model, batch) = setup();
+    let matrices = model.weight_matrices();
+    let report = bert_sensitivity(&model, &batch, &matrices, &SensitivityParams { layer_blocks: true, ..params(3) }).expect("runs");
+    let layers = model.config().num_hidden_layers;
+    assert_eq!(report.layers.len(), layers);
+    assert_eq!(report.stages.len(), 4);
+    assert_eq!(report.stages[1].name, "top eigenvalues per layer (Lanczos)");
+    assert!(report.stages[1].block_products > 0);
+    for (l, layer) in report.layers.iter().enumerate() {
+        assert!(layer.name.ends_with(&format!("layer.{l}")), "{}", layer.name);
+        let members: Vec<_> = report.matrices.iter().filter(|m| layer.tensors.contains(&m.name)).collect();
+        assert_eq!(members.len(), 6, "{}", layer.name);
+        assert_eq!(layer.params, members.iter().map(|m| m.shape.iter().product::<usize>()).sum::<usize>());
+        assert!(layer.converged.iter().all(|&c| c));
+        assert!((layer.omega - (layer.mean.abs() + layer.std)).abs() <= 1e-12 * layer.omega);
+        for s in 0..2 {
+            let top = layer.eigenvalues[s];
+            let most = members.iter().map(|m| m.eigenvalues[s]).fold(0.0f64, f64::max);
+            let sum: f64 = members.iter().map(|m| m.eigenvalues[s]).sum();
+            assert!(top >= most * (1.0 - 1e-3) && top <= sum * (1.0 + 1e-3), "{} subset {s}: {top} not in [{most}, {sum}]", layer.name);
+            assert!(top > most * 1.01, "{} subset {s}: the layer block should couple its matrices ({top} vs {most})", layer.name);
+        }
+    }
+    // Without the option there are none, and the other numbers do not change.
+    let plain = bert_sensitivity(&model, &batch, &matrices, &params(3)).expect("runs");
+    assert!(plain.layers.is_empty());
+    assert_eq!(plain.matrices, report.matrices);
 }
 
 #[test]

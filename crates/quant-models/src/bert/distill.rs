@@ -30,6 +30,9 @@ pub struct SelfDistillation<F> {
     at: Vec<Option<usize>>,
     /// The variables' blocks (the checkpoint's names, ranges in the variable vector).
     blocks: Vec<Block>,
+    /// Per variable block, the model blocks it covers and where each starts within it (one
+    /// tensor each, or a whole encoder layer after [`grouped_by_layer`](Self::grouped_by_layer)).
+    parts: Vec<Vec<(usize, usize)>>,
     /// The variables at the loaded weights.
     w0: Array1<F>,
 }
@@ -60,15 +63,59 @@ impl<F: Real<Base = F>> SelfDistillation<F> {
         let targets = model.embed(&sentences)?;
         let mut at = vec![None; n];
         let mut blocks = Vec::new();
+        let mut parts = Vec::new();
         let mut w0 = Vec::new();
         for (b, block) in model.blocks().iter().enumerate() {
             if variables.contains(&b) {
                 at[b] = Some(w0.len());
                 blocks.push(Block::new(block.name(), w0.len(), block.len()));
+                parts.push(vec![(b, 0)]);
                 w0.extend(model.weights().slice(s![block.range()]).iter().copied());
             }
         }
-        Ok(Self { model, sentences, targets, at, blocks, w0: Array1::from(w0) })
+        Ok(Self { model, sentences, targets, at, blocks, parts, w0: Array1::from(w0) })
+    }
+
+    /// The same loss with Q-BERT's grouping: the variables of each encoder layer form one
+    /// block (named after the layer, `encoder.layer.3` for example, with the checkpoint's
+    /// prefix), so block products and eigenvalues are those of the layer's whole Hessian
+    /// block; variables outside the layers (the embeddings) stay blocks of their own. The
+    /// variable vector is unchanged (a layer's variables are consecutive in it).
+    pub fn grouped_by_layer(mut self) -> Self {
+        let mut blocks: Vec<Block> = Vec::new();
+        let mut parts: Vec<Vec<(usize, usize)>> = Vec::new();
+        let mut last_layer = None;
+        for (block, part) in self.blocks.iter().zip(&self.parts) {
+            let mb = part[0].0;
+            let layer = self.model.layer_of(mb);
+            // The same layer as the block before: it joins that block (its variables follow).
+            if let (true, Some(group), Some(members)) = (layer.is_some() && layer == last_layer, blocks.last_mut(), parts.last_mut()) {
+                members.push((mb, group.len()));
+                *group = Block::new(group.name(), group.range().start, group.len() + block.len());
+                continue;
+            }
+            last_layer = layer;
+            let name = match layer {
+                Some(l) => layer_name(block.name(), l),
+                None => block.name().to_string(),
+            };
+            blocks.push(Block::new(&name, block.range().start, block.len()));
+            parts.push(vec![(mb, 0)]);
+        }
+        self.blocks = blocks;
+        self.parts = parts;
+        self
+    }
+
+    /// The encoder layer of a variable block (of its lowest tensor), `None` for the
+    /// embeddings or a block past the end.
+    pub fn block_layer(&self, block: usize) -> Option<usize> {
+        self.parts.get(block).and_then(|p| self.model.layer_of(p[0].0))
+    }
+
+    /// The model tensors each variable block covers (indices into [`Bert::blocks`]).
+    pub fn block_tensors(&self, block: usize) -> Vec<usize> {
+        self.parts.get(block).map(|p| p.iter().map(|&(mb, _)| mb).collect()).unwrap_or_default()
     }
 
     /// The model (its loaded weights are `W₀`).
@@ -154,7 +201,8 @@ impl<F: Real<Base = F>> SelfDistillation<F> {
         let mut w = self.w0.clone();
         w.slice_mut(s![b.range()]).assign(&values);
         let p = Params { w: w.view(), w0: self.model.weights(), at: &self.at, out: &self.at, stop: None };
-        let mb = self.at.iter().position(|&a| a == Some(b.range().start)).unwrap_or(0);
+        // The lowest tensor of the block (parts are in the model's order).
+        let mb = self.parts[block][0].0;
         let hidden = match self.model.layer_of(mb) {
             Some(l) => self.model.encode_layers(&p, &inputs.sentences, inputs.inputs[l].clone(), l, None, None),
             None => self.model.encode(&p, &inputs.sentences, None),
@@ -226,6 +274,16 @@ impl<F: Real<Base = F>> Differentiable<F> for SelfDistillation<F> {
     }
 }
 
+/// `encoder.layer.L` from the name of a tensor in that layer (`encoder.layer.L.…` with any
+/// prefix), or `layer.L` when the name does not say it.
+fn layer_name(tensor: &str, layer: usize) -> String {
+    let key = format!("layer.{layer}.");
+    match tensor.find(&key) {
+        Some(i) => tensor[..i + key.len() - 1].to_string(),
+        None => format!("layer.{layer}"),
+    }
+}
+
 /// The input of every encoder layer of a [`SelfDistillation`]'s model at its loaded weights on
 /// one batch ([`SelfDistillation::layer_inputs`]).
 #[derive(Debug, Clone)]
@@ -245,8 +303,6 @@ struct DistillCurvature<'a, F> {
     full: Array1<F>,
     /// Where each block starts in `full`.
     layout: Vec<Option<usize>>,
-    /// Per variable block, its index among the model's blocks.
-    model_block: Vec<usize>,
     hidden: Array2<F>,
     caches: Caches<F>,
     /// Whether `w` is the loaded weights (the Hessian is the Gauss-Newton matrix there).
@@ -262,12 +318,10 @@ impl<'a, F: Real<Base = F>> DistillCurvature<'a, F> {
         let sentences = sub.into_owned();
         let model = &loss.model;
         let mut full = model.weights().to_owned();
-        let mut model_block = Vec::with_capacity(loss.blocks.len());
         for (mb, at) in loss.at.iter().enumerate() {
             if let Some(start) = *at {
                 let len = model.blocks()[mb].len();
                 full.slice_mut(s![model.blocks()[mb].range()]).assign(&w.slice(s![start..start + len]));
-                model_block.push(mb);
             }
         }
         let layout = model.full_layout();
@@ -278,7 +332,7 @@ impl<'a, F: Real<Base = F>> DistillCurvature<'a, F> {
         };
         let at_loaded = w.iter().zip(loss.w0.iter()).all(|(a, b)| a == b);
         let scale = F::cast(2.0 / sentences.len() as f64);
-        Ok(Self { loss, w, batch, sentences, full, layout, model_block, hidden, caches, at_loaded, scale })
+        Ok(Self { loss, w, batch, sentences, full, layout, hidden, caches, at_loaded, scale })
     }
 
     /// The whole-model exact product, for the Hessian away from the loaded weights.
@@ -296,17 +350,26 @@ impl<'a, F: Real<Base = F>> DistillCurvature<'a, F> {
         let model = &self.loss.model;
         let p = Params { w: self.full.view(), w0: model.weights(), at: &self.layout, out: &self.layout, stop: None };
         let v = v.as_standard_layout();
-        model.embed_tangents(&p, &self.sentences, &self.hidden, &self.caches, self.model_block[b], v.view())
+        model.embed_tangents(&p, &self.sentences, &self.hidden, &self.caches, &self.loss.parts[b], v.view())
     }
 
     /// `G_bb v_i` for the rows of `v` into the rows of `out`: one forward-mode pass for all
     /// of them, then a reverse pass each.
     fn gauss_newton(&self, b: usize, v: ArrayView2<'_, F>, mut out: ArrayViewMut2<'_, F>) {
         let model = &self.loss.model;
-        let mb = self.model_block[b];
+        let parts = &self.loss.parts[b];
         let mut wanted = vec![None; self.layout.len()];
-        wanted[mb] = Some(0);
-        let p = Params { w: self.full.view(), w0: model.weights(), at: &self.layout, out: &wanted, stop: Some(mb) };
+        for &(mb, off) in parts {
+            wanted[mb] = Some(off);
+        }
+        // One tensor: the reverse pass ends at it. Several (a layer): it ends at the first
+        // block below the lowest one's layer, the previous layer's last norm, once the whole
+        // layer's gradients are written (none below layer 0: the pass runs to the end).
+        let stop = match parts.as_slice() {
+            [(mb, _)] => Some(*mb),
+            _ => model.layer_of(parts[0].0).and_then(|l| l.checked_sub(1)).map(|l| model.layer_norm2_gain(l)),
+        };
+        let p = Params { w: self.full.view(), w0: model.weights(), at: &self.layout, out: &wanted, stop };
         let mut de = self.tangents(b, v);
         de *= self.scale;
         let n = self.sentences.len();

@@ -503,6 +503,12 @@ impl<F: Real<Base = F>> Bert<F> {
         x
     }
 
+    /// The gain block of encoder layer `l`'s output norm (the last block a backward pass
+    /// reaches in that layer's output).
+    pub(crate) fn layer_norm2_gain(&self, l: usize) -> usize {
+        self.layout.layers[l].norm2.0
+    }
+
     /// The encoder layer (0-based) whose tensors include block `b`, or `None` for the
     /// embeddings and their norm.
     pub(crate) fn layer_of(&self, b: usize) -> Option<usize> {

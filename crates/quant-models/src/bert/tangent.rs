@@ -13,11 +13,24 @@ use super::model::{Bert, Caches, LayerCache, LayerIdx, Params};
 use super::tokenize::TokenBatch;
 use crate::common::{add_tangent as add, layer_norm_tangent};
 
-/// Tangents injected at one tensor: block `block` moves along each row of `v`.
+/// Tangents injected at one tensor or several: model block `parts[j].0` moves along columns
+/// `parts[j].1..` (its length) of each row of `v`.
 #[derive(Clone, Copy)]
 struct Inject<'v, F> {
-    block: usize,
+    parts: &'v [(usize, usize)],
     v: ArrayView2<'v, F>,
+}
+
+impl<'v, F: Real> Inject<'v, F> {
+    /// The directions of model block `b` (of `len` entries), if it is injected.
+    fn at(&self, b: usize, len: usize) -> Option<ArrayView2<'v, F>> {
+        self.parts.iter().find(|p| p.0 == b).map(|&(_, off)| self.v.slice_move(s![.., off..off + len]))
+    }
+
+    /// Whether any injected block satisfies `pred`.
+    fn any(&self, pred: impl Fn(usize) -> bool) -> bool {
+        self.parts.iter().any(|p| pred(p.0))
+    }
 }
 
 /// Multiplies each direction's rows of the stacked `t` by `primal` elementwise.
@@ -35,26 +48,28 @@ fn add_rows<F: Real>(t: &mut Array2<F>, rows: usize, v: ArrayView2<'_, F>) {
 }
 
 impl<F: Real<Base = F>> Bert<F> {
-    /// The tangents of the sentence embeddings when block `b` moves along each row of `v`
-    /// (`k × block length`), stacked (`(k · sentences) × hidden_size`), at the primal pass
-    /// (`hidden`, `caches`) that `p` made on `batch`. Tangents start at the block's layer;
-    /// the layers below are skipped.
+    /// The tangents of the sentence embeddings when the blocks of `parts` move along each row
+    /// of `v` (`k × total length`; block `parts[j].0` takes the columns from `parts[j].1`),
+    /// stacked (`(k · sentences) × hidden_size`), at the primal pass (`hidden`, `caches`) that
+    /// `p` made on `batch`. Tangents start at the lowest block's layer; the layers below are
+    /// skipped.
     pub(super) fn embed_tangents(
         &self,
         p: &Params<'_, F, F>,
         batch: &TokenBatch,
         hidden: &Array2<F>,
         caches: &Caches<F>,
-        b: usize,
+        parts: &[(usize, usize)],
         v: ArrayView2<'_, F>,
     ) -> Array2<F> {
-        let inj = Inject { block: b, v };
+        let inj = Inject { parts, v };
         let (d, rows, k) = (self.config().hidden_size, batch.tokens(), v.nrows());
         let lay = &self.layout;
         let mut x: Option<Array2<F>> = None;
-        if [lay.word, lay.position, lay.token_type].contains(&b) {
-            let mut e = Array2::zeros((k * rows, d));
-            for (i, vi) in v.outer_iter().enumerate() {
+        for b in [lay.word, lay.position, lay.token_type] {
+            let Some(vb) = inj.at(b, self.blocks()[b].len()) else { continue };
+            let e = x.get_or_insert_with(|| Array2::zeros((k * rows, d)));
+            for (i, vi) in vb.outer_iter().enumerate() {
                 let mut r = i * rows;
                 for s in batch.sentences() {
                     for (t, (&id, &tt)) in s.ids.iter().zip(&s.type_ids).enumerate() {
@@ -65,14 +80,14 @@ impl<F: Real<Base = F>> Bert<F> {
                         } else {
                             tt as usize
                         };
-                        e.row_mut(r).assign(&vi.slice(s![row * d..(row + 1) * d]));
+                        let mut er = e.row_mut(r);
+                        er += &vi.slice(s![row * d..(row + 1) * d]);
                         r += 1;
                     }
                 }
             }
-            x = Some(e);
         }
-        if x.is_some() || b == lay.norm.0 || b == lay.norm.1 {
+        if x.is_some() || inj.any(|b| b == lay.norm.0 || b == lay.norm.1) {
             let Some((xhat, inv)) = &caches.embedding else { unreachable!("the primal pass kept the embedding norm") };
             x = self.norm_tangent(p, x.as_ref(), xhat, inv, lay.norm, inj);
         }
@@ -97,7 +112,7 @@ impl<F: Real<Base = F>> Bert<F> {
         x: Option<Array2<F>>,
         inj: Inject<'_, F>,
     ) -> Option<Array2<F>> {
-        if x.is_none() && !l.holds(inj.block) {
+        if x.is_none() && !inj.any(|b| l.holds(b)) {
             return None;
         }
         let q = self.linear_tangent(p, &c.input, x.as_ref(), l.q, inj);
@@ -127,15 +142,15 @@ impl<F: Real<Base = F>> Bert<F> {
         let inp = self.blocks()[wb].len() / out;
         let (rows, k) = (x.nrows(), inj.v.nrows());
         let mut y = dx.map(|dx| F::matmul(dx.view(), self.matrix(p, wb, out, inp).t()));
-        if inj.block == wb {
+        if let Some(vw) = inj.at(wb, out * inp) {
             let y = y.get_or_insert_with(|| Array2::zeros((k * rows, out)));
-            for (i, vi) in inj.v.outer_iter().enumerate() {
+            for (i, vi) in vw.outer_iter().enumerate() {
                 let vm = vi.into_shape_with_order((out, inp)).unwrap_or_else(|_| unreachable!("the block is out × in"));
                 F::matmul_into(x.view(), vm.t(), true, y.slice_mut(s![i * rows..(i + 1) * rows, ..]));
             }
         }
-        if inj.block == bb {
-            add_rows(y.get_or_insert_with(|| Array2::zeros((k * rows, out))), rows, inj.v);
+        if let Some(vb) = inj.at(bb, out) {
+            add_rows(y.get_or_insert_with(|| Array2::zeros((k * rows, out))), rows, vb);
         }
         y
     }
@@ -157,14 +172,15 @@ impl<F: Real<Base = F>> Bert<F> {
             t *= &self.vector(p, gb);
             t
         });
-        if inj.block == gb {
-            let y = y.get_or_insert_with(|| Array2::zeros((k * rows, xhat.ncols())));
-            for (mut chunk, vi) in y.exact_chunks_mut(xhat.raw_dim()).into_iter().zip(inj.v.outer_iter()) {
+        let width = xhat.ncols();
+        if let Some(vg) = inj.at(gb, width) {
+            let y = y.get_or_insert_with(|| Array2::zeros((k * rows, width)));
+            for (mut chunk, vi) in y.exact_chunks_mut(xhat.raw_dim()).into_iter().zip(vg.outer_iter()) {
                 chunk += &(xhat * &vi);
             }
         }
-        if inj.block == bb {
-            add_rows(y.get_or_insert_with(|| Array2::zeros((k * rows, xhat.ncols()))), rows, inj.v);
+        if let Some(vb) = inj.at(bb, width) {
+            add_rows(y.get_or_insert_with(|| Array2::zeros((k * rows, width))), rows, vb);
         }
         y
     }
