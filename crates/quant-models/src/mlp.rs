@@ -543,7 +543,7 @@ fn second_order_back<F: Real>(mut g: ArrayViewMut2<'_, F>, slope: ArrayView2<'_,
 
 /// Rows per chunk of a block product: small enough that a chunk's intermediates stay in the
 /// core's cache at the widths of the reference models, large enough for full-speed products.
-const CHUNK: usize = 256;
+const CHUNK: usize = 128;
 
 /// [`MlpCurvature`]'s work arrays for one product (see `new_work`).
 struct MlpWork<F> {
