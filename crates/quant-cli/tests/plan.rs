@@ -18,13 +18,14 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// A sensitivity report of the tiny model: 2, 4 and 8 bits at groups of 16 (6, 8 and 12
-/// bits per weight with f32 scales and offsets).
-fn sensitivity(d: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+/// bits per weight with f32 scales and offsets), with `extra` arguments; and the command's
+/// output (its table on stdout).
+fn sensitivity_with(d: &Path, extra: &[&str]) -> Result<(PathBuf, Output), Box<dyn std::error::Error>> {
     let text = d.join("cal.txt");
     std::fs::write(&text, "the cat sat on the mat\na dog ran in the park\nhello world\nshe sells sea shells\n")?;
     let out = d.join("sens.json");
     let dir = model();
-    let o = quant(&[
+    let args = [
         "sensitivity",
         s(&dir),
         "--calibration",
@@ -39,10 +40,22 @@ fn sensitivity(d: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
         "group:16",
         "-o",
         s(&out),
-        "--quiet",
-    ]);
+    ];
+    let o = quant(&[&args[..], extra].concat());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    Ok(out)
+    Ok((out, o))
+}
+
+fn sensitivity(d: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    Ok(sensitivity_with(d, &["--quiet"])?.0)
+}
+
+/// `quant quantize` of the tiny model by the report `sens` at `target` bits per weight by
+/// `metric`, into `out` (replaced), with the JSON report on stdout.
+fn allocate(sens: &Path, metric: &str, target: &str, out: &Path) -> Output {
+    let input = model().join("model.safetensors");
+    let args = ["quantize", s(&input), "--sensitivity", s(sens), "--target-bpw", target, "--metric", metric, "-o", s(out)];
+    quant(&[&args[..], &["--force", "--json", "--quiet"]].concat())
 }
 
 fn stderr(o: &Output) -> String {
@@ -98,21 +111,7 @@ fn allocates_under_the_budget_and_the_plan_reproduces_the_file() -> TestResult {
     assert!(std::fs::read(&out)? == std::fs::read(&again)?, "the plan file reproduces the bytes");
     // Every metric stays within the budget; omega-rank mixes two ladder steps.
     for metric in ["omega-rank", "omega", "trace", "measured"] {
-        let o = quant(&[
-            "quantize",
-            s(&input),
-            "--sensitivity",
-            s(&sens),
-            "--target-bpw",
-            "7",
-            "--metric",
-            metric,
-            "-o",
-            s(&again),
-            "--force",
-            "--json",
-            "--quiet",
-        ]);
+        let o = allocate(&sens, metric, "7", &again);
         assert!(o.status.success(), "{metric}: {}", stderr(&o));
         let r: Value = serde_json::from_slice(&o.stdout)?;
         assert!(r["plan"]["bits_per_weight"].as_f64() <= Some(7.0), "{metric}");
@@ -236,13 +235,7 @@ fn a_stale_partial_file_is_reported_and_replaced() -> TestResult {
 #[test]
 fn layer_blocks_report_each_layers_omega_and_omega_rank_uses_them() -> TestResult {
     let d = scratch("layers");
-    let text = d.join("cal.txt");
-    std::fs::write(&text, "the cat sat on the mat\na dog ran in the park\nhello world\nshe sells sea shells\n")?;
-    let sens = d.join("sens.json");
-    let dir = model();
-    let args = ["--subsets", "2", "--per-subset", "2", "--bits", "2,4", "--granularity", "group:16", "-o", s(&sens)];
-    let o = quant(&[&["sensitivity", s(&dir), "--calibration", s(&text), "--layer-blocks"][..], &args].concat());
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (sens, o) = sensitivity_with(&d, &["--layer-blocks"])?;
     assert!(String::from_utf8_lossy(&o.stdout).contains("layer (Q-BERT's grouping)"));
     let r: Value = serde_json::from_slice(&std::fs::read(&sens)?)?;
     let layers = r["layers"].as_array().ok_or("layers")?;
@@ -253,24 +246,9 @@ fn layer_blocks_report_each_layers_omega_and_omega_rank_uses_them() -> TestResul
         assert_eq!(layer["eigenvalues"].as_array().ok_or("eigenvalues")?.len(), 2);
     }
     assert!(r["stages"].as_array().ok_or("stages")?.iter().any(|s| s["name"] == "top eigenvalues per layer (Lanczos)"));
-    // Q-BERT's ranking by layer: at 7 bits per weight (halfway between 6 and 8) the more
-    // sensitive layer's six matrices take 4 bits and the other's 2.
-    let input = model().join("model.safetensors");
-    let out = d.join("q.safetensors");
-    let o = quant(&[
-        "quantize",
-        s(&input),
-        "--sensitivity",
-        s(&sens),
-        "--target-bpw",
-        "7",
-        "--metric",
-        "omega-rank",
-        "-o",
-        s(&out),
-        "--json",
-        "--quiet",
-    ]);
+    // Q-BERT's ranking by layer: at 7 bits per weight (halfway between the ladder's 6 and 8)
+    // the more sensitive layer's six matrices take 4 bits and the other's 2.
+    let o = allocate(&sens, "omega-rank", "7", &d.join("q.safetensors"));
     assert!(o.status.success(), "{}", stderr(&o));
     let plan: Value = serde_json::from_slice(&o.stdout)?;
     let omegas: Vec<f64> = layers.iter().filter_map(|l| l["omega"].as_f64()).collect();

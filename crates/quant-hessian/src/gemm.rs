@@ -15,47 +15,37 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-macro_rules! gemm_for {
-    ($($name:ident: $t:ty),*) => {$(
-        /// `out = a · b`, or `out += a · b` when `accumulate`. Shapes must agree
-        /// (`a: m×k`, `b: k×n`, `out: m×n`); the callers check them, and a mismatch panics
-        /// here rather than reading out of bounds.
-        pub(crate) fn $name(a: ArrayView2<'_, $t>, b: ArrayView2<'_, $t>, accumulate: bool, mut out: ArrayViewMut2<'_, $t>) {
-            let ((m, k), (k2, n)) = (a.dim(), b.dim());
-            assert!(k == k2 && out.dim() == (m, n), "matrix product of {m}×{k} and {k2}×{n} into {:?}", out.dim());
-            if m == 0 || n == 0 {
-                return;
-            }
-            if k == 0 {
-                if !accumulate {
-                    out.fill(0.0);
-                }
-                return;
-            }
-            let (sa, sb) = (a.strides(), b.strides());
-            let so = [out.strides()[0], out.strides()[1]];
-            // SAFETY: an ndarray view of shape (r, c) and element strides (s0, s1) guarantees
-            // that `ptr + i·s0 + j·s1` is a valid, initialised element for every i < r, j < c
-            // for the view's lifetime, which outlives this call; that is faer's contract for
-            // `from_raw_parts` (any strides, negative and zero included, for reading). `a` and
-            // `b` are shared borrows, so nothing writes to them meanwhile.
-            let (fa, fb) = unsafe {
-                (
-                    MatRef::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]),
-                    MatRef::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1]),
-                )
-            };
-            // SAFETY: as above for validity; `out` is a unique borrow, and a mutable ndarray
-            // view never has two indices at one address (its constructors refuse overlapping
-            // strides), so the writes faer makes do not alias each other, `a` or `b`.
-            let fo = unsafe { MatMut::from_raw_parts_mut(out.as_mut_ptr(), m, n, so[0], so[1]) };
-            let accum = if accumulate { Accum::Add } else { Accum::Replace };
-            matmul(fo, accum, fa, fb, 1.0, Par::Seq);
+/// `out = a · b`, or `out += a · b` when `accumulate`, in `f64` by faer. Shapes must agree
+/// (`a: m×k`, `b: k×n`, `out: m×n`); the callers check them, and a mismatch panics here
+/// rather than reading out of bounds.
+pub(crate) fn gemm_f64(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>, accumulate: bool, mut out: ArrayViewMut2<'_, f64>) {
+    let ((m, k), (k2, n)) = (a.dim(), b.dim());
+    assert!(k == k2 && out.dim() == (m, n), "matrix product of {m}×{k} and {k2}×{n} into {:?}", out.dim());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            out.fill(0.0);
         }
-    )*};
+        return;
+    }
+    let (sa, sb) = (a.strides(), b.strides());
+    let so = [out.strides()[0], out.strides()[1]];
+    // SAFETY: an ndarray view of shape (r, c) and element strides (s0, s1) guarantees that
+    // `ptr + i·s0 + j·s1` is a valid, initialised element for every i < r, j < c for the
+    // view's lifetime, which outlives this call; that is faer's contract for `from_raw_parts`
+    // (any strides, negative and zero included, for reading). `a` and `b` are shared borrows,
+    // so nothing writes to them meanwhile.
+    let (fa, fb) =
+        unsafe { (MatRef::from_raw_parts(a.as_ptr(), m, k, sa[0], sa[1]), MatRef::from_raw_parts(b.as_ptr(), k, n, sb[0], sb[1])) };
+    // SAFETY: as above for validity; `out` is a unique borrow, and a mutable ndarray view
+    // never has two indices at one address (its constructors refuse overlapping strides), so
+    // the writes faer makes do not alias each other, `a` or `b`.
+    let fo = unsafe { MatMut::from_raw_parts_mut(out.as_mut_ptr(), m, n, so[0], so[1]) };
+    let accum = if accumulate { Accum::Add } else { Accum::Replace };
+    matmul(fo, accum, fa, fb, 1.0, Par::Seq);
 }
-
-gemm_for!(gemm_f64: f64);
 
 /// `out = a · b` or `out += a · b` in `f32` by matrixmultiply.
 pub(crate) fn gemm_f32(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, accumulate: bool, mut out: ArrayViewMut2<'_, f32>) {
