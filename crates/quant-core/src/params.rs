@@ -20,6 +20,18 @@ pub struct SliceParams<F> {
     pub offset: F,
 }
 
+/// `v` clipped to `[−limit, limit]` (`v` itself when not a number).
+#[inline(always)]
+pub(crate) fn clip<F: Float>(v: F, limit: F) -> F {
+    if v < -limit {
+        -limit
+    } else if v > limit {
+        limit
+    } else {
+        v
+    }
+}
+
 impl<F: Float> SliceParams<F> {
     /// Derives a slice's parameters from its real range `[lo, hi]` (finite, `lo ≤ hi`).
     ///
@@ -34,16 +46,7 @@ impl<F: Float> SliceParams<F> {
         // No dequantized value (nor S·umax on the way) may overflow: ranges reaching past
         // ±F::MAX/4 are clipped there.
         let limit = F::max_value() / F::cast(4.0);
-        let clip = |v: F| {
-            if v < -limit {
-                -limit
-            } else if v > limit {
-                limit
-            } else {
-                v
-            }
-        };
-        let (lo, hi) = (clip(lo), clip(hi));
+        let (lo, hi) = (clip(lo, limit), clip(hi, limit));
         let levels_i = (1i32 << bits) - 1;
         let levels = F::from_int(levels_i);
         let tiny = F::min_positive_value();
@@ -101,38 +104,29 @@ impl<F: Float> SliceParams<F> {
             ParamDtype::Bf16 => Some(F::cast(f64::from(half::bf16::MAX) / 4.0)),
         };
         let (lo, hi) = match limit {
-            Some(l) => {
-                let c = |v: F| {
-                    if v < -l {
-                        -l
-                    } else if v > l {
-                        l
-                    } else {
-                        v
-                    }
-                };
-                (c(lo), c(hi))
-            }
+            Some(l) => (clip(lo, l), clip(hi, l)),
             None => (lo, hi),
         };
         let p = Self::from_range(lo, hi, spec.bits(), spec.scheme());
-        let round = |v: F| -> F {
+        // Quantized tables are set afterwards, from all slices together. (A plain function, not
+        // a closure, so that it inlines into the vectorised callers.)
+        #[inline(always)]
+        fn round<F: Float>(v: F, dtype: ParamDtype) -> F {
             match dtype {
-                // Quantized tables are set afterwards, from all slices together.
                 ParamDtype::Native | ParamDtype::Quantized { .. } => v,
                 ParamDtype::F16 => F::cast(half::f16::from_f64(v.as_f64()).to_f64()),
                 ParamDtype::Bf16 => F::cast(half::bf16::from_f64(v.as_f64()).to_f64()),
             }
-        };
+        }
         let smallest = match dtype {
             ParamDtype::Native | ParamDtype::Quantized { .. } => F::min_positive_value(),
             ParamDtype::F16 => F::cast(half::f16::from_bits(1).to_f64()),
             ParamDtype::Bf16 => F::cast(half::bf16::from_bits(1).to_f64()),
         };
-        let scale = round(p.scale);
+        let scale = round(p.scale, dtype);
         // A step that rounds to 0 would divide by zero: use the type's smallest step.
         let scale = if scale > F::zero() { scale } else { smallest.max(F::min_positive_value()) };
-        Self { scale, zero_point: p.zero_point, offset: round(p.offset) }
+        Self { scale, zero_point: p.zero_point, offset: round(p.offset, dtype) }
     }
 }
 

@@ -14,7 +14,8 @@
 //!    min-max range of the elements with a nonzero weight when that is narrower: for a
 //!    [`RangeEstimator::Mse`] spec its own `α = k/steps`, `k = steps..=1`, otherwise the
 //!    [`WEIGHTED_SEARCH_STEPS`] + 1 values `α = 1 − k/40`, `k = 0..=20` (clipping by up to
-//!    half);
+//!    half). Of these `K` candidates, every `⌊√K⌋`-th is tried, then every one within
+//!    `⌊√K⌋ − 1` of the best of those (12 of the default 21);
 //! 3. for [`Scheme::AsymmetricGrid`] and the symmetric schemes, rounds of weighted least
 //!    squares: for the current codes `t`, the step `s` and offset `m` minimising
 //!    `Σ h (x − s·t − m)²` (symmetric: `m = 0`), kept only while the weighted error falls
@@ -22,14 +23,17 @@
 //!    [`WEIGHTED_REFINE_ROUNDS`]). [`Scheme::AsymmetricExactZero`]'s integer zero point has no
 //!    least-squares form, so it stops after step 2.
 //!
-//! Every candidate passes through [`SliceParams::for_spec`], so steps and offsets are the
-//! values of the spec's parameter type. Two-level tables ([`ParamDtype::Quantized`]) are then
-//! built from the fitted slices; with [`TableFit::Cover`] their codes are refined on the
-//! weighted error. Each candidate's weighted error is summed term by term in f64 in element
-//! order (the codes and the reconstruction in the element type, as the quantizer computes
-//! them), and a candidate replaces the best only when strictly lower; since the start is the
-//! unweighted estimate, a slice's weighted error is never above that of the spec's own grid
-//! (before two-level tables, which round the fitted values).
+//! Every candidate is what [`SliceParams::for_spec`] gives (for the default grid scheme with
+//! native or tabled parameters computed lane-wise by the same operations), so steps and
+//! offsets are the values of the spec's parameter type. Two-level tables
+//! ([`ParamDtype::Quantized`]) are then built from the fitted slices; with [`TableFit::Cover`]
+//! their codes are refined on the weighted error. The search ranks its candidates on weighted
+//! errors summed term by term in the element type, in element order (the codes and the
+//! reconstruction in the element type, as the quantizer computes them); its winner is then
+//! compared with the start, and the least-squares rounds with each other, on errors summed in
+//! f64. A candidate replaces the best only when strictly lower; since the start is the
+//! unweighted estimate, a slice's weighted error (in f64) is never above that of the spec's
+//! own grid (before two-level tables, which round the fitted values).
 //!
 //! A slice whose weights are all zero (inputs never active) keeps the spec's own grid.
 //!
@@ -45,7 +49,7 @@ use crate::error::{QuantError, Result};
 use crate::float::Float;
 use crate::layout::Layout;
 use crate::par;
-use crate::params::{QuantParams, SliceParams};
+use crate::params::{QuantParams, SliceParams, clip};
 use crate::range::estimate;
 use crate::spec::{ParamDtype, RangeEstimator, Scheme, TableFit, UniformSpec};
 use crate::tables::refine_tables;
@@ -180,10 +184,48 @@ impl Fit {
         }
     }
 
-    /// The shrink factor of candidate `k`.
-    fn alpha(&self, k: u16) -> f64 {
-        if self.own_steps { f64::from(self.count - k) / f64::from(self.count) } else { 1.0 - f64::from(k) / 40.0 }
+    /// The spacing of the clipping search's coarse pass (and the reach of its fine pass around
+    /// the best coarse candidate): `⌊√count⌋`, 4 for the default 21 candidates.
+    fn stride(&self) -> u16 {
+        self.count.isqrt().max(1)
     }
+
+    /// The shrink factor of every candidate `k`.
+    fn alphas<F: Float>(&self) -> Vec<F> {
+        let alpha = |k: u16| if self.own_steps { f64::from(self.count - k) / f64::from(self.count) } else { 1.0 - f64::from(k) / 40.0 };
+        (0..self.count.max(1)).map(|k| F::cast(alpha(k))).collect()
+    }
+}
+
+/// The grids of `W` ranges as [`SliceParams::for_spec`] makes them, with their lanes. For the
+/// grid scheme with native or tabled parameters (the default) the same operations run lane by
+/// lane without branching on the spec, which the compiler vectorises; otherwise `for_spec`
+/// per lane.
+#[inline(always)]
+fn candidates<F: Float, const W: usize>(lo: &[F; W], hi: &[F; W], fit: &Fit) -> ([SliceParams<F>; W], Grids<F, W>) {
+    let spec = &fit.spec;
+    let plain = spec.scheme() == Scheme::AsymmetricGrid && matches!(spec.param_dtype(), ParamDtype::Native | ParamDtype::Quantized { .. });
+    if !plain {
+        let params = core::array::from_fn(|l| SliceParams::for_spec(lo[l], hi[l], spec));
+        return (params, Grids::of(&params, fit.max_code));
+    }
+    // for_spec: tabled parameters clip the range to ±32752 first; from_range clips to
+    // ±F::MAX/4 (a no-op after the first) and floors the step at the least positive value.
+    let limit = if spec.param_dtype() == ParamDtype::Native { F::max_value() / F::cast(4.0) } else { F::cast(32752.0) };
+    let levels = F::from_int((1i32 << spec.bits()) - 1);
+    let tiny = F::min_positive_value();
+    let mut g = Grids { s: [F::one(); W], inv: [F::one(); W], m: [F::zero(); W], lo: [F::zero(); W], hi: [F::from_int(fit.max_code); W] };
+    for l in 0..W {
+        let (a, b) = (clip(lo[l], limit), clip(hi[l], limit));
+        let d = b - a;
+        let span = if d.is_finite() { d / levels } else { b / levels - a / levels };
+        g.s[l] = if span >= tiny { span } else { tiny };
+        g.m[l] = a;
+    }
+    for l in 0..W {
+        g.inv[l] = F::one() / g.s[l];
+    }
+    (core::array::from_fn(|l| SliceParams { scale: g.s[l], zero_point: 0, offset: g.m[l] }), g)
 }
 
 /// The parameters a slot holds before its fit fills it.
@@ -225,32 +267,38 @@ impl<F: Float, const W: usize> Grids<F, W> {
     }
 }
 
-/// Every lane's `Σ h (x − x̂)²` on its grid: each term and the sum in f64, in element order.
+/// Every lane's `Σ h (x − x̂)²` on its grid, each term and the sum in the element type in
+/// element order: what the clipping search ranks its candidates on.
 #[inline(always)]
-fn lane_sse<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[f64; W]], g: &Grids<F, W>) -> [f64; W] {
-    let mut acc = [0f64; W];
+fn lane_sse<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[F; W]], g: &Grids<F, W>) -> [F; W] {
+    let mut acc = [F::zero(); W];
     for (x, h) in xs.iter().zip(hs) {
         for l in 0..W {
-            let e = (g.code::<DIVIDE>(l, x[l]) * g.s[l] + g.m[l] - x[l]).as_f64();
+            let e = g.code::<DIVIDE>(l, x[l]) * g.s[l] + g.m[l] - x[l];
             acc[l] += h[l] * (e * e);
         }
     }
     acc
 }
 
-/// Every lane's `[Σh, Σht, Σht², Σhx, Σhtx]` for the codes `t` of its grid, in f64.
+/// Every lane's `[Σh, Σht, Σht², Σhx, Σhtx, Σh(x − x̂)²]` for the codes `t` of its grid, in
+/// f64 (the error's terms from the reconstruction in the element type, as the quantizer
+/// computes it): one least-squares step and the error of the grid it starts from.
 #[inline(always)]
-fn lane_moments<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[f64; W]], g: &Grids<F, W>) -> [[f64; W]; 5] {
-    let mut out = [[0f64; W]; 5];
+fn lane_moments<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[F; W]], g: &Grids<F, W>) -> [[f64; W]; 6] {
+    let mut out = [[0f64; W]; 6];
     for (x, h) in xs.iter().zip(hs) {
         for l in 0..W {
-            let (t, h, x) = (g.code::<DIVIDE>(l, x[l]).as_f64(), h[l], x[l].as_f64());
+            let code = g.code::<DIVIDE>(l, x[l]);
+            let e = (code * g.s[l] + g.m[l] - x[l]).as_f64();
+            let (t, h, x) = (code.as_f64(), h[l].as_f64(), x[l].as_f64());
             let ht = h * t;
             out[0][l] += h;
             out[1][l] += ht;
             out[2][l] += ht * t;
             out[3][l] += h * x;
             out[4][l] += ht * x;
+            out[5][l] += h * (e * e);
         }
     }
     out
@@ -270,13 +318,87 @@ fn least_squares_step(fit: &Fit, [sw, st, stt, sx, stx]: [f64; 5]) -> Option<(f6
     (s > 0.0 && s.is_finite() && m.is_finite()).then_some((s, m))
 }
 
+/// One base range per lane for the clipping search (module documentation, step 2), over the
+/// lanes in `mask` (the others score but never win).
+struct Search<'a, F, const W: usize> {
+    xs: &'a [[F; W]],
+    hs: &'a [[F; W]],
+    fit: &'a Fit,
+    /// The shrink factor of every candidate `k`.
+    alphas: &'a [F],
+    base: [(F, F); W],
+    mask: [bool; W],
+}
+
+impl<F: Float, const W: usize> Search<'_, F, W> {
+    /// Candidate `k[l]` of every lane: its errors on the element-type sums, each replacing
+    /// the lane's best (`best.0`, its error `best.1`) when strictly lower, for the lanes in
+    /// `valid` and the mask.
+    #[inline(always)]
+    fn score<const DIVIDE: bool>(&self, k: [u16; W], valid: &[bool; W], best: &mut ([SliceParams<F>; W], [F; W])) -> [F; W] {
+        let mut lo = [F::zero(); W];
+        let mut hi = [F::zero(); W];
+        for l in 0..W {
+            let a = self.alphas[usize::from(k[l]).min(self.alphas.len() - 1)];
+            let (a_lo, a_hi) = self.base[l];
+            lo[l] = if a_lo < F::zero() { a_lo * a } else { a_lo };
+            hi[l] = if a_hi > F::zero() { a_hi * a } else { a_hi };
+        }
+        let (candidate, grids) = candidates(&lo, &hi, self.fit);
+        let e = lane_sse::<F, W, DIVIDE>(self.xs, self.hs, &grids);
+        for l in 0..W {
+            if valid[l] && self.mask[l] && e[l] < best.1[l] {
+                best.1[l] = e[l];
+                best.0[l] = candidate[l];
+            }
+        }
+        e
+    }
+
+    /// The search, coarse to fine: every `stride`-th candidate, then every one within a
+    /// stride of each lane's best coarse candidate.
+    #[inline(always)]
+    fn run<const DIVIDE: bool>(&self, best: &mut ([SliceParams<F>; W], [F; W])) {
+        let (count, stride) = (self.fit.count, self.fit.stride());
+        let (mut coarse_k, mut coarse_e) = ([0u16; W], [F::infinity(); W]);
+        let mut k = 0;
+        while k < count {
+            let e = self.score::<DIVIDE>([k; W], &[true; W], best);
+            for l in 0..W {
+                if e[l] < coarse_e[l] {
+                    coarse_e[l] = e[l];
+                    coarse_k[l] = k;
+                }
+            }
+            k += stride;
+        }
+        for d in 1..stride {
+            for up in [false, true] {
+                let ks: [Option<u16>; W] =
+                    core::array::from_fn(
+                        |l| if up { coarse_k[l].checked_add(d).filter(|&k| k < count) } else { coarse_k[l].checked_sub(d) },
+                    );
+                if ks.iter().zip(&self.mask).any(|(k, &m)| m && k.is_some()) {
+                    self.score::<DIVIDE>(ks.map(|k| k.unwrap_or(0)), &ks.map(|k| k.is_some()), best);
+                }
+            }
+        }
+    }
+}
+
 /// Fits `W` slices held column-wise (`xs[j][l]` is element `j` of slice `l`, `hs[j][l]` its
 /// weight; elements finite, weights finite and non-negative, at least one element) into
 /// `out`, as the module documentation says. Every lane does exactly the operations, in the
 /// same order, of a slice fitted alone (`W = 1`), so results do not depend on batching,
 /// threads or the CPU.
 #[inline(always)]
-fn fit_lanes<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[[f64; W]], fit: &Fit, out: &mut [SliceParams<F>]) {
+fn fit_lanes<F: Float, const W: usize, const DIVIDE: bool>(
+    xs: &[[F; W]],
+    hs: &[[F; W]],
+    fit: &Fit,
+    alphas: &[F],
+    out: &mut [SliceParams<F>],
+) {
     let spec = &fit.spec;
     // The min-max range of each lane, and that of its elements with a nonzero weight.
     let (mut lo, mut hi) = (xs[0], xs[0]);
@@ -285,7 +407,7 @@ fn fit_lanes<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[
         for l in 0..W {
             lo[l] = if lo[l] < x[l] { lo[l] } else { x[l] };
             hi[l] = if hi[l] > x[l] { hi[l] } else { x[l] };
-            let on = h[l] > 0.0;
+            let on = h[l] > F::zero();
             alo[l] = if on && x[l] < alo[l] { x[l] } else { alo[l] };
             ahi[l] = if on && x[l] > ahi[l] { x[l] } else { ahi[l] };
         }
@@ -307,44 +429,43 @@ fn fit_lanes<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[
         start[l] = SliceParams::for_spec(a, b, spec);
     }
     let mut best = start;
-    let mut best_e = lane_sse::<F, W, DIVIDE>(xs, hs, &Grids::of(&best, fit.max_code));
     // No weight (all zero): the spec's grid.
     let idle: [bool; W] = core::array::from_fn(|l| alo[l] > ahi[l]);
     if fit.search {
+        let mut search = (best, lane_sse::<F, W, DIVIDE>(xs, hs, &Grids::of(&best, fit.max_code)));
         // The min-max range for every lane, then the narrower range of the active elements
         // for the lanes that have one.
         let narrower: [bool; W] = core::array::from_fn(|l| !idle[l] && (alo[l], ahi[l]) != (lo[l], hi[l]));
         let second: [(F, F); W] = core::array::from_fn(|l| if narrower[l] { (alo[l], ahi[l]) } else { (lo[l], hi[l]) });
         let first: [(F, F); W] = core::array::from_fn(|l| (lo[l], hi[l]));
         for (base, mask) in [(first, [true; W]), (second, narrower)] {
-            if !mask.contains(&true) {
-                continue;
+            if mask.contains(&true) {
+                Search { xs, hs, fit, alphas, base, mask }.run::<DIVIDE>(&mut search);
             }
-            for k in 0..fit.count {
-                let a = F::cast(fit.alpha(k));
-                let mut candidate = [blank(); W];
-                for (c, &(lo, hi)) in candidate.iter_mut().zip(&base) {
-                    let l = if lo < F::zero() { lo * a } else { lo };
-                    let h = if hi > F::zero() { hi * a } else { hi };
-                    *c = SliceParams::for_spec(l, h, spec);
-                }
-                let e = lane_sse::<F, W, DIVIDE>(xs, hs, &Grids::of(&candidate, fit.max_code));
-                for l in 0..W {
-                    if mask[l] && e[l] < best_e[l] {
-                        best_e[l] = e[l];
-                        best[l] = candidate[l];
-                    }
+        }
+        best = search.0;
+    }
+    // From here every error is summed in f64, and the start is kept unless beaten there.
+    let mut moments = lane_moments::<F, W, DIVIDE>(xs, hs, &Grids::of(&best, fit.max_code));
+    let moved: [bool; W] = core::array::from_fn(|l| best[l] != start[l]);
+    if moved.contains(&true) {
+        let own = lane_moments::<F, W, DIVIDE>(xs, hs, &Grids::of(&start, fit.max_code));
+        for l in 0..W {
+            if moved[l] && own[5][l] <= moments[5][l] {
+                best[l] = start[l];
+                for i in 0..6 {
+                    moments[i][l] = own[i][l];
                 }
             }
         }
     }
-    // Least-squares rounds, each lane until its error stops falling.
+    // Least-squares rounds, each lane until its error stops falling; a round's pass over the
+    // candidate gives its error and the moments of the next round.
     let mut live: [bool; W] = core::array::from_fn(|l| !idle[l]);
     for _ in 0..fit.rounds {
         if !live.contains(&true) {
             break;
         }
-        let moments = lane_moments::<F, W, DIVIDE>(xs, hs, &Grids::of(&best, fit.max_code));
         let mut candidate = best;
         for l in 0..W {
             if !live[l] {
@@ -357,11 +478,13 @@ fn fit_lanes<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[
                 None => live[l] = false,
             }
         }
-        let e = lane_sse::<F, W, DIVIDE>(xs, hs, &Grids::of(&candidate, fit.max_code));
+        let next = lane_moments::<F, W, DIVIDE>(xs, hs, &Grids::of(&candidate, fit.max_code));
         for l in 0..W {
-            if live[l] && e[l] < best_e[l] {
-                best_e[l] = e[l];
+            if live[l] && next[5][l] < moments[5][l] {
                 best[l] = candidate[l];
+                for i in 0..6 {
+                    moments[i][l] = next[i][l];
+                }
             } else {
                 live[l] = false;
             }
@@ -374,21 +497,36 @@ fn fit_lanes<F: Float, const W: usize, const DIVIDE: bool>(xs: &[[F; W]], hs: &[
 
 /// [`fit_lanes`] for the spec's scale mode.
 #[inline(always)]
-fn fit_lanes_for<F: Float, const W: usize>(xs: &[[F; W]], hs: &[[f64; W]], fit: &Fit, out: &mut [SliceParams<F>]) {
-    if fit.divide { fit_lanes::<F, W, true>(xs, hs, fit, out) } else { fit_lanes::<F, W, false>(xs, hs, fit, out) }
+fn fit_lanes_for<F: Float, const W: usize>(xs: &[[F; W]], hs: &[[F; W]], fit: &Fit, alphas: &[F], out: &mut [SliceParams<F>]) {
+    if fit.divide { fit_lanes::<F, W, true>(xs, hs, fit, alphas, out) } else { fit_lanes::<F, W, false>(xs, hs, fit, alphas, out) }
 }
 
-/// The weights of one slice, `weights[(first + j) mod n]` for its `j`-th element, into lane
-/// `l` of `hs`.
+/// The weights of one slice, `weights[(first + j) mod n]` for its `j`-th element, into `out`
+/// (copied in runs up to each wrap of `weights`).
 #[inline(always)]
-fn weights_into<F: Float, const W: usize>(weights: &[F], first: usize, hs: &mut [[f64; W]], l: usize) {
+fn weights_run<F: Float>(weights: &[F], first: usize, out: &mut [F]) {
     let n = weights.len();
-    let mut i = first % n;
-    for row in hs.iter_mut() {
-        row[l] = weights[i].as_f64();
-        i += 1;
-        if i == n {
-            i = 0;
+    let (mut i, mut done) = (first % n, 0);
+    while done < out.len() {
+        let take = (n - i).min(out.len() - done);
+        out[done..done + take].copy_from_slice(&weights[i..i + take]);
+        done += take;
+        i = 0;
+    }
+}
+
+/// Sixteen consecutive runs of `len` values in `src` column-wise into `cols` (`cols[j][l]` is
+/// value `j` of run `l`), by the AVX-512 transpose where `token` proves it.
+#[inline(always)]
+fn columns<F: Float>(token: Option<crate::simd::Avx512>, src: &[F], len: usize, cols: &mut [[F; SIDE]]) {
+    match (token, F::as_f32_slice(src), F::as_f32_slice_mut(cols.as_flattened_mut())) {
+        (Some(t), Some(src), Some(dst)) => crate::simd::transpose16(t, src, len, dst),
+        _ => {
+            for (j, row) in cols.iter_mut().enumerate() {
+                for (l, v) in row.iter_mut().enumerate() {
+                    *v = src[l * len + j];
+                }
+            }
         }
     }
 }
@@ -401,35 +539,29 @@ fn fit_runs_portable<F: Float>(xs: &[F], len: usize, weights: &[F], first: usize
         return;
     }
     let mut cols: Vec<[F; SIDE]> = vec![[F::zero(); SIDE]; len];
-    let mut hs: Vec<[f64; SIDE]> = vec![[0.0; SIDE]; len];
+    let mut hs: Vec<[F; SIDE]> = vec![[F::zero(); SIDE]; len];
+    let mut runs: Vec<F> = vec![F::zero(); SIDE * len];
     let mut one_x: Vec<[F; 1]> = vec![[F::zero()]; len];
-    let mut one_h: Vec<[f64; 1]> = vec![[0.0]; len];
+    let mut one_h: Vec<[F; 1]> = vec![[F::zero()]; len];
     let token = crate::simd::Avx512::new();
+    let alphas = fit.alphas::<F>();
     let mut k = 0;
     while k < out.len() {
         if out.len() - k >= SIDE {
-            let src = &xs[k * len..(k + SIDE) * len];
-            match (token, F::as_f32_slice(src), F::as_f32_slice_mut(cols.as_flattened_mut())) {
-                (Some(t), Some(src), Some(dst)) => crate::simd::transpose16(t, src, len, dst),
-                _ => {
-                    for (j, row) in cols.iter_mut().enumerate() {
-                        for (l, v) in row.iter_mut().enumerate() {
-                            *v = src[l * len + j];
-                        }
-                    }
-                }
+            columns(token, &xs[k * len..(k + SIDE) * len], len, &mut cols);
+            // The sixteen slices' weights one after another, then column-wise as the elements.
+            for (l, run) in runs.chunks_exact_mut(len).enumerate() {
+                weights_run(weights, first + (k + l) * len, run);
             }
-            for l in 0..SIDE {
-                weights_into(weights, first + (k + l) * len, &mut hs, l);
-            }
-            fit_lanes_for(&cols, &hs, fit, &mut out[k..k + SIDE]);
+            columns(token, &runs, len, &mut hs);
+            fit_lanes_for(&cols, &hs, fit, &alphas, &mut out[k..k + SIDE]);
             k += SIDE;
         } else {
             for (v, &x) in one_x.iter_mut().zip(&xs[k * len..(k + 1) * len]) {
                 *v = [x];
             }
-            weights_into(weights, first + k * len, &mut one_h, 0);
-            fit_lanes_for(&one_x, &one_h, fit, &mut out[k..=k]);
+            weights_run(weights, first + k * len, one_h.as_flattened_mut());
+            fit_lanes_for(&one_x, &one_h, fit, &alphas, &mut out[k..=k]);
             k += 1;
         }
     }
@@ -548,7 +680,8 @@ fn check_importance<F: Float>(shape: &[usize], importance: &[F]) -> Result<usize
 /// Per slice, the best grid on the weighted error among: the spec's own range estimate; the
 /// ranges `[α·lo, α·hi]` of the min-max range and, when narrower, of the range of the
 /// elements with a nonzero weight (`α = k/steps` for a [`RangeEstimator::Mse`] spec,
-/// otherwise `α = 1 − k/40` for `k = 0..=`[`WEIGHTED_SEARCH_STEPS`]); then, for the grid and
+/// otherwise `α = 1 − k/40` for `k = 0..=`[`WEIGHTED_SEARCH_STEPS`]; searched
+/// coarse to fine: `docs/numerics.md`); then, for the grid and
 /// symmetric schemes, weighted least-squares refits of step and offset for the current codes
 /// (the table fit's iterations, otherwise [`WEIGHTED_REFINE_ROUNDS`]), kept while the error
 /// falls. No slice's weighted error is above that of the spec's own grid (before two-level
@@ -711,6 +844,96 @@ mod tests {
                 p[0]
             }).collect();
             prop_assert_eq!(bits(&gathered), bits(&alone));
+        }
+    }
+
+    /// The lane-wise grids of the default spec family are, bit for bit, `for_spec`'s and
+    /// `Grids::of`'s, on ordinary, zero-width, reversed, huge and tiny ranges.
+    #[test]
+    fn candidate_lanes_are_for_spec() {
+        let specials = [0.0f32, -0.0, 1e-42, -1e-42, 1e-30, 0.37, -2.5, 40000.0, -40000.0, f32::MAX, -f32::MAX, f32::MAX / 3.0];
+        for dtype in [ParamDtype::Native, ParamDtype::Quantized { bits: 6, super_group: 8 }, ParamDtype::F16] {
+            for scheme in [Scheme::AsymmetricGrid, Scheme::SymmetricNarrow] {
+                for width in [2u8, 4, 8] {
+                    let spec = UniformSpec::builder().bits(width).scheme(scheme).param_dtype(dtype).per_group(1, 8).check().unwrap();
+                    let fit = Fit::new(&spec, true);
+                    for seed in 0..64u64 {
+                        let pick = |i: u64| {
+                            let u = crate::rng::unit(seed, i);
+                            if u < 0.3 { specials[(u * 40.0) as usize % specials.len()] } else { ((u - 0.65) * 10.0) as f32 }
+                        };
+                        let lo: [f32; 16] = core::array::from_fn(|l| pick(2 * l as u64));
+                        let hi: [f32; 16] = core::array::from_fn(|l| pick(2 * l as u64 + 1));
+                        let (params, grids) = candidates(&lo, &hi, &fit);
+                        let want: [SliceParams<f32>; 16] = core::array::from_fn(|l| SliceParams::for_spec(lo[l], hi[l], &spec));
+                        let g = Grids::of(&want, fit.max_code);
+                        assert_eq!(bits(&params), bits(&want), "{spec:?} seed {seed}");
+                        for (a, b) in [(grids.s, g.s), (grids.inv, g.inv), (grids.m, g.m), (grids.lo, g.lo), (grids.hi, g.hi)] {
+                            assert_eq!(a.map(f32::to_bits), b.map(f32::to_bits), "{spec:?} seed {seed}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The coarse-to-fine search loses next to nothing against trying all 21 clipping factors:
+    /// a plain reference (every factor on the min-max range, f64 errors, then the same
+    /// least-squares rounds) on 400 random slices with skewed weights, 3 and 4 bits.
+    #[test]
+    fn coarse_to_fine_matches_the_exhaustive_search() {
+        for width in [3u8, 4] {
+            let spec = UniformSpec::builder().bits(width).per_group(1, 32).check().unwrap();
+            let top = f64::from(spec.max_code());
+            let cost = |x: &[f32], h: &[f32], s: f64, m: f64| -> f64 {
+                x.iter()
+                    .zip(h)
+                    .map(|(&x, &h)| f64::from(h) * (((f64::from(x) - m) / s).round().clamp(0.0, top) * s + m - f64::from(x)).powi(2))
+                    .sum()
+            };
+            let (mut ours, mut reference) = (0.0, 0.0);
+            for k in 0..400u64 {
+                let x: Vec<f32> =
+                    (0..32).map(|i| ((crate::rng::unit(k, i) - 0.5) * 2.0) as f32 * if i % 9 == 0 { 3.0 } else { 1.0 }).collect();
+                let h: Vec<f32> = (0..32).map(|i| (crate::rng::unit(k ^ 0xabc, i) * 6.0).exp() as f32).collect();
+                let p = fit_slice(&x, Some(&h), &spec).unwrap();
+                ours += cost(&x, &h, f64::from(p.scale), f64::from(p.offset));
+                // Reference: all 21 factors, then least squares on the best's codes while it helps.
+                let (lo, hi) = x.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(f64::from(v)), b.max(f64::from(v))));
+                let mut best = (f64::MAX, 0.0, 0.0);
+                for j in 0..=20 {
+                    let a = 1.0 - f64::from(j) / 40.0;
+                    let (l, u) = (if lo < 0.0 { lo * a } else { lo }, if hi > 0.0 { hi * a } else { hi });
+                    let (s, m) = ((u - l) / top, l);
+                    let e = cost(&x, &h, s, m);
+                    if e < best.0 {
+                        best = (e, s, m);
+                    }
+                }
+                for _ in 0..WEIGHTED_REFINE_ROUNDS {
+                    let (_, s, m) = best;
+                    let mut sums = [0.0; 5];
+                    for (&x, &h) in x.iter().zip(&h) {
+                        let (x, h) = (f64::from(x), f64::from(h));
+                        let t = ((x - m) / s).round().clamp(0.0, top);
+                        for (acc, v) in sums.iter_mut().zip([h, h * t, h * t * t, h * x, h * t * x]) {
+                            *acc += v;
+                        }
+                    }
+                    let [sw, st, stt, sx, stx] = sums;
+                    let s2 = (sw * stx - st * sx) / (sw * stt - st * st);
+                    let m2 = (sx - s2 * st) / sw;
+                    let e = if s2 > 0.0 { cost(&x, &h, s2, m2) } else { f64::MAX };
+                    if e >= best.0 {
+                        break;
+                    }
+                    best = (e, s2, m2);
+                }
+                reference += best.0;
+            }
+            let ratio = ours / reference;
+            assert!(ratio < 1.005, "{width} bits: coarse-to-fine / exhaustive = {ratio}");
+            assert!(ratio > 0.97, "{width} bits: the reference is not what it should be ({ratio})");
         }
     }
 
