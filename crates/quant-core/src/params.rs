@@ -32,6 +32,28 @@ pub(crate) fn clip<F: Float>(v: F, limit: F) -> F {
     }
 }
 
+/// The step of the grid scheme for the (clipped) range `[lo, hi]` with `levels` steps:
+/// `(hi − lo)/levels` (without overflow for ranges wider than `F::MAX`), at least the least
+/// positive value.
+#[inline(always)]
+pub(crate) fn grid_step<F: Float>(lo: F, hi: F, levels: F) -> F {
+    let d = hi - lo;
+    let s = if d.is_finite() { d / levels } else { hi / levels - lo / levels };
+    if s >= F::min_positive_value() { s } else { F::min_positive_value() }
+}
+
+/// How far [`SliceParams::for_spec`] clips a range for parameters stored as `dtype` (a
+/// quarter of the stored type's largest value), `None` when only `from_range`'s `±F::MAX/4`
+/// applies.
+#[inline(always)]
+pub(crate) fn stored_limit<F: Float>(dtype: ParamDtype) -> Option<F> {
+    match dtype {
+        ParamDtype::Native => None,
+        ParamDtype::F16 | ParamDtype::Quantized { .. } => Some(F::cast(32752.0)),
+        ParamDtype::Bf16 => Some(F::cast(f64::from(half::bf16::MAX) / 4.0)),
+    }
+}
+
 impl<F: Float> SliceParams<F> {
     /// Derives a slice's parameters from its real range `[lo, hi]` (finite, `lo ≤ hi`).
     ///
@@ -61,7 +83,7 @@ impl<F: Float> SliceParams<F> {
             if a > b { a } else { b }
         };
         match scheme {
-            Scheme::AsymmetricGrid => Self { scale: floor(span(lo, hi), tiny), zero_point: 0, offset: lo },
+            Scheme::AsymmetricGrid => Self { scale: grid_step(lo, hi, levels), zero_point: 0, offset: lo },
             Scheme::AsymmetricExactZero => {
                 let lo = if lo < F::zero() { lo } else { F::zero() };
                 let hi = if hi > F::zero() { hi } else { F::zero() };
@@ -98,12 +120,7 @@ impl<F: Float> SliceParams<F> {
         let dtype = spec.param_dtype();
         // Keep steps and offsets finite in the stored type (a quarter of its largest value,
         // as `from_range` does for F).
-        let limit = match dtype {
-            ParamDtype::Native => None,
-            ParamDtype::F16 | ParamDtype::Quantized { .. } => Some(F::cast(32752.0)),
-            ParamDtype::Bf16 => Some(F::cast(f64::from(half::bf16::MAX) / 4.0)),
-        };
-        let (lo, hi) = match limit {
+        let (lo, hi) = match stored_limit(dtype) {
             Some(l) => (clip(lo, l), clip(hi, l)),
             None => (lo, hi),
         };

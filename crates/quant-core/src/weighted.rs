@@ -49,7 +49,7 @@ use crate::error::{QuantError, Result};
 use crate::float::Float;
 use crate::layout::Layout;
 use crate::par;
-use crate::params::{QuantParams, SliceParams, clip};
+use crate::params::{QuantParams, SliceParams, clip, grid_step, stored_limit};
 use crate::range::estimate;
 use crate::spec::{ParamDtype, RangeEstimator, Scheme, TableFit, UniformSpec};
 use crate::tables::refine_tables;
@@ -209,17 +209,14 @@ fn candidates<F: Float, const W: usize>(lo: &[F; W], hi: &[F; W], fit: &Fit) -> 
         let params = core::array::from_fn(|l| SliceParams::for_spec(lo[l], hi[l], spec));
         return (params, Grids::of(&params, fit.max_code));
     }
-    // for_spec: tabled parameters clip the range to ±32752 first; from_range clips to
-    // ±F::MAX/4 (a no-op after the first) and floors the step at the least positive value.
-    let limit = if spec.param_dtype() == ParamDtype::Native { F::max_value() / F::cast(4.0) } else { F::cast(32752.0) };
+    // for_spec: tabled parameters clip the range first (to less than from_range's ±F::MAX/4,
+    // which is then a no-op); from_range's grid step; no rounding of native or tabled values.
+    let limit = stored_limit(spec.param_dtype()).unwrap_or(F::max_value() / F::cast(4.0));
     let levels = F::from_int((1i32 << spec.bits()) - 1);
-    let tiny = F::min_positive_value();
     let mut g = Grids { s: [F::one(); W], inv: [F::one(); W], m: [F::zero(); W], lo: [F::zero(); W], hi: [F::from_int(fit.max_code); W] };
     for l in 0..W {
         let (a, b) = (clip(lo[l], limit), clip(hi[l], limit));
-        let d = b - a;
-        let span = if d.is_finite() { d / levels } else { b / levels - a / levels };
-        g.s[l] = if span >= tiny { span } else { tiny };
+        g.s[l] = grid_step(a, b, levels);
         g.m[l] = a;
     }
     for l in 0..W {
@@ -544,7 +541,8 @@ fn fit_runs_portable<F: Float>(xs: &[F], len: usize, weights: &[F], first: usize
     let mut one_x: Vec<[F; 1]> = vec![[F::zero()]; len];
     let mut one_h: Vec<[F; 1]> = vec![[F::zero()]; len];
     let token = crate::simd::Avx512::new();
-    let alphas = fit.alphas::<F>();
+    // Only the clipping search reads the shrink factors.
+    let alphas = if fit.search { fit.alphas::<F>() } else { Vec::new() };
     let mut k = 0;
     while k < out.len() {
         if out.len() - k >= SIDE {
