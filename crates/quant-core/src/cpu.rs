@@ -59,6 +59,39 @@ cpu_token! {
     pub(crate) struct Avx2 = ["avx2"];
 }
 
+cpu_token! {
+    /// AVX: `vzeroupper` ([`clear_upper_vector_state`]).
+    pub(crate) struct Avx = ["avx"];
+}
+
+/// Clears the upper halves of the vector registers (`vzeroupper`) on an x86-64 CPU with AVX;
+/// does nothing elsewhere. Not part of the public API: for the crates of the family, after
+/// calling a foreign kernel that may return with them dirty.
+///
+/// Compiled code clears them itself on leaving AVX code, but hand-written kernels need not
+/// (faer's matrix-product micro-kernels do not). Until the state is cleared, every
+/// legacy-SSE instruction (the baseline x86-64 build's floating-point code, `libm`'s `erff`
+/// and `expf` among it) is slowed by merging into the dirty upper halves: a MiniLM forward
+/// pass ran 1.4–1.5x slower after faer's `f32` products without this call
+/// (docs/benchmarks.md).
+#[doc(hidden)]
+#[inline]
+pub fn clear_upper_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(avx) = Avx::new() {
+        // SAFETY: the token proves the CPU has AVX, the only feature `vzeroupper` enables.
+        unsafe { vzeroupper(avx) }
+    }
+}
+
+/// `vzeroupper`: no memory access, and no vector value is live across this call's boundary
+/// (the calling convention keeps none in the upper halves), so nothing observable changes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn vzeroupper(_avx: Avx) {
+    core::arch::x86_64::_mm256_zeroupper();
+}
+
 /// The checks the unit test of every crate with tokens runs over its own sources: each
 /// function with `#[target_feature(enable = "...")]` either takes a token parameter whose
 /// `FEATURES` include every enabled feature, or is a private helper enabling no feature
@@ -115,8 +148,13 @@ fn takes(signature: &str, name: &str) -> bool {
 mod tests {
     use super::*;
 
-    const TOKENS: &[(&str, &[&str])] =
-        &[("Avx512", Avx512::FEATURES), ("Avx512Vnni", Avx512Vnni::FEATURES), ("Avx512Dq", Avx512Dq::FEATURES), ("Avx2", Avx2::FEATURES)];
+    const TOKENS: &[(&str, &[&str])] = &[
+        ("Avx512", Avx512::FEATURES),
+        ("Avx512Vnni", Avx512Vnni::FEATURES),
+        ("Avx512Dq", Avx512Dq::FEATURES),
+        ("Avx2", Avx2::FEATURES),
+        ("Avx", Avx::FEATURES),
+    ];
 
     #[test]
     fn every_kernel_enables_only_what_its_token_checked() {
@@ -129,6 +167,7 @@ mod tests {
             ("simd/x86/pack.rs", include_str!("simd/x86/pack.rs")),
             ("simd/x86/transpose.rs", include_str!("simd/x86/transpose.rs")),
             ("integer/gemm.rs", include_str!("integer/gemm.rs")),
+            ("cpu.rs", include_str!("cpu.rs")),
         ];
         let bad = target_feature_violations(&sources, TOKENS);
         assert!(bad.is_empty(), "{bad:#?}");
@@ -150,6 +189,7 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             assert_eq!(Avx2::new().is_some(), std::is_x86_feature_detected!("avx2"));
+            assert_eq!(Avx::new().is_some(), std::is_x86_feature_detected!("avx"));
             assert_eq!(
                 Avx512Dq::new().is_some(),
                 std::is_x86_feature_detected!("avx512f")

@@ -78,7 +78,7 @@ pub mod fuzz;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 
-pub use cpu::target_feature_violations;
+pub use cpu::{clear_upper_vector_state, target_feature_violations};
 pub use error::{QuantError, Result};
 pub use float::Float;
 pub use kmeans::{

@@ -2,23 +2,34 @@
 //! ndarray views, on the calling thread (callers parallelise above it, so a product gives the
 //! same bits whatever the thread count).
 //!
-//! `f64` goes through faer's packed kernels (run-time dispatch to the CPU's widest vectors):
-//! 15–30% faster than ndarray's `general_mat_mul` (matrixmultiply) on the digits MLP's shapes
-//! in isolation, and its block products 20–25% faster with them (docs/benchmarks.md, "Block
-//! products that pay only for their block"). `f32` stays on matrixmultiply: faer was faster
-//! in isolation on BERT's shapes too, but not inside the sensitivity run (two threads of
-//! forward passes were 30% slower with it, the stacked tangent passes 15% faster; measured,
-//! not understood), so the `f32` models keep the path they were measured on.
+//! Both types go through faer's packed kernels (run-time dispatch to the CPU's widest
+//! vectors): 15–30% faster than ndarray's `general_mat_mul` (matrixmultiply) on the digits
+//! MLP's `f64` shapes and 15–25% on BERT's `f32` shapes in isolation (docs/benchmarks.md).
+//! `f32` products of fewer than [`F32_MIN_ROWS`] rows (attention within one sentence) stay
+//! on matrixmultiply. faer's micro-kernels return with the upper halves of the vector
+//! registers dirty, which slowed every later legacy-SSE instruction (GELU's `erff`, the
+//! elementwise passes) until cleared: each product here ends with
+//! [`quant_core::clear_upper_vector_state`] (without it, MiniLM's forward passes were 1.4–1.5x
+//! slower on faer than on matrixmultiply, which is why `f32` had stayed there).
 #![allow(unsafe_code)]
 
 use faer::linalg::matmul::matmul;
+use faer::traits::ComplexField;
 use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// `out = a · b`, or `out += a · b` when `accumulate`, in `f64` by faer. Shapes must agree
-/// (`a: m×k`, `b: k×n`, `out: m×n`); the callers check them, and a mismatch panics here
-/// rather than reading out of bounds.
-pub(crate) fn gemm_f64(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>, accumulate: bool, mut out: ArrayViewMut2<'_, f64>) {
+/// `f32` products with fewer rows go to matrixmultiply.
+pub(crate) const F32_MIN_ROWS: usize = 128;
+
+/// `out = a · b`, or `out += a · b` when `accumulate`, by faer. Shapes must agree (`a: m×k`,
+/// `b: k×n`, `out: m×n`); the callers check them, and a mismatch panics here rather than
+/// reading out of bounds.
+fn gemm_faer<T: ComplexField + Copy + num_traits::Zero + num_traits::One>(
+    a: ArrayView2<'_, T>,
+    b: ArrayView2<'_, T>,
+    accumulate: bool,
+    mut out: ArrayViewMut2<'_, T>,
+) {
     let ((m, k), (k2, n)) = (a.dim(), b.dim());
     assert!(k == k2 && out.dim() == (m, n), "matrix product of {m}×{k} and {k2}×{n} into {:?}", out.dim());
     if m == 0 || n == 0 {
@@ -26,7 +37,7 @@ pub(crate) fn gemm_f64(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>, accumulat
     }
     if k == 0 {
         if !accumulate {
-            out.fill(0.0);
+            out.fill(T::zero());
         }
         return;
     }
@@ -44,12 +55,23 @@ pub(crate) fn gemm_f64(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>, accumulat
     // the writes faer makes do not alias each other, `a` or `b`.
     let fo = unsafe { MatMut::from_raw_parts_mut(out.as_mut_ptr(), m, n, so[0], so[1]) };
     let accum = if accumulate { Accum::Add } else { Accum::Replace };
-    matmul(fo, accum, fa, fb, 1.0, Par::Seq);
+    matmul(fo, accum, fa, fb, T::one(), Par::Seq);
+    quant_core::clear_upper_vector_state();
 }
 
-/// `out = a · b` or `out += a · b` in `f32` by matrixmultiply.
+/// `out = a · b`, or `out += a · b` when `accumulate`, in `f64` (faer).
+pub(crate) fn gemm_f64(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>, accumulate: bool, out: ArrayViewMut2<'_, f64>) {
+    gemm_faer(a, b, accumulate, out);
+}
+
+/// `out = a · b` or `out += a · b` in `f32`: faer from [`F32_MIN_ROWS`] rows, matrixmultiply
+/// below.
 pub(crate) fn gemm_f32(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, accumulate: bool, mut out: ArrayViewMut2<'_, f32>) {
-    ndarray::linalg::general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut out);
+    if a.nrows() >= F32_MIN_ROWS {
+        gemm_faer(a, b, accumulate, out);
+    } else {
+        ndarray::linalg::general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut out);
+    }
 }
 
 #[cfg(test)]
@@ -92,12 +114,21 @@ mod tests {
     }
 
     #[test]
-    fn f32_agrees_with_the_f64_product() {
-        let (a, b) = (filled(40, 50, 4), filled(50, 30, 5));
-        let want = reference(a.view(), b.view());
-        let mut out = Array2::<f32>::zeros((40, 30));
-        gemm_f32(a.mapv(|v| v as f32).view(), b.mapv(|v| v as f32).view(), false, out.view_mut());
-        // Products of multiples of 1/8 with sums under 2^24/64: exact in f32 too.
-        assert_eq!(out.mapv(f64::from), want);
+    fn f32_agrees_with_the_f64_product_on_both_kernels() {
+        // Below and from F32_MIN_ROWS rows (matrixmultiply, faer), in every layout.
+        for &(m, k, n) in &[(40, 50, 30), (F32_MIN_ROWS, 33, 9), (200, 64, 130)] {
+            let (a, b) = (filled(m, k, 4), filled(k, n, 5));
+            let want = reference(a.view(), b.view());
+            let (a32, b32) = (a.mapv(|v| v as f32), b.mapv(|v| v as f32));
+            let at = a32.t().to_owned();
+            for (name, av) in [("row", a32.view()), ("col", at.t())] {
+                let mut out = Array2::<f32>::from_elem((m, n), 9.0);
+                gemm_f32(av, b32.t().to_owned().t(), false, out.view_mut());
+                // Products of multiples of 1/8 with sums under 2^24/64: exact in f32 too.
+                assert_eq!(out.mapv(f64::from), want, "{name} {m}×{k}×{n}");
+                gemm_f32(av, b32.view(), true, out.view_mut());
+                assert_eq!(out.mapv(f64::from), &want * 2.0, "{name} accumulate {m}×{k}×{n}");
+            }
+        }
     }
 }
