@@ -397,6 +397,9 @@ fn upper_cholesky_of_inverse(h: &Array2<f64>) -> Result<Array2<f64>> {
     let inv = llt.inverse();
     let llt2 = inv.llt(faer::Side::Lower).map_err(|_| not_pd("inverse of the layer Hessian"))?;
     let l = llt2.L();
+    // faer's kernels may leave the upper vector halves dirty, slowing the legacy-SSE code
+    // after them (see quant_core::clear_upper_vector_state).
+    quant_core::clear_upper_vector_state();
     // U = Lᵀ.
     Ok(Array2::from_shape_fn((n, n), |(i, j)| if j >= i { l[(j, i)] } else { 0.0 }))
 }
