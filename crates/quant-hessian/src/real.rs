@@ -44,6 +44,19 @@ pub trait Real: Float {
     where
         G: Fn(Self::Primal) -> (Self::Primal, Self::Primal, Self::Primal);
 
+    /// [`map_with_derivative`](Self::map_with_derivative) when the derivative is not wanted:
+    /// `z ← f(z)`, with the tangents of dual numbers as there. For plain floats only the value
+    /// is computed (the derivatives `f` returns are dropped where it inlines), so a forward
+    /// pass without a backward one skips them. Not part of the public contract.
+    #[doc(hidden)]
+    fn map_value<G>(mut z: ArrayViewMut2<'_, Self>, f: G)
+    where
+        G: Fn(Self::Primal) -> (Self::Primal, Self::Primal, Self::Primal),
+    {
+        let mut d = Array2::zeros(z.raw_dim());
+        Self::map_with_derivative(z.view_mut(), d.view_mut(), f);
+    }
+
     /// `tanh`, for `f32` by a faster route within 3 ulp (see `tanh_f32`); `tanh` itself
     /// otherwise. Not part of the public contract.
     #[doc(hidden)]
@@ -105,6 +118,12 @@ macro_rules! impl_real {
                     *z = v;
                     *d = dv;
                 });
+            }
+            fn map_value<G>(mut z: ArrayViewMut2<'_, $t>, f: G)
+            where
+                G: Fn($t) -> ($t, $t, $t),
+            {
+                z.mapv_inplace(|x| f(x).0);
             }
             #[inline]
             fn from_base(x: $t) -> $t {

@@ -488,9 +488,16 @@ impl<F: Real<Base = F>> Bert<F> {
             r1 += &x;
             let (n1, xhat1, inv1) = norm(&r1, l.norm1);
             let mut h = self.linear(p, &n1, l.ffn_in);
-            let mut dh = Array2::zeros(h.raw_dim());
             let act = c.hidden_act;
-            T::map_with_derivative(h.view_mut(), dh.view_mut(), |z| activation(act, z));
+            // The activation's derivative only for a backward pass (kept in the caches).
+            let dh = if caches.is_some() {
+                let mut dh = Array2::zeros(h.raw_dim());
+                T::map_with_derivative(h.view_mut(), dh.view_mut(), |z| activation(act, z));
+                dh
+            } else {
+                T::map_value(h.view_mut(), |z| activation(act, z));
+                Array2::zeros((0, 0))
+            };
             let mut r2 = self.linear(p, &h, l.ffn_out);
             r2 += &n1;
             let (n2, xhat2, inv2) = norm(&r2, l.norm2);
@@ -855,6 +862,40 @@ fn activation<P: Real>(act: HiddenAct, z: P) -> (P, P, P) {
             };
             let pdf = (-(z * z) * half).exp() * P::cast(1.0 / (2.0 * core::f64::consts::PI).sqrt());
             (z * cdf, cdf + z * pdf, pdf * (P::cast(2.0) - z * z))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bert::{PoolingMode, Sentence};
+
+    #[test]
+    fn the_forward_pass_without_caches_equals_the_one_with_them_to_the_bit() {
+        // Without caches the activation's value alone is evaluated (no backward pass follows);
+        // with them its derivative is kept as well. Every activation, f32 and f64 (dual
+        // numbers take the default path, tested by the HVP tests).
+        let json = include_str!("../../tests/data/bert/plain/config.json");
+        let batch = TokenBatch::new(vec![
+            Sentence { ids: vec![2, 17, 45, 99, 3], type_ids: vec![0; 5] },
+            Sentence { ids: vec![2, 8, 3], type_ids: vec![0, 0, 1] },
+        ])
+        .expect("valid batch");
+        for act in [HiddenAct::Gelu, HiddenAct::GeluNew, HiddenAct::Relu] {
+            let config = BertConfig { hidden_act: act, ..BertConfig::from_json(json).expect("valid config") };
+            let pooling = Pooling { mode: PoolingMode::Mean, normalize: false };
+            fn check<F: Real<Base = F>>(model: &Bert<F>, batch: &TokenBatch, act: HiddenAct) {
+                let layout = model.full_layout();
+                let p = Params { w: model.weights(), w0: model.weights(), at: &layout, out: &layout, stop: None };
+                let plain = model.encode(&p, batch, None);
+                let mut caches = Caches::default();
+                let kept = model.encode(&p, batch, Some(&mut caches));
+                assert_eq!(plain, kept, "{act:?}");
+                assert!(caches.layers.iter().all(|l| l.dhidden.dim() == l.hidden.dim() && l.dhidden.iter().any(|&d| d != F::zero())));
+            }
+            check(&Bert::<f32>::random(config, pooling, 5).expect("model"), &batch, act);
+            check(&Bert::<f64>::random(config, pooling, 5).expect("model"), &batch, act);
         }
     }
 }
