@@ -493,17 +493,17 @@ impl<F: Real<Base = F>> Bert<F> {
             let dh = if caches.is_some() {
                 let mut dh = Array2::zeros(h.raw_dim());
                 T::map_with_derivative(h.view_mut(), dh.view_mut(), |z| activation(act, z));
-                dh
+                Some(dh)
             } else {
                 T::map_value(h.view_mut(), |z| activation(act, z));
-                Array2::zeros((0, 0))
+                None
             };
             let mut r2 = self.linear(p, &h, l.ffn_out);
             r2 += &n1;
             let (n2, xhat2, inv2) = norm(&r2, l.norm2);
             if let Some(cs) = caches.as_deref_mut() {
-                let probs = probs.unwrap_or_default();
-                cs.layers.push(LayerCache { input: x, q, k, v, probs, context, n1, xhat1, inv1, hidden: h, dhidden: dh, xhat2, inv2 });
+                let (probs, dhidden) = (probs.unwrap_or_default(), dh.unwrap_or_default());
+                cs.layers.push(LayerCache { input: x, q, k, v, probs, context, n1, xhat1, inv1, hidden: h, dhidden, xhat2, inv2 });
             }
             x = n2;
         }
@@ -882,18 +882,18 @@ mod tests {
             Sentence { ids: vec![2, 8, 3], type_ids: vec![0, 0, 1] },
         ])
         .expect("valid batch");
+        fn check<F: Real<Base = F>>(model: &Bert<F>, batch: &TokenBatch, act: HiddenAct) {
+            let layout = model.full_layout();
+            let p = Params { w: model.weights(), w0: model.weights(), at: &layout, out: &layout, stop: None };
+            let plain = model.encode(&p, batch, None);
+            let mut caches = Caches::default();
+            let kept = model.encode(&p, batch, Some(&mut caches));
+            assert_eq!(plain, kept, "{act:?}");
+            assert!(caches.layers.iter().all(|l| l.dhidden.dim() == l.hidden.dim() && l.dhidden.iter().any(|&d| d != F::zero())));
+        }
         for act in [HiddenAct::Gelu, HiddenAct::GeluNew, HiddenAct::Relu] {
             let config = BertConfig { hidden_act: act, ..BertConfig::from_json(json).expect("valid config") };
             let pooling = Pooling { mode: PoolingMode::Mean, normalize: false };
-            fn check<F: Real<Base = F>>(model: &Bert<F>, batch: &TokenBatch, act: HiddenAct) {
-                let layout = model.full_layout();
-                let p = Params { w: model.weights(), w0: model.weights(), at: &layout, out: &layout, stop: None };
-                let plain = model.encode(&p, batch, None);
-                let mut caches = Caches::default();
-                let kept = model.encode(&p, batch, Some(&mut caches));
-                assert_eq!(plain, kept, "{act:?}");
-                assert!(caches.layers.iter().all(|l| l.dhidden.dim() == l.hidden.dim() && l.dhidden.iter().any(|&d| d != F::zero())));
-            }
             check(&Bert::<f32>::random(config, pooling, 5).expect("model"), &batch, act);
             check(&Bert::<f64>::random(config, pooling, 5).expect("model"), &batch, act);
         }
