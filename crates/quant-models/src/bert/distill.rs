@@ -198,9 +198,13 @@ impl<F: Real<Base = F>> SelfDistillation<F> {
     pub fn loss_with_block(&self, inputs: &LayerInputs<F>, block: usize, values: ArrayView1<'_, F>) -> quant_hessian::Result<F> {
         let b = self.blocks.get(block).ok_or(HessianError::InvalidBlock { index: block, count: self.blocks.len() })?;
         check_len(b.len(), values.len())?;
-        let mut w = self.w0.clone();
-        w.slice_mut(s![b.range()]).assign(&values);
-        let p = Params { w: w.view(), w0: self.model.weights(), at: &self.at, out: &self.at, stop: None };
+        // The block's tensors read from `values`; every other tensor (the other variables are
+        // at their loaded values too) from the model's weights, with no copy of the variables.
+        let mut at = vec![None; self.at.len()];
+        for &(mb, off) in &self.parts[block] {
+            at[mb] = Some(off);
+        }
+        let p = Params { w: values, w0: self.model.weights(), at: &at, out: &at, stop: None };
         // The lowest tensor of the block (parts are in the model's order).
         let mb = self.parts[block][0].0;
         let hidden = match self.model.layer_of(mb) {
