@@ -344,9 +344,12 @@ fn the_loss_with_one_block_changed_runs_from_its_layer_and_equals_the_full_loss(
     let model = full.model().clone();
     let mut vars = model.weight_matrices();
     vars.push(model.embedding_tables()[1]);
-    let m = SelfDistillation::with_variables(model, full.sentences().clone(), &vars).expect("valid");
+    let per_tensor = SelfDistillation::with_variables(model, full.sentences().clone(), &vars).expect("valid");
+    // Q-BERT's grouping too: a block of several tensors, each at its offset in the block.
+    let grouped = per_tensor.clone().grouped_by_layer();
+    assert!(grouped.blocks().len() < per_tensor.blocks().len());
     let subset = [4usize, 1];
-    for batch in [Batch::All, Batch::Indices(&subset)] {
+    for (m, batch) in [&per_tensor, &grouped].into_iter().flat_map(|m| [(m, Batch::All), (m, Batch::Indices(&subset))]) {
         let inputs = m.layer_inputs(batch).expect("inputs");
         for (b, block) in m.blocks().iter().enumerate() {
             let values = &m.weights().slice(ndarray::s![block.range()]) + &rng::normal::<f64>(block.len(), 60, b as u64).mapv(|x| 0.05 * x);
