@@ -516,11 +516,11 @@ impl<'a, F: Real<Base = F>> MlpCurvature<'a, F> {
     }
 }
 
-/// `a = z ⊙ s` (flat loops over contiguous rows, which the compiler vectorises; `Zip`
-/// otherwise).
+/// `a = z ⊙ s` (flat loops over contiguous rows, compiled for AVX-512F where the CPU has
+/// it; `Zip` otherwise).
 fn product_into<F: Real>(mut a: ArrayViewMut2<'_, F>, z: ArrayView2<'_, F>, s: ArrayView2<'_, F>) {
     if let (Some(a), Some(z), Some(s)) = (a.as_slice_mut(), z.as_slice(), s.as_slice()) {
-        a.iter_mut().zip(z.iter().zip(s)).for_each(|(a, (&z, &s))| *a = z * s);
+        elementwise(Pass::Product { a, z, s });
     } else {
         Zip::from(&mut a).and(&z).and(&s).for_each(|a, &z, &s| *a = z * s);
     }
@@ -532,13 +532,56 @@ fn second_order_back<F: Real>(mut g: ArrayViewMut2<'_, F>, slope: ArrayView2<'_,
     match bend {
         Some((b, z)) => {
             if let (Some(g), Some(s), Some(b), Some(z)) = (g.as_slice_mut(), slope.as_slice(), b.as_slice(), z.as_slice()) {
-                g.iter_mut().zip(s.iter().zip(b.iter().zip(z))).for_each(|(g, (&s, (&b, &z)))| *g = *g * s + b * z);
+                elementwise(Pass::Bend { g, s, b, z });
             } else {
                 Zip::from(&mut g).and(&slope).and(&b).and(&z).for_each(|g, &s, &b, &z| *g = *g * s + b * z);
             }
         }
         None => g.zip_mut_with(&slope, |g, &s| *g *= s),
     }
+}
+
+/// An elementwise pass of the block products over contiguous slices.
+enum Pass<'p, F> {
+    /// `a = z ⊙ s`.
+    Product { a: &'p mut [F], z: &'p [F], s: &'p [F] },
+    /// `g = g ⊙ s + b ⊙ z`.
+    Bend { g: &'p mut [F], s: &'p [F], b: &'p [F], z: &'p [F] },
+}
+
+quant_core::cpu_token! {
+    /// AVX-512F, the one feature the elementwise passes are also compiled for; detected here
+    /// and nowhere else in this crate.
+    struct Avx512F = ["avx512f"];
+}
+
+/// Runs `pass`, compiled for AVX-512F when the CPU has it: the same Rust, so the same bits
+/// (Rust neither fuses nor reorders float operations), in wider vectors. On the digits MLP's
+/// first layer these passes wait mostly on the kept `σ'` and bend arrays, which stream from
+/// the last-level cache: the wider loops took their share of a block product from 22% to
+/// 16% in a profile.
+fn elementwise<F: Real>(pass: Pass<'_, F>) {
+    #[inline(always)]
+    fn plain<F: Real>(pass: Pass<'_, F>) {
+        match pass {
+            Pass::Product { a, z, s } => a.iter_mut().zip(z.iter().zip(s)).for_each(|(a, (&z, &s))| *a = z * s),
+            Pass::Bend { g, s, b, z } => {
+                g.iter_mut().zip(s.iter().zip(b.iter().zip(z))).for_each(|(g, (&s, (&b, &z)))| *g = *g * s + b * z)
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(t) = Avx512F::new() {
+        #[target_feature(enable = "avx512f")]
+        fn wide<F: Real>(_t: Avx512F, pass: Pass<'_, F>) {
+            plain(pass)
+        }
+        // SAFETY: `t` proves the CPU has AVX-512F, the one feature `wide` enables; `wide` is
+        // safe code.
+        #[allow(unsafe_code)]
+        return unsafe { wide(t, pass) };
+    }
+    plain(pass)
 }
 
 /// Rows per chunk of a block product: small enough that a chunk's intermediates stay in the
@@ -568,5 +611,51 @@ impl<F: Real<Base = F>> BlockCurvature<F> for MlpCurvature<'_, F> {
             _ => return Err(HessianError::Unsupported { what: "this product" }),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values of every sign and size, with zeros and subnormals (f32's from `1e-40`, f64's
+    /// from `1e-310`, which is 0 in f32).
+    fn values<F: Real>(n: usize, seed: u64) -> Vec<F> {
+        let base = rng::normal::<F>(n, seed, 0);
+        let scale = |i: usize| match i % 9 {
+            0 => 0.0,
+            3 => 1e-40,
+            5 => 1e-310,
+            7 => 1e30,
+            _ => 1.0,
+        };
+        base.iter().enumerate().map(|(i, &v)| v * F::cast(scale(i))).collect()
+    }
+
+    fn passes_agree_with_scalar_loops<F: Real>() {
+        // Lengths around the vector widths, so every remainder path runs.
+        for n in [0, 1, 7, 8, 15, 16, 17, 31, 33, 64, 127, 130] {
+            let (z, s, b) = (values::<F>(n, 1), values::<F>(n, 2), values::<F>(n, 3));
+            let mut a = vec![F::zero(); n];
+            elementwise(Pass::Product { a: &mut a, z: &z, s: &s });
+            let want: Vec<F> = (0..n).map(|i| z[i] * s[i]).collect();
+            assert!(a.iter().zip(&want).all(|(x, y)| x.as_f64().to_bits() == y.as_f64().to_bits()), "product, n = {n}");
+            let mut g = values::<F>(n, 4);
+            let want: Vec<F> = (0..n).map(|i| g[i] * s[i] + b[i] * z[i]).collect();
+            elementwise(Pass::Bend { g: &mut g, s: &s, b: &b, z: &z });
+            assert!(g.iter().zip(&want).all(|(x, y)| x.as_f64().to_bits() == y.as_f64().to_bits()), "bend, n = {n}");
+        }
+    }
+
+    #[test]
+    fn elementwise_passes_give_the_scalar_loops_bits() {
+        passes_agree_with_scalar_loops::<f32>();
+        passes_agree_with_scalar_loops::<f64>();
+    }
+
+    #[test]
+    fn the_wide_pass_enables_only_what_its_token_checked() {
+        let bad = quant_core::target_feature_violations(&[("mlp.rs", include_str!("mlp.rs"))], &[("Avx512F", Avx512F::FEATURES)]);
+        assert!(bad.is_empty(), "{bad:#?}");
     }
 }
