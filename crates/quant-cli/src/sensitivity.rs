@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use quant::models::bert::{Bert, BertTokenizer, TextLines};
 use quant::quantizers::{GranularityRule, ParamDtype};
-use quant::sensitivity::{Candidate, SensitivityParams, SensitivityReport, bert_sensitivity};
+use quant::sensitivity::{Candidate, SensitivityParams, SensitivityReport, Stage, bert_sensitivity_with_progress};
 use serde::Serialize;
 
 use crate::embed::bert_error;
@@ -115,7 +115,13 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
             params.candidates.len()
         );
     }
-    let report = bert_sensitivity(&model, &batch, &tensors, &params).map_err(|e| e.to_string())?;
+    let quiet = a.quiet;
+    let report = bert_sensitivity_with_progress(&model, &batch, &tensors, &params, |stage| {
+        if !quiet {
+            eprintln!("{}", stage_line(stage));
+        }
+    })
+    .map_err(|e| e.to_string())?;
     let file = SensitivityFile {
         model: dir.display().to_string(),
         calibration: a.calibration.display().to_string(),
@@ -152,4 +158,18 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
         println!("wrote {} in {:.1} s", a.output.display(), file.seconds);
     }
     Ok(())
+}
+
+/// One stage of the run as the progress on stderr says it: what it computed, how much, how long.
+fn stage_line(stage: &Stage) -> String {
+    let work: Vec<String> = [
+        (stage.block_products, "block product(s)"),
+        (stage.quadratic_forms, "quadratic form(s)"),
+        (stage.loss_evaluations, "loss evaluation(s)"),
+    ]
+    .into_iter()
+    .filter(|&(n, _)| n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    format!("  {}: {} in {:.1} s", stage.name, work.join(", "), stage.seconds)
 }

@@ -91,6 +91,27 @@ fn writes_the_report_and_refuses_too_few_sentences() -> TestResult {
     assert!(quant(&args2).status.success());
     let r2: serde_json::Value = serde_json::from_slice(&std::fs::read(&again)?)?;
     assert_eq!(r["matrices"], r2["matrices"]);
+    // Without --quiet each stage is said on stderr as it ends, in the report's order, with
+    // its work and time; --quiet said nothing.
+    let quiet = d.join("quiet.json");
+    args2[at] = s(&quiet);
+    let o = quant(&args2);
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+    let loud = d.join("loud.json");
+    args2[at] = s(&loud);
+    args2.retain(|a| *a != "--quiet");
+    let o = quant(&args2);
+    assert!(o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    let said: Vec<&str> = e.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(said.len(), 3, "{e}");
+    let stages = r["stages"].as_array().ok_or("stages")?;
+    for (line, stage) in said.iter().zip(stages) {
+        let name = stage["name"].as_str().ok_or("name")?;
+        assert!(line.starts_with(&format!("  {name}: ")) && line.ends_with(" s"), "{line}");
+    }
+    assert!(said[0].contains(&format!("{} block product(s)", stages[0]["block_products"])), "{}", said[0]);
+    assert!(said[2].contains(&format!("{} loss evaluation(s)", stages[2]["loss_evaluations"])), "{}", said[2]);
     // More sentences than the file has: an error naming the counts, and no output written.
     let none = d.join("none.json");
     let o = quant(&["sensitivity", s(&model()), "--calibration", s(&text), "--subsets", "4", "--per-subset", "2", "-o", s(&none)]);

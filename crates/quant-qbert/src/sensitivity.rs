@@ -397,6 +397,22 @@ pub fn bert_sensitivity(
     tensors: &[usize],
     params: &SensitivityParams,
 ) -> Result<SensitivityReport> {
+    bert_sensitivity_with_progress(model, calibration, tensors, params, |_| {})
+}
+
+/// [`bert_sensitivity`], calling `on_stage` with each [`Stage`] as it ends (the same values,
+/// in the same order, as the report's [`SensitivityReport::stages`]): on MiniLM with the
+/// defaults the stages take minutes each, and a command-line tool can say where it is.
+///
+/// # Errors
+/// As [`bert_sensitivity`]; a stage that fails is not reported.
+pub fn bert_sensitivity_with_progress(
+    model: &Bert<f32>,
+    calibration: &TokenBatch,
+    tensors: &[usize],
+    params: &SensitivityParams,
+    mut on_stage: impl FnMut(&Stage),
+) -> Result<SensitivityReport> {
     let params = params.clone().check()?;
     let (subsets, per) = (params.subsets, params.per_subset);
     let needed = subsets * per;
@@ -411,6 +427,10 @@ pub fn bert_sensitivity(
     let w0 = loss.weights().to_owned();
     let parts = split_subsets(needed, subsets, params.seed)?;
     let mut stages = Vec::new();
+    let mut record = |stage: Stage| {
+        on_stage(&stage);
+        stages.push(stage);
+    };
 
     // Stage 1: top eigenvalues (Lanczos) on every subset.
     let start = Instant::now();
@@ -420,7 +440,7 @@ pub fn bert_sensitivity(
     let blocks: Vec<usize> = (0..loss.blocks().len()).collect();
     let stats = qbert_statistics_for(&loss, w0.view(), &all, &blocks, &qp)?;
     let products: usize = stats.iter().map(|s| s.hvps).sum();
-    stages.push(Stage {
+    record(Stage {
         name: "top eigenvalues (Lanczos)".into(),
         block_products: products,
         quadratic_forms: 0,
@@ -435,7 +455,7 @@ pub fn bert_sensitivity(
         let grouped = loss.clone().grouped_by_layer();
         let groups: Vec<usize> = (0..grouped.blocks().len()).filter(|&b| grouped.block_layer(b).is_some()).collect();
         let stats = qbert_statistics_for(&grouped, w0.view(), &all, &groups, &qp)?;
-        stages.push(Stage {
+        record(Stage {
             name: "top eigenvalues per layer (Lanczos)".into(),
             block_products: stats.iter().map(|s| s.hvps).sum(),
             quadratic_forms: 0,
@@ -520,7 +540,7 @@ pub fn bert_sensitivity(
             }
         }
     }
-    stages.push(Stage {
+    record(Stage {
         name: "traces (Hutch++) and quadratic forms".into(),
         block_products: trace_products,
         quadratic_forms: forms,
@@ -545,7 +565,7 @@ pub fn bert_sensitivity(
     #[cfg(not(feature = "rayon"))]
     let measured: Vec<Result<f64>> = pairs.iter().map(measure).collect();
     let measured: Vec<f64> = measured.into_iter().collect::<Result<_>>()?;
-    stages.push(Stage {
+    record(Stage {
         name: "measured losses".into(),
         block_products: 0,
         quadratic_forms: 0,

@@ -5,7 +5,7 @@ use std::path::Path;
 use quant_core::GranularityRule;
 use quant_models::bert::{Bert, BertTokenizer, TokenBatch};
 use quant_qbert::QbertError;
-use quant_qbert::sensitivity::{Candidate, CandidateRounding, SensitivityParams, bert_sensitivity};
+use quant_qbert::sensitivity::{Candidate, CandidateRounding, SensitivityParams, bert_sensitivity, bert_sensitivity_with_progress};
 
 fn setup() -> (Bert<f32>, TokenBatch) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quant-models/tests/data/bert/plain");
@@ -133,4 +133,23 @@ fn runs_are_seeded_and_bad_requests_are_refused() {
     // A granularity that does not fit the matrices is the core's typed error.
     let bad = SensitivityParams { candidates: Candidate::grid(&[4], &[GranularityRule::Channel { axis: 5 }]), ..params(0) };
     assert!(matches!(bert_sensitivity(&model, &batch, some, &bad), Err(QbertError::Core(_))));
+}
+
+#[test]
+fn progress_reports_each_stage_as_the_report_lists_it() {
+    let (model, batch) = setup();
+    let some = &model.weight_matrices()[..3];
+    let with_layers = SensitivityParams { layer_blocks: true, ..params(1) };
+    let mut seen = Vec::new();
+    let report = bert_sensitivity_with_progress(&model, &batch, some, &with_layers, |s| seen.push(s.clone())).expect("runs");
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen, report.stages);
+    // The same numbers as without a callback.
+    let plain = bert_sensitivity(&model, &batch, some, &with_layers).expect("runs");
+    assert_eq!(plain.matrices, report.matrices);
+    // A run refused before its first stage reports none.
+    let mut none = 0;
+    let too_many = SensitivityParams { subsets: 3, per_subset: 3, ..params(0) };
+    assert!(bert_sensitivity_with_progress(&model, &batch, some, &too_many, |_| none += 1).is_err());
+    assert_eq!(none, 0);
 }
