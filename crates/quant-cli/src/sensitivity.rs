@@ -1,12 +1,13 @@
 //! `quant sensitivity`: per-matrix Hessian sensitivity of a BERT-family checkpoint on
 //! calibration text, written as JSON.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use quant::models::bert::{Bert, BertTokenizer, TextLines};
 use quant::quantizers::{GranularityRule, ParamDtype};
-use quant::sensitivity::{Candidate, SensitivityParams, SensitivityReport, Stage, bert_sensitivity_with_progress};
+use quant::sensitivity::{Candidate, Progress, SensitivityParams, SensitivityReport, Stage, bert_sensitivity_with_progress};
 use serde::Serialize;
 
 use crate::embed::bert_error;
@@ -115,11 +116,15 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
             params.candidates.len()
         );
     }
-    let quiet = a.quiet;
-    let report = bert_sensitivity_with_progress(&model, &batch, &tensors, &params, |stage| {
-        if !quiet {
-            eprintln!("{}", stage_line(stage));
+    // Each stage's line as it ends; on a terminal also a line rewritten as each subset ends.
+    let (quiet, live) = (a.quiet, std::io::stderr().is_terminal());
+    let report = bert_sensitivity_with_progress(&model, &batch, &tensors, &params, |p| match p {
+        _ if quiet => {}
+        Progress::Stage(stage) => eprintln!("{}{}", if live { "\r\x1b[2K" } else { "" }, stage_line(stage)),
+        Progress::Subset { stage, done, of } if live => {
+            eprint!("\r\x1b[2K  {stage}: subset {done} of {of}, {:.0} s so far", start.elapsed().as_secs_f64())
         }
+        _ => {}
     })
     .map_err(|e| e.to_string())?;
     let file = SensitivityFile {

@@ -66,7 +66,7 @@ pub use lanczos::{Extremes, Lanczos, LanczosBuilder};
 pub use model::{Autodiff, Batch, Block, Differentiable, HvpKind, MatrixBlock, Model, finite_difference_hvp, release_hvp_buffers};
 pub use operator::{FnOperator, HessianOperator, LinearOperator};
 pub use power::{PowerIteration, PowerIterationBuilder};
-pub use qbert::{BlockStats, QbertParams, TopEigen, qbert_statistics, qbert_statistics_for, split_subsets};
+pub use qbert::{BlockStats, QbertParams, TopEigen, qbert_statistics, qbert_statistics_for, qbert_statistics_with_progress, split_subsets};
 pub use quant_core::Float;
 pub use real::Real;
 pub use trace::{HutchPlusPlus, Hutchinson, HutchinsonBuilder, Slq, SpectralDensity, TraceEstimate};

@@ -218,6 +218,27 @@ where
     F: Float,
     M: Autodiff<F> + Sync + ?Sized,
 {
+    qbert_statistics_with_progress(model, w, samples, blocks, params, |_, _| {})
+}
+
+/// [`qbert_statistics_for`], calling `on_subset(done, subsets)` each time the solves of
+/// another data subset have ended (`done` = 1, 2, …, `subsets`), for a caller that reports
+/// progress: on a real model each subset takes seconds to minutes. The results are the same.
+///
+/// # Errors
+/// As [`qbert_statistics_for`].
+pub fn qbert_statistics_with_progress<F, M>(
+    model: &M,
+    w: ArrayView1<'_, F>,
+    samples: &[usize],
+    blocks: &[usize],
+    params: &QbertParams,
+    mut on_subset: impl FnMut(usize, usize),
+) -> Result<Vec<BlockStats>>
+where
+    F: Float,
+    M: Autodiff<F> + Sync + ?Sized,
+{
     let subsets: Vec<Vec<usize>> = split_subsets(samples.len(), params.subsets, params.seed)?
         .into_iter()
         .map(|part| part.into_iter().map(|i| samples[i]).collect())
@@ -251,6 +272,7 @@ where
             p.iter_mut().for_each(|t| t.vector = None);
         }
         results.push(tasks);
+        on_subset(s + 1, subsets.len());
     }
     let mut per_subset: Vec<_> = results.into_iter().map(Vec::into_iter).collect();
     let mut out = Vec::with_capacity(nb);

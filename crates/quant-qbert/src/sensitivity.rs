@@ -13,7 +13,8 @@ use std::time::Instant;
 use ndarray::{Array1, Array2, s};
 use quant_core::{GranularityRule, MethodParams, ParamDtype, rng};
 use quant_hessian::{
-    BlockOperator, HutchPlusPlus, Lanczos, Model, OperatorExt, Product, QbertParams, TopEigen, qbert_statistics_for, split_subsets,
+    BlockOperator, HutchPlusPlus, Lanczos, Model, OperatorExt, Product, QbertParams, TopEigen, qbert_statistics_with_progress,
+    split_subsets,
 };
 use quant_models::bert::{Bert, Importance, InputGrams, SelfDistillation, TokenBatch};
 use quant_ptq::GptqParams;
@@ -341,6 +342,30 @@ pub struct Stage {
     pub seconds: f64,
 }
 
+/// The stages' names ([`Stage::name`]).
+const EIGENVALUES: &str = "top eigenvalues (Lanczos)";
+const LAYER_EIGENVALUES: &str = "top eigenvalues per layer (Lanczos)";
+const TRACES: &str = "traces (Hutch++) and quadratic forms";
+const MEASURED: &str = "measured losses";
+
+/// What [`bert_sensitivity_with_progress`] reports as it runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Progress<'a> {
+    /// The stage named `stage` (a [`Stage::name`]) has finished its work on `done` of its
+    /// `of` calibration subsets (the eigenvalue and trace stages, which go subset by subset).
+    Subset {
+        /// The stage's name.
+        stage: &'a str,
+        /// Subsets done.
+        done: usize,
+        /// Subsets in all.
+        of: usize,
+    },
+    /// A stage has ended (the values the report lists).
+    Stage(&'a Stage),
+}
+
 /// One matrix's trace estimate and quadratic forms on one subset.
 struct SubsetTerms {
     trace: f64,
@@ -400,18 +425,20 @@ pub fn bert_sensitivity(
     bert_sensitivity_with_progress(model, calibration, tensors, params, |_| {})
 }
 
-/// [`bert_sensitivity`], calling `on_stage` with each [`Stage`] as it ends (the same values,
-/// in the same order, as the report's [`SensitivityReport::stages`]): on MiniLM with the
-/// defaults the stages take minutes each, and a command-line tool can say where it is.
+/// [`bert_sensitivity`], calling `on_progress` as it runs: [`Progress::Subset`] each time
+/// the eigenvalue or trace stage finishes another calibration subset, and [`Progress::Stage`]
+/// with each [`Stage`] as it ends (the same values, in the same order, as the report's
+/// [`SensitivityReport::stages`]). On MiniLM with the defaults the stages take minutes each,
+/// and a command-line tool can say where it is. The results are the same.
 ///
 /// # Errors
-/// As [`bert_sensitivity`]; a stage that fails is not reported.
+/// As [`bert_sensitivity`]; a stage that fails is not reported as ended.
 pub fn bert_sensitivity_with_progress(
     model: &Bert<f32>,
     calibration: &TokenBatch,
     tensors: &[usize],
     params: &SensitivityParams,
-    mut on_stage: impl FnMut(&Stage),
+    mut on_progress: impl FnMut(Progress<'_>),
 ) -> Result<SensitivityReport> {
     let params = params.clone().check()?;
     let (subsets, per) = (params.subsets, params.per_subset);
@@ -427,8 +454,13 @@ pub fn bert_sensitivity_with_progress(
     let w0 = loss.weights().to_owned();
     let parts = split_subsets(needed, subsets, params.seed)?;
     let mut stages = Vec::new();
+    let progress = std::cell::RefCell::new(&mut on_progress);
+    let subsets_done = |stage: &'static str| {
+        let progress = &progress;
+        move |done: usize, of: usize| (progress.borrow_mut())(Progress::Subset { stage, done, of })
+    };
     let mut record = |stage: Stage| {
-        on_stage(&stage);
+        (progress.borrow_mut())(Progress::Stage(&stage));
         stages.push(stage);
     };
 
@@ -438,10 +470,10 @@ pub fn bert_sensitivity_with_progress(
     let qp = QbertParams { subsets, seed: params.seed, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian, warm_start: true };
     let all: Vec<usize> = (0..needed).collect();
     let blocks: Vec<usize> = (0..loss.blocks().len()).collect();
-    let stats = qbert_statistics_for(&loss, w0.view(), &all, &blocks, &qp)?;
+    let stats = qbert_statistics_with_progress(&loss, w0.view(), &all, &blocks, &qp, subsets_done(EIGENVALUES))?;
     let products: usize = stats.iter().map(|s| s.hvps).sum();
     record(Stage {
-        name: "top eigenvalues (Lanczos)".into(),
+        name: EIGENVALUES.into(),
         block_products: products,
         quadratic_forms: 0,
         loss_evaluations: 0,
@@ -454,9 +486,9 @@ pub fn bert_sensitivity_with_progress(
         let start = Instant::now();
         let grouped = loss.clone().grouped_by_layer();
         let groups: Vec<usize> = (0..grouped.blocks().len()).filter(|&b| grouped.block_layer(b).is_some()).collect();
-        let stats = qbert_statistics_for(&grouped, w0.view(), &all, &groups, &qp)?;
+        let stats = qbert_statistics_with_progress(&grouped, w0.view(), &all, &groups, &qp, subsets_done(LAYER_EIGENVALUES))?;
         record(Stage {
-            name: "top eigenvalues per layer (Lanczos)".into(),
+            name: LAYER_EIGENVALUES.into(),
             block_products: stats.iter().map(|s| s.hvps).sum(),
             quadratic_forms: 0,
             loss_evaluations: 0,
@@ -539,9 +571,10 @@ pub fn bert_sensitivity_with_progress(
                 *acc += f64::from(v);
             }
         }
+        subsets_done(TRACES)(si + 1, parts.len());
     }
     record(Stage {
-        name: "traces (Hutch++) and quadratic forms".into(),
+        name: TRACES.into(),
         block_products: trace_products,
         quadratic_forms: forms,
         loss_evaluations: 0,
@@ -566,7 +599,7 @@ pub fn bert_sensitivity_with_progress(
     let measured: Vec<Result<f64>> = pairs.iter().map(measure).collect();
     let measured: Vec<f64> = measured.into_iter().collect::<Result<_>>()?;
     record(Stage {
-        name: "measured losses".into(),
+        name: MEASURED.into(),
         block_products: 0,
         quadratic_forms: 0,
         loss_evaluations: pairs.len(),

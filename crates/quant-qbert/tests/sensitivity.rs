@@ -5,7 +5,9 @@ use std::path::Path;
 use quant_core::GranularityRule;
 use quant_models::bert::{Bert, BertTokenizer, TokenBatch};
 use quant_qbert::QbertError;
-use quant_qbert::sensitivity::{Candidate, CandidateRounding, SensitivityParams, bert_sensitivity, bert_sensitivity_with_progress};
+use quant_qbert::sensitivity::{
+    Candidate, CandidateRounding, Progress, SensitivityParams, bert_sensitivity, bert_sensitivity_with_progress,
+};
 
 fn setup() -> (Bert<f32>, TokenBatch) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quant-models/tests/data/bert/plain");
@@ -136,18 +138,40 @@ fn runs_are_seeded_and_bad_requests_are_refused() {
 }
 
 #[test]
-fn progress_reports_each_stage_as_the_report_lists_it() {
+fn progress_reports_each_subset_and_each_stage_as_the_report_lists_it() {
     let (model, batch) = setup();
     let some = &model.weight_matrices()[..3];
     let with_layers = SensitivityParams { layer_blocks: true, ..params(1) };
-    let mut seen = Vec::new();
-    let report = bert_sensitivity_with_progress(&model, &batch, some, &with_layers, |s| seen.push(s.clone())).expect("runs");
-    assert_eq!(seen.len(), 4);
-    assert_eq!(seen, report.stages);
+    // Each event as (stage name, subsets done or None for the stage's end).
+    let mut events: Vec<(String, Option<(usize, usize)>)> = Vec::new();
+    let mut stages = Vec::new();
+    let report = bert_sensitivity_with_progress(&model, &batch, some, &with_layers, |p| match p {
+        Progress::Subset { stage, done, of } => events.push((stage.to_string(), Some((done, of)))),
+        Progress::Stage(s) => {
+            events.push((s.name.clone(), None));
+            stages.push(s.clone());
+        }
+        _ => unreachable!("no other events"),
+    })
+    .expect("runs");
+    assert_eq!(stages, report.stages);
+    // The two subsets of each subset-wise stage, in order, then the stage's end.
+    let names: Vec<&str> = report.stages.iter().map(|s| s.name.as_str()).collect();
+    let mut want = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        if i < 3 {
+            want.push((name.to_string(), Some((1, 2))));
+            want.push((name.to_string(), Some((2, 2))));
+        }
+        want.push((name.to_string(), None));
+    }
+    assert_eq!(names[3], "measured losses");
+    assert_eq!(events, want);
     // The same numbers as without a callback.
     let plain = bert_sensitivity(&model, &batch, some, &with_layers).expect("runs");
     assert_eq!(plain.matrices, report.matrices);
-    // A run refused before its first stage reports none.
+    assert_eq!(plain.layers, report.layers);
+    // A run refused before its first stage reports nothing.
     let mut none = 0;
     let too_many = SensitivityParams { subsets: 3, per_subset: 3, ..params(0) };
     assert!(bert_sensitivity_with_progress(&model, &batch, some, &too_many, |_| none += 1).is_err());
