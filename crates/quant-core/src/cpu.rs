@@ -41,7 +41,7 @@ macro_rules! cpu_token {
 
 cpu_token! {
     /// AVX-512 F and BW: the f32 uniform quantize, dequantize and pack kernels.
-    pub(crate) struct Avx512 = ["avx512f", "avx512bw"];
+    pub struct Avx512 = ["avx512f", "avx512bw"];
 }
 
 cpu_token! {
@@ -134,10 +134,11 @@ pub fn target_feature_violations(sources: &[(&str, &str)], tokens: &[(&str, &[&s
     bad
 }
 
-/// Whether a signature has a parameter of type `name` (or `crate::cpu::name`), matched as a
-/// whole word.
+/// Whether a signature has a parameter of type `name` (or `crate::cpu::name`, or
+/// `$crate::cpu::name` as [`multiversion!`](crate::multiversion) names it), matched as a whole
+/// word.
 fn takes(signature: &str, name: &str) -> bool {
-    [format!(": {name}"), format!(": crate::cpu::{name}")].iter().any(|pat| {
+    [format!(": {name}"), format!(": crate::cpu::{name}"), format!(": $crate::cpu::{name}")].iter().any(|pat| {
         signature
             .match_indices(pat.as_str())
             .any(|(at, _)| signature[at + pat.len()..].chars().next().is_none_or(|c| !(c.is_alphanumeric() || c == '_')))

@@ -40,7 +40,8 @@
 //! the flat form a command line or a configuration names. The specification enums parse from
 //! and print as the command line's spellings (`"symmetric".parse::<Scheme>()`).
 
-mod cpu;
+#[doc(hidden)]
+pub mod cpu;
 mod error;
 mod float;
 pub mod integer;

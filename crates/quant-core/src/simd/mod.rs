@@ -33,7 +33,10 @@ use crate::spec::Scheme;
 /// Defines a function whose body is compiled twice, for the baseline target and for AVX-512
 /// (F and BW), and picks the second at run time on CPUs that have it: the same Rust, so the
 /// same results (Rust never fuses or reorders float operations), with the wider vector units
-/// where the compiler vectorises. The body must be safe code.
+/// where the compiler vectorises. The body must be safe code. Exported for the crates of the
+/// `quant` family (their elementwise loops); not part of the public API.
+#[doc(hidden)]
+#[macro_export]
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$($g:ident: $b:path),*>($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -41,10 +44,10 @@ macro_rules! multiversion {
             #[inline(always)]
             fn plain<$($g: $b),*>($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
-            if let Some(t) = crate::cpu::Avx512::new() {
+            if let Some(t) = $crate::cpu::Avx512::new() {
                 #[target_feature(enable = "avx512f,avx512bw")]
                 #[allow(clippy::too_many_arguments)]
-                fn wide<$($g: $b),*>(_t: crate::cpu::Avx512, $($arg: $ty),*) $(-> $ret)? {
+                fn wide<$($g: $b),*>(_t: $crate::cpu::Avx512, $($arg: $ty),*) $(-> $ret)? {
                     plain($($arg),*)
                 }
                 // SAFETY: `t` proves the CPU has AVX-512F and BW, the features `wide`
