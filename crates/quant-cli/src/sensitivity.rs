@@ -120,7 +120,7 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
     let (quiet, live) = (a.quiet, std::io::stderr().is_terminal());
     let report = bert_sensitivity_with_progress(&model, &batch, &tensors, &params, |p| match p {
         _ if quiet => {}
-        Progress::Stage(stage) => eprintln!("{}{}", if live { "\r\x1b[2K" } else { "" }, stage_line(stage)),
+        Progress::Stage(stage) => eprintln!("{}  {}", if live { "\r\x1b[2K" } else { "" }, stage_line(stage)),
         Progress::Subset { stage, done, of } if live => {
             eprint!("\r\x1b[2K  {stage}: subset {done} of {of}, {:.0} s so far", start.elapsed().as_secs_f64())
         }
@@ -155,17 +155,15 @@ pub(crate) fn run(a: SensitivityArgs) -> Result<(), String> {
             println!("{}: the calibration sentences use {} of {} rows", r.name, r.used, r.rows);
         }
         for s in &report.stages {
-            println!(
-                "{}: {} block products, {} quadratic forms, {} loss evaluations, {:.1} s",
-                s.name, s.block_products, s.quadratic_forms, s.loss_evaluations, s.seconds
-            );
+            println!("{}", stage_line(s));
         }
         println!("wrote {} in {:.1} s", a.output.display(), file.seconds);
     }
     Ok(())
 }
 
-/// One stage of the run as the progress on stderr says it: what it computed, how much, how long.
+/// One stage of the run as the progress on stderr and the summary on stdout say it: what it
+/// computed, how much, how long.
 fn stage_line(stage: &Stage) -> String {
     let work: Vec<String> = [
         (stage.block_products, "block product(s)"),
@@ -176,5 +174,5 @@ fn stage_line(stage: &Stage) -> String {
     .filter(|&(n, _)| n > 0)
     .map(|(n, what)| format!("{n} {what}"))
     .collect();
-    format!("  {}: {} in {:.1} s", stage.name, work.join(", "), stage.seconds)
+    format!("{}: {} in {:.1} s", stage.name, work.join(", "), stage.seconds)
 }

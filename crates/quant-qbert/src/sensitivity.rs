@@ -366,6 +366,12 @@ pub enum Progress<'a> {
     Stage(&'a Stage),
 }
 
+/// Reports `stage` as ended, then keeps it for the report.
+fn end_stage(stages: &mut Vec<Stage>, on_progress: &mut impl FnMut(Progress<'_>), stage: Stage) {
+    on_progress(Progress::Stage(&stage));
+    stages.push(stage);
+}
+
 /// One matrix's trace estimate and quadratic forms on one subset.
 struct SubsetTerms {
     trace: f64,
@@ -454,15 +460,6 @@ pub fn bert_sensitivity_with_progress(
     let w0 = loss.weights().to_owned();
     let parts = split_subsets(needed, subsets, params.seed)?;
     let mut stages = Vec::new();
-    let progress = std::cell::RefCell::new(&mut on_progress);
-    let subsets_done = |stage: &'static str| {
-        let progress = &progress;
-        move |done: usize, of: usize| (progress.borrow_mut())(Progress::Subset { stage, done, of })
-    };
-    let mut record = |stage: Stage| {
-        (progress.borrow_mut())(Progress::Stage(&stage));
-        stages.push(stage);
-    };
 
     // Stage 1: top eigenvalues (Lanczos) on every subset.
     let start = Instant::now();
@@ -470,15 +467,21 @@ pub fn bert_sensitivity_with_progress(
     let qp = QbertParams { subsets, seed: params.seed, solver: TopEigen::Lanczos(lanczos), product: Product::Hessian, warm_start: true };
     let all: Vec<usize> = (0..needed).collect();
     let blocks: Vec<usize> = (0..loss.blocks().len()).collect();
-    let stats = qbert_statistics_with_progress(&loss, w0.view(), &all, &blocks, &qp, subsets_done(EIGENVALUES))?;
+    let stats = qbert_statistics_with_progress(&loss, w0.view(), &all, &blocks, &qp, |done, of| {
+        on_progress(Progress::Subset { stage: EIGENVALUES, done, of })
+    })?;
     let products: usize = stats.iter().map(|s| s.hvps).sum();
-    record(Stage {
-        name: EIGENVALUES.into(),
-        block_products: products,
-        quadratic_forms: 0,
-        loss_evaluations: 0,
-        seconds: start.elapsed().as_secs_f64(),
-    });
+    end_stage(
+        &mut stages,
+        &mut on_progress,
+        Stage {
+            name: EIGENVALUES.into(),
+            block_products: products,
+            quadratic_forms: 0,
+            loss_evaluations: 0,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+    );
 
     // Q-BERT's grouping: the same on one block per encoder layer.
     let mut layers = Vec::new();
@@ -486,14 +489,20 @@ pub fn bert_sensitivity_with_progress(
         let start = Instant::now();
         let grouped = loss.clone().grouped_by_layer();
         let groups: Vec<usize> = (0..grouped.blocks().len()).filter(|&b| grouped.block_layer(b).is_some()).collect();
-        let stats = qbert_statistics_with_progress(&grouped, w0.view(), &all, &groups, &qp, subsets_done(LAYER_EIGENVALUES))?;
-        record(Stage {
-            name: LAYER_EIGENVALUES.into(),
-            block_products: stats.iter().map(|s| s.hvps).sum(),
-            quadratic_forms: 0,
-            loss_evaluations: 0,
-            seconds: start.elapsed().as_secs_f64(),
-        });
+        let stats = qbert_statistics_with_progress(&grouped, w0.view(), &all, &groups, &qp, |done, of| {
+            on_progress(Progress::Subset { stage: LAYER_EIGENVALUES, done, of })
+        })?;
+        end_stage(
+            &mut stages,
+            &mut on_progress,
+            Stage {
+                name: LAYER_EIGENVALUES.into(),
+                block_products: stats.iter().map(|s| s.hvps).sum(),
+                quadratic_forms: 0,
+                loss_evaluations: 0,
+                seconds: start.elapsed().as_secs_f64(),
+            },
+        );
         for (st, &g) in stats.into_iter().zip(&groups) {
             let tensors = grouped.block_tensors(g).into_iter().map(|t| model.blocks()[t].name().to_string()).collect();
             layers.push(LayerSensitivity {
@@ -571,15 +580,19 @@ pub fn bert_sensitivity_with_progress(
                 *acc += f64::from(v);
             }
         }
-        subsets_done(TRACES)(si + 1, parts.len());
+        on_progress(Progress::Subset { stage: TRACES, done: si + 1, of: parts.len() });
     }
-    record(Stage {
-        name: TRACES.into(),
-        block_products: trace_products,
-        quadratic_forms: forms,
-        loss_evaluations: 0,
-        seconds: start.elapsed().as_secs_f64(),
-    });
+    end_stage(
+        &mut stages,
+        &mut on_progress,
+        Stage {
+            name: TRACES.into(),
+            block_products: trace_products,
+            quadratic_forms: forms,
+            loss_evaluations: 0,
+            seconds: start.elapsed().as_secs_f64(),
+        },
+    );
 
     // Stage 3: the measured loss at W₀ + d on all the chosen sentences.
     let start = Instant::now();
@@ -598,13 +611,17 @@ pub fn bert_sensitivity_with_progress(
     #[cfg(not(feature = "rayon"))]
     let measured: Vec<Result<f64>> = pairs.iter().map(measure).collect();
     let measured: Vec<f64> = measured.into_iter().collect::<Result<_>>()?;
-    record(Stage {
-        name: MEASURED.into(),
-        block_products: 0,
-        quadratic_forms: 0,
-        loss_evaluations: pairs.len(),
-        seconds: start.elapsed().as_secs_f64(),
-    });
+    end_stage(
+        &mut stages,
+        &mut on_progress,
+        Stage {
+            name: MEASURED.into(),
+            block_products: 0,
+            quadratic_forms: 0,
+            loss_evaluations: pairs.len(),
+            seconds: start.elapsed().as_secs_f64(),
+        },
+    );
 
     let s_count = subsets as f64;
     let matrices = stats
