@@ -245,8 +245,11 @@ impl Rounder {
                 other => QuantError::UnsupportedSetting { method: method.kind(), setting: other.to_string() },
             })?,
         };
-        if let Some(rounded) = self.objective(name, w.view(), &q)? {
-            let nearest = self.objective(name, w.view(), &method.quantize(&w)?)?.unwrap_or(f64::NAN);
+        // The two objectives side by side (each a product with the in × in statistics).
+        let (rounded, nearest) =
+            rayon::join(|| self.objective(name, w.view(), &q), || method.quantize(&w).and_then(|n| self.objective(name, w.view(), &n)));
+        if let Some(rounded) = rounded? {
+            let nearest = nearest?.unwrap_or(f64::NAN);
             if let Ok(mut o) = self.objectives.lock() {
                 o.push(Objective { name: name.into(), nearest, rounded });
             }

@@ -62,6 +62,7 @@ pub use dual::Dual;
 pub use eigen::Eigenpairs;
 pub use error::{HessianError, Result};
 pub use ext::OperatorExt;
+pub use gemm::gram_into;
 pub use lanczos::{Extremes, Lanczos, LanczosBuilder};
 pub use model::{Autodiff, Batch, Block, Differentiable, HvpKind, MatrixBlock, Model, finite_difference_hvp, release_hvp_buffers};
 pub use operator::{FnOperator, HessianOperator, LinearOperator};

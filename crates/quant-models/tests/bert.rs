@@ -258,6 +258,28 @@ fn input_grams_match_transformers_hooks() -> Result<(), BertError> {
     // Another model's sums are refused.
     let mut other = grams.clone();
     other.names[0] = "encoder.layer.0.attention.self.nope.weight".into();
+    let before = other.clone();
     assert!(matches!(model.accumulate_input_grams(&batch, &mut other), Err(BertError::TensorShape { .. })));
+    assert_eq!(other, before, "a refused batch leaves the sums as they were");
+    // The last matrix of another shape, or missing: refused before any sum changes.
+    let mut other = grams.clone();
+    let last = other.grams.len() - 1;
+    other.grams[last] = ndarray::Array2::zeros((2, 2));
+    let before = other.clone();
+    assert!(matches!(model.accumulate_input_grams(&batch, &mut other), Err(BertError::TensorShape { .. })));
+    assert_eq!(other, before);
+    let mut other = grams.clone();
+    other.names.pop();
+    other.grams.pop();
+    let before = other.clone();
+    assert!(matches!(model.accumulate_input_grams(&batch, &mut other), Err(BertError::TensorShape { .. })));
+    assert_eq!(other, before);
+    // Accumulating the whole batch onto the sums of its chunks doubles every sum, to rounding.
+    let mut twice = grams.clone();
+    model.accumulate_input_grams(&batch, &mut twice)?;
+    for (a, b) in twice.grams.iter().zip(&grams.grams) {
+        assert!(a.iter().zip(b).all(|(x, y)| x.is_finite() && (x - 2.0 * y).abs() <= 1e-9 * y.abs().max(1.0)));
+    }
+    assert_eq!(twice.tokens, 2 * grams.tokens);
     Ok(())
 }

@@ -367,51 +367,114 @@ impl<F: Real<Base = F>> Bert<F> {
     /// [`BertError::EmptySentence`], [`BertError::TokenOutOfRange`];
     /// [`BertError::TensorShape`] when `grams` holds another model's matrices.
     pub fn accumulate_input_grams(&self, batch: &TokenBatch, grams: &mut InputGrams) -> Result<()> {
-        self.check_batch(batch)?;
-        let at = self.full_layout();
-        let p = Params { w: self.weights.view(), w0: self.weights.view(), at: &at, out: &at, stop: None };
-        let mut caches = Caches::default();
-        self.encode(&p, batch, Some(&mut caches));
-        let gram = |x: &Array2<F>| {
-            let x64 = x.mapv(|v| v.as_f64());
-            x64.t().dot(&x64)
-        };
-        let mut sums = Vec::with_capacity(self.layout.layers.len() * 6);
-        for (l, c) in self.layout.layers.iter().zip(&caches.layers) {
-            let input = gram(&c.input);
-            sums.push((l.q.0, input.clone()));
-            sums.push((l.k.0, input.clone()));
-            sums.push((l.v.0, input));
-            sums.push((l.out.0, gram(&c.context)));
-            sums.push((l.ffn_in.0, gram(&c.n1)));
-            sums.push((l.ffn_out.0, gram(&c.hidden)));
-        }
-        if grams.names.is_empty() {
-            grams.names = sums.iter().map(|(b, _)| self.blocks[*b].name().to_string()).collect();
-            grams.grams = sums.into_iter().map(|(_, g)| g).collect();
-        } else {
-            for ((b, g), (name, acc)) in sums.into_iter().zip(grams.names.iter().zip(grams.grams.iter_mut())) {
-                if name != self.blocks[b].name() || acc.dim() != g.dim() {
-                    return Err(BertError::TensorShape { name: name.clone(), expected: g.shape().to_vec(), got: acc.shape().to_vec() });
-                }
-                *acc += &g;
-            }
-        }
-        grams.tokens += batch.tokens();
-        Ok(())
+        self.accumulate_grams_of(std::slice::from_ref(batch), grams)
     }
 
     /// [`accumulate_input_grams`](Self::accumulate_input_grams) over `batch` in chunks of
-    /// `chunk` sentences (so the activations of one chunk are held at a time).
+    /// `chunk` sentences, as many chunks at a time as rayon has threads (one without the
+    /// `rayon` feature), so the activations of that many chunks are held at a time. Each
+    /// chunk's Gram matrices are added in chunk order, so the bits do not depend on the
+    /// thread count.
     ///
     /// # Errors
     /// As [`accumulate_input_grams`](Self::accumulate_input_grams).
     pub fn input_grams(&self, batch: &TokenBatch, chunk: usize) -> Result<InputGrams> {
+        #[cfg(feature = "rayon")]
+        let wave = rayon::current_num_threads().max(1);
+        #[cfg(not(feature = "rayon"))]
+        let wave = 1;
+        let parts = batch.sentences().chunks(chunk.max(1)).map(|part| TokenBatch::new(part.to_vec())).collect::<Result<Vec<_>>>()?;
         let mut grams = InputGrams::default();
-        for part in batch.sentences().chunks(chunk.max(1)) {
-            self.accumulate_input_grams(&TokenBatch::new(part.to_vec())?, &mut grams)?;
+        for parts in parts.chunks(wave) {
+            self.accumulate_grams_of(parts, &mut grams)?;
         }
         Ok(grams)
+    }
+
+    /// The Gram matrices of `batches`' inputs added to `grams`, batch after batch: their
+    /// forward passes in parallel, then each input's Gram matrices (each on one thread).
+    /// Nothing changes on an error.
+    fn accumulate_grams_of(&self, batches: &[TokenBatch], grams: &mut InputGrams) -> Result<()> {
+        for batch in batches {
+            self.check_batch(batch)?;
+        }
+        let at = self.full_layout();
+        let p = Params { w: self.weights.view(), w0: self.weights.view(), at: &at, out: &at, stop: None };
+        let forward = |batch: &TokenBatch| {
+            let mut caches = Caches::default();
+            self.encode(&p, batch, Some(&mut caches));
+            caches
+        };
+        #[cfg(feature = "rayon")]
+        let caches: Vec<Caches<F>> = {
+            use rayon::prelude::*;
+            batches.par_iter().map(forward).collect()
+        };
+        #[cfg(not(feature = "rayon"))]
+        let caches: Vec<Caches<F>> = batches.iter().map(forward).collect();
+        // Per layer the four distinct inputs (one per batch) and the matrices that read
+        // each: the query, key and value matrices share the layer's input.
+        type Job<'c, F> = (Vec<&'c Array2<F>>, Vec<usize>);
+        let mut jobs: Vec<Job<'_, F>> = Vec::with_capacity(self.layout.layers.len() * 4);
+        for (i, l) in self.layout.layers.iter().enumerate() {
+            let of = |pick: fn(&LayerCache<F>) -> &Array2<F>| caches.iter().map(|c| pick(&c.layers[i])).collect::<Vec<_>>();
+            jobs.push((of(|c| &c.input), vec![l.q.0, l.k.0, l.v.0]));
+            jobs.push((of(|c| &c.context), vec![l.out.0]));
+            jobs.push((of(|c| &c.n1), vec![l.ffn_in.0]));
+            jobs.push((of(|c| &c.hidden), vec![l.ffn_out.0]));
+        }
+        let width = |xs: &[&Array2<F>]| xs.first().map_or(0, |x| x.ncols());
+        let blocks: Vec<usize> = jobs.iter().flat_map(|(_, b)| b.iter().copied()).collect();
+        let shapes: Vec<usize> = jobs.iter().flat_map(|(xs, b)| b.iter().map(|_| width(xs))).collect();
+        if grams.names.is_empty() {
+            grams.names = blocks.iter().map(|&b| self.blocks[b].name().to_string()).collect();
+            grams.grams = shapes.iter().map(|&n| Array2::zeros((n, n))).collect();
+        }
+        if grams.names.len() != blocks.len() || grams.grams.len() != blocks.len() {
+            let name = grams.names.get(blocks.len()).cloned().unwrap_or_default();
+            return Err(BertError::TensorShape { name, expected: vec![blocks.len()], got: vec![grams.names.len()] });
+        }
+        for ((&b, &n), (name, acc)) in blocks.iter().zip(&shapes).zip(grams.names.iter().zip(&grams.grams)) {
+            if name != self.blocks[b].name() || acc.dim() != (n, n) {
+                return Err(BertError::TensorShape { name: name.clone(), expected: vec![n, n], got: acc.shape().to_vec() });
+            }
+        }
+        // Each input's Gram matrix per batch (f64, exactly symmetric), added in batch order to
+        // the sums of the matrices that read it; the inputs in parallel.
+        // Per input: its arrays (one per batch) and the sums they add to.
+        type Work<'j, 'g, F> = (&'j [&'j Array2<F>], &'g mut [Array2<f64>]);
+        let mut work: Vec<Work<'_, '_, F>> = Vec::with_capacity(jobs.len());
+        let mut rest = grams.grams.as_mut_slice();
+        for (xs, b) in &jobs {
+            let (mine, tail) = rest.split_at_mut(b.len());
+            work.push((xs, mine));
+            rest = tail;
+        }
+        let add = |(xs, sums): Work<'_, '_, F>| {
+            let n = width(xs);
+            let mut g = Array2::zeros((n, n));
+            for x in xs {
+                // `g` is n × n: the shape error cannot arise.
+                quant_hessian::gram_into(x.mapv(|v| v.as_f64()).view(), false, g.view_mut()).map_err(|_| BertError::TensorShape {
+                    name: "an input Gram matrix".into(),
+                    expected: vec![n, n],
+                    got: vec![x.ncols(); 2],
+                })?;
+                for acc in sums.iter_mut() {
+                    *acc += &g;
+                }
+            }
+            Ok::<(), BertError>(())
+        };
+        #[cfg(feature = "rayon")]
+        {
+            use rayon::prelude::*;
+            work.into_par_iter().try_for_each(add)?;
+        }
+        #[cfg(not(feature = "rayon"))]
+        work.into_iter().try_for_each(add)?;
+        grams.tokens += batches.iter().map(TokenBatch::tokens).sum::<usize>();
+        Ok(())
     }
 
     /// [`embed_with`](Self::embed_with) at the loaded weights.
