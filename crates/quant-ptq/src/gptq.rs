@@ -25,7 +25,10 @@ use quant_core::{
 /// | `importance_fit` | false | groups fitted on the fly by the importance-weighted fit with weights `H_jj` | |
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GptqParams {
-    /// Dampening, as a fraction of the mean diagonal of `H`.
+    /// Dampening, as a fraction of the mean diagonal of `H`. With fewer calibration tokens
+    /// than inputs `XᵀX` is singular and the dampening is what makes it positive definite;
+    /// with `damp = 0` such an `H` is refused ([`QuantError::NotPositiveDefinite`]). Inputs
+    /// never active (a zero diagonal) are handled apart, whatever the dampening.
     pub damp: f64,
     /// Columns per lazy batch.
     pub block_size: usize,

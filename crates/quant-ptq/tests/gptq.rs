@@ -405,3 +405,23 @@ fn the_importance_fit_keeps_gptq_below_round_to_nearest() {
     assert!(below_rtn >= 95, "below round-to-nearest in {below_rtn} of {total}");
     assert!(below_plain >= 90, "below plain GPTQ in {below_plain} of {total}");
 }
+
+#[test]
+fn too_few_tokens_fall_back_on_dampening() {
+    // Four calibration tokens for 32 inputs: H = 2 XᵀX has rank 4 and no zero diagonal, so
+    // only the dampening makes it positive definite.
+    let x = inputs(4, 32, 3);
+    let h = x.t().dot(&x) * 2.0;
+    let w = weights(6, 32, 3);
+    let sp = spec(4, Granularity::PerGroup { axis: 1, size: 8 }, Scheme::AsymmetricGrid);
+    let g = gptq(w.view(), h.view(), &sp, &GptqParams::default()).expect("dampened: positive definite");
+    let q = g.quantized.dequantize();
+    assert!(q.iter().all(|v| v.is_finite()));
+    assert!(g.objective.is_finite() && g.objective >= 0.0);
+    // Without dampening the factorisation of the singular H is refused, not returned broken.
+    let undamped = GptqParams { damp: 0.0, ..GptqParams::default() };
+    match gptq(w.view(), h.view(), &sp, &undamped) {
+        Err(QuantError::NotPositiveDefinite { .. }) => {}
+        other => panic!("undamped singular H: {:?}", other.map(|g| g.objective)),
+    }
+}
