@@ -281,5 +281,14 @@ fn input_grams_match_transformers_hooks() -> Result<(), BertError> {
         assert!(a.iter().zip(b).all(|(x, y)| x.is_finite() && (x - 2.0 * y).abs() <= 1e-9 * y.abs().max(1.0)));
     }
     assert_eq!(twice.tokens, 2 * grams.tokens);
+    // One layer's statistics: its six matrices, the same values as in the whole set.
+    let layer = model.layer_input_grams(&batch, 3, 1..2)?;
+    assert_eq!(layer.names.len(), 6);
+    assert_eq!(layer.tokens, grams.tokens);
+    for name in &layer.names {
+        assert!(name.starts_with("encoder.layer.1."), "{name}");
+        assert_eq!(layer.get(name), grams.get(name), "{name}");
+    }
+    assert!(model.layer_input_grams(&batch, 3, 40..50)?.names.is_empty());
     Ok(())
 }

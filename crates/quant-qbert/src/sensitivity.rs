@@ -687,7 +687,7 @@ pub struct SequentialGptq {
 /// name and shape (`None` leaves it unquantized); uniform methods are rounded by GPTQ, the
 /// others by their own quantizer, and every quantized matrix's dequantized values replace it
 /// before the next layer's statistics are collected. One forward pass over `batch` per layer
-/// (in chunks of `chunk` sentences).
+/// (in chunks of `chunk` sentences), with the Gram matrices of that layer's inputs only.
 ///
 /// # Errors
 /// The model's errors on the batch, the core's and GPTQ's errors, and
@@ -701,16 +701,11 @@ pub fn gptq_sequential(
 ) -> Result<SequentialGptq> {
     let mut current = model.clone();
     let mut out = SequentialGptq { quantized: std::collections::BTreeMap::new(), grams: InputGrams::default() };
-    // The statistics name the matrices six per layer, in the model's order.
-    let mut grams = std::sync::Arc::new(current.input_grams(batch, chunk)?);
-    let names = grams.names.clone();
-    for (l, layer) in names.chunks(6).enumerate() {
-        if l > 0 {
-            grams = std::sync::Arc::new(current.input_grams(batch, chunk)?);
-        }
-        // The layer's statistics, shared by its six matrices.
+    for l in 0..model.config().num_hidden_layers {
+        // The layer's statistics (of its six matrices only), shared by its six matrices.
+        let grams = std::sync::Arc::new(current.layer_input_grams(batch, chunk, l..l + 1)?);
         let rounding = CandidateRounding::Gptq { grams: grams.clone(), params: *params };
-        for name in layer {
+        for name in &grams.names {
             let shape = current.tensor_shape(name).ok_or(QbertError::Empty { what: "tensor of that name" })?;
             let Some(method) = method_for(name, &shape) else { continue };
             let block = current.blocks().iter().find(|b| b.name() == name).ok_or(QbertError::Empty { what: "tensor of that name" })?;

@@ -367,7 +367,7 @@ impl<F: Real<Base = F>> Bert<F> {
     /// [`BertError::EmptySentence`], [`BertError::TokenOutOfRange`];
     /// [`BertError::TensorShape`] when `grams` holds another model's matrices.
     pub fn accumulate_input_grams(&self, batch: &TokenBatch, grams: &mut InputGrams) -> Result<()> {
-        self.accumulate_grams_of(std::slice::from_ref(batch), grams)
+        self.accumulate_grams_of(std::slice::from_ref(batch), 0..self.layout.layers.len(), grams)
     }
 
     /// [`accumulate_input_grams`](Self::accumulate_input_grams) over `batch` in chunks of
@@ -379,6 +379,17 @@ impl<F: Real<Base = F>> Bert<F> {
     /// # Errors
     /// As [`accumulate_input_grams`](Self::accumulate_input_grams).
     pub fn input_grams(&self, batch: &TokenBatch, chunk: usize) -> Result<InputGrams> {
+        self.layer_input_grams(batch, chunk, 0..self.layout.layers.len())
+    }
+
+    /// [`input_grams`](Self::input_grams) of the matrices of the encoder layers in `layers`
+    /// only (the same values; `layers` past the last layer are ignored): sequential GPTQ
+    /// needs one layer's statistics at a time, and the Gram matrices are most of a pass's
+    /// work.
+    ///
+    /// # Errors
+    /// As [`accumulate_input_grams`](Self::accumulate_input_grams).
+    pub fn layer_input_grams(&self, batch: &TokenBatch, chunk: usize, layers: std::ops::Range<usize>) -> Result<InputGrams> {
         #[cfg(feature = "rayon")]
         let wave = rayon::current_num_threads().max(1);
         #[cfg(not(feature = "rayon"))]
@@ -386,15 +397,16 @@ impl<F: Real<Base = F>> Bert<F> {
         let parts = batch.sentences().chunks(chunk.max(1)).map(|part| TokenBatch::new(part.to_vec())).collect::<Result<Vec<_>>>()?;
         let mut grams = InputGrams::default();
         for parts in parts.chunks(wave) {
-            self.accumulate_grams_of(parts, &mut grams)?;
+            self.accumulate_grams_of(parts, layers.clone(), &mut grams)?;
         }
         Ok(grams)
     }
 
-    /// The Gram matrices of `batches`' inputs added to `grams`, batch after batch: their
+    /// The Gram matrices of `batches`' inputs to the matrices of `layers` added to `grams`,
+    /// batch after batch: their
     /// forward passes in parallel, then each input's Gram matrices (each on one thread).
     /// Nothing changes on an error.
-    fn accumulate_grams_of(&self, batches: &[TokenBatch], grams: &mut InputGrams) -> Result<()> {
+    fn accumulate_grams_of(&self, batches: &[TokenBatch], layers: std::ops::Range<usize>, grams: &mut InputGrams) -> Result<()> {
         for batch in batches {
             self.check_batch(batch)?;
         }
@@ -416,7 +428,7 @@ impl<F: Real<Base = F>> Bert<F> {
         // each: the query, key and value matrices share the layer's input.
         type Job<'c, F> = (Vec<&'c Array2<F>>, Vec<usize>);
         let mut jobs: Vec<Job<'_, F>> = Vec::with_capacity(self.layout.layers.len() * 4);
-        for (i, l) in self.layout.layers.iter().enumerate() {
+        for (i, l) in self.layout.layers.iter().enumerate().filter(|(i, _)| layers.contains(i)) {
             let of = |pick: fn(&LayerCache<F>) -> &Array2<F>| caches.iter().map(|c| pick(&c.layers[i])).collect::<Vec<_>>();
             jobs.push((of(|c| &c.input), vec![l.q.0, l.k.0, l.v.0]));
             jobs.push((of(|c| &c.context), vec![l.out.0]));
