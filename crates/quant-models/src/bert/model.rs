@@ -403,9 +403,8 @@ impl<F: Real<Base = F>> Bert<F> {
     }
 
     /// The Gram matrices of `batches`' inputs to the matrices of `layers` added to `grams`,
-    /// batch after batch: their
-    /// forward passes in parallel, then each input's Gram matrices (each on one thread).
-    /// Nothing changes on an error.
+    /// batch after batch: their forward passes in parallel, then each input's Gram matrices
+    /// (each on one thread). Nothing changes on an error.
     fn accumulate_grams_of(&self, batches: &[TokenBatch], layers: std::ops::Range<usize>, grams: &mut InputGrams) -> Result<()> {
         for batch in batches {
             self.check_batch(batch)?;
@@ -451,9 +450,9 @@ impl<F: Real<Base = F>> Bert<F> {
                 return Err(BertError::TensorShape { name: name.clone(), expected: vec![n, n], got: acc.shape().to_vec() });
             }
         }
-        // Each input's Gram matrix per batch (f64, exactly symmetric), added in batch order to
-        // the sums of the matrices that read it; the inputs in parallel.
-        // Per input: its arrays (one per batch) and the sums they add to.
+        // Per input: its arrays (one per batch) and the sums of the matrices that read it. Each
+        // array's Gram matrix (f64, exactly symmetric) is added to those sums in batch order;
+        // the inputs run in parallel.
         type Work<'j, 'g, F> = (&'j [&'j Array2<F>], &'g mut [Array2<f64>]);
         let mut work: Vec<Work<'_, '_, F>> = Vec::with_capacity(jobs.len());
         let mut rest = grams.grams.as_mut_slice();
