@@ -14,6 +14,7 @@ use quant_core::{
     Granularity, MethodKind, PackedCodes, QuantError, QuantParams, QuantizedTables, QuantizedTensor, Result, Rounding, SliceParams,
     UniformSpec,
 };
+use quant_hessian::Real;
 
 /// GPTQ's settings (a record; checked by [`gptq`]).
 ///
@@ -86,42 +87,9 @@ pub fn layer_objective(w: ArrayView2<'_, f32>, q: ArrayView2<'_, f32>, h: ArrayV
     }
     check_h(w, h)?;
     let d: Array2<f64> = Array2::from_shape_fn(w.dim(), |(i, j)| f64::from(w[[i, j]]) - f64::from(q[[i, j]]));
-    let h = h.as_standard_layout();
     let mut dh = Array2::<f64>::zeros(d.dim());
-    let (r, n) = d.dim();
-    match (dh.as_slice_mut(), d.as_slice(), h.as_slice()) {
-        (Some(out), Some(a), Some(b)) => {
-            let out = faer::MatMut::from_row_major_slice_mut(out, r, n);
-            let (a, b) = (faer::MatRef::from_row_major_slice(a, r, n), faer::MatRef::from_row_major_slice(b, n, n));
-            faer::linalg::matmul::matmul(out, faer::Accum::Replace, a, b, 1.0, faer::Par::Seq);
-            quant_core::clear_upper_vector_state();
-        }
-        // Not reached: all three are in standard layout.
-        _ => dh = d.dot(&h),
-    }
+    f64::matmul_into(d.view(), h, false, dh.view_mut());
     Ok((&dh * &d).sum())
-}
-
-/// `W[.., from..] −= E · U[i1..i1 + k, from..]`, GPTQ's update of the columns after a lazy
-/// batch of `k` columns (`W`: rows × n, `E`: rows × k, `U`: n × n), by faer's product on
-/// row-major views of the arrays.
-fn subtract_batch_update(wm: &mut Array2<f64>, err: &Array2<f64>, u: &Array2<f64>, i1: usize, from: usize) {
-    let ((rows, n), k) = (wm.dim(), err.ncols());
-    if let (Some(w), Some(e), Some(us)) = (wm.as_slice_mut(), err.as_slice(), u.as_slice()) {
-        // The transpose of a column-major view: faer 0.23.2's own
-        // `from_row_major_slice_with_stride_mut` gives a view with the strides swapped
-        // (it writes out of bounds; found here by a segfault in the tests).
-        let dst = faer::MatMut::from_column_major_slice_with_stride_mut(&mut w[from..], n - from, rows, n).transpose_mut();
-        let lhs = faer::MatRef::from_row_major_slice(e, rows, k);
-        let rhs = faer::MatRef::from_row_major_slice_with_stride(&us[i1 * n + from..], k, n - from, n);
-        faer::linalg::matmul::matmul(dst, faer::Accum::Add, lhs, rhs, -1.0, faer::Par::Seq);
-        quant_core::clear_upper_vector_state();
-    } else {
-        // Not reached: the arrays are built in standard layout.
-        let update = err.dot(&u.slice(s![i1..i1 + k, from..]));
-        let mut rest = wm.slice_mut(s![.., from..]);
-        rest -= &update;
-    }
 }
 
 fn check_h(w: ArrayView2<'_, f32>, h: ArrayView2<'_, f64>) -> Result<()> {
@@ -402,7 +370,9 @@ impl GptqHessian {
                 }
             }
             if i2 < n {
-                subtract_batch_update(&mut wm, &err, u, i1, i2);
+                // The later columns: W[.., i2..] −= E · U[i1..i2, i2..].
+                err.mapv_inplace(|e| -e);
+                f64::matmul_into(err.view(), u.slice(s![i1..i2, i2..]), true, wm.slice_mut(s![.., i2..]));
             }
             i1 = i2;
         }
